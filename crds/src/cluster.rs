@@ -1,0 +1,462 @@
+//! The `PostgresCluster` resource (`ordinal.dev/v1alpha1`).
+//!
+//! Validation lives here, in the schema the API server enforces at
+//! admission: OpenAPI bounds and CEL rules (`x-kubernetes-validations`).
+//! Every rule carries a message that says what is wrong and what to do.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::PostgresClusterStatus;
+
+/// PostgreSQL parameters that Ordinal sets itself: replication, failover and
+/// the pod layout depend on them, so a user value is refused at admission.
+pub const OPERATOR_OWNED_PARAMETERS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "wal_level",
+    "hot_standby",
+    "wal_log_hints",
+    "primary_conninfo",
+    "primary_slot_name",
+    "synchronous_standby_names",
+    "recovery_target_timeline",
+    "promote_trigger_file",
+    "restore_command",
+];
+
+/// Default maximum lag, in bytes, of a replica that may still be promoted in
+/// async mode: 16 MiB, one WAL segment.
+pub const DEFAULT_MAX_LAG_BYTES_ON_FAILOVER: i64 = 16 * 1024 * 1024;
+
+/// A PostgreSQL primary with streaming replicas, run on a StatefulSet.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ordinal.dev",
+    version = "v1alpha1",
+    kind = "PostgresCluster",
+    plural = "postgresclusters",
+    shortname = "pgc",
+    category = "all",
+    namespaced,
+    status = "PostgresClusterStatus",
+    derive = "PartialEq",
+    doc = "A PostgreSQL primary with streaming replicas, managed by Ordinal.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Primary",
+        type_ = "string",
+        json_path = ".status.currentPrimary",
+        description = "The pod that is the writable primary"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Ready instances / desired instances"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Creating, Healthy, Degraded or FailingOver"
+    ),
+    printcolumn(
+        name = "Max Lag",
+        type_ = "string",
+        json_path = ".status.maxLag",
+        description = "Largest replication lag among the replicas"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 50")
+        .message("metadata.name must start with a letter, hold only lowercase letters, digits and '-', and be at most 50 characters: it names the StatefulSet, its pods, Services and PVCs")
+)]
+#[x_kube(
+    validation = Rule::new("self.replication.mode != 'quorum' || self.replication.quorum < self.replicas")
+        .message("replication.quorum must be less than replicas: quorum mode needs at least quorum synchronous standbys besides the primary")
+        .field_path(".replication.quorum"),
+    validation = Rule::new("!has(self.podDisruptionBudget.minAvailable) || self.replicas == 1 || self.podDisruptionBudget.minAvailable < self.replicas")
+        .message("podDisruptionBudget.minAvailable must be less than replicas, or no node could ever be drained")
+        .field_path(".podDisruptionBudget.minAvailable"),
+    validation = Rule::new("has(self.serviceName) == has(oldSelf.serviceName) && (!has(self.serviceName) || self.serviceName == oldSelf.serviceName)")
+        .message("serviceName is immutable: the StatefulSet's governing Service cannot change after creation")
+        .field_path(".serviceName")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresClusterSpec {
+    /// Number of PostgreSQL instances: one primary and replicas-1 streaming replicas.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(max = 99))]
+    #[x_kube(validation = Rule::new("self >= 1").message("replicas must be at least 1"))]
+    pub replicas: i32,
+
+    /// PostgreSQL container image; the official `postgres` images and images
+    /// built on them are supported.
+    #[serde(default = "default_image")]
+    #[x_kube(validation = Rule::new("size(self) > 0").message("image must not be empty"))]
+    pub image: String,
+
+    /// Pull policy of the PostgreSQL image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Persistent storage of each instance: one PVC per pod.
+    pub storage: StorageSpec,
+
+    /// CPU and memory of the `postgres` container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// PostgreSQL configuration.
+    #[serde(default)]
+    pub postgresql: PostgresqlSpec,
+
+    /// How the StatefulSet starts pods. Immutable.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("podManagementPolicy is immutable: a StatefulSet cannot change it after creation"))]
+    pub pod_management_policy: PodManagementPolicy,
+
+    /// How pods spread over zones and nodes.
+    #[serde(default)]
+    pub topology: TopologySpec,
+
+    /// The PodDisruptionBudget of the cluster.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+
+    /// Streaming replication.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+
+    /// Automatic failover.
+    #[serde(default)]
+    pub failover: FailoverSpec,
+
+    /// Rolling updates of the pods.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategySpec,
+
+    /// An existing Secret (keys `username`, `password`) with the superuser's
+    /// credentials; generated as `<name>-superuser` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("superuserSecret must be a valid Secret name"))]
+    pub superuser_secret: Option<String>,
+
+    /// An existing Secret (keys `username`, `password`) with the replication
+    /// role's credentials; generated as `<name>-replication` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("replicationSecret must be a valid Secret name"))]
+    pub replication_secret: Option<String>,
+
+    /// Name of the headless Service that gives pods stable DNS names;
+    /// `<name>-headless` when unset. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("serviceName must be a DNS label: lowercase letters, digits and '-', starting with a letter, at most 63 characters"))]
+    pub service_name: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_image() -> String {
+    "postgres:17".to_owned()
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl ImagePullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Storage of each instance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+        .message("storage.storageClassName is immutable: existing volumes cannot move to another StorageClass")
+        .field_path(".storageClassName")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each instance's volume, as a Kubernetes quantity (e.g. `10Gi`).
+    /// Immutable: a StatefulSet's volume claims cannot change.
+    #[x_kube(
+        validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"),
+        validation = Rule::new("self == oldSelf").message("storage.size is immutable: a StatefulSet's volume claims cannot change; expand the PVCs directly if the StorageClass allows it")
+    )]
+    pub size: String,
+
+    /// StorageClass of the volumes; the cluster default when unset. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// What happens to the PVCs when the cluster is deleted or scaled down.
+    #[serde(default)]
+    pub pvc_retention: PvcRetentionSpec,
+}
+
+/// Mirrors the StatefulSet's persistentVolumeClaimRetentionPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcRetentionSpec {
+    /// PVCs when the PostgresCluster is deleted.
+    #[serde(default)]
+    pub when_deleted: RetentionPolicy,
+    /// PVCs of the removed pods when the cluster is scaled down.
+    #[serde(default)]
+    pub when_scaled: RetentionPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RetentionPolicy {
+    /// Keep the PVCs: the data survives.
+    #[default]
+    Retain,
+    /// Delete the PVCs with the pods.
+    Delete,
+}
+
+impl RetentionPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retain => "Retain",
+            Self::Delete => "Delete",
+        }
+    }
+}
+
+/// PostgreSQL configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresqlSpec {
+    /// postgresql.conf parameters, merged over Ordinal's safe defaults.
+    /// Parameters that replication and failover depend on are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 256))]
+    #[x_kube(
+        validation = Rule::new("self.all(k, !(k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'wal_level', 'hot_standby', 'wal_log_hints', 'primary_conninfo', 'primary_slot_name', 'synchronous_standby_names', 'recovery_target_timeline', 'promote_trigger_file', 'restore_command']))")
+            .message("postgresql.parameters sets a parameter that Ordinal manages (such as wal_level, hot_standby, primary_conninfo, synchronous_standby_names, port): remove it, Ordinal sets it for replication and failover to work"),
+        validation = Rule::new("self.all(k, k.matches('^[a-z][a-z0-9_.]*$'))")
+            .message("postgresql.parameters: parameter names are lowercase letters, digits, '_' and '.'")
+    )]
+    pub parameters: BTreeMap<String, String>,
+
+    /// Extra pg_hba.conf lines, placed before Ordinal's own rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.all(l, !l.contains('\\n'))").message("postgresql.pgHba: each entry is one pg_hba.conf line, without line breaks"))]
+    pub pg_hba: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PodManagementPolicy {
+    /// Pods start one at a time, each Ready before the next.
+    #[default]
+    OrderedReady,
+    /// Pods start at once.
+    Parallel,
+}
+
+impl PodManagementPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrderedReady => "OrderedReady",
+            Self::Parallel => "Parallel",
+        }
+    }
+}
+
+/// Spreading of the pods over failure domains.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologySpec {
+    /// Node label naming the zone.
+    #[serde(default = "default_zone_key")]
+    pub zone_key: String,
+    /// Node label naming the node.
+    #[serde(default = "default_node_key")]
+    pub node_key: String,
+    /// Largest allowed difference of pod counts between two zones or nodes.
+    #[serde(default = "default_max_skew")]
+    #[schemars(range(min = 1))]
+    pub max_skew: i32,
+    /// What the scheduler does when the spread cannot be met.
+    #[serde(default)]
+    pub when_unsatisfiable: WhenUnsatisfiable,
+}
+
+impl Default for TopologySpec {
+    fn default() -> Self {
+        Self {
+            zone_key: default_zone_key(),
+            node_key: default_node_key(),
+            max_skew: default_max_skew(),
+            when_unsatisfiable: WhenUnsatisfiable::default(),
+        }
+    }
+}
+
+fn default_zone_key() -> String {
+    "topology.kubernetes.io/zone".to_owned()
+}
+fn default_node_key() -> String {
+    "kubernetes.io/hostname".to_owned()
+}
+fn default_max_skew() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum WhenUnsatisfiable {
+    /// Keep the pod Pending until the spread can be met.
+    DoNotSchedule,
+    /// Schedule anyway, preferring the best spread.
+    #[default]
+    ScheduleAnyway,
+}
+
+impl WhenUnsatisfiable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DoNotSchedule => "DoNotSchedule",
+            Self::ScheduleAnyway => "ScheduleAnyway",
+        }
+    }
+}
+
+/// The PodDisruptionBudget. None is created for a single-instance cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    /// Pods that must stay available during voluntary disruptions;
+    /// replicas-1 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_available: Option<i32>,
+}
+
+/// Streaming replication.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// `async`: commits return before standbys confirm; `quorum`: each commit
+    /// waits for `quorum` standbys (`synchronous_standby_names = ANY n (...)`).
+    #[serde(default)]
+    pub mode: ReplicationMode,
+    /// Synchronous standbys that must confirm each commit in quorum mode.
+    #[serde(default = "default_quorum")]
+    #[schemars(range(min = 1))]
+    pub quorum: i32,
+    /// A replica is Ready only while its replay lag is below this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_ready_lag_bytes: Option<i64>,
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationMode::default(),
+            quorum: default_quorum(),
+            max_ready_lag_bytes: None,
+        }
+    }
+}
+
+fn default_quorum() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Asynchronous streaming: a failover may lose the last commits.
+    #[default]
+    Async,
+    /// Quorum commit: no acknowledged commit is lost on failover.
+    Quorum,
+}
+
+/// Automatic failover.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Promote a replica when the primary is lost.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Seconds between health checks of the instances.
+    #[serde(default = "default_check_interval")]
+    #[schemars(range(min = 1, max = 300))]
+    pub check_interval_seconds: i32,
+    /// Consecutive failed checks before the primary counts as lost.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+    /// In async mode, replicas further behind than this are never promoted.
+    #[serde(default = "default_max_lag_on_failover")]
+    #[schemars(range(min = 0))]
+    pub max_lag_bytes_on_failover: i64,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            check_interval_seconds: default_check_interval(),
+            failure_threshold: default_failure_threshold(),
+            max_lag_bytes_on_failover: default_max_lag_on_failover(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_check_interval() -> i32 {
+    1
+}
+fn default_failure_threshold() -> i32 {
+    3
+}
+fn default_max_lag_on_failover() -> i64 {
+    DEFAULT_MAX_LAG_BYTES_ON_FAILOVER
+}
+
+/// Rolling updates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategySpec {
+    /// Canary: only pods with an ordinal >= partition are updated.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub partition: i32,
+}

@@ -1,0 +1,65 @@
+//! The `PostgresCluster` custom resource and the names Ordinal shares between
+//! the operator and the init binary.
+
+mod cluster;
+pub mod names;
+mod status;
+
+pub use cluster::*;
+pub use status::*;
+
+use kube::{CustomResourceExt, ResourceExt};
+
+/// The CRD as YAML: what `ordinal-operator crd` prints and
+/// `deploy/crds/postgresclusters.ordinal.dev.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(&PostgresCluster::crd())
+}
+
+impl PostgresCluster {
+    /// The headless Service giving pods their stable DNS names.
+    pub fn headless_service_name(&self) -> String {
+        self.spec
+            .service_name
+            .clone()
+            .unwrap_or_else(|| names::headless_service(&self.name_any()))
+    }
+
+    /// The Secret holding the superuser's credentials.
+    pub fn superuser_secret_name(&self) -> String {
+        self.spec
+            .superuser_secret
+            .clone()
+            .unwrap_or_else(|| names::superuser_secret(&self.name_any()))
+    }
+
+    /// The Secret holding the replication role's credentials.
+    pub fn replication_secret_name(&self) -> String {
+        self.spec
+            .replication_secret
+            .clone()
+            .unwrap_or_else(|| names::replication_secret(&self.name_any()))
+    }
+
+    /// The bootstrap primary: ordinal 0. Only used before any status exists.
+    pub fn bootstrap_primary(&self) -> String {
+        names::pod(&self.name_any(), 0)
+    }
+
+    /// minAvailable of the PodDisruptionBudget, or None when the cluster
+    /// gets no PDB (a single instance: a PDB would block every drain).
+    pub fn pdb_min_available(&self) -> Option<i32> {
+        if self.spec.replicas <= 1 {
+            return None;
+        }
+        Some(
+            self.spec
+                .pod_disruption_budget
+                .min_available
+                .unwrap_or(self.spec.replicas - 1),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

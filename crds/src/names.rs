@@ -1,0 +1,150 @@
+//! Every name Ordinal gives to a Kubernetes object, label, annotation or
+//! path lives here, so that the operator, the init binary and the tests agree.
+
+/// API group of the PostgresCluster resource.
+pub const GROUP: &str = "ordinal.dev";
+/// Field manager of every server-side apply the operator sends.
+pub const FIELD_MANAGER: &str = "ordinal-operator";
+/// Name the operator reports itself as (Events, leader identity).
+pub const CONTROLLER_NAME: &str = "ordinal-operator";
+
+/// `app.kubernetes.io/name` value on every object.
+pub const APP_NAME: &str = "postgresql";
+/// `app.kubernetes.io/managed-by` value on every object.
+pub const MANAGED_BY: &str = "ordinal";
+
+pub const LABEL_APP_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The cluster a child object belongs to.
+pub const LABEL_CLUSTER: &str = "ordinal.dev/cluster";
+/// `primary` or `replica`; set on pods by the operator only, never in the
+/// StatefulSet template, so that a pod never claims a role by itself.
+pub const LABEL_ROLE: &str = "ordinal.dev/role";
+/// Label the StatefulSet controller puts on each pod with the pod's name.
+pub const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
+
+pub const ROLE_PRIMARY: &str = "primary";
+pub const ROLE_REPLICA: &str = "replica";
+
+/// Annotation on a PostgresCluster asking for a planned switchover to a pod.
+pub const ANNOTATION_SWITCHOVER_TO: &str = "ordinal.dev/switchover-to";
+/// Annotation on the pod template: hash of the configuration that needs a
+/// restart, so that a changed configuration shows as a changed template.
+pub const ANNOTATION_CONFIG_HASH: &str = "ordinal.dev/config-hash";
+
+pub const SUFFIX_HEADLESS: &str = "-headless";
+pub const SUFFIX_RW: &str = "-rw";
+pub const SUFFIX_RO: &str = "-ro";
+pub const SUFFIX_CONFIG: &str = "-config";
+pub const SUFFIX_SUPERUSER: &str = "-superuser";
+pub const SUFFIX_REPLICATION: &str = "-replication";
+
+/// Name of the volumeClaimTemplate; PVCs are `data-<cluster>-<ordinal>`.
+pub const VOLUME_DATA: &str = "data";
+/// Keys of the generated Secrets (basic-auth Secret layout).
+pub const SECRET_USERNAME_KEY: &str = "username";
+pub const SECRET_PASSWORD_KEY: &str = "password";
+/// PostgreSQL role names written into generated Secrets.
+pub const SUPERUSER_NAME: &str = "postgres";
+pub const REPLICATION_USER_NAME: &str = "streaming_replica";
+
+/// The PostgreSQL port every instance listens on.
+pub const POSTGRES_PORT: i32 = 5432;
+pub const POSTGRES_PORT_NAME: &str = "postgresql";
+
+/// Paths inside the postgres pod.
+pub mod paths {
+    /// emptyDir shared by the `install` and `init` containers and `postgres`.
+    pub const ORDINAL_DIR: &str = "/ordinal";
+    /// The init binary as installed into [`ORDINAL_DIR`].
+    pub const ORDINAL_INIT: &str = "/ordinal/ordinal-init";
+    /// Mount point of the data volume.
+    pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
+    /// PGDATA: a subdirectory of the mount, so that a fresh volume's
+    /// `lost+found` or root ownership never gets in postgres' way.
+    pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+    /// The ConfigMap (postgresql.conf fragment and pg_hba.conf).
+    pub const CONFIG_DIR: &str = "/etc/ordinal/config";
+    /// Superuser credentials, mounted as files.
+    pub const SUPERUSER_SECRET_DIR: &str = "/etc/ordinal/superuser";
+    /// Replication credentials, mounted as files.
+    pub const REPLICATION_SECRET_DIR: &str = "/etc/ordinal/replication";
+    /// Unix socket directory (writable under a read-only root filesystem).
+    pub const RUN_DIR: &str = "/var/run/postgresql";
+}
+
+/// Keys of the ConfigMap.
+pub const CONFIG_POSTGRESQL_CONF: &str = "postgresql.conf";
+pub const CONFIG_PG_HBA: &str = "pg_hba.conf";
+
+/// Names of the objects of cluster `cluster`.
+pub fn headless_service(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_HEADLESS}")
+}
+pub fn rw_service(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_RW}")
+}
+pub fn ro_service(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_RO}")
+}
+pub fn config_map(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_CONFIG}")
+}
+pub fn superuser_secret(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_SUPERUSER}")
+}
+pub fn replication_secret(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_REPLICATION}")
+}
+/// Name of the pod with `ordinal` in cluster `cluster`.
+pub fn pod(cluster: &str, ordinal: i32) -> String {
+    format!("{cluster}-{ordinal}")
+}
+/// Name of the data PVC of pod `<cluster>-<ordinal>`.
+pub fn data_pvc(cluster: &str, ordinal: i32) -> String {
+    format!("{VOLUME_DATA}-{cluster}-{ordinal}")
+}
+
+/// The ordinal of pod `pod` in cluster `cluster`, if the pod belongs to it.
+pub fn ordinal_of(cluster: &str, pod: &str) -> Option<i32> {
+    let rest = pod.strip_prefix(cluster)?.strip_prefix('-')?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// Stable DNS name of a pod through the headless Service:
+/// `db-0.db-headless.ns.svc` (cluster domain left to the resolver's search path).
+pub fn pod_dns(pod: &str, service: &str, namespace: &str) -> String {
+    format!("{pod}.{service}.{namespace}.svc")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_parse_only_for_own_pods() {
+        assert_eq!(ordinal_of("db", "db-0"), Some(0));
+        assert_eq!(ordinal_of("db", "db-12"), Some(12));
+        assert_eq!(ordinal_of("db", "db-x"), None);
+        assert_eq!(ordinal_of("db", "db-"), None);
+        assert_eq!(ordinal_of("db", "dbx-1"), None);
+        assert_eq!(ordinal_of("db", "db-other-1"), None);
+        assert_eq!(ordinal_of("db-other", "db-other-1"), Some(1));
+    }
+
+    #[test]
+    fn names_follow_the_design() {
+        assert_eq!(headless_service("db"), "db-headless");
+        assert_eq!(rw_service("db"), "db-rw");
+        assert_eq!(ro_service("db"), "db-ro");
+        assert_eq!(data_pvc("db", 2), "data-db-2");
+        assert_eq!(
+            pod_dns("db-0", "db-headless", "ns"),
+            "db-0.db-headless.ns.svc"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! Admission rules, evaluated without an API server: the CEL rules and the
+//! schema of the CRD YAML that `deploy/` installs, so that what is tested is
+//! what the API server enforces.
+
+use kube::core::cel::Validator;
+use serde_json::{Value, json};
+
+use super::*;
+
+const CRD_YAML: &str = include_str!("../../deploy/crds/postgresclusters.ordinal.dev.yaml");
+
+/// The openAPIV3Schema of the checked-in CRD file.
+fn schema() -> Value {
+    let crd: Value = serde_norway::from_str(CRD_YAML).expect("CRD YAML parses");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn cluster(spec: Value) -> Value {
+    json!({
+        "apiVersion": "ordinal.dev/v1alpha1",
+        "kind": "PostgresCluster",
+        "metadata": {"name": "db", "namespace": "ns"},
+        "spec": spec,
+    })
+}
+
+fn create(spec: Value) -> Result<(), String> {
+    Validator::new()
+        .validate(&schema(), &cluster(spec), None)
+        .map_err(|e| e.to_string())
+}
+
+fn update(old: Value, new: Value) -> Result<(), String> {
+    Validator::new()
+        .validate(&schema(), &cluster(new), Some(&cluster(old)))
+        .map_err(|e| e.to_string())
+}
+
+#[track_caller]
+fn assert_rejected(result: Result<(), String>, message: &str) {
+    match result {
+        Ok(()) => panic!("expected rejection with {message:?}, but the object was accepted"),
+        Err(e) => assert!(e.contains(message), "expected {message:?} in:\n{e}"),
+    }
+}
+
+#[test]
+fn checked_in_crd_is_the_generated_one() {
+    let generated = crd_yaml().expect("CRD serializes");
+    assert!(
+        generated == CRD_YAML,
+        "deploy/crds/postgresclusters.ordinal.dev.yaml is stale: run `cargo run -p ordinal-operator -- crd > deploy/crds/postgresclusters.ordinal.dev.yaml`"
+    );
+}
+
+#[test]
+fn every_rule_compiles() {
+    let compiled = kube::core::cel::compile_schema(&schema());
+    let errors: Vec<String> = compiled
+        .compilation_errors()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "CEL rules that do not compile: {errors:?}");
+}
+
+#[test]
+fn crd_names_subresources_and_columns() {
+    let crd: Value = serde_norway::from_str(CRD_YAML).expect("CRD YAML parses");
+    assert_eq!(crd["metadata"]["name"], "postgresclusters.ordinal.dev");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["pgc"]));
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert_eq!(version["subresources"]["status"], json!({}));
+    assert_eq!(
+        version["subresources"]["scale"],
+        json!({
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        })
+    );
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .expect("printer columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(columns, ["Primary", "Ready", "Phase", "Max Lag", "Age"]);
+}
+
+#[test]
+fn storage_and_size_are_required() {
+    let schema = schema();
+    let spec = &schema["properties"]["spec"];
+    assert_eq!(spec["required"], json!(["storage"]));
+    assert_eq!(spec["properties"]["storage"]["required"], json!(["size"]));
+    assert_eq!(schema["required"], json!(["spec"]));
+}
+
+#[test]
+fn bounds_are_in_the_schema() {
+    let spec = &schema()["properties"]["spec"]["properties"];
+    let bound = |v: &Value| v.as_f64().expect("numeric bound");
+    assert_eq!(bound(&spec["replicas"]["maximum"]), 99.0);
+    assert_eq!(bound(&spec["replication"]["properties"]["quorum"]["minimum"]), 1.0);
+    assert_eq!(bound(&spec["topology"]["properties"]["maxSkew"]["minimum"]), 1.0);
+    assert_eq!(
+        bound(&spec["failover"]["properties"]["checkIntervalSeconds"]["minimum"]),
+        1.0
+    );
+    assert_eq!(
+        bound(&spec["updateStrategy"]["properties"]["partition"]["minimum"]),
+        0.0
+    );
+    assert_eq!(
+        spec["podManagementPolicy"]["enum"],
+        json!(["OrderedReady", "Parallel"])
+    );
+    assert_eq!(
+        spec["replication"]["properties"]["mode"]["enum"],
+        json!(["async", "quorum"])
+    );
+}
+
+#[test]
+fn defaults_are_in_the_schema() {
+    let spec = &schema()["properties"]["spec"]["properties"];
+    assert_eq!(spec["replicas"]["default"], 3);
+    assert_eq!(spec["image"]["default"], "postgres:17");
+    assert_eq!(spec["podManagementPolicy"]["default"], "OrderedReady");
+    assert_eq!(spec["failover"]["properties"]["enabled"]["default"], true);
+    assert_eq!(
+        spec["failover"]["properties"]["maxLagBytesOnFailover"]["default"],
+        16 * 1024 * 1024
+    );
+    assert_eq!(
+        spec["topology"]["properties"]["whenUnsatisfiable"]["default"],
+        "ScheduleAnyway"
+    );
+    assert_eq!(
+        spec["storage"]["properties"]["pvcRetention"]["properties"]["whenDeleted"]["default"],
+        "Retain"
+    );
+}
+
+#[test]
+fn valid_specs_are_accepted() {
+    create(json!({"storage": {"size": "10Gi"}})).expect("minimal spec");
+    create(json!({
+        "replicas": 5,
+        "image": "postgres:17.2",
+        "imagePullPolicy": "IfNotPresent",
+        "storage": {"size": "500Mi", "storageClassName": "fast", "pvcRetention": {"whenDeleted": "Delete", "whenScaled": "Retain"}},
+        "postgresql": {"parameters": {"shared_buffers": "256MB", "max_connections": "200", "pg_stat_statements.max": "1000"}, "pgHba": ["host all all 10.0.0.0/8 scram-sha-256"]},
+        "podManagementPolicy": "Parallel",
+        "topology": {"maxSkew": 2, "whenUnsatisfiable": "DoNotSchedule"},
+        "podDisruptionBudget": {"minAvailable": 3},
+        "replication": {"mode": "quorum", "quorum": 2, "maxReadyLagBytes": 1048576},
+        "failover": {"enabled": true, "checkIntervalSeconds": 2, "failureThreshold": 5},
+        "updateStrategy": {"partition": 3},
+        "superuserSecret": "my-superuser",
+        "serviceName": "db-pods",
+    }))
+    .expect("full spec");
+    // A single instance needs no PDB, so its minAvailable is not compared.
+    create(json!({"replicas": 1, "storage": {"size": "1Gi"}, "podDisruptionBudget": {"minAvailable": 1}}))
+        .expect("single instance");
+    // quorum is only read in quorum mode.
+    create(json!({"replicas": 2, "storage": {"size": "1Gi"}, "replication": {"quorum": 4}}))
+        .expect("async mode ignores quorum");
+}
+
+#[test]
+fn replicas_must_be_at_least_one() {
+    assert_rejected(
+        create(json!({"replicas": 0, "storage": {"size": "10Gi"}})),
+        "replicas must be at least 1",
+    );
+}
+
+#[test]
+fn quorum_must_be_less_than_replicas() {
+    let spec = |replicas, quorum| {
+        json!({"replicas": replicas, "storage": {"size": "1Gi"}, "replication": {"mode": "quorum", "quorum": quorum}})
+    };
+    assert_rejected(create(spec(3, 3)), "replication.quorum must be less than replicas");
+    assert_rejected(create(spec(1, 1)), "replication.quorum must be less than replicas");
+    create(spec(3, 2)).expect("quorum 2 of 3");
+    // Defaulted quorum (1) against a single instance.
+    assert_rejected(
+        create(json!({"replicas": 1, "storage": {"size": "1Gi"}, "replication": {"mode": "quorum"}})),
+        "replication.quorum must be less than replicas",
+    );
+}
+
+#[test]
+fn storage_size_must_be_a_positive_quantity() {
+    for size in ["ten gigs", "", "0", "-1Gi", "10 Gi"] {
+        assert_rejected(
+            create(json!({"storage": {"size": size}})),
+            "storage.size must be a positive quantity",
+        );
+    }
+    for size in ["1Gi", "500M", "1.5Ti", "1073741824"] {
+        create(json!({"storage": {"size": size}})).expect(size);
+    }
+}
+
+#[test]
+fn storage_class_name_is_immutable() {
+    let with = |class: Option<&str>| match class {
+        Some(c) => json!({"storage": {"size": "1Gi", "storageClassName": c}}),
+        None => json!({"storage": {"size": "1Gi"}}),
+    };
+    assert_rejected(
+        update(with(Some("standard")), with(Some("fast"))),
+        "storage.storageClassName is immutable",
+    );
+    assert_rejected(
+        update(with(None), with(Some("fast"))),
+        "storage.storageClassName is immutable",
+    );
+    assert_rejected(
+        update(with(Some("fast")), with(None)),
+        "storage.storageClassName is immutable",
+    );
+    update(with(Some("fast")), with(Some("fast"))).expect("unchanged class");
+}
+
+#[test]
+fn storage_size_is_immutable() {
+    assert_rejected(
+        update(
+            json!({"storage": {"size": "1Gi"}}),
+            json!({"storage": {"size": "2Gi"}}),
+        ),
+        "storage.size is immutable",
+    );
+}
+
+#[test]
+fn statefulset_immutable_fields_are_immutable() {
+    assert_rejected(
+        update(
+            json!({"storage": {"size": "1Gi"}}),
+            json!({"storage": {"size": "1Gi"}, "podManagementPolicy": "Parallel"}),
+        ),
+        "podManagementPolicy is immutable",
+    );
+    assert_rejected(
+        update(
+            json!({"storage": {"size": "1Gi"}}),
+            json!({"storage": {"size": "1Gi"}, "serviceName": "pods"}),
+        ),
+        "serviceName is immutable",
+    );
+    // Mutable fields stay mutable.
+    update(
+        json!({"storage": {"size": "1Gi"}}),
+        json!({"storage": {"size": "1Gi"}, "replicas": 5, "image": "postgres:17.3", "storage": {"size": "1Gi", "pvcRetention": {"whenScaled": "Delete"}}}),
+    )
+    .expect("replicas, image and retention may change");
+}
+
+#[test]
+fn operator_owned_parameters_are_refused() {
+    for parameter in OPERATOR_OWNED_PARAMETERS {
+        assert_rejected(
+            create(json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {*parameter: "x"}}})),
+            "sets a parameter that Ordinal manages",
+        );
+    }
+    assert_rejected(
+        create(json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {"Shared Buffers": "1GB"}}})),
+        "parameter names are lowercase",
+    );
+}
+
+#[test]
+fn pg_hba_entries_are_single_lines() {
+    assert_rejected(
+        create(json!({"storage": {"size": "1Gi"}, "postgresql": {"pgHba": ["host all all 0.0.0.0/0 trust\nlocal all all trust"]}})),
+        "without line breaks",
+    );
+}
+
+#[test]
+fn pdb_must_allow_a_disruption() {
+    assert_rejected(
+        create(json!({"replicas": 3, "storage": {"size": "1Gi"}, "podDisruptionBudget": {"minAvailable": 3}})),
+        "podDisruptionBudget.minAvailable must be less than replicas",
+    );
+}
+
+#[test]
+fn names_must_fit_pod_and_service_names() {
+    let named = |name: &str| {
+        let mut obj = cluster(json!({"storage": {"size": "1Gi"}}));
+        obj["metadata"]["name"] = json!(name);
+        Validator::new()
+            .validate(&schema(), &obj, None)
+            .map_err(|e| e.to_string())
+    };
+    named("db").expect("short name");
+    named("orders-db-2").expect("name with digits");
+    for bad in ["1db", "db.prod", &"a".repeat(51)] {
+        assert_rejected(named(bad), "metadata.name must start with a letter");
+    }
+}
+
+#[test]
+fn secret_and_service_names_are_validated() {
+    assert_rejected(
+        create(json!({"storage": {"size": "1Gi"}, "superuserSecret": "Bad_Name"})),
+        "superuserSecret must be a valid Secret name",
+    );
+    assert_rejected(
+        create(json!({"storage": {"size": "1Gi"}, "serviceName": "db.pods"})),
+        "serviceName must be a DNS label",
+    );
+}
+
+#[test]
+fn pdb_min_available_defaults_to_replicas_minus_one() {
+    let spec: PostgresClusterSpec =
+        serde_json::from_value(json!({"replicas": 3, "storage": {"size": "1Gi"}}))
+            .expect("spec parses");
+    let pgc = PostgresCluster::new("db", spec.clone());
+    assert_eq!(pgc.pdb_min_available(), Some(2));
+    let single = PostgresCluster::new(
+        "db",
+        PostgresClusterSpec {
+            replicas: 1,
+            ..spec.clone()
+        },
+    );
+    assert_eq!(single.pdb_min_available(), None);
+    let mut custom = PostgresCluster::new("db", spec);
+    custom.spec.pod_disruption_budget.min_available = Some(1);
+    assert_eq!(custom.pdb_min_available(), Some(1));
+}
+
+#[test]
+fn spec_defaults_match_the_design() {
+    let spec: PostgresClusterSpec =
+        serde_json::from_value(json!({"storage": {"size": "1Gi"}})).expect("spec parses");
+    assert_eq!(spec.replicas, 3);
+    assert_eq!(spec.image, "postgres:17");
+    assert_eq!(spec.pod_management_policy, PodManagementPolicy::OrderedReady);
+    assert_eq!(spec.replication.mode, ReplicationMode::Async);
+    assert_eq!(spec.replication.quorum, 1);
+    assert!(spec.failover.enabled);
+    assert_eq!(spec.failover.check_interval_seconds, 1);
+    assert_eq!(spec.failover.failure_threshold, 3);
+    assert_eq!(spec.failover.max_lag_bytes_on_failover, 16 << 20);
+    assert_eq!(spec.topology.zone_key, "topology.kubernetes.io/zone");
+    assert_eq!(spec.topology.node_key, "kubernetes.io/hostname");
+    assert_eq!(spec.topology.max_skew, 1);
+    assert_eq!(spec.topology.when_unsatisfiable, WhenUnsatisfiable::ScheduleAnyway);
+    assert_eq!(spec.storage.pvc_retention.when_deleted, RetentionPolicy::Retain);
+    assert_eq!(spec.storage.pvc_retention.when_scaled, RetentionPolicy::Retain);
+    assert_eq!(spec.update_strategy.partition, 0);
+}
