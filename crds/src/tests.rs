@@ -61,7 +61,10 @@ fn every_rule_compiles() {
         .iter()
         .map(|e| e.to_string())
         .collect();
-    assert!(errors.is_empty(), "CEL rules that do not compile: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "CEL rules that do not compile: {errors:?}"
+    );
 }
 
 #[test]
@@ -104,8 +107,14 @@ fn bounds_are_in_the_schema() {
     let spec = &schema()["properties"]["spec"]["properties"];
     let bound = |v: &Value| v.as_f64().expect("numeric bound");
     assert_eq!(bound(&spec["replicas"]["maximum"]), 99.0);
-    assert_eq!(bound(&spec["replication"]["properties"]["quorum"]["minimum"]), 1.0);
-    assert_eq!(bound(&spec["topology"]["properties"]["maxSkew"]["minimum"]), 1.0);
+    assert_eq!(
+        bound(&spec["replication"]["properties"]["quorum"]["minimum"]),
+        1.0
+    );
+    assert_eq!(
+        bound(&spec["topology"]["properties"]["maxSkew"]["minimum"]),
+        1.0
+    );
     assert_eq!(
         bound(&spec["failover"]["properties"]["checkIntervalSeconds"]["minimum"]),
         1.0
@@ -182,15 +191,21 @@ fn replicas_must_be_at_least_one() {
 
 #[test]
 fn quorum_must_be_less_than_replicas() {
-    let spec = |replicas, quorum| {
-        json!({"replicas": replicas, "storage": {"size": "1Gi"}, "replication": {"mode": "quorum", "quorum": quorum}})
-    };
-    assert_rejected(create(spec(3, 3)), "replication.quorum must be less than replicas");
-    assert_rejected(create(spec(1, 1)), "replication.quorum must be less than replicas");
+    let spec = |replicas, quorum| json!({"replicas": replicas, "storage": {"size": "1Gi"}, "replication": {"mode": "quorum", "quorum": quorum}});
+    assert_rejected(
+        create(spec(3, 3)),
+        "replication.quorum must be less than replicas",
+    );
+    assert_rejected(
+        create(spec(1, 1)),
+        "replication.quorum must be less than replicas",
+    );
     create(spec(3, 2)).expect("quorum 2 of 3");
     // Defaulted quorum (1) against a single instance.
     assert_rejected(
-        create(json!({"replicas": 1, "storage": {"size": "1Gi"}, "replication": {"mode": "quorum"}})),
+        create(
+            json!({"replicas": 1, "storage": {"size": "1Gi"}, "replication": {"mode": "quorum"}}),
+        ),
         "replication.quorum must be less than replicas",
     );
 }
@@ -268,12 +283,16 @@ fn statefulset_immutable_fields_are_immutable() {
 fn operator_owned_parameters_are_refused() {
     for parameter in OPERATOR_OWNED_PARAMETERS {
         assert_rejected(
-            create(json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {*parameter: "x"}}})),
+            create(
+                json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {*parameter: "x"}}}),
+            ),
             "sets a parameter that Ordinal manages",
         );
     }
     assert_rejected(
-        create(json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {"Shared Buffers": "1GB"}}})),
+        create(
+            json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {"Shared Buffers": "1GB"}}}),
+        ),
         "parameter names are lowercase",
     );
 }
@@ -281,7 +300,9 @@ fn operator_owned_parameters_are_refused() {
 #[test]
 fn pg_hba_entries_are_single_lines() {
     assert_rejected(
-        create(json!({"storage": {"size": "1Gi"}, "postgresql": {"pgHba": ["host all all 0.0.0.0/0 trust\nlocal all all trust"]}})),
+        create(
+            json!({"storage": {"size": "1Gi"}, "postgresql": {"pgHba": ["host all all 0.0.0.0/0 trust\nlocal all all trust"]}}),
+        ),
         "without line breaks",
     );
 }
@@ -289,7 +310,9 @@ fn pg_hba_entries_are_single_lines() {
 #[test]
 fn pdb_must_allow_a_disruption() {
     assert_rejected(
-        create(json!({"replicas": 3, "storage": {"size": "1Gi"}, "podDisruptionBudget": {"minAvailable": 3}})),
+        create(
+            json!({"replicas": 3, "storage": {"size": "1Gi"}, "podDisruptionBudget": {"minAvailable": 3}}),
+        ),
         "podDisruptionBudget.minAvailable must be less than replicas",
     );
 }
@@ -348,7 +371,10 @@ fn spec_defaults_match_the_design() {
         serde_json::from_value(json!({"storage": {"size": "1Gi"}})).expect("spec parses");
     assert_eq!(spec.replicas, 3);
     assert_eq!(spec.image, "postgres:17");
-    assert_eq!(spec.pod_management_policy, PodManagementPolicy::OrderedReady);
+    assert_eq!(
+        spec.pod_management_policy,
+        PodManagementPolicy::OrderedReady
+    );
     assert_eq!(spec.replication.mode, ReplicationMode::Async);
     assert_eq!(spec.replication.quorum, 1);
     assert!(spec.failover.enabled);
@@ -358,8 +384,17 @@ fn spec_defaults_match_the_design() {
     assert_eq!(spec.topology.zone_key, "topology.kubernetes.io/zone");
     assert_eq!(spec.topology.node_key, "kubernetes.io/hostname");
     assert_eq!(spec.topology.max_skew, 1);
-    assert_eq!(spec.topology.when_unsatisfiable, WhenUnsatisfiable::ScheduleAnyway);
-    assert_eq!(spec.storage.pvc_retention.when_deleted, RetentionPolicy::Retain);
-    assert_eq!(spec.storage.pvc_retention.when_scaled, RetentionPolicy::Retain);
+    assert_eq!(
+        spec.topology.when_unsatisfiable,
+        WhenUnsatisfiable::ScheduleAnyway
+    );
+    assert_eq!(
+        spec.storage.pvc_retention.when_deleted,
+        RetentionPolicy::Retain
+    );
+    assert_eq!(
+        spec.storage.pvc_retention.when_scaled,
+        RetentionPolicy::Retain
+    );
     assert_eq!(spec.update_strategy.partition, 0);
 }

@@ -1,1 +1,116 @@
-fn main() {}
+//! `ordinal-operator`: runs the operator, or prints its CRD.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use ordinal_crds::names;
+use ordinal_operator::Context;
+use ordinal_operator::controller;
+use ordinal_operator::http::{self, HttpState};
+use ordinal_operator::metrics::Metrics;
+use ordinal_operator::reconcile::build::BuildConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Runs PostgreSQL primary-replica clusters on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator against the current kube context (the default).
+    Run,
+    /// Print the PostgresCluster CRD as YAML.
+    Crd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ORDINAL_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Image holding ordinal-init, run as the pods' `install` init container.
+    #[arg(long, env = "ORDINAL_INIT_IMAGE", default_value = concat!("ghcr.io/ordinal-dev/ordinal:", env!("CARGO_PKG_VERSION")))]
+    init_image: String,
+    /// Pull policy of the init image (Always, IfNotPresent, Never).
+    #[arg(long, env = "ORDINAL_INIT_IMAGE_PULL_POLICY")]
+    init_image_pull_policy: Option<String>,
+    /// Log format.
+    #[arg(long, env = "ORDINAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Name reported in Events (the operator pod's name when in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Crd => {
+            print!("{}", ordinal_crds::crd_yaml()?);
+            Ok(())
+        }
+        Command::Run => run(cli.run).await,
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+
+    let client = Client::try_default().await?;
+    let reporter = Reporter {
+        controller: names::CONTROLLER_NAME.to_owned(),
+        instance: args.pod_name,
+    };
+    let metrics = Metrics::new()?;
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client, reporter),
+        metrics.clone(),
+        BuildConfig {
+            init_image: args.init_image,
+            init_image_pull_policy: args.init_image_pull_policy,
+        },
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = HttpState {
+        metrics,
+        ready: ready.clone(),
+    };
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(args.metrics_addr, state, async {
+        let _ = http_stopped.await;
+    }));
+    let result = controller::run(ctx, ready).await;
+    let _ = stop_http.send(());
+    if let Ok(Err(error)) = server.await {
+        tracing::warn!(%error, "metrics server failed");
+    }
+    result.map_err(Into::into)
+}

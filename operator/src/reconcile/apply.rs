@@ -1,0 +1,229 @@
+//! Every write the reconciler makes: server-side apply under one field
+//! manager (typed objects, forced, idempotent), Secrets created once, pods'
+//! role labels, and the two status writers.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use ordinal_crds::{PostgresCluster, names};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::Error;
+use crate::reconcile::build::{self, build_generated_secret, generate_password};
+use crate::reconcile::status::{PRIMARY_MANAGER, STATUS_MANAGER};
+use crate::reconcile::validate::ValidCluster;
+
+/// Server-side applies `obj` (named and namespaced) under the field manager.
+pub async fn apply<K>(client: &Client, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: <K as k8s_openapi::Resource>::KIND,
+        namespace,
+        name,
+        source,
+    })
+}
+
+/// Creates the generated Secrets that do not exist yet. An existing Secret
+/// is never read beyond its existence and never overwritten; passwords are
+/// never logged. A Secret the user named must exist.
+pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(), Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
+    let wanted = [
+        (
+            &cluster.superuser_secret,
+            cluster.spec.superuser_secret.is_some(),
+            "superuserSecret",
+            names::SUPERUSER_NAME,
+        ),
+        (
+            &cluster.replication_secret,
+            cluster.spec.replication_secret.is_some(),
+            "replicationSecret",
+            names::REPLICATION_USER_NAME,
+        ),
+    ];
+    for (secret, user_named, field, username) in wanted {
+        let existing = api
+            .get_metadata_opt(secret)
+            .await
+            .map_err(|source| Error::Get {
+                kind: "Secret",
+                namespace: cluster.namespace.clone(),
+                name: secret.clone(),
+                source,
+            })?;
+        if existing.is_some() {
+            continue;
+        }
+        if user_named {
+            return Err(Error::MissingSecret {
+                namespace: cluster.namespace.clone(),
+                name: cluster.name.clone(),
+                field,
+                secret: secret.clone(),
+            });
+        }
+        let password = generate_password(&mut rand::rng());
+        let obj = build_generated_secret(cluster, secret, username, &password);
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => tracing::info!(secret = %secret, "generated credentials"),
+            // Created by a concurrent reconcile: keep theirs.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(source) => {
+                return Err(Error::Create {
+                    kind: "Secret",
+                    namespace: cluster.namespace.clone(),
+                    name: secret.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies every child object, in dependency order: identity, config,
+/// Services (DNS must resolve before pods clone), PDB, StatefulSet.
+pub async fn apply_children(
+    client: &Client,
+    cluster: &ValidCluster,
+    config: &build::BuildConfig,
+) -> Result<(), Error> {
+    apply(client, &build::build_service_account(cluster)).await?;
+    apply(client, &build::build_role(cluster)).await?;
+    apply(client, &build::build_role_binding(cluster)).await?;
+    apply(client, &build::build_config_map(cluster)).await?;
+    apply(client, &build::build_headless_service(cluster)).await?;
+    apply(client, &build::build_rw_service(cluster)).await?;
+    apply(client, &build::build_ro_service(cluster)).await?;
+    match build::build_pdb(cluster) {
+        Some(pdb) => {
+            apply(client, &pdb).await?;
+        }
+        None => delete_pdb(client, cluster).await?,
+    }
+    apply(client, &build::build_statefulset(cluster, config)).await?;
+    Ok(())
+}
+
+/// A single-instance cluster has no PDB: remove ours if it exists.
+async fn delete_pdb(client: &Client, cluster: &ValidCluster) -> Result<(), Error> {
+    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &cluster.namespace);
+    match api.delete(&cluster.name, &DeleteParams::default()).await {
+        Ok(_) => {
+            tracing::info!(pdb = %cluster.name, "removed the PodDisruptionBudget of a single-instance cluster");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: "PodDisruptionBudget",
+            namespace: cluster.namespace.clone(),
+            name: cluster.name.clone(),
+            source,
+        }),
+    }
+}
+
+/// The pods of the cluster.
+pub async fn list_pods(client: &Client, namespace: &str, cluster: &str) -> Result<Vec<Pod>, Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = build::selector_string(cluster);
+    api.list(&ListParams::default().labels(&selector))
+        .await
+        .map(|l| l.items)
+        .map_err(|source| Error::ListPods {
+            namespace: namespace.to_owned(),
+            name: cluster.to_owned(),
+            source,
+        })
+}
+
+/// Sets `ordinal.dev/role` on a pod (only that label, by server-side apply).
+pub async fn label_role(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    role: &'static str,
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": pod, "labels": { names::LABEL_ROLE: role } },
+    });
+    api.patch(
+        pod,
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::LabelPod {
+        namespace: namespace.to_owned(),
+        pod: pod.to_owned(),
+        role,
+        source,
+    })
+}
+
+async fn apply_status(
+    client: &Client,
+    pgc: &PostgresCluster,
+    manager: &str,
+    body: &Value,
+) -> Result<PostgresCluster, Error> {
+    let namespace = pgc.namespace().unwrap_or_default();
+    let api: Api<PostgresCluster> = Api::namespaced(client.clone(), &namespace);
+    api.patch_status(
+        &pgc.name_any(),
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        namespace,
+        name: pgc.name_any(),
+        source,
+    })
+}
+
+/// Writes the reconciler-owned status.
+pub async fn apply_observed_status(
+    client: &Client,
+    pgc: &PostgresCluster,
+    body: &Value,
+) -> Result<PostgresCluster, Error> {
+    apply_status(client, pgc, STATUS_MANAGER, body).await
+}
+
+/// Writes who is primary; the body carries the resourceVersion precondition.
+pub async fn apply_primary_status(
+    client: &Client,
+    pgc: &PostgresCluster,
+    body: &Value,
+) -> Result<PostgresCluster, Error> {
+    apply_status(client, pgc, PRIMARY_MANAGER, body).await
+}

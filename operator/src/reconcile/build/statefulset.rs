@@ -1,0 +1,423 @@
+//! The StatefulSet: stable pod names, one PVC per pod, and the pod layout of
+//! DESIGN §3: `install` copies ordinal-init into a shared emptyDir, `init`
+//! prepares PGDATA for the pod's role, `postgres` runs the guard that execs
+//! postgres.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use ordinal_crds::{names, names::paths};
+
+use super::{child_meta, config_hash, labels, postgresql_conf, selector_labels};
+use crate::reconcile::validate::ValidCluster;
+
+/// The uid and gid of the postgres user in the official postgres images.
+pub const POSTGRES_UID: i64 = 999;
+
+/// Operator-wide settings the StatefulSet needs (from flags, not the spec).
+#[derive(Clone, Debug)]
+pub struct BuildConfig {
+    /// Image holding `ordinal-init` (the operator's own image).
+    pub init_image: String,
+    pub init_image_pull_policy: Option<String>,
+}
+
+const VOLUME_ORDINAL: &str = "ordinal";
+const VOLUME_CONFIG: &str = "config";
+const VOLUME_SUPERUSER: &str = "superuser";
+const VOLUME_REPLICATION: &str = "replication";
+const VOLUME_RUN: &str = "run";
+const VOLUME_SHM: &str = "shm";
+const VOLUME_TMP: &str = "tmp";
+
+/// Where the `install` container's image keeps the binary.
+const IMAGE_ORDINAL_INIT: &str = "/usr/local/bin/ordinal-init";
+
+pub fn build_statefulset(cluster: &ValidCluster, config: &BuildConfig) -> StatefulSet {
+    let spec = &cluster.spec;
+    let retention = &spec.storage.pvc_retention;
+    StatefulSet {
+        metadata: child_meta(cluster, &cluster.name),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(cluster.service_name.clone()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&cluster.name)),
+                ..LabelSelector::default()
+            },
+            pod_management_policy: Some(spec.pod_management_policy.as_str().to_owned()),
+            // The operator replaces pods itself, replicas first and the
+            // primary last after a switchover; the StatefulSet controller's
+            // own order (highest ordinal down) ignores which pod is primary.
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_owned()),
+                rolling_update: None,
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.when_deleted.as_str().to_owned()),
+                    when_scaled: Some(retention.when_scaled.as_str().to_owned()),
+                },
+            ),
+            volume_claim_templates: Some(vec![volume_claim_template(cluster)]),
+            template: pod_template(cluster, config),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn volume_claim_template(cluster: &ValidCluster) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(names::VOLUME_DATA.to_owned()),
+            labels: Some(labels(&cluster.name)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: cluster.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(cluster.spec.storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec {
+    let conf_hash = config_hash(&postgresql_conf(cluster));
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(&cluster.name)),
+            annotations: Some(BTreeMap::from([(
+                names::ANNOTATION_CONFIG_HASH.to_owned(),
+                conf_hash,
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(cluster.name.clone()),
+            automount_service_account_token: Some(true),
+            // postgres' fast shutdown sends the final WAL to the standbys;
+            // give it time to finish before the kubelet kills it.
+            termination_grace_period_seconds: Some(60),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(POSTGRES_UID),
+                run_as_group: Some(POSTGRES_UID),
+                fs_group: Some(POSTGRES_UID),
+                // Recursive chown/chmod of a large PGDATA at every start is
+                // slow and loosens the 0700 mode postgres insists on.
+                fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            init_containers: Some(vec![install_container(config), init_container(cluster)]),
+            containers: vec![postgres_container(cluster)],
+            volumes: Some(volumes(cluster)),
+            topology_spread_constraints: Some(topology_spread(cluster)),
+            affinity: Some(anti_affinity(cluster)),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// The restricted Pod Security Standard, per container.
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.to_owned()),
+        value_from: None,
+    }
+}
+
+fn env_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// What `ordinal-init` needs to know: who it is and where things are.
+fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
+    vec![
+        env_field("POD_NAME", "metadata.name"),
+        env_field("POD_NAMESPACE", "metadata.namespace"),
+        env("ORDINAL_CLUSTER", &cluster.name),
+        env("ORDINAL_SERVICE", &cluster.service_name),
+        env("PGDATA", paths::PGDATA),
+        env("PGHOST", paths::RUN_DIR),
+        env("PGPORT", &names::POSTGRES_PORT.to_string()),
+        env("ORDINAL_CONFIG_DIR", paths::CONFIG_DIR),
+        env("ORDINAL_SUPERUSER_DIR", paths::SUPERUSER_SECRET_DIR),
+        env("ORDINAL_REPLICATION_DIR", paths::REPLICATION_SECRET_DIR),
+        env(
+            "ORDINAL_MAX_READY_LAG_BYTES",
+            &cluster
+                .spec
+                .replication
+                .max_ready_lag_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_default(),
+        ),
+    ]
+}
+
+/// The mounts of the containers that run postgres tools.
+fn postgres_mounts() -> Vec<VolumeMount> {
+    vec![
+        mount(names::VOLUME_DATA, paths::DATA_MOUNT, false),
+        mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
+        mount(VOLUME_CONFIG, paths::CONFIG_DIR, true),
+        mount(VOLUME_SUPERUSER, paths::SUPERUSER_SECRET_DIR, true),
+        mount(VOLUME_REPLICATION, paths::REPLICATION_SECRET_DIR, true),
+        mount(VOLUME_RUN, paths::RUN_DIR, false),
+        mount(VOLUME_TMP, "/tmp", false),
+    ]
+}
+
+fn install_container(config: &BuildConfig) -> Container {
+    Container {
+        name: "install".to_owned(),
+        image: Some(config.init_image.clone()),
+        image_pull_policy: config.init_image_pull_policy.clone(),
+        command: Some(vec![
+            IMAGE_ORDINAL_INIT.to_owned(),
+            "install".to_owned(),
+            paths::ORDINAL_DIR.to_owned(),
+        ]),
+        volume_mounts: Some(vec![mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, false)]),
+        security_context: Some(restricted()),
+        ..Container::default()
+    }
+}
+
+fn init_container(cluster: &ValidCluster) -> Container {
+    Container {
+        name: "init".to_owned(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: cluster
+            .spec
+            .image_pull_policy
+            .map(|p| p.as_str().to_owned()),
+        command: Some(vec![paths::ORDINAL_INIT.to_owned(), "init".to_owned()]),
+        env: Some(ordinal_env(cluster)),
+        volume_mounts: Some(postgres_mounts()),
+        security_context: Some(restricted()),
+        resources: cluster.spec.resources.clone(),
+        ..Container::default()
+    }
+}
+
+fn exec_probe(args: &[&str]) -> Option<ExecAction> {
+    let mut command = vec![paths::ORDINAL_INIT.to_owned()];
+    command.extend(args.iter().map(|a| (*a).to_owned()));
+    Some(ExecAction {
+        command: Some(command),
+    })
+}
+
+fn postgres_container(cluster: &ValidCluster) -> Container {
+    let mut mounts = postgres_mounts();
+    mounts.push(mount(VOLUME_SHM, "/dev/shm", false));
+    Container {
+        name: "postgres".to_owned(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: cluster
+            .spec
+            .image_pull_policy
+            .map(|p| p.as_str().to_owned()),
+        command: Some(vec![
+            paths::ORDINAL_INIT.to_owned(),
+            "run".to_owned(),
+            "--".to_owned(),
+            "postgres".to_owned(),
+            "-D".to_owned(),
+            paths::PGDATA.to_owned(),
+            "-c".to_owned(),
+            format!(
+                "config_file={}/{}",
+                paths::CONFIG_DIR,
+                names::CONFIG_POSTGRESQL_CONF
+            ),
+        ]),
+        env: Some(ordinal_env(cluster)),
+        ports: Some(vec![ContainerPort {
+            name: Some(names::POSTGRES_PORT_NAME.to_owned()),
+            container_port: names::POSTGRES_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        resources: cluster.spec.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(restricted()),
+        // Crash recovery after an unclean stop can take minutes: the
+        // startup probe holds liveness off until the server answers.
+        startup_probe: Some(Probe {
+            exec: exec_probe(&["probe", "live"]),
+            period_seconds: Some(5),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(360),
+            ..Probe::default()
+        }),
+        liveness_probe: Some(Probe {
+            exec: exec_probe(&["probe", "live"]),
+            period_seconds: Some(10),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(6),
+            ..Probe::default()
+        }),
+        readiness_probe: Some(Probe {
+            exec: exec_probe(&["probe", "ready"]),
+            period_seconds: Some(2),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        ..Container::default()
+    }
+}
+
+fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: medium.map(str::to_owned),
+            size_limit: None,
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Secrets are files readable by the postgres group only, never env vars.
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
+    vec![
+        empty_dir(VOLUME_ORDINAL, None),
+        Volume {
+            name: VOLUME_CONFIG.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names::config_map(&cluster.name),
+                default_mode: Some(0o444),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secret_volume(VOLUME_SUPERUSER, &cluster.superuser_secret),
+        secret_volume(VOLUME_REPLICATION, &cluster.replication_secret),
+        empty_dir(VOLUME_RUN, None),
+        empty_dir(VOLUME_SHM, Some("Memory")),
+        empty_dir(VOLUME_TMP, None),
+    ]
+}
+
+fn topology_spread(cluster: &ValidCluster) -> Vec<TopologySpreadConstraint> {
+    let topology = &cluster.spec.topology;
+    [&topology.zone_key, &topology.node_key]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            topology_key: key.clone(),
+            max_skew: topology.max_skew,
+            when_unsatisfiable: topology.when_unsatisfiable.as_str().to_owned(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&cluster.name)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
+/// Prefer one instance per node, so that losing a node loses one instance.
+fn anti_affinity(cluster: &ValidCluster) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: cluster.spec.topology.node_key.clone(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(&cluster.name)),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

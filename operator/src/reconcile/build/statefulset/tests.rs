@@ -1,0 +1,366 @@
+use super::*;
+use crate::fixtures::{build_config, cluster, valid};
+use ordinal_crds::{ImagePullPolicy, RetentionPolicy, WhenUnsatisfiable};
+
+fn sts(c: ordinal_crds::PostgresCluster) -> StatefulSet {
+    build_statefulset(&valid(c), &build_config())
+}
+
+fn spec(s: &StatefulSet) -> &StatefulSetSpec {
+    s.spec.as_ref().expect("spec")
+}
+
+fn pod(s: &StatefulSet) -> &PodSpec {
+    spec(s).template.spec.as_ref().expect("pod spec")
+}
+
+fn command(c: &Container) -> Vec<&str> {
+    c.command.iter().flatten().map(String::as_str).collect()
+}
+
+#[test]
+fn shape_of_a_default_cluster() {
+    let s = sts(cluster().build());
+    assert_eq!(s.metadata.name.as_deref(), Some("db"));
+    let spec = spec(&s);
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(spec.service_name.as_deref(), Some("db-headless"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("OrderedReady"));
+    assert_eq!(
+        spec.update_strategy
+            .as_ref()
+            .and_then(|u| u.type_.as_deref()),
+        Some("OnDelete")
+    );
+    assert_eq!(spec.selector.match_labels, Some(selector_labels("db")));
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .expect("retention");
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    assert_eq!(retention.when_scaled.as_deref(), Some("Retain"));
+}
+
+#[test]
+fn one_data_claim_per_pod() {
+    let s = sts(cluster().size("10Gi").build());
+    let claims = spec(&s).volume_claim_templates.as_ref().expect("claims");
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].metadata.name.as_deref(), Some("data"));
+    let claim = claims[0].spec.as_ref().expect("claim spec");
+    assert_eq!(claim.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
+    assert_eq!(claim.storage_class_name, None);
+    let requests = claim
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .expect("requests");
+    assert_eq!(requests["storage"], Quantity("10Gi".to_owned()));
+}
+
+#[test]
+fn storage_class_and_retention_delete() {
+    let mut c = cluster().build();
+    c.spec.storage.storage_class_name = Some("fast".to_owned());
+    c.spec.storage.pvc_retention.when_deleted = RetentionPolicy::Delete;
+    c.spec.storage.pvc_retention.when_scaled = RetentionPolicy::Delete;
+    let s = sts(c);
+    let claims = spec(&s).volume_claim_templates.as_ref().expect("claims");
+    assert_eq!(
+        claims[0]
+            .spec
+            .as_ref()
+            .and_then(|c| c.storage_class_name.as_deref()),
+        Some("fast")
+    );
+    let retention = spec(&s)
+        .persistent_volume_claim_retention_policy
+        .as_ref()
+        .expect("retention");
+    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+    assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+}
+
+#[test]
+fn single_replica_and_parallel_policy() {
+    let mut c = cluster().replicas(1).build();
+    c.spec.pod_management_policy = ordinal_crds::PodManagementPolicy::Parallel;
+    let s = sts(c);
+    assert_eq!(spec(&s).replicas, Some(1));
+    assert_eq!(spec(&s).pod_management_policy.as_deref(), Some("Parallel"));
+}
+
+#[test]
+fn custom_service_name_governs_the_pods() {
+    let s = sts(cluster().service_name("pods").build());
+    assert_eq!(spec(&s).service_name.as_deref(), Some("pods"));
+    let env = pod(&s).containers[0].env.as_ref().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e.name == "ORDINAL_SERVICE" && e.value.as_deref() == Some("pods"))
+    );
+}
+
+#[test]
+fn three_containers_run_ordinal_init() {
+    let s = sts(cluster().build());
+    let pod = pod(&s);
+    let init = pod.init_containers.as_ref().expect("init containers");
+    assert_eq!(init.len(), 2);
+    assert_eq!(init[0].name, "install");
+    assert_eq!(
+        init[0].image.as_deref(),
+        Some("ghcr.io/ordinal-dev/ordinal:test")
+    );
+    assert_eq!(
+        command(&init[0]),
+        ["/usr/local/bin/ordinal-init", "install", "/ordinal"]
+    );
+    assert_eq!(init[1].name, "init");
+    assert_eq!(init[1].image.as_deref(), Some("postgres:17"));
+    assert_eq!(command(&init[1]), ["/ordinal/ordinal-init", "init"]);
+    assert_eq!(pod.containers.len(), 1);
+    let postgres = &pod.containers[0];
+    assert_eq!(postgres.name, "postgres");
+    assert_eq!(
+        command(postgres),
+        [
+            "/ordinal/ordinal-init",
+            "run",
+            "--",
+            "postgres",
+            "-D",
+            "/var/lib/postgresql/data/pgdata",
+            "-c",
+            "config_file=/etc/ordinal/config/postgresql.conf"
+        ]
+    );
+    let probe = |p: &Option<Probe>| -> Vec<String> {
+        p.as_ref()
+            .and_then(|p| p.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        probe(&postgres.readiness_probe),
+        ["/ordinal/ordinal-init", "probe", "ready"]
+    );
+    assert_eq!(
+        probe(&postgres.liveness_probe),
+        ["/ordinal/ordinal-init", "probe", "live"]
+    );
+    assert_eq!(
+        probe(&postgres.startup_probe),
+        ["/ordinal/ordinal-init", "probe", "live"]
+    );
+}
+
+#[test]
+fn pgdata_is_a_subdirectory_of_the_mount() {
+    let s = sts(cluster().build());
+    let postgres = &pod(&s).containers[0];
+    let data = postgres
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "data")
+        .expect("data mount");
+    assert_eq!(data.mount_path, "/var/lib/postgresql/data");
+    let env = postgres.env.as_ref().expect("env");
+    let pgdata = env
+        .iter()
+        .find(|e| e.name == "PGDATA")
+        .and_then(|e| e.value.as_deref());
+    assert_eq!(pgdata, Some("/var/lib/postgresql/data/pgdata"));
+}
+
+#[test]
+fn pods_pass_the_restricted_pod_security_standard() {
+    let s = sts(cluster().build());
+    let pod = pod(&s);
+    let psc = pod.security_context.as_ref().expect("pod security context");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(999));
+    assert_eq!(psc.fs_group, Some(999));
+    assert_eq!(
+        psc.fs_group_change_policy.as_deref(),
+        Some("OnRootMismatch")
+    );
+    assert_eq!(
+        psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+        let sc = c
+            .security_context
+            .as_ref()
+            .expect("container security context");
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()]),
+            "{}",
+            c.name
+        );
+        assert!(
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.capabilities.as_ref())
+                .and_then(|c| c.add.as_ref())
+                .is_none()
+        );
+    }
+}
+
+#[test]
+fn secrets_are_files_never_env_vars() {
+    let s = sts(cluster().build());
+    let pod = pod(&s);
+    for c in pod.init_containers.iter().flatten().chain(&pod.containers) {
+        for e in c.env.iter().flatten() {
+            let from_secret = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref());
+            assert!(
+                from_secret.is_none(),
+                "{} reads {} from a secret",
+                c.name,
+                e.name
+            );
+        }
+        assert!(c.env_from.is_none());
+    }
+    let secrets: Vec<(&str, Option<&str>)> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| Some((v.name.as_str(), v.secret.as_ref()?.secret_name.as_deref())))
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            ("superuser", Some("db-superuser")),
+            ("replication", Some("db-replication"))
+        ]
+    );
+    let postgres = &pod.containers[0];
+    let mounted: Vec<&str> = postgres
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.name == "superuser" || m.name == "replication")
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert_eq!(
+        mounted,
+        ["/etc/ordinal/superuser", "/etc/ordinal/replication"]
+    );
+}
+
+#[test]
+fn user_secrets_are_mounted() {
+    let mut c = cluster().build();
+    c.spec.superuser_secret = Some("mine".to_owned());
+    let s = sts(c);
+    assert!(
+        pod(&s).volumes.iter().flatten().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("mine"))
+    );
+}
+
+#[test]
+fn template_never_carries_a_role() {
+    let s = sts(cluster().build());
+    let labels = spec(&s)
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .expect("labels");
+    assert!(!labels.contains_key(names::LABEL_ROLE));
+    assert_eq!(labels, super::labels("db"));
+}
+
+#[test]
+fn spread_over_zones_and_nodes() {
+    let mut c = cluster().build();
+    c.spec.topology.max_skew = 2;
+    c.spec.topology.when_unsatisfiable = WhenUnsatisfiable::DoNotSchedule;
+    let s = sts(c);
+    let pod = pod(&s);
+    let constraints = pod
+        .topology_spread_constraints
+        .as_ref()
+        .expect("constraints");
+    let keys: Vec<&str> = constraints
+        .iter()
+        .map(|c| c.topology_key.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    );
+    for c in constraints {
+        assert_eq!(c.max_skew, 2);
+        assert_eq!(c.when_unsatisfiable, "DoNotSchedule");
+        assert_eq!(
+            c.label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone()),
+            Some(selector_labels("db"))
+        );
+    }
+    let preferred = pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .expect("preferred anti-affinity");
+    assert_eq!(
+        preferred[0].pod_affinity_term.topology_key,
+        "kubernetes.io/hostname"
+    );
+}
+
+#[test]
+fn config_changes_change_the_template() {
+    let hash = |c| {
+        sts(c)
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get(names::ANNOTATION_CONFIG_HASH).cloned())
+            .expect("hash")
+    };
+    assert_ne!(
+        hash(cluster().build()),
+        hash(cluster().parameter("shared_buffers", "1GB").build())
+    );
+}
+
+#[test]
+fn image_and_pull_policy_come_from_the_spec() {
+    let mut c = cluster().build();
+    c.spec.image = "registry.example/postgres:17.2".to_owned();
+    c.spec.image_pull_policy = Some(ImagePullPolicy::Always);
+    let s = sts(c);
+    let pod = pod(&s);
+    for c in pod
+        .init_containers
+        .iter()
+        .flatten()
+        .skip(1)
+        .chain(&pod.containers)
+    {
+        assert_eq!(c.image.as_deref(), Some("registry.example/postgres:17.2"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+    }
+}

@@ -1,0 +1,184 @@
+//! One reconcile of a PostgresCluster, as a pipeline:
+//! validate → bootstrap the primary → secrets → children → role labels →
+//! status. Only `apply` talks to the API; the other steps are pure.
+
+pub mod apply;
+pub mod build;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use ordinal_crds::{PostgresCluster, names};
+
+use crate::{Context, Error};
+use status::{Blocker, Observed, PodView, PrimaryStatus};
+
+/// How often a settled cluster is looked at again without any event.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a cluster that is still converging is looked at again.
+const CONVERGING: Duration = Duration::from_secs(10);
+
+pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = pgc.name_any();
+    let namespace = pgc.namespace().unwrap_or_default();
+    let _timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&[&namespace, &name])
+        .start_timer();
+
+    let cluster = match validate::validate(&pgc)? {
+        Ok(cluster) => cluster,
+        Err(problems) => {
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(%message, "invalid spec: nothing is changed until it is fixed");
+            ctx.publish(
+                &pgc,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                message.clone(),
+            )
+            .await;
+            let pods = apply::list_pods(&ctx.client, &namespace, &name).await?;
+            write_observed(&ctx, &pgc, &pods, Some(Blocker::InvalidSpec(message))).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    let pods = apply::list_pods(&ctx.client, &namespace, &name).await?;
+    let views: Vec<PodView> = pods.iter().map(PodView::from_pod).collect();
+
+    // The primary is decided before any pod exists, so that ordinal-init
+    // never has to guess it.
+    let mut pgc = pgc;
+    let mut primary = match pgc.status.as_ref().and_then(PrimaryStatus::from_status) {
+        Some(primary) => primary,
+        None => {
+            let primary = PrimaryStatus {
+                current_primary: status::initial_primary(&name, &views),
+                target_primary: None,
+                epoch: pgc.status.as_ref().map_or(0, |s| s.epoch),
+                bootstrapped: false,
+            };
+            let body = status::primary_patch(&primary, pgc.resource_version().as_deref());
+            pgc = Arc::new(apply::apply_primary_status(&ctx.client, &pgc, &body).await?);
+            tracing::info!(primary = %primary.current_primary, "cluster bootstrap: primary chosen");
+            ctx.publish(
+                &pgc,
+                EventType::Normal,
+                "PrimaryChosen",
+                "Bootstrap",
+                format!(
+                    "{} will initialize the cluster as its primary",
+                    primary.current_primary
+                ),
+            )
+            .await;
+            primary
+        }
+    };
+
+    if let Err(error @ Error::MissingSecret { .. }) =
+        apply::ensure_secrets(&ctx.client, &cluster).await
+    {
+        let message = error.to_string();
+        ctx.publish(
+            &pgc,
+            EventType::Warning,
+            "MissingSecret",
+            "Secrets",
+            message.clone(),
+        )
+        .await;
+        write_observed(&ctx, &pgc, &pods, Some(Blocker::MissingSecret(message))).await?;
+        return Err(error);
+    }
+
+    apply::apply_children(&ctx.client, &cluster, &ctx.build).await?;
+
+    // Roles follow status.currentPrimary. While a promotion is under way
+    // the failover loop owns the labels.
+    if primary.target_primary.is_none() {
+        for pod in &views {
+            if names::ordinal_of(&name, &pod.name).is_none() || pod.terminating {
+                continue;
+            }
+            let role = if pod.name == primary.current_primary {
+                names::ROLE_PRIMARY
+            } else {
+                names::ROLE_REPLICA
+            };
+            if pod.role.as_deref() != Some(role) {
+                apply::label_role(&ctx.client, &namespace, &pod.name, role).await?;
+                tracing::info!(pod = %pod.name, role, "labelled");
+            }
+        }
+    }
+
+    // From the first time the primary is Ready, an empty PGDATA on the
+    // primary means lost data, never a new cluster.
+    let primary_ready = views
+        .iter()
+        .any(|p| p.name == primary.current_primary && p.ready && !p.terminating);
+    if primary_ready && !primary.bootstrapped {
+        primary.bootstrapped = true;
+        let body = status::primary_patch(&primary, pgc.resource_version().as_deref());
+        pgc = Arc::new(apply::apply_primary_status(&ctx.client, &pgc, &body).await?);
+        ctx.publish(
+            &pgc,
+            EventType::Normal,
+            "Bootstrapped",
+            "Bootstrap",
+            format!(
+                "primary {} is ready: the cluster is initialized",
+                primary.current_primary
+            ),
+        )
+        .await;
+    }
+
+    let written = write_observed(&ctx, &pgc, &pods, None).await?;
+    Ok(if written.phase == ordinal_crds::Phase::Healthy {
+        Action::requeue(RESYNC)
+    } else {
+        Action::requeue(CONVERGING)
+    })
+}
+
+/// Computes and writes the reconciler-owned status.
+async fn write_observed(
+    ctx: &Context,
+    pgc: &PostgresCluster,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    blocker: Option<Blocker>,
+) -> Result<status::ObservedStatus, Error> {
+    let views: Vec<PodView> = pods.iter().map(PodView::from_pod).collect();
+    let old = pgc.status.as_ref();
+    let observed = Observed {
+        cluster: &pgc.name_any(),
+        generation: pgc.metadata.generation,
+        desired: pgc.spec.replicas,
+        pods: &views,
+        current_primary: old.and_then(|s| s.current_primary.as_deref()),
+        target_primary: old.and_then(|s| s.target_primary.as_deref()),
+        bootstrapped: old.is_some_and(|s| s.bootstrapped),
+        blocker,
+    };
+    let computed = status::compute(&observed, old, Time((ctx.now)()));
+    apply::apply_observed_status(&ctx.client, pgc, &status::observed_patch(&computed)).await?;
+    Ok(computed)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,370 @@
+//! The reconciler against a scripted API server: every request it sends,
+//! in order, with its field manager and the key fields of its body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use ordinal_crds::PostgresCluster;
+use serde_json::{Value, json};
+
+use super::reconcile;
+use crate::Error;
+use crate::fixtures::{
+    Exchange, cluster, labels_of, mock_context, pod, pod_list, status_body, with_status,
+};
+
+const NS: &str = "/api/v1/namespaces/ns";
+const STATUS: &str = "/apis/ordinal.dev/v1alpha1/namespaces/ns/postgresclusters/db/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+const OPERATOR: &str = "ordinal-operator";
+
+fn list_pods(pods: &[k8s_openapi::api::core::v1::Pod]) -> Exchange {
+    let list = pod_list(pods);
+    Exchange::get(format!("{NS}/pods")).answer(200, list)
+}
+
+fn event(reason: &'static str, note: &'static str) -> Exchange {
+    Exchange::post(EVENTS).check(move |body| {
+        assert_eq!(body["reason"], reason);
+        assert_eq!(body["regarding"]["kind"], "PostgresCluster");
+        assert_eq!(body["regarding"]["name"], "db");
+        let text = body["note"].as_str().unwrap_or_default();
+        assert!(text.contains(note), "event note {text:?} lacks {note:?}");
+    })
+}
+
+fn owned_and_labelled(body: &Value) {
+    let owner = &body["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "PostgresCluster");
+    assert_eq!(owner["name"], "db");
+    assert_eq!(owner["controller"], true);
+    let labels = labels_of(body);
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "ordinal");
+    assert_eq!(labels["ordinal.dev/cluster"], "db");
+}
+
+/// Secrets that exist already: only their existence is read.
+fn secrets_exist() -> Vec<Exchange> {
+    ["db-superuser", "db-replication"]
+        .into_iter()
+        .map(|s| {
+            Exchange::get(format!("{NS}/secrets/{s}")).answer(
+                200,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": s, "namespace": "ns"}}),
+            )
+        })
+        .collect()
+}
+
+/// The children, applied in order; `replicas` and `min_available` are the
+/// values the StatefulSet and the PDB must carry (no PDB when None).
+fn children(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
+    let apply = |path: String| Exchange::apply(path, OPERATOR).check(owned_and_labelled);
+    let mut script = vec![
+        apply(format!("{NS}/serviceaccounts/db")),
+        apply("/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/db".to_owned()),
+        apply("/apis/rbac.authorization.k8s.io/v1/namespaces/ns/rolebindings/db".to_owned()),
+        Exchange::apply(format!("{NS}/configmaps/db-config"), OPERATOR).check(|body| {
+            owned_and_labelled(body);
+            let conf = body["data"]["postgresql.conf"].as_str().unwrap_or_default();
+            assert!(conf.contains("wal_level = 'replica'"));
+        }),
+        Exchange::apply(format!("{NS}/services/db-headless"), OPERATOR).check(|body| {
+            owned_and_labelled(body);
+            assert_eq!(body["spec"]["clusterIP"], "None");
+            assert_eq!(body["spec"]["publishNotReadyAddresses"], true);
+        }),
+        Exchange::apply(format!("{NS}/services/db-rw"), OPERATOR).check(|body| {
+            owned_and_labelled(body);
+            assert_eq!(body["spec"]["selector"]["ordinal.dev/role"], "primary");
+        }),
+        Exchange::apply(format!("{NS}/services/db-ro"), OPERATOR).check(|body| {
+            owned_and_labelled(body);
+            assert_eq!(body["spec"]["selector"]["ordinal.dev/role"], "replica");
+        }),
+    ];
+    script.push(match min_available {
+        Some(min) => Exchange::apply(
+            "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db",
+            OPERATOR,
+        )
+        .check(move |body| {
+            owned_and_labelled(body);
+            assert_eq!(body["spec"]["minAvailable"], min);
+        }),
+        None => {
+            Exchange::delete("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db").not_found()
+        }
+    });
+    script.push(
+        Exchange::apply("/apis/apps/v1/namespaces/ns/statefulsets/db", OPERATOR).check(
+            move |body| {
+                owned_and_labelled(body);
+                assert_eq!(body["spec"]["replicas"], replicas);
+                assert_eq!(body["spec"]["serviceName"], "db-headless");
+                assert_eq!(body["spec"]["updateStrategy"]["type"], "OnDelete");
+                assert_eq!(
+                    body["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+                    "data"
+                );
+                let template_labels = &body["spec"]["template"]["metadata"]["labels"];
+                assert!(template_labels.get("ordinal.dev/role").is_none());
+            },
+        ),
+    );
+    script
+}
+
+fn observed_status(pgc: &PostgresCluster, phase: &'static str, ready: &'static str) -> Exchange {
+    Exchange::apply(STATUS, "ordinal-operator/status")
+        .answer_with(with_status(pgc))
+        .check(move |body| {
+            let status = &body["status"];
+            assert_eq!(status["phase"], phase);
+            assert_eq!(status["ready"], ready);
+            assert_eq!(status["observedGeneration"], 1);
+            let types: Vec<&str> = status["conditions"]
+                .as_array()
+                .expect("conditions")
+                .iter()
+                .filter_map(|c| c["type"].as_str())
+                .collect();
+            assert_eq!(types, ["Ready", "Progressing", "Degraded"]);
+            assert!(
+                status.get("currentPrimary").is_none(),
+                "the status manager must not own currentPrimary"
+            );
+        })
+}
+
+async fn run(pgc: PostgresCluster, script: Vec<Exchange>) -> Result<Action, Error> {
+    let (ctx, server) = mock_context();
+    let server = server.run(script);
+    let result = reconcile(Arc::new(pgc), ctx.clone()).await;
+    drop(ctx);
+    server.await.expect("scripted API server");
+    result
+}
+
+#[tokio::test]
+async fn new_cluster_chooses_db_0_then_builds_everything() {
+    let pgc = cluster().build();
+    let mut script = vec![
+        list_pods(&[]),
+        Exchange::apply(STATUS, "ordinal-operator/primary")
+            .check(|body| {
+                assert_eq!(body["status"]["currentPrimary"], "db-0");
+                assert_eq!(body["status"]["epoch"], 0);
+                assert_eq!(body["status"]["bootstrapped"], false);
+                assert_eq!(body["metadata"]["resourceVersion"], "100");
+            })
+            .answer_with(with_status(&pgc)),
+        event("PrimaryChosen", "db-0 will initialize the cluster"),
+    ];
+    for secret in ["db-superuser", "db-replication"] {
+        script.push(Exchange::get(format!("{NS}/secrets/{secret}")).not_found());
+        script.push(Exchange::post(format!("{NS}/secrets")).check(move |body| {
+            assert_eq!(body["metadata"]["name"], secret);
+            assert_eq!(body["type"], "kubernetes.io/basic-auth");
+            assert_eq!(body["immutable"], true);
+            assert!(
+                body["data"]["password"]
+                    .as_str()
+                    .is_some_and(|p| !p.is_empty())
+            );
+            owned_and_labelled(body);
+        }));
+    }
+    script.extend(children(3, Some(2)));
+    script.push(observed_status(&pgc, "Creating", "0/3"));
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn unchanged_healthy_cluster_only_reapplies() {
+    let pgc = cluster().primary("db-0", true).build();
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.extend(children(3, Some(2)));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn scaled_cluster_resizes_statefulset_and_pdb() {
+    let pgc = cluster().replicas(5).primary("db-0", true).build();
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.extend(children(5, Some(4)));
+    script.push(observed_status(&pgc, "Creating", "3/5"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn single_instance_has_no_pdb() {
+    let pgc = cluster().replicas(1).primary("db-0", true).build();
+    let mut script = vec![list_pods(&[pod("db-0", true, Some("primary"))])];
+    script.extend(secrets_exist());
+    script.extend(children(1, None));
+    script.push(observed_status(&pgc, "Healthy", "1/1"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn pods_are_labelled_from_current_primary() {
+    // After a failover db-1 is primary; db-0 came back without a label.
+    let pgc = cluster().primary("db-1", true).build();
+    let pods = [
+        pod("db-0", true, None),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.extend(children(3, Some(2)));
+    for (name, role) in [("db-0", "replica"), ("db-1", "primary")] {
+        script.push(
+            Exchange::apply(format!("{NS}/pods/{name}"), OPERATOR).check(move |body| {
+                assert_eq!(
+                    body["metadata"]["labels"],
+                    json!({"ordinal.dev/role": role})
+                );
+                assert!(body.get("spec").is_none(), "only the label is applied");
+            }),
+        );
+    }
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn primary_ready_marks_the_cluster_bootstrapped() {
+    let pgc = cluster().primary("db-0", false).build();
+    let pods = [pod("db-0", true, Some("primary"))];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.extend(children(3, Some(2)));
+    script.push(
+        Exchange::apply(STATUS, "ordinal-operator/primary")
+            .check(|body| {
+                assert_eq!(body["status"]["bootstrapped"], true);
+                assert_eq!(body["status"]["currentPrimary"], "db-0");
+                assert_eq!(body["metadata"]["resourceVersion"], "100");
+            })
+            .answer_with(with_status(&pgc)),
+    );
+    script.push(event("Bootstrapped", "primary db-0 is ready"));
+    script.push(observed_status(&pgc, "Creating", "1/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn invalid_spec_changes_nothing_and_says_why() {
+    let pgc = cluster().quorum(3).primary("db-0", true).build();
+    let script = vec![
+        event(
+            "InvalidSpec",
+            "spec.replication.quorum: quorum 3 needs at least 4 replicas",
+        ),
+        list_pods(&[]),
+        Exchange::apply(STATUS, "ordinal-operator/status")
+            .answer_with(with_status(&pgc))
+            .check(|body| {
+                let status = &body["status"];
+                assert_eq!(status["phase"], "Degraded");
+                let degraded = status["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+                    .expect("Degraded condition");
+                assert_eq!(degraded["status"], "True");
+                assert_eq!(degraded["reason"], "InvalidSpec");
+                assert!(
+                    degraded["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("spec.replication.quorum")
+                );
+            }),
+    ];
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn missing_user_secret_is_reported() {
+    let pgc = cluster()
+        .superuser_secret("mine")
+        .primary("db-0", true)
+        .build();
+    let script = vec![
+        list_pods(&[]),
+        Exchange::get(format!("{NS}/secrets/mine")).not_found(),
+        event(
+            "MissingSecret",
+            "Secret ns/mine named by spec.superuserSecret",
+        ),
+        Exchange::apply(STATUS, "ordinal-operator/status")
+            .answer_with(with_status(&pgc))
+            .check(|body| assert_eq!(body["status"]["phase"], "Degraded")),
+    ];
+    let err = run(pgc, script).await.expect_err("missing secret");
+    assert!(
+        matches!(
+            err,
+            Error::MissingSecret {
+                field: "superuserSecret",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn api_error_stops_the_pipeline_with_the_object_named() {
+    let pgc = cluster().primary("db-0", true).build();
+    let mut script = vec![list_pods(&[])];
+    script.extend(secrets_exist());
+    let mut kids = children(3, Some(2));
+    let sts = kids.pop().expect("statefulset exchange");
+    script.extend(kids);
+    script.push(sts.answer(500, status_body(500, "InternalError")));
+    let err = run(pgc, script).await.expect_err("API error");
+    assert!(
+        matches!(
+            err,
+            Error::Apply {
+                kind: "StatefulSet",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "failed to apply StatefulSet ns/db");
+    assert_eq!(err.category(), "apply");
+}
+
+#[tokio::test]
+async fn stale_bootstrap_write_conflicts_instead_of_overwriting() {
+    let pgc = cluster().build();
+    let script = vec![
+        list_pods(&[]),
+        Exchange::apply(STATUS, "ordinal-operator/primary")
+            .answer(409, status_body(409, "Conflict")),
+    ];
+    let err = run(pgc, script).await.expect_err("conflict");
+    assert!(matches!(err, Error::WriteStatus { .. }), "{err}");
+}

@@ -1,0 +1,297 @@
+//! Second line of defence behind admission: a spec that slipped past the
+//! CRD's rules (an old CRD, a disabled CEL feature gate) is refused here
+//! with a message naming the field, and nothing is built from it.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use ordinal_crds::{
+    OPERATOR_OWNED_PARAMETERS, PostgresCluster, PostgresClusterSpec, ReplicationMode, names,
+};
+
+use crate::Error;
+
+/// A cluster whose spec passed validation: what every builder takes.
+#[derive(Clone, Debug)]
+pub struct ValidCluster {
+    pub name: String,
+    pub namespace: String,
+    pub owner: OwnerReference,
+    pub spec: PostgresClusterSpec,
+    pub service_name: String,
+    pub superuser_secret: String,
+    pub replication_secret: String,
+    pub pdb_min_available: Option<i32>,
+}
+
+/// One thing wrong with a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// The field, as a path under `spec` (`replication.quorum`).
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spec.{}: {}", self.field, self.message)
+    }
+}
+
+/// Validates `pgc`. `Err(Error)` when the object itself is unusable (no
+/// namespace or uid), `Ok(Err(problems))` when its spec is invalid.
+pub fn validate(pgc: &PostgresCluster) -> Result<Result<ValidCluster, Vec<Invalid>>, Error> {
+    let name = pgc.name_any();
+    let namespace = pgc
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace { name: name.clone() })?;
+    let owner = pgc
+        .controller_owner_ref(&())
+        .ok_or_else(|| Error::MissingUid {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        })?;
+    let problems = problems(&name, &pgc.spec);
+    if !problems.is_empty() {
+        return Ok(Err(problems));
+    }
+    Ok(Ok(ValidCluster {
+        service_name: pgc.headless_service_name(),
+        superuser_secret: pgc.superuser_secret_name(),
+        replication_secret: pgc.replication_secret_name(),
+        pdb_min_available: pgc.pdb_min_available(),
+        name,
+        namespace,
+        owner,
+        spec: pgc.spec.clone(),
+    }))
+}
+
+/// Everything wrong with `spec` of cluster `name`.
+pub fn problems(name: &str, spec: &PostgresClusterSpec) -> Vec<Invalid> {
+    let mut out = Vec::new();
+    let mut bad = |field, message: String| out.push(Invalid { field, message });
+
+    if spec.replicas < 1 {
+        bad(
+            "replicas",
+            format!("must be at least 1, got {}", spec.replicas),
+        );
+    }
+    if spec.image.trim().is_empty() {
+        bad("image", "must not be empty".to_owned());
+    }
+    if !is_positive_quantity(&spec.storage.size) {
+        bad(
+            "storage.size",
+            format!(
+                "{:?} is not a positive quantity such as 10Gi",
+                spec.storage.size
+            ),
+        );
+    }
+    if spec.replication.mode == ReplicationMode::Quorum {
+        if spec.replication.quorum < 1 {
+            bad(
+                "replication.quorum",
+                format!("must be at least 1, got {}", spec.replication.quorum),
+            );
+        } else if spec.replication.quorum >= spec.replicas {
+            bad(
+                "replication.quorum",
+                format!(
+                    "quorum {} needs at least {} replicas (quorum standbys plus the primary), got {}",
+                    spec.replication.quorum,
+                    spec.replication.quorum + 1,
+                    spec.replicas
+                ),
+            );
+        }
+    }
+    let owned: Vec<&str> = spec
+        .postgresql
+        .parameters
+        .keys()
+        .map(String::as_str)
+        .filter(|k| OPERATOR_OWNED_PARAMETERS.contains(k))
+        .collect();
+    if !owned.is_empty() {
+        bad(
+            "postgresql.parameters",
+            format!(
+                "{} {} managed by Ordinal for replication and failover; remove {}",
+                owned.join(", "),
+                if owned.len() == 1 { "is" } else { "are" },
+                if owned.len() == 1 { "it" } else { "them" }
+            ),
+        );
+    }
+    if spec.postgresql.pg_hba.iter().any(|l| l.contains('\n')) {
+        bad(
+            "postgresql.pgHba",
+            "each entry must be a single line".to_owned(),
+        );
+    }
+    if let Some(min) = spec.pod_disruption_budget.min_available
+        && spec.replicas > 1
+        && (min < 0 || min >= spec.replicas)
+    {
+        bad(
+            "podDisruptionBudget.minAvailable",
+            format!(
+                "must be between 0 and replicas-1 ({}), got {min}",
+                spec.replicas - 1
+            ),
+        );
+    }
+    if spec.topology.max_skew < 1 {
+        bad(
+            "topology.maxSkew",
+            format!("must be at least 1, got {}", spec.topology.max_skew),
+        );
+    }
+    if spec.failover.check_interval_seconds < 1 {
+        bad(
+            "failover.checkIntervalSeconds",
+            "must be at least 1".to_owned(),
+        );
+    }
+    if spec.failover.failure_threshold < 1 {
+        bad("failover.failureThreshold", "must be at least 1".to_owned());
+    }
+    if spec.update_strategy.partition < 0 {
+        bad(
+            "updateStrategy.partition",
+            "must not be negative".to_owned(),
+        );
+    }
+    if let Some(service) = &spec.service_name {
+        let taken = [names::rw_service(name), names::ro_service(name)];
+        if taken.contains(service) {
+            bad(
+                "serviceName",
+                format!(
+                    "{service} is the name of the cluster's {} Service",
+                    if service.ends_with(names::SUFFIX_RW) {
+                        "read-write"
+                    } else {
+                        "read-only"
+                    }
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// A Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1073741824`) above zero.
+fn is_positive_quantity(s: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    let number = SUFFIXES
+        .iter()
+        .find_map(|suffix| s.strip_suffix(suffix).filter(|n| !n.is_empty()));
+    let Some(number) = number else { return false };
+    // Decimal exponent form (1e9) is a quantity too.
+    let mantissa = number.split_once(['e', 'E']).map_or(number, |(m, exp)| {
+        if exp
+            .trim_start_matches(['+', '-'])
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            && !exp.is_empty()
+        {
+            m
+        } else {
+            ""
+        }
+    });
+    let mantissa = mantissa.strip_prefix('+').unwrap_or(mantissa);
+    let valid = !mantissa.is_empty()
+        && mantissa.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && mantissa.bytes().filter(|&b| b == b'.').count() <= 1
+        && mantissa.bytes().any(|b| b.is_ascii_digit());
+    valid && mantissa.bytes().any(|b| (b'1'..=b'9').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::cluster;
+
+    #[test]
+    fn quantities() {
+        for ok in [
+            "1Gi",
+            "10Gi",
+            "500M",
+            "1.5Ti",
+            "1073741824",
+            "1e9",
+            "+1Gi",
+            "0.5Gi",
+        ] {
+            assert!(is_positive_quantity(ok), "{ok}");
+        }
+        for bad in [
+            "", "0", "0Gi", "-1Gi", "ten", "10 Gi", "Gi", "1.2.3Gi", "1e", "10GB",
+        ] {
+            assert!(!is_positive_quantity(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_has_no_problems() {
+        assert!(problems("db", &cluster().build().spec).is_empty());
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let fields = |pgc: PostgresCluster| -> Vec<&'static str> {
+            problems("db", &pgc.spec)
+                .into_iter()
+                .map(|p| p.field)
+                .collect()
+        };
+        assert_eq!(fields(cluster().replicas(0).build()), ["replicas"]);
+        assert_eq!(
+            fields(cluster().replicas(3).quorum(3).build()),
+            ["replication.quorum"]
+        );
+        assert_eq!(fields(cluster().size("lots").build()), ["storage.size"]);
+        assert_eq!(
+            fields(cluster().parameter("wal_level", "minimal").build()),
+            ["postgresql.parameters"]
+        );
+        assert_eq!(
+            fields(cluster().service_name("db-rw").build()),
+            ["serviceName"]
+        );
+        assert_eq!(
+            fields(cluster().min_available(3).build()),
+            ["podDisruptionBudget.minAvailable"]
+        );
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let p = problems(
+            "db",
+            &cluster()
+                .parameter("wal_level", "minimal")
+                .parameter("port", "1")
+                .build()
+                .spec,
+        );
+        assert_eq!(
+            p[0].to_string(),
+            "spec.postgresql.parameters: port, wal_level are managed by Ordinal for replication and failover; remove them"
+        );
+        let p = problems("db", &cluster().replicas(2).quorum(2).build().spec);
+        assert_eq!(
+            p[0].to_string(),
+            "spec.replication.quorum: quorum 2 needs at least 3 replicas (quorum standbys plus the primary), got 2"
+        );
+    }
+}
