@@ -154,8 +154,8 @@ pub struct PostgresClusterSpec {
     #[serde(default)]
     pub update_strategy: UpdateStrategySpec,
 
-    /// An existing Secret (keys `username`, `password`) with the superuser's
-    /// credentials; generated as `<name>-superuser` when unset.
+    /// An existing Secret whose `password` key is the password of the
+    /// `postgres` superuser; generated as `<name>-superuser` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("superuserSecret must be a valid Secret name"))]
     pub superuser_secret: Option<String>,

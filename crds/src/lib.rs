@@ -3,9 +3,11 @@
 
 mod cluster;
 pub mod names;
+mod reference;
 mod status;
 
 pub use cluster::*;
+pub use reference::crd_reference;
 pub use status::*;
 
 use kube::{CustomResourceExt, ResourceExt};

@@ -49,7 +49,7 @@ fn checked_in_crd_is_the_generated_one() {
     let generated = crd_yaml().expect("CRD serializes");
     assert!(
         generated == CRD_YAML,
-        "deploy/crds/postgresclusters.ordinal.dev.yaml is stale: run `cargo run -p ordinal-operator -- crd > deploy/crds/postgresclusters.ordinal.dev.yaml`"
+        "deploy/crds/postgresclusters.ordinal.dev.yaml is stale: run scripts/gen.sh"
     );
 }
 
@@ -397,4 +397,42 @@ fn spec_defaults_match_the_design() {
         RetentionPolicy::Retain
     );
     assert_eq!(spec.update_strategy.partition, 0);
+}
+
+#[test]
+fn readme_crd_reference_is_current() {
+    let readme = include_str!("../../README.md");
+    let start = "<!-- crd-reference:start -->\n";
+    let end = "<!-- crd-reference:end -->";
+    let from = readme.find(start).expect("start marker") + start.len();
+    let to = readme.find(end).expect("end marker");
+    assert!(
+        readme[from..to] == crd_reference(),
+        "README.md's CRD reference is stale: run scripts/gen.sh"
+    );
+}
+
+#[test]
+fn examples_are_valid_clusters() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(examples).expect("deploy/examples") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("example");
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(doc).expect("YAML");
+            if value["kind"] != "PostgresCluster" {
+                continue;
+            }
+            let mut value = value;
+            value["metadata"]["namespace"] = json!("ns");
+            Validator::new()
+                .validate(&schema(), &value, None)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let _: PostgresCluster =
+                serde_json::from_value(value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no PostgresCluster in deploy/examples");
 }

@@ -32,7 +32,11 @@ enum Command {
     /// Run the operator against the current kube context (the default).
     Run,
     /// Print the PostgresCluster CRD as YAML.
-    Crd,
+    Crd {
+        /// Print the README's field reference (Markdown) instead.
+        #[arg(long)]
+        reference: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -64,8 +68,12 @@ enum LogFormat {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Crd => {
+        Command::Crd { reference: false } => {
             print!("{}", ordinal_crds::crd_yaml()?);
+            Ok(())
+        }
+        Command::Crd { reference: true } => {
+            print!("{}", ordinal_crds::crd_reference());
             Ok(())
         }
         Command::Run => run(cli.run).await,

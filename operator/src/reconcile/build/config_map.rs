@@ -89,11 +89,10 @@ pub fn pg_hba_conf(cluster: &ValidCluster) -> String {
         out.push_str(line.trim());
         out.push('\n');
     }
-    out.push_str(&format!(
-        "host    replication  {user}  all  scram-sha-256\n\
+    out.push_str(
+        "host    replication  all   all      scram-sha-256\n\
          host    all          all   all      scram-sha-256\n",
-        user = names::REPLICATION_USER_NAME
-    ));
+    );
     out
 }
 
@@ -183,7 +182,7 @@ mod tests {
         let lines = lines(&hba);
         assert_eq!(lines[0], "local   all          all            peer");
         assert_eq!(lines[1], "hostssl all app 10.0.0.0/8 scram-sha-256");
-        assert!(lines[2].starts_with("host    replication  streaming_replica"));
+        assert!(lines[2].starts_with("host    replication  all"));
         assert!(lines[3].starts_with("host    all          all"));
     }
 
