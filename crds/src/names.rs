@@ -106,6 +106,12 @@ pub fn data_pvc(cluster: &str, ordinal: i32) -> String {
     format!("{VOLUME_DATA}-{cluster}-{ordinal}")
 }
 
+/// The physical replication slot of pod `pod` on the primary: slot names
+/// allow only lowercase letters, digits and underscores.
+pub fn slot_name(pod: &str) -> String {
+    pod.replace(['-', '.'], "_")
+}
+
 /// The ordinal of pod `pod` in cluster `cluster`, if the pod belongs to it.
 pub fn ordinal_of(cluster: &str, pod: &str) -> Option<i32> {
     let rest = pod.strip_prefix(cluster)?.strip_prefix('-')?;
@@ -142,6 +148,7 @@ mod tests {
         assert_eq!(rw_service("db"), "db-rw");
         assert_eq!(ro_service("db"), "db-ro");
         assert_eq!(data_pvc("db", 2), "data-db-2");
+        assert_eq!(slot_name("orders-db-2"), "orders_db_2");
         assert_eq!(
             pod_dns("db-0", "db-headless", "ns"),
             "db-0.db-headless.ns.svc"

@@ -1,11 +1,79 @@
-//! `ordinal-init`: runs inside every PostgreSQL pod.
+//! `ordinal-init`: runs inside every PostgreSQL pod and makes it a primary
+//! or a replica according to `status.currentPrimary` (DESIGN §4).
+//!
+//! - `install DIR`: copy this binary into the shared emptyDir;
+//! - `init`: prepare PGDATA for the pod's role (init container);
+//! - `run -- postgres …`: the same check at every container start, then exec;
+//! - `probe ready|live`: the kubelet's probes.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod autoconf;
+mod bootstrap;
+mod credentials;
+mod decide;
+mod fsutil;
 mod install;
+mod pgdata;
+mod prepare;
+mod probe;
+mod replica;
+mod settings;
+mod sql;
+mod state;
+mod tools;
+
+use settings::Settings;
+
+/// Everything that can stop a pod from starting, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
+    #[error(transparent)]
+    Pgdata(#[from] pgdata::PgdataError),
+    #[error(transparent)]
+    Tool(#[from] tools::ToolError),
+    #[error(transparent)]
+    Sql(#[from] sql::SqlError),
+    #[error(transparent)]
+    Fs(#[from] fsutil::FsError),
+    #[error(transparent)]
+    AutoConf(#[from] autoconf::AutoConfError),
+    #[error(
+        "{pod} is the primary of {cluster} (status.currentPrimary) and the cluster was initialized before, \
+         but {pgdata} is empty: the primary's data is gone. Refusing to initdb over a live cluster. \
+         Restore the volume, or let the operator fail over to a replica."
+    )]
+    LostPrimary {
+        pod: String,
+        cluster: String,
+        pgdata: PathBuf,
+    },
+    #[error(
+        "{pgdata} holds PostgreSQL {data} data but the image runs PostgreSQL {server}: \
+         a major upgrade needs pg_upgrade; set spec.image back to a {data}.x image"
+    )]
+    MajorVersion {
+        pgdata: PathBuf,
+        data: u32,
+        server: u32,
+    },
+    #[error("cannot exec {program}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 #[derive(Parser)]
 #[command(
@@ -21,23 +89,131 @@ struct Cli {
 enum Command {
     /// Copy this binary into DIR (the emptyDir shared with postgres containers).
     Install { dir: PathBuf },
+    /// Prepare PGDATA for this pod's role.
+    Init,
+    /// Re-check the role, then exec the command (postgres and its arguments).
+    Run {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Exit 0 when the local server is ready (or live), 1 otherwise.
+    Probe {
+        #[arg(value_enum)]
+        probe: probe::Probe,
+    },
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_target(false)
         .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORDINAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .init();
-    match Cli::parse().command {
-        Command::Install { dir } => match install::install(&dir) {
-            Ok(path) => {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Install { dir } => install::install(&dir)
+            .map(|path| {
                 tracing::info!(path = %path.display(), "installed");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                tracing::error!(error = %error, source = ?std::error::Error::source(&error).map(ToString::to_string), "install failed");
-                ExitCode::FAILURE
-            }
-        },
+            })
+            .map_err(|e| e.to_string()),
+        Command::Init => with_runtime(init()).map_err(|e| report(&e)),
+        Command::Run { command } => with_runtime(prepare_run())
+            .map_err(|e| report(&e))
+            .and_then(|settings| {
+                let error = exec(&settings, command);
+                Err(report(&error))
+            }),
+        Command::Probe { probe } => return run_probe(probe),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn with_runtime<T>(
+    f: impl std::future::Future<Output = Result<T, InitError>>,
+) -> Result<T, InitError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| InitError::Exec {
+            program: "tokio runtime".to_owned(),
+            source,
+        })?
+        .block_on(f)
+}
+
+/// The error and its causes on one line.
+fn report(error: &InitError) -> String {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+async fn init() -> Result<(), InitError> {
+    let settings = Settings::from_env()?;
+    prepare::prepare(&settings).await?;
+    Ok(())
+}
+
+async fn prepare_run() -> Result<Settings, InitError> {
+    let settings = Settings::from_env()?;
+    prepare::prepare(&settings).await?;
+    Ok(settings)
+}
+
+/// Replaces this process with `command`, so that postgres is the
+/// container's main process and gets the kubelet's signals directly.
+fn exec(settings: &Settings, command: Vec<String>) -> InitError {
+    let mut parts = command.into_iter();
+    let program = parts.next().unwrap_or_default();
+    // A bare `postgres` runs the server binaries the checks used.
+    let resolved = if program.contains('/') {
+        PathBuf::from(&program)
+    } else {
+        settings.tool(&program)
+    };
+    tracing::info!(program = %resolved.display(), "starting");
+    let source = std::process::Command::new(&resolved).args(parts).exec();
+    InitError::Exec { program, source }
+}
+
+fn run_probe(kind: probe::Probe) -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let verdict = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(probe::probe(&settings, kind)));
+    match verdict {
+        Ok(v) if v.ok => {
+            println!("{}", v.why);
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            println!("{}", v.why);
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            println!("cannot start the probe: {error}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -205,7 +205,6 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
         env("PGDATA", paths::PGDATA),
         env("PGHOST", paths::RUN_DIR),
         env("PGPORT", &names::POSTGRES_PORT.to_string()),
-        env("ORDINAL_CONFIG_DIR", paths::CONFIG_DIR),
         env("ORDINAL_SUPERUSER_DIR", paths::SUPERUSER_SECRET_DIR),
         env("ORDINAL_REPLICATION_DIR", paths::REPLICATION_SECRET_DIR),
         env(

@@ -1,0 +1,210 @@
+//! The decision table of DESIGN §4, as one pure function: who this pod is,
+//! what the cluster says and what PGDATA holds → what to do.
+
+use crate::pgdata::{DataDir, Pgdata};
+use crate::state::ClusterState;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// New cluster, this pod is the primary: initdb, create roles.
+    Initdb,
+    /// This pod is the primary but its data is gone after the cluster was
+    /// initialized: refuse, never initdb over a live cluster.
+    RefuseLostPrimary,
+    /// Refuse: PGDATA is of another PostgreSQL major version.
+    RefuseMajorVersion { data: u32, server: u32 },
+    /// Start as the primary.
+    StartPrimary,
+    /// This pod is named primary but its data is a standby's: start as a
+    /// standby; only the operator promotes.
+    StartStandbyAwaitingPromotion,
+    /// Clone from the primary. `set_aside` holds why the current PGDATA
+    /// must be moved aside first (never deleted).
+    Clone { set_aside: Option<String> },
+    /// A former primary, or a standby on another timeline than the primary:
+    /// pg_rewind from the primary, then follow it.
+    Rewind { reason: String },
+    /// A standby on the primary's timeline: refresh primary_conninfo.
+    Follow,
+}
+
+/// What the current primary reported, when this pod needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrimaryInfo {
+    pub timeline: u32,
+}
+
+/// Decides what this pod does. `primary` is None when the primary could not
+/// be asked (it only matters for a standby, see [`Plan::Follow`]).
+pub fn decide(
+    me: &str,
+    state: &ClusterState,
+    pgdata: &Pgdata,
+    server_major: u32,
+    primary: Option<PrimaryInfo>,
+) -> Plan {
+    if let Pgdata::Valid(DataDir { major, .. }) = pgdata
+        && *major != server_major
+    {
+        return Plan::RefuseMajorVersion {
+            data: *major,
+            server: server_major,
+        };
+    }
+    let is_primary = state.current_primary == me;
+    match (is_primary, pgdata) {
+        (true, Pgdata::Empty) if state.bootstrapped => Plan::RefuseLostPrimary,
+        (true, Pgdata::Empty) => Plan::Initdb,
+        (true, Pgdata::Foreign(_)) => Plan::RefuseLostPrimary,
+        (true, Pgdata::Valid(d)) if d.standby => Plan::StartStandbyAwaitingPromotion,
+        (true, Pgdata::Valid(_)) => Plan::StartPrimary,
+        (false, Pgdata::Empty) => Plan::Clone { set_aside: None },
+        (false, Pgdata::Foreign(why)) => Plan::Clone {
+            set_aside: Some(format!("PGDATA is not a valid data directory ({why})")),
+        },
+        (false, Pgdata::Valid(d)) if !d.standby => Plan::Rewind {
+            reason: format!(
+                "PGDATA was a primary (timeline {}) but {} is the primary now",
+                d.timeline, state.current_primary
+            ),
+        },
+        (false, Pgdata::Valid(d)) => match primary {
+            Some(p) if p.timeline != d.timeline => Plan::Rewind {
+                reason: format!(
+                    "PGDATA is on timeline {} but primary {} is on timeline {}",
+                    d.timeline, state.current_primary, p.timeline
+                ),
+            },
+            // Same timeline, or the primary cannot be asked now: follow it;
+            // recovery_target_timeline=latest catches up once it answers.
+            _ => Plan::Follow,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(primary: &str, bootstrapped: bool) -> ClusterState {
+        ClusterState {
+            current_primary: primary.to_owned(),
+            bootstrapped,
+            epoch: 1,
+        }
+    }
+
+    fn data(standby: bool, timeline: u32) -> Pgdata {
+        Pgdata::Valid(DataDir {
+            standby,
+            timeline,
+            major: 17,
+            system_id: "7300000000000000001".to_owned(),
+            state: "shut down".to_owned(),
+        })
+    }
+
+    fn tl(timeline: u32) -> Option<PrimaryInfo> {
+        Some(PrimaryInfo { timeline })
+    }
+
+    #[test]
+    fn primary_rows() {
+        let me = "db-0";
+        assert_eq!(
+            decide(me, &state(me, false), &Pgdata::Empty, 17, None),
+            Plan::Initdb
+        );
+        assert_eq!(
+            decide(me, &state(me, true), &Pgdata::Empty, 17, None),
+            Plan::RefuseLostPrimary
+        );
+        assert_eq!(
+            decide(me, &state(me, true), &Pgdata::Foreign("x".into()), 17, None),
+            Plan::RefuseLostPrimary
+        );
+        assert_eq!(
+            decide(me, &state(me, true), &data(false, 3), 17, None),
+            Plan::StartPrimary
+        );
+        assert_eq!(
+            decide(me, &state(me, true), &data(true, 3), 17, None),
+            Plan::StartStandbyAwaitingPromotion
+        );
+    }
+
+    #[test]
+    fn replica_rows() {
+        let me = "db-1";
+        let s = state("db-0", true);
+        assert_eq!(
+            decide(me, &s, &Pgdata::Empty, 17, None),
+            Plan::Clone { set_aside: None }
+        );
+        assert!(matches!(
+            decide(me, &s, &Pgdata::Foreign("PG_VERSION is missing".into()), 17, None),
+            Plan::Clone { set_aside: Some(why) } if why.contains("PG_VERSION is missing")
+        ));
+        assert!(matches!(
+            decide(me, &s, &data(false, 2), 17, tl(2)),
+            Plan::Rewind { .. }
+        ));
+        assert!(matches!(
+            decide(me, &s, &data(false, 2), 17, None),
+            Plan::Rewind { .. }
+        ));
+        assert!(matches!(
+            decide(me, &s, &data(true, 3), 17, tl(2)),
+            Plan::Rewind { .. }
+        ));
+        assert!(matches!(
+            decide(me, &s, &data(true, 1), 17, tl(2)),
+            Plan::Rewind { .. }
+        ));
+        assert_eq!(decide(me, &s, &data(true, 2), 17, tl(2)), Plan::Follow);
+        assert_eq!(decide(me, &s, &data(true, 2), 17, None), Plan::Follow);
+    }
+
+    #[test]
+    fn never_writable_unless_named_primary() {
+        // Whatever PGDATA holds, a pod that is not currentPrimary never gets
+        // StartPrimary or Initdb.
+        let s = state("db-0", false);
+        for pgdata in [
+            Pgdata::Empty,
+            Pgdata::Foreign("x".into()),
+            data(false, 1),
+            data(true, 1),
+        ] {
+            for primary in [None, tl(1), tl(5)] {
+                let plan = decide("db-1", &s, &pgdata, 17, primary);
+                assert!(
+                    !matches!(plan, Plan::StartPrimary | Plan::Initdb),
+                    "{pgdata:?} → {plan:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn major_version_mismatch_is_refused() {
+        assert_eq!(
+            decide("db-0", &state("db-0", true), &data(false, 1), 18, None),
+            Plan::RefuseMajorVersion {
+                data: 17,
+                server: 18
+            }
+        );
+    }
+
+    #[test]
+    fn rewind_reasons_say_why() {
+        let plan = decide("db-2", &state("db-1", true), &data(true, 3), 17, tl(2));
+        assert_eq!(
+            plan,
+            Plan::Rewind {
+                reason: "PGDATA is on timeline 3 but primary db-1 is on timeline 2".to_owned()
+            }
+        );
+    }
+}

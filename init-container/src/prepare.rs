@@ -1,0 +1,114 @@
+//! The shared core of `init` and `run`: read the state, inspect PGDATA,
+//! decide, act. Every step is idempotent, so a pod killed at any moment
+//! comes back right on its next start.
+
+use crate::credentials::Credentials;
+use crate::decide::{Plan, decide};
+use crate::pgdata::{self, Pgdata};
+use crate::replica::{self, Primary};
+use crate::settings::Settings;
+use crate::state::StateSource;
+use crate::{InitError, bootstrap, fsutil, tools};
+
+/// Prepares PGDATA for this pod's role. Returns the plan that was carried out.
+pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
+    let source = StateSource::new(settings).await?;
+    let state = source.read().await?;
+    let credentials = Credentials::read(&settings.superuser_dir, &settings.replication_dir)?;
+    let data = pgdata::inspect(settings)?;
+    let server_major = tools::server_major(&settings.pg_bin).await?;
+    let me = settings.pod.as_str();
+    let primary = Primary {
+        name: &state.current_primary,
+        endpoint: source.endpoint(&state.current_primary)?,
+    };
+    // Only a standby that is not the primary needs the primary's timeline.
+    let primary_info = match &data {
+        Pgdata::Valid(d) if d.standby && state.current_primary != me => {
+            replica::primary_info(&primary, &credentials).await
+        }
+        _ => None,
+    };
+    let plan = decide(me, &state, &data, server_major, primary_info);
+    tracing::info!(
+        pod = me,
+        current_primary = %state.current_primary,
+        epoch = state.epoch,
+        bootstrapped = state.bootstrapped,
+        pgdata = %describe(&data),
+        primary_timeline = ?primary_info.map(|p| p.timeline),
+        plan = ?plan,
+        "{}",
+        explain(me, &state.current_primary, &data, &plan)
+    );
+
+    match &plan {
+        Plan::Initdb => bootstrap::bootstrap(settings, &credentials).await?,
+        Plan::RefuseLostPrimary => {
+            return Err(InitError::LostPrimary {
+                pod: me.to_owned(),
+                cluster: settings.cluster.clone(),
+                pgdata: settings.pgdata.clone(),
+            });
+        }
+        Plan::RefuseMajorVersion { data, server } => {
+            return Err(InitError::MajorVersion {
+                pgdata: settings.pgdata.clone(),
+                data: *data,
+                server: *server,
+            });
+        }
+        Plan::StartPrimary | Plan::StartStandbyAwaitingPromotion => {}
+        Plan::Clone { set_aside } => {
+            if let Some(why) = set_aside {
+                fsutil::set_aside(&settings.pgdata, why)?;
+            }
+            replica::clone(settings, &primary, &credentials).await?;
+        }
+        Plan::Rewind { .. } => replica::rewind(settings, &primary, &credentials).await?,
+        Plan::Follow => replica::follow(settings, &primary, &credentials).await?,
+    }
+    fsutil::restrict(&settings.pgdata)?;
+    Ok(plan)
+}
+
+fn describe(data: &Pgdata) -> String {
+    match data {
+        Pgdata::Empty => "empty".to_owned(),
+        Pgdata::Foreign(why) => format!("not a data directory ({why})"),
+        Pgdata::Valid(d) => format!(
+            "{} on timeline {} (PostgreSQL {}, {})",
+            if d.standby { "standby" } else { "primary" },
+            d.timeline,
+            d.major,
+            d.state
+        ),
+    }
+}
+
+/// One sentence a person reads in `kubectl logs`.
+fn explain(me: &str, primary: &str, data: &Pgdata, plan: &Plan) -> String {
+    let who = if me == primary {
+        "currentPrimary".to_owned()
+    } else {
+        format!("not currentPrimary ({primary})")
+    };
+    let action = match plan {
+        Plan::Initdb => "initdb a new cluster".to_owned(),
+        Plan::RefuseLostPrimary => "refuse: the primary's data is gone".to_owned(),
+        Plan::RefuseMajorVersion { data, server } => {
+            format!("refuse: PGDATA is PostgreSQL {data}, the image is {server}")
+        }
+        Plan::StartPrimary => "start as primary".to_owned(),
+        Plan::StartStandbyAwaitingPromotion => {
+            "start as standby until the operator promotes it".to_owned()
+        }
+        Plan::Clone { set_aside: None } => "pg_basebackup from the primary".to_owned(),
+        Plan::Clone {
+            set_aside: Some(why),
+        } => format!("{why}: move it aside, pg_basebackup"),
+        Plan::Rewind { reason } => format!("{reason} → pg_rewind"),
+        Plan::Follow => "follow the primary as a standby".to_owned(),
+    };
+    format!("{me}: {who}, PGDATA {} → {action}", describe(data))
+}

@@ -1,0 +1,230 @@
+//! A replica's data: clone from the primary (pg_basebackup into staging,
+//! renamed into place only when complete), rewind a diverged one
+//! (pg_rewind, or set it aside and clone afresh), and point a standby at the
+//! primary (primary_conninfo with application_name and slot).
+
+use std::path::Path;
+
+use ordinal_crds::names;
+
+use crate::credentials::Credentials;
+use crate::decide::PrimaryInfo;
+use crate::settings::Settings;
+use crate::sql;
+use crate::state::Endpoint;
+use crate::tools;
+use crate::{InitError, autoconf, fsutil};
+
+/// The primary, as this pod sees it.
+pub struct Primary<'a> {
+    pub name: &'a str,
+    pub endpoint: Endpoint,
+}
+
+async fn superuser_conn(
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+) -> Result<sql::Conn, InitError> {
+    Ok(sql::remote(
+        &primary.endpoint,
+        sql::SUPERUSER,
+        &credentials.superuser_password,
+    )
+    .await?)
+}
+
+/// The primary's timeline, when it answers as a primary.
+pub async fn primary_info(primary: &Primary<'_>, credentials: &Credentials) -> Option<PrimaryInfo> {
+    let query = async {
+        let conn = superuser_conn(primary, credentials).await?;
+        let row = conn
+            .query_one(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL \
+                 ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+                &[],
+            )
+            .await?;
+        let in_recovery: bool = row.get(0);
+        let timeline: Option<String> = row.get(1);
+        Ok::<_, InitError>((!in_recovery).then_some(timeline).flatten())
+    };
+    match query.await {
+        Ok(Some(hex)) => u32::from_str_radix(&hex, 16)
+            .ok()
+            .map(|timeline| PrimaryInfo { timeline }),
+        Ok(None) => {
+            tracing::info!(
+                primary = primary.name,
+                "the primary is still a standby (awaiting promotion)"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(primary = primary.name, error = %error, "cannot ask the primary for its timeline");
+            None
+        }
+    }
+}
+
+/// Makes sure the primary keeps a physical slot for `pod`, so that it
+/// retains the WAL this replica still needs.
+async fn ensure_slot(
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+    slot: &str,
+) -> Result<(), InitError> {
+    let conn = superuser_conn(primary, credentials).await?;
+    let exists = conn
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        conn.execute(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&slot],
+        )
+        .await?;
+        tracing::info!(slot, primary = primary.name, "created the replication slot");
+    }
+    Ok(())
+}
+
+/// Clones PGDATA from the primary.
+pub async fn clone(
+    settings: &Settings,
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+) -> Result<(), InitError> {
+    let slot = names::slot_name(&settings.pod);
+    ensure_slot(primary, credentials, &slot).await?;
+    let staging = settings.staging_dir("clone");
+    fsutil::remove_staging(&staging)?;
+    let staging_str = staging.to_string_lossy();
+    let port = primary.endpoint.port.to_string();
+    tools::run(
+        &settings.tool("pg_basebackup"),
+        &[
+            "-D",
+            &staging_str,
+            "-h",
+            &primary.endpoint.host,
+            "-p",
+            &port,
+            "-U",
+            &credentials.replication_user,
+            "--no-password",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--slot",
+            &slot,
+        ],
+        Some(&credentials.replication_password),
+    )
+    .await?;
+    configure_standby(settings, &staging, primary, credentials)?;
+    fsutil::rename_into_place(&staging, &settings.pgdata)?;
+    tracing::info!(primary = primary.name, "cloned from the primary");
+    Ok(())
+}
+
+/// Rewinds a diverged PGDATA to follow the primary; when pg_rewind cannot,
+/// moves PGDATA aside (kept) and clones afresh.
+pub async fn rewind(
+    settings: &Settings,
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+) -> Result<(), InitError> {
+    match try_rewind(settings, primary, credentials).await {
+        Ok(()) => {
+            configure_standby(settings, &settings.pgdata, primary, credentials)?;
+            let slot = names::slot_name(&settings.pod);
+            ensure_slot(primary, credentials, &slot).await?;
+            tracing::info!(
+                primary = primary.name,
+                "rewound: now a standby of the primary"
+            );
+            Ok(())
+        }
+        // The primary cannot be reached: nothing was changed, try later.
+        Err(error @ InitError::Sql(_)) => Err(error),
+        Err(error) => {
+            tracing::warn!(error = %error, "pg_rewind failed: setting PGDATA aside and cloning afresh");
+            fsutil::set_aside(&settings.pgdata, "pg_rewind failed")?;
+            clone(settings, primary, credentials).await
+        }
+    }
+}
+
+async fn try_rewind(
+    settings: &Settings,
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+) -> Result<(), InitError> {
+    // A just-promoted primary's control file names its new timeline only
+    // after a checkpoint; without one pg_rewind would see no divergence.
+    let conn = superuser_conn(primary, credentials).await?;
+    conn.execute("CHECKPOINT", &[]).await?;
+    drop(conn);
+    let source = format!(
+        "host={} port={} user={} dbname=postgres connect_timeout=10",
+        autoconf::quote_conninfo(&primary.endpoint.host),
+        primary.endpoint.port,
+        autoconf::quote_conninfo(sql::SUPERUSER)
+    );
+    let target = format!("--target-pgdata={}", settings.pgdata.display());
+    let source_arg = format!("--source-server={source}");
+    tools::run(
+        &settings.tool("pg_rewind"),
+        &[&target, &source_arg],
+        Some(&credentials.superuser_password),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Points PGDATA at `dir` at the primary: standby.signal, primary_conninfo
+/// (application_name = pod name, host = the primary's stable DNS name) and
+/// primary_slot_name.
+pub fn configure_standby(
+    settings: &Settings,
+    dir: &Path,
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+) -> Result<(), InitError> {
+    let conninfo = format!(
+        "host={} port={} user={} password={} application_name={} connect_timeout=5",
+        autoconf::quote_conninfo(&primary.endpoint.host),
+        primary.endpoint.port,
+        autoconf::quote_conninfo(&credentials.replication_user),
+        autoconf::quote_conninfo(&credentials.replication_password),
+        autoconf::quote_conninfo(&settings.pod),
+    );
+    let slot = names::slot_name(&settings.pod);
+    autoconf::set(
+        dir,
+        &[
+            ("primary_conninfo", &conninfo),
+            ("primary_slot_name", &slot),
+            ("recovery_target_timeline", "latest"),
+        ],
+    )?;
+    fsutil::touch(&dir.join("standby.signal"))?;
+    Ok(())
+}
+
+/// Refreshes a standby's settings and, when the primary answers, its slot.
+pub async fn follow(
+    settings: &Settings,
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+) -> Result<(), InitError> {
+    configure_standby(settings, &settings.pgdata, primary, credentials)?;
+    let slot = names::slot_name(&settings.pod);
+    if let Err(error) = ensure_slot(primary, credentials, &slot).await {
+        tracing::warn!(error = %error, "cannot make sure of the replication slot now; the operator keeps slots too");
+    }
+    Ok(())
+}

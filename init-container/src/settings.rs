@@ -1,0 +1,172 @@
+//! Who this pod is and where things are: read once from the environment the
+//! StatefulSet builder sets (see the operator's `statefulset.rs`).
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ordinal_crds::names::{self, paths};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(
+        "environment variable {name} is not set; the pod template sets it, so this pod was not created by Ordinal"
+    )]
+    Missing { name: &'static str },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("no PostgreSQL server binaries found: set ORDINAL_PG_BIN, or put initdb on PATH")]
+    NoPostgres,
+}
+
+/// Where the cluster state comes from.
+#[derive(Clone, Debug)]
+pub enum StateSourceKind {
+    /// The PostgresCluster, read through the API with in-cluster config.
+    Kubernetes,
+    /// A JSON file (tests and local runs).
+    File(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub pod: String,
+    pub namespace: String,
+    pub cluster: String,
+    pub service: String,
+    pub pgdata: PathBuf,
+    pub superuser_dir: PathBuf,
+    pub replication_dir: PathBuf,
+    /// Unix socket directory of the local server.
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub pg_bin: PathBuf,
+    pub state: StateSourceKind,
+    /// Give up reading the state after this long (None: keep trying).
+    pub state_timeout: Option<Duration>,
+    pub max_ready_lag_bytes: Option<i64>,
+}
+
+fn var(name: &'static str) -> Option<String> {
+    env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn required(name: &'static str) -> Result<String, SettingsError> {
+    var(name).ok_or(SettingsError::Missing { name })
+}
+
+fn parsed<T: std::str::FromStr>(
+    name: &'static str,
+    reason: &'static str,
+) -> Result<Option<T>, SettingsError> {
+    var(name)
+        .map(|value| {
+            value.parse().map_err(|_| SettingsError::Invalid {
+                name,
+                value,
+                reason,
+            })
+        })
+        .transpose()
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        let pod = required("POD_NAME")?;
+        let cluster = required("ORDINAL_CLUSTER")?;
+        if names::ordinal_of(&cluster, &pod).is_none() {
+            return Err(SettingsError::Invalid {
+                name: "POD_NAME",
+                value: pod,
+                reason: "not a pod of ORDINAL_CLUSTER (<cluster>-<ordinal>)",
+            });
+        }
+        let state = match var("ORDINAL_STATE_FILE") {
+            Some(path) => StateSourceKind::File(path.into()),
+            None => StateSourceKind::Kubernetes,
+        };
+        Ok(Self {
+            namespace: var("POD_NAMESPACE").unwrap_or_else(|| "default".to_owned()),
+            service: var("ORDINAL_SERVICE").unwrap_or_else(|| names::headless_service(&cluster)),
+            pgdata: var("PGDATA")
+                .unwrap_or_else(|| paths::PGDATA.to_owned())
+                .into(),
+            superuser_dir: var("ORDINAL_SUPERUSER_DIR")
+                .unwrap_or_else(|| paths::SUPERUSER_SECRET_DIR.to_owned())
+                .into(),
+            replication_dir: var("ORDINAL_REPLICATION_DIR")
+                .unwrap_or_else(|| paths::REPLICATION_SECRET_DIR.to_owned())
+                .into(),
+            socket_dir: var("PGHOST")
+                .unwrap_or_else(|| paths::RUN_DIR.to_owned())
+                .into(),
+            port: parsed("PGPORT", "not a port number")?.unwrap_or(names::POSTGRES_PORT as u16),
+            pg_bin: pg_bin_dir()?,
+            state_timeout: parsed::<u64>(
+                "ORDINAL_STATE_TIMEOUT_SECONDS",
+                "not a number of seconds",
+            )?
+            .map(Duration::from_secs),
+            max_ready_lag_bytes: parsed("ORDINAL_MAX_READY_LAG_BYTES", "not a number of bytes")?,
+            pod,
+            cluster,
+            state,
+        })
+    }
+
+    /// A PostgreSQL tool of the server's own version.
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.pg_bin.join(name)
+    }
+
+    /// The directory holding PGDATA (the volume mount).
+    pub fn data_mount(&self) -> &Path {
+        self.pgdata.parent().unwrap_or(Path::new("/"))
+    }
+
+    /// Where a clone or a bootstrap is built before it becomes PGDATA.
+    pub fn staging_dir(&self, what: &str) -> PathBuf {
+        let name = self
+            .pgdata
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pgdata".to_owned());
+        self.data_mount().join(format!("{name}.{what}"))
+    }
+}
+
+/// The PostgreSQL bin directory: ORDINAL_PG_BIN, else where `initdb` on
+/// PATH really lives (Debian links a few tools into /usr/local/bin, not all
+/// of them), else the newest /usr/lib/postgresql/<major>/bin.
+fn pg_bin_dir() -> Result<PathBuf, SettingsError> {
+    if let Some(dir) = var("ORDINAL_PG_BIN") {
+        return Ok(dir.into());
+    }
+    if let Some(path) = env::var_os("PATH") {
+        for dir in env::split_paths(&path) {
+            let initdb = dir.join("initdb");
+            if let Ok(real) = std::fs::canonicalize(&initdb)
+                && let Some(bin) = real.parent()
+                && bin.join("pg_rewind").exists()
+            {
+                return Ok(bin.to_path_buf());
+            }
+        }
+    }
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("initdb").exists())
+        .collect();
+    majors.sort();
+    majors
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(SettingsError::NoPostgres)
+}

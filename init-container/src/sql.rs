@@ -1,0 +1,121 @@
+//! Connections to PostgreSQL: the local server over its Unix socket, the
+//! primary over TCP. Short timeouts: a probe or a decision never hangs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::state::Endpoint;
+
+pub const SUPERUSER: &str = ordinal_crds::names::SUPERUSER_NAME;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("cannot connect to {target}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("query on {target} failed: {query}")]
+    Query {
+        target: String,
+        query: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// A connection and a name for it in errors.
+pub struct Conn {
+    pub client: Client,
+    pub target: String,
+}
+
+async fn connect(config: Config, target: String) -> Result<Conn, SqlError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|source| SqlError::Connect {
+            target: target.clone(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection closed");
+        }
+    });
+    Ok(Conn { client, target })
+}
+
+/// The local server, as the superuser, over the Unix socket (peer auth).
+pub async fn local(socket_dir: &Path, port: u16) -> Result<Conn, SqlError> {
+    let mut config = Config::new();
+    config
+        .host_path(socket_dir)
+        .port(port)
+        .user(SUPERUSER)
+        .dbname("postgres")
+        .application_name("ordinal-init")
+        .connect_timeout(CONNECT_TIMEOUT);
+    connect(config, format!("local server ({})", socket_dir.display())).await
+}
+
+/// A remote server, as `user` with `password`.
+pub async fn remote(endpoint: &Endpoint, user: &str, password: &str) -> Result<Conn, SqlError> {
+    let mut config = Config::new();
+    config
+        .host(&endpoint.host)
+        .port(endpoint.port)
+        .user(user)
+        .password(password)
+        .dbname("postgres")
+        .application_name("ordinal-init")
+        .connect_timeout(CONNECT_TIMEOUT);
+    connect(config, format!("{}:{}", endpoint.host, endpoint.port)).await
+}
+
+impl Conn {
+    pub async fn execute(
+        &self,
+        query: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, SqlError> {
+        self.client
+            .execute(query, params)
+            .await
+            .map_err(|source| self.query_error(query, source))
+    }
+
+    pub async fn query_one(
+        &self,
+        query: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row, SqlError> {
+        self.client
+            .query_one(query, params)
+            .await
+            .map_err(|source| self.query_error(query, source))
+    }
+
+    pub async fn query_opt(
+        &self,
+        query: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<tokio_postgres::Row>, SqlError> {
+        self.client
+            .query_opt(query, params)
+            .await
+            .map_err(|source| self.query_error(query, source))
+    }
+
+    fn query_error(&self, query: &'static str, source: tokio_postgres::Error) -> SqlError {
+        SqlError::Query {
+            target: self.target.clone(),
+            query,
+            source,
+        }
+    }
+}
