@@ -74,6 +74,20 @@ pub mod paths {
     pub const RUN_DIR: &str = "/var/run/postgresql";
 }
 
+/// Environment variables the StatefulSet sets and `ordinal-init` reads.
+pub mod env {
+    pub const POD_NAME: &str = "POD_NAME";
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    pub const CLUSTER: &str = "ORDINAL_CLUSTER";
+    pub const SERVICE: &str = "ORDINAL_SERVICE";
+    pub const PGDATA: &str = "PGDATA";
+    pub const PGHOST: &str = "PGHOST";
+    pub const PGPORT: &str = "PGPORT";
+    pub const SUPERUSER_DIR: &str = "ORDINAL_SUPERUSER_DIR";
+    pub const REPLICATION_DIR: &str = "ORDINAL_REPLICATION_DIR";
+    pub const MAX_READY_LAG_BYTES: &str = "ORDINAL_MAX_READY_LAG_BYTES";
+}
+
 /// Keys of the ConfigMap.
 pub const CONFIG_POSTGRESQL_CONF: &str = "postgresql.conf";
 pub const CONFIG_PG_HBA: &str = "pg_hba.conf";

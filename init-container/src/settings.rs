@@ -5,7 +5,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ordinal_crds::names::{self, paths};
+use ordinal_crds::names::{self, env as e, paths};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -76,11 +76,11 @@ fn parsed<T: std::str::FromStr>(
 
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
-        let pod = required("POD_NAME")?;
-        let cluster = required("ORDINAL_CLUSTER")?;
+        let pod = required(e::POD_NAME)?;
+        let cluster = required(e::CLUSTER)?;
         if names::ordinal_of(&cluster, &pod).is_none() {
             return Err(SettingsError::Invalid {
-                name: "POD_NAME",
+                name: e::POD_NAME,
                 value: pod,
                 reason: "not a pod of ORDINAL_CLUSTER (<cluster>-<ordinal>)",
             });
@@ -90,28 +90,28 @@ impl Settings {
             None => StateSourceKind::Kubernetes,
         };
         Ok(Self {
-            namespace: var("POD_NAMESPACE").unwrap_or_else(|| "default".to_owned()),
-            service: var("ORDINAL_SERVICE").unwrap_or_else(|| names::headless_service(&cluster)),
-            pgdata: var("PGDATA")
+            namespace: var(e::POD_NAMESPACE).unwrap_or_else(|| "default".to_owned()),
+            service: var(e::SERVICE).unwrap_or_else(|| names::headless_service(&cluster)),
+            pgdata: var(e::PGDATA)
                 .unwrap_or_else(|| paths::PGDATA.to_owned())
                 .into(),
-            superuser_dir: var("ORDINAL_SUPERUSER_DIR")
+            superuser_dir: var(e::SUPERUSER_DIR)
                 .unwrap_or_else(|| paths::SUPERUSER_SECRET_DIR.to_owned())
                 .into(),
-            replication_dir: var("ORDINAL_REPLICATION_DIR")
+            replication_dir: var(e::REPLICATION_DIR)
                 .unwrap_or_else(|| paths::REPLICATION_SECRET_DIR.to_owned())
                 .into(),
-            socket_dir: var("PGHOST")
+            socket_dir: var(e::PGHOST)
                 .unwrap_or_else(|| paths::RUN_DIR.to_owned())
                 .into(),
-            port: parsed("PGPORT", "not a port number")?.unwrap_or(names::POSTGRES_PORT as u16),
+            port: parsed(e::PGPORT, "not a port number")?.unwrap_or(names::POSTGRES_PORT as u16),
             pg_bin: pg_bin_dir()?,
             state_timeout: parsed::<u64>(
                 "ORDINAL_STATE_TIMEOUT_SECONDS",
                 "not a number of seconds",
             )?
             .map(Duration::from_secs),
-            max_ready_lag_bytes: parsed("ORDINAL_MAX_READY_LAG_BYTES", "not a number of bytes")?,
+            max_ready_lag_bytes: parsed(e::MAX_READY_LAG_BYTES, "not a number of bytes")?,
             pod,
             cluster,
             state,

@@ -74,38 +74,34 @@ struct StateFile {
     endpoints: BTreeMap<String, String>,
 }
 
-pub enum StateSource {
-    Kubernetes {
-        api: Api<PostgresCluster>,
-        settings: Settings,
-    },
-    File {
-        path: PathBuf,
-        settings: Settings,
-    },
+/// Where the state is read from, and the pod it is read for.
+pub struct StateSource {
+    settings: Settings,
+    backend: Backend,
+}
+
+enum Backend {
+    Kubernetes(Box<Api<PostgresCluster>>),
+    File(PathBuf),
 }
 
 impl StateSource {
     pub async fn new(settings: &Settings) -> Result<Self, StateError> {
-        Ok(match &settings.state {
+        let backend = match &settings.state {
             StateSourceKind::Kubernetes => {
                 let client = Client::try_default().await.map_err(StateError::Client)?;
-                Self::Kubernetes {
-                    api: Api::namespaced(client, &settings.namespace),
-                    settings: settings.clone(),
-                }
+                Backend::Kubernetes(Box::new(Api::namespaced(client, &settings.namespace)))
             }
-            StateSourceKind::File(path) => Self::File {
-                path: path.clone(),
-                settings: settings.clone(),
-            },
+            StateSourceKind::File(path) => Backend::File(path.clone()),
+        };
+        Ok(Self {
+            settings: settings.clone(),
+            backend,
         })
     }
 
     fn settings(&self) -> &Settings {
-        match self {
-            Self::Kubernetes { settings, .. } | Self::File { settings, .. } => settings,
-        }
+        &self.settings
     }
 
     /// Reads the state once.
@@ -115,14 +111,14 @@ impl StateSource {
             namespace: s.namespace.clone(),
             name: s.cluster.clone(),
         };
-        match self {
-            Self::Kubernetes { api, settings } => {
+        match &self.backend {
+            Backend::Kubernetes(api) => {
                 let pgc = api
-                    .get(&settings.cluster)
+                    .get(&s.cluster)
                     .await
                     .map_err(|source| StateError::Read {
-                        namespace: settings.namespace.clone(),
-                        name: settings.cluster.clone(),
+                        namespace: s.namespace.clone(),
+                        name: s.cluster.clone(),
                         source,
                     })?;
                 let status = pgc.status.unwrap_or_default();
@@ -132,7 +128,7 @@ impl StateSource {
                     epoch: status.epoch,
                 })
             }
-            Self::File { path, .. } => {
+            Backend::File(path) => {
                 let file = read_file(path)?;
                 Ok(ClusterState {
                     current_primary: file.current_primary.ok_or_else(no_primary)?,
@@ -177,12 +173,12 @@ impl StateSource {
     /// How to reach `pod`: its stable DNS name through the headless Service,
     /// or the address the state file gives.
     pub fn endpoint(&self, pod: &str) -> Result<Endpoint, StateError> {
-        match self {
-            Self::Kubernetes { settings, .. } => Ok(Endpoint {
-                host: names::pod_dns(pod, &settings.service, &settings.namespace),
+        match &self.backend {
+            Backend::Kubernetes(_) => Ok(Endpoint {
+                host: names::pod_dns(pod, &self.settings.service, &self.settings.namespace),
                 port: names::POSTGRES_PORT as u16,
             }),
-            Self::File { path, .. } => {
+            Backend::File(path) => {
                 let file = read_file(path)?;
                 let address = file.endpoints.get(pod).cloned().unwrap_or_default();
                 let (host, port) = address.rsplit_once(':').unwrap_or((&address, ""));
@@ -208,4 +204,124 @@ fn read_file(path: &PathBuf) -> Result<StateFile, StateError> {
         path: path.clone(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::json;
+
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            pod: "db-1".to_owned(),
+            namespace: "test".to_owned(),
+            cluster: "db".to_owned(),
+            service: "db-headless".to_owned(),
+            pgdata: PathBuf::from("/data/pgdata"),
+            superuser_dir: PathBuf::from("/su"),
+            replication_dir: PathBuf::from("/repl"),
+            socket_dir: PathBuf::from("/run"),
+            port: 5432,
+            pg_bin: PathBuf::from("/bin"),
+            state: StateSourceKind::Kubernetes,
+            state_timeout: Some(Duration::from_secs(1)),
+            max_ready_lag_bytes: None,
+        }
+    }
+
+    /// Reads the state through a scripted API server answering `status, body`.
+    async fn read_with(status: u16, body: serde_json::Value) -> Result<ClusterState, StateError> {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("a request");
+            assert_eq!(request.method(), http::Method::GET);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/ordinal.dev/v1alpha1/namespaces/test/postgresclusters/db"
+            );
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                    .expect("response"),
+            );
+        });
+        let source = StateSource {
+            settings: settings(),
+            backend: Backend::Kubernetes(Box::new(Api::namespaced(
+                Client::new(service, "test"),
+                "test",
+            ))),
+        };
+        let result = source.read_once().await;
+        server.await.expect("server");
+        result
+    }
+
+    fn cluster(status: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "ordinal.dev/v1alpha1", "kind": "PostgresCluster",
+            "metadata": {"name": "db", "namespace": "test"},
+            "spec": {"storage": {"size": "1Gi"}},
+            "status": status,
+        })
+    }
+
+    #[tokio::test]
+    async fn reads_the_primary_from_the_status() {
+        let state = read_with(
+            200,
+            cluster(json!({"currentPrimary": "db-2", "bootstrapped": true, "epoch": 4})),
+        )
+        .await
+        .expect("state");
+        assert_eq!(
+            state,
+            ClusterState {
+                current_primary: "db-2".to_owned(),
+                bootstrapped: true,
+                epoch: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn no_primary_yet_is_an_error_not_a_guess() {
+        let err = read_with(200, cluster(json!({})))
+            .await
+            .expect_err("no primary");
+        assert!(matches!(err, StateError::NoPrimary { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn api_errors_name_the_object() {
+        let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "message": "forbidden", "reason": "Forbidden", "code": 403});
+        let err = read_with(403, forbidden).await.expect_err("forbidden");
+        assert_eq!(err.to_string(), "cannot read PostgresCluster test/db");
+    }
+
+    #[tokio::test]
+    async fn pods_are_reached_by_their_stable_dns_name() {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let source = StateSource {
+            settings: settings(),
+            backend: Backend::Kubernetes(Box::new(Api::namespaced(
+                Client::new(service, "test"),
+                "test",
+            ))),
+        };
+        assert_eq!(
+            source.endpoint("db-0").expect("endpoint"),
+            Endpoint {
+                host: "db-0.db-headless.test.svc".to_owned(),
+                port: 5432
+            }
+        );
+    }
 }

@@ -2,6 +2,9 @@
 //! an interrupted clone is never taken for a valid PGDATA; a bootstrapped
 //! cluster whose primary lost its data refuses to start; no state, no start.
 
+// Helpers outside #[test] functions panic on failure too: they are test code.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -221,6 +224,13 @@ async fn a_killed_init_comes_back_right() {
 
     let out = db1.init();
     assert!(out.status.success(), "{}", stderr(&out));
+    if interrupted {
+        assert!(
+            stderr(&out).contains("removed an unfinished staging directory"),
+            "{}",
+            stderr(&out)
+        );
+    }
     db1.start().expect("db-1 starts");
     assert_eq!(db1.ids().await.len(), 200000);
 }

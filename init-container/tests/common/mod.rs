@@ -4,7 +4,7 @@
 //! and postgres refuse root), exactly as in a pod. Servers are stopped when
 //! their `Pod` is dropped, also when a test fails.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -118,14 +118,13 @@ impl Cluster {
             REPLICATION_PASSWORD,
             0o440,
         );
-        let cluster = Self {
+        Self {
             state_file: root.path().join("state.json"),
             root,
             superuser_dir,
             replication_dir,
             endpoints: Arc::default(),
-        };
-        cluster
+        }
     }
 
     /// Writes status.currentPrimary etc. (and every pod's address).

@@ -197,18 +197,19 @@ fn env_field(name: &str, field_path: &str) -> EnvVar {
 
 /// What `ordinal-init` needs to know: who it is and where things are.
 fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
+    use names::env as e;
     vec![
-        env_field("POD_NAME", "metadata.name"),
-        env_field("POD_NAMESPACE", "metadata.namespace"),
-        env("ORDINAL_CLUSTER", &cluster.name),
-        env("ORDINAL_SERVICE", &cluster.service_name),
-        env("PGDATA", paths::PGDATA),
-        env("PGHOST", paths::RUN_DIR),
-        env("PGPORT", &names::POSTGRES_PORT.to_string()),
-        env("ORDINAL_SUPERUSER_DIR", paths::SUPERUSER_SECRET_DIR),
-        env("ORDINAL_REPLICATION_DIR", paths::REPLICATION_SECRET_DIR),
+        env_field(e::POD_NAME, "metadata.name"),
+        env_field(e::POD_NAMESPACE, "metadata.namespace"),
+        env(e::CLUSTER, &cluster.name),
+        env(e::SERVICE, &cluster.service_name),
+        env(e::PGDATA, paths::PGDATA),
+        env(e::PGHOST, paths::RUN_DIR),
+        env(e::PGPORT, &names::POSTGRES_PORT.to_string()),
+        env(e::SUPERUSER_DIR, paths::SUPERUSER_SECRET_DIR),
+        env(e::REPLICATION_DIR, paths::REPLICATION_SECRET_DIR),
         env(
-            "ORDINAL_MAX_READY_LAG_BYTES",
+            e::MAX_READY_LAG_BYTES,
             &cluster
                 .spec
                 .replication
