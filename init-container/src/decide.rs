@@ -11,6 +11,9 @@ pub enum Plan {
     /// This pod is the primary but its data is gone after the cluster was
     /// initialized: refuse, never initdb over a live cluster.
     RefuseLostPrimary,
+    /// This pod is still named primary, but the operator is promoting
+    /// another: it must not start writable; wait for the promotion.
+    RefusePromotionUnderWay { target: String },
     /// Refuse: PGDATA is of another PostgreSQL major version.
     RefuseMajorVersion { data: u32, server: u32 },
     /// Start as the primary.
@@ -52,6 +55,11 @@ pub fn decide(
         };
     }
     let is_primary = state.current_primary == me;
+    if is_primary && let Some(target) = state.target_primary.as_ref().filter(|t| t.as_str() != me) {
+        return Plan::RefusePromotionUnderWay {
+            target: target.clone(),
+        };
+    }
     match (is_primary, pgdata) {
         (true, Pgdata::Empty) if state.bootstrapped => Plan::RefuseLostPrimary,
         (true, Pgdata::Empty) => Plan::Initdb,
@@ -89,6 +97,7 @@ mod tests {
     fn state(primary: &str, bootstrapped: bool) -> ClusterState {
         ClusterState {
             current_primary: primary.to_owned(),
+            target_primary: None,
             bootstrapped,
             epoch: 1,
         }
@@ -184,6 +193,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_primary_being_replaced_never_starts() {
+        let mut s = state("db-0", true);
+        s.target_primary = Some("db-1".to_owned());
+        for pgdata in [Pgdata::Empty, data(false, 1), data(true, 1)] {
+            assert_eq!(
+                decide("db-0", &s, &pgdata, 17, None),
+                Plan::RefusePromotionUnderWay {
+                    target: "db-1".to_owned()
+                }
+            );
+        }
+        // The target itself starts as it would (a standby awaiting promotion).
+        assert_eq!(decide("db-1", &s, &data(true, 1), 17, tl(1)), Plan::Follow);
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub enum InitError {
         pgdata: PathBuf,
     },
     #[error(
+        "{pod} is still recorded as the primary, but the operator is promoting {target} \
+         (status.targetPrimary): not starting until the promotion is published"
+    )]
+    PromotionUnderWay { pod: String, target: String },
+    #[error(
         "{pgdata} holds PostgreSQL {data} data but the image runs PostgreSQL {server}: \
          a major upgrade needs pg_upgrade; set spec.image back to a {data}.x image"
     )]
@@ -96,6 +101,11 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Fast shutdown of the local server (the container's preStop hook):
+    /// postgres' own SIGTERM is a smart shutdown that waits for every client,
+    /// while a fast one ends sessions and streams the final WAL to the
+    /// standbys before exiting.
+    Stop,
     /// Exit 0 when the local server is ready (or live), 1 otherwise.
     Probe {
         #[arg(value_enum)]
@@ -127,6 +137,7 @@ fn main() -> ExitCode {
                 let error = exec(&settings, command);
                 Err(report(&error))
             }),
+        Command::Stop => with_runtime(stop()).map_err(|e| report(&e)),
         Command::Probe { probe } => return run_probe(probe),
     };
     match result {
@@ -166,6 +177,18 @@ fn report(error: &InitError) -> String {
 async fn init() -> Result<(), InitError> {
     let settings = Settings::from_env()?;
     prepare::prepare(&settings).await?;
+    Ok(())
+}
+
+async fn stop() -> Result<(), InitError> {
+    let settings = Settings::from_env()?;
+    let pgdata = settings.pgdata.to_string_lossy().into_owned();
+    tools::run(
+        &settings.tool("pg_ctl"),
+        &["stop", "-D", &pgdata, "-m", "fast", "-w", "-t", "50"],
+        None,
+    )
+    .await?;
     Ok(())
 }
 

@@ -51,6 +51,12 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
                 pgdata: settings.pgdata.clone(),
             });
         }
+        Plan::RefusePromotionUnderWay { target } => {
+            return Err(InitError::PromotionUnderWay {
+                pod: me.to_owned(),
+                target: target.clone(),
+            });
+        }
         Plan::RefuseMajorVersion { data, server } => {
             return Err(InitError::MajorVersion {
                 pgdata: settings.pgdata.clone(),
@@ -98,6 +104,9 @@ fn explain(me: &str, primary: &str, data: &Pgdata, plan: &Plan) -> String {
         Plan::RefuseLostPrimary => "refuse: the primary's data is gone".to_owned(),
         Plan::RefuseMajorVersion { data, server } => {
             format!("refuse: PGDATA is PostgreSQL {data}, the image is {server}")
+        }
+        Plan::RefusePromotionUnderWay { target } => {
+            format!("refuse: the operator is promoting {target}; wait for it")
         }
         Plan::StartPrimary => "start as primary".to_owned(),
         Plan::StartStandbyAwaitingPromotion => {

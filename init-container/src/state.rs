@@ -18,6 +18,8 @@ use crate::settings::{Settings, StateSourceKind};
 pub struct ClusterState {
     /// `status.currentPrimary`: the only source of truth for roles.
     pub current_primary: String,
+    /// `status.targetPrimary`: a promotion is under way to this pod.
+    pub target_primary: Option<String>,
     /// True once the first primary was initialized.
     pub bootstrapped: bool,
     pub epoch: i64,
@@ -66,6 +68,8 @@ pub enum StateError {
 #[serde(rename_all = "camelCase")]
 struct StateFile {
     current_primary: Option<String>,
+    #[serde(default)]
+    target_primary: Option<String>,
     #[serde(default)]
     bootstrapped: bool,
     #[serde(default)]
@@ -124,6 +128,7 @@ impl StateSource {
                 let status = pgc.status.unwrap_or_default();
                 Ok(ClusterState {
                     current_primary: status.current_primary.ok_or_else(no_primary)?,
+                    target_primary: status.target_primary,
                     bootstrapped: status.bootstrapped,
                     epoch: status.epoch,
                 })
@@ -132,6 +137,7 @@ impl StateSource {
                 let file = read_file(path)?;
                 Ok(ClusterState {
                     current_primary: file.current_primary.ok_or_else(no_primary)?,
+                    target_primary: file.target_primary,
                     bootstrapped: file.bootstrapped,
                     epoch: file.epoch,
                 })
@@ -284,6 +290,7 @@ mod tests {
             state,
             ClusterState {
                 current_primary: "db-2".to_owned(),
+                target_primary: None,
                 bootstrapped: true,
                 epoch: 4
             }

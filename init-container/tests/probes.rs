@@ -90,7 +90,16 @@ async fn probe_semantics() {
     assert!(text(&db1.probe_output("ready")).contains("not streaming"));
     assert!(db1.probe("live"));
 
-    db1.stop();
+    // The preStop hook: a fast shutdown, the server process exits.
+    let out = db1.stop_hook();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until("db-1's server exits", Duration::from_secs(30), || {
+        !db1.server_alive()
+    });
     assert!(!db1.probe("live"));
     assert!(!db1.probe("ready"));
 }

@@ -245,3 +245,17 @@ async fn the_named_primary_with_standby_data_waits_for_promotion() {
     );
     assert!(db1.probe("live"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarting_during_its_replacement_does_not_start() {
+    let cluster = Cluster::new();
+    let (db0, _db1) = primary_and_replica(&cluster).await;
+    db0.kill9();
+    // The operator recorded its intent to promote db-1 and has not
+    // published yet: db-0 is still currentPrimary, but must stay down.
+    cluster.set_state_with_target("db-0", Some("db-1"), true, 1);
+    db0.env("ORDINAL_STATE_TIMEOUT_SECONDS", "2");
+    let err = db0.start().expect_err("the guard refuses");
+    assert!(err.contains("the operator is promoting db-1"), "{err}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", db0.port)).is_err());
+}

@@ -129,6 +129,17 @@ impl Cluster {
 
     /// Writes status.currentPrimary etc. (and every pod's address).
     pub fn set_state(&self, primary: &str, bootstrapped: bool, epoch: i64) {
+        self.set_state_with_target(primary, None, bootstrapped, epoch);
+    }
+
+    /// Like `set_state`, with `status.targetPrimary` (a promotion under way).
+    pub fn set_state_with_target(
+        &self,
+        primary: &str,
+        target: Option<&str>,
+        bootstrapped: bool,
+        epoch: i64,
+    ) {
         let endpoints: BTreeMap<String, String> = self
             .endpoints
             .lock()
@@ -138,6 +149,7 @@ impl Cluster {
             .collect();
         let state = json!({
             "currentPrimary": primary,
+            "targetPrimary": target,
             "bootstrapped": bootstrapped,
             "epoch": epoch,
             "endpoints": endpoints,
@@ -398,6 +410,27 @@ impl Pod {
     /// kill -9 of the postmaster.
     pub fn kill9(&self) {
         self.signal(Signal::SIGKILL);
+    }
+
+    /// `ordinal-init stop`, the preStop hook.
+    pub fn stop_hook(&self) -> Output {
+        self.ordinal_init()
+            .arg("stop")
+            .output()
+            .expect("run ordinal-init stop")
+    }
+
+    /// The server process has not exited (reaps it when it has).
+    pub fn server_alive(&self) -> bool {
+        let mut server = self.server.lock().expect("server");
+        match server.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                *server = None;
+                false
+            }
+            None => false,
+        }
     }
 
     pub fn is_running(&self) -> bool {

@@ -11,10 +11,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
-    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
+    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -266,7 +266,7 @@ fn init_container(cluster: &ValidCluster) -> Container {
     }
 }
 
-fn exec_probe(args: &[&str]) -> Option<ExecAction> {
+fn exec_ordinal_init(args: &[&str]) -> Option<ExecAction> {
     let mut command = vec![paths::ORDINAL_INIT.to_owned()];
     command.extend(args.iter().map(|a| (*a).to_owned()));
     Some(ExecAction {
@@ -311,21 +311,31 @@ fn postgres_container(cluster: &ValidCluster) -> Container {
         // Crash recovery after an unclean stop can take minutes: the
         // startup probe holds liveness off until the server answers.
         startup_probe: Some(Probe {
-            exec: exec_probe(&["probe", "live"]),
+            exec: exec_ordinal_init(&["probe", "live"]),
             period_seconds: Some(5),
             timeout_seconds: Some(5),
             failure_threshold: Some(360),
             ..Probe::default()
         }),
         liveness_probe: Some(Probe {
-            exec: exec_probe(&["probe", "live"]),
+            exec: exec_ordinal_init(&["probe", "live"]),
             period_seconds: Some(10),
             timeout_seconds: Some(5),
             failure_threshold: Some(6),
             ..Probe::default()
         }),
+        // The kubelet's SIGTERM would be a smart shutdown (it waits for
+        // every client); a fast one ends sessions and streams the final WAL
+        // to the standbys, so a deleted primary loses nothing.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: exec_ordinal_init(&["stop"]),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         readiness_probe: Some(Probe {
-            exec: exec_probe(&["probe", "ready"]),
+            exec: exec_ordinal_init(&["probe", "ready"]),
             period_seconds: Some(2),
             timeout_seconds: Some(5),
             failure_threshold: Some(3),
