@@ -7,3 +7,5 @@
 //!   run with `cargo test -p ordinal-e2e -- --ignored`.
 //!
 //! Both grow with the failover loop and the install issues.
+
+pub mod local;

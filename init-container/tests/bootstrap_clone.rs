@@ -5,7 +5,7 @@
 // Helpers outside #[test] functions panic on failure too: they are test code.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod common;
+use ordinal_e2e::local as common;
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use common::{Cluster, stderr, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_a_primary_and_stream_to_two_replicas() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let db0 = cluster.pod(0);
     let db1 = cluster.pod(1);
     let db2 = cluster.pod(2);
@@ -124,7 +124,7 @@ fn futures_lite<T>(f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_clone_is_never_accepted() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let db0 = cluster.pod(0);
     let db1 = cluster.pod(1);
     cluster.set_state("db-0", false, 0);
@@ -186,7 +186,7 @@ async fn an_interrupted_clone_is_never_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_init_comes_back_right() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let db0 = cluster.pod(0);
     let db1 = cluster.pod(1);
     cluster.set_state("db-0", false, 0);
@@ -237,7 +237,7 @@ async fn a_killed_init_comes_back_right() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bootstrapped_cluster_never_initdbs_over_a_lost_primary() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let db0 = cluster.pod(0);
     cluster.set_state("db-0", true, 3);
     let out = db0.init();
@@ -256,7 +256,7 @@ async fn a_bootstrapped_cluster_never_initdbs_over_a_lost_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_state_means_no_start() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let db0 = cluster.pod(0);
     db0.env("ORDINAL_STATE_TIMEOUT_SECONDS", "2");
     // No state file at all.

@@ -4,7 +4,7 @@
 // Helpers outside #[test] functions panic on failure too: they are test code.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod common;
+use ordinal_e2e::local as common;
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ fn text(out: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_semantics() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let db0 = cluster.pod(0);
     let db1 = cluster.pod(1);
     db1.env("ORDINAL_MAX_READY_LAG_BYTES", "1048576");

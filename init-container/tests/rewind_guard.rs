@@ -5,7 +5,7 @@
 // Helpers outside #[test] functions panic on failure too: they are test code.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-mod common;
+use ordinal_e2e::local as common;
 
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ async fn wait_streaming(primary: &Pod, replica: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_diverged_old_primary_is_rewound() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let (db0, db1) = primary_and_replica(&cluster).await;
 
     // Failover: db-0 stops, db-1 is promoted and takes writes.
@@ -138,7 +138,7 @@ async fn a_diverged_old_primary_is_rewound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_rewind_is_impossible_the_old_data_is_kept_aside_and_cloned_afresh() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let (db0, db1) = primary_and_replica(&cluster).await;
     db1.stop();
     db0.stop();
@@ -184,7 +184,7 @@ async fn when_rewind_is_impossible_the_old_data_is_kept_aside_and_cloned_afresh(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_restarts_as_a_replica_through_the_guard() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let (db0, db1) = primary_and_replica(&cluster).await;
     // kill -9: the container restarts, init containers do not run again.
     db0.kill9();
@@ -210,7 +210,7 @@ async fn a_killed_primary_restarts_as_a_replica_through_the_guard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_former_primary_never_starts_writable_when_the_primary_is_unreachable() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let (db0, db1) = primary_and_replica(&cluster).await;
     db0.stop();
     db1.stop();
@@ -231,7 +231,7 @@ async fn a_former_primary_never_starts_writable_when_the_primary_is_unreachable(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_named_primary_with_standby_data_waits_for_promotion() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let (db0, db1) = primary_and_replica(&cluster).await;
     db0.stop();
     db1.stop();
@@ -248,7 +248,7 @@ async fn the_named_primary_with_standby_data_waits_for_promotion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_restarting_during_its_replacement_does_not_start() {
-    let cluster = Cluster::new();
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let (db0, _db1) = primary_and_replica(&cluster).await;
     db0.kill9();
     // The operator recorded its intent to promote db-1 and has not

@@ -7,6 +7,7 @@
 
 pub mod controller;
 mod error;
+pub mod failover;
 pub mod http;
 pub mod metrics;
 pub mod reconcile;

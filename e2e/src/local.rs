@@ -4,7 +4,9 @@
 //! and postgres refuse root), exactly as in a pod. Servers are stopped when
 //! their `Pod` is dropped, also when a test fails.
 
-#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+// A test harness: a failure here is a test failure, so it panics with
+// the reason.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -89,6 +91,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 pub struct Cluster {
     pub root: tempfile::TempDir,
+    init_bin: PathBuf,
     pub state_file: PathBuf,
     superuser_dir: PathBuf,
     replication_dir: PathBuf,
@@ -96,7 +99,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new() -> Self {
+    /// A cluster whose pods run the `ordinal-init` binary at `init_bin`.
+    pub fn new(init_bin: impl Into<PathBuf>) -> Self {
         let root = tempfile::Builder::new()
             .prefix("ordinal-")
             .tempdir()
@@ -120,6 +124,7 @@ impl Cluster {
         );
         Self {
             state_file: root.path().join("state.json"),
+            init_bin: init_bin.into(),
             root,
             superuser_dir,
             replication_dir,
@@ -208,6 +213,7 @@ impl Cluster {
             write(&self.state_file, &state.to_string(), 0o644);
         }
         Pod {
+            init_bin: self.init_bin.clone(),
             name,
             port,
             pgdata: data_mount.join("pgdata"),
@@ -224,6 +230,7 @@ impl Cluster {
 }
 
 pub struct Pod {
+    init_bin: PathBuf,
     pub name: String,
     pub port: u16,
     pub pgdata: PathBuf,
@@ -273,7 +280,7 @@ impl Pod {
     }
 
     fn ordinal_init(&self) -> Command {
-        self.command(Path::new(env!("CARGO_BIN_EXE_ordinal-init")))
+        self.command(&self.init_bin)
     }
 
     /// `ordinal-init init`.

@@ -1,0 +1,277 @@
+//! The failover rules as pure functions: when is the primary lost, which
+//! replica takes over, what the instances' status is. No I/O, no clock.
+
+use std::collections::BTreeMap;
+
+use ordinal_crds::{InstanceStatus, ReplicationMode, Role};
+
+use super::pg::{InstanceProbe, format_lsn};
+use super::seam::{Member, PodState, Settings};
+
+/// A probe's outcome per member name (Err: why it failed).
+pub type Probes = BTreeMap<String, Result<InstanceProbe, String>>;
+
+/// How the recorded primary is doing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Detection {
+    /// It answers as a primary.
+    Healthy,
+    /// It answers, but as a standby (e.g. it restarted before a promotion
+    /// was published): it needs promoting, not replacing.
+    RunsAsStandby,
+    /// Something is wrong, but not confirmed: no failover (yet). Says why.
+    Suspect(String),
+    /// Lost, on confirmed evidence.
+    Lost(Loss),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Its pod is being deleted: its fast shutdown streams the final WAL.
+    Planned,
+    /// Its pod is gone, not running, or on a NotReady node.
+    PodDown(String),
+    /// It failed `failureThreshold` probes and no replica streams from it.
+    Unreachable(String),
+}
+
+impl Loss {
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Planned => "the primary's pod is being deleted (planned)".to_owned(),
+            Self::PodDown(why) | Self::Unreachable(why) => why.clone(),
+        }
+    }
+}
+
+/// Decides whether the recorded primary is lost. `failures` counts its
+/// consecutive failed probes, this one included.
+pub fn detect(
+    primary_name: &str,
+    members: &[Member],
+    probes: &Probes,
+    failures: u32,
+    threshold: u32,
+) -> Detection {
+    let Some(primary) = members.iter().find(|m| m.name == primary_name) else {
+        return Detection::Lost(Loss::PodDown(format!("the pod of primary {primary_name} is gone")));
+    };
+    match &primary.state {
+        PodState::Terminating => return Detection::Lost(Loss::Planned),
+        PodState::NotRunning(why) => {
+            return Detection::Lost(Loss::PodDown(format!("primary {primary_name} is not running: {why}")));
+        }
+        PodState::NodeNotReady(node) => {
+            return Detection::Lost(Loss::PodDown(format!(
+                "primary {primary_name} is on node {node}, which is NotReady"
+            )));
+        }
+        PodState::Running => {}
+    }
+    let error = match probes.get(primary_name) {
+        Some(Ok(p)) if !p.in_recovery => return Detection::Healthy,
+        Some(Ok(_)) => return Detection::RunsAsStandby,
+        Some(Err(e)) => e.clone(),
+        None => "not probed".to_owned(),
+    };
+    if failures < threshold {
+        return Detection::Suspect(format!(
+            "primary {primary_name} failed {failures} of {threshold} probes: {error}"
+        ));
+    }
+    let replicas: Vec<(&str, &InstanceProbe)> = members
+        .iter()
+        .filter(|m| m.name != primary_name)
+        .filter_map(|m| match probes.get(&m.name) {
+            Some(Ok(p)) => Some((m.name.as_str(), p)),
+            _ => None,
+        })
+        .collect();
+    if replicas.is_empty() {
+        return Detection::Suspect(format!(
+            "primary {primary_name} and every replica are unreachable from the operator: \
+             not failing over on the operator's own network trouble"
+        ));
+    }
+    if let Some((name, _)) = replicas.iter().find(|(_, p)| p.streaming()) {
+        return Detection::Suspect(format!(
+            "primary {primary_name} is unreachable from the operator, but {name} still streams from it: no failover"
+        ));
+    }
+    Detection::Lost(Loss::Unreachable(format!(
+        "primary {primary_name} failed {failures} consecutive probes ({error}) and no replica streams from it"
+    )))
+}
+
+/// The replica to promote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub candidate: String,
+    /// The WAL position it holds.
+    pub position: u64,
+    /// Upper bound of the WAL that may be lost: 0 in quorum mode; in async
+    /// mode the last primary position seen minus the candidate's, when known.
+    pub lost_bytes: Option<i64>,
+}
+
+/// Chooses the replica with the highest WAL position (tie: lowest ordinal).
+/// Async mode skips candidates more than `max_lag_bytes` behind the last
+/// primary position seen. Quorum mode (`ANY k` of the n standbys in
+/// `sync_standbys`) proceeds only when at least n-k+1 of them answer: then
+/// one of them holds every acknowledged commit. Err says why no candidate.
+pub fn choose(
+    primary_name: &str,
+    members: &[Member],
+    probes: &Probes,
+    settings: &Settings,
+    last_primary_lsn: Option<u64>,
+    sync_standbys: &[String],
+) -> Result<Choice, String> {
+    let mut candidates: Vec<(&Member, u64)> = members
+        .iter()
+        .filter(|m| m.name != primary_name && m.state == PodState::Running)
+        .filter_map(|m| match probes.get(&m.name) {
+            Some(Ok(p)) if p.in_recovery => Some((m, p.wal_position()?)),
+            _ => None,
+        })
+        .collect();
+    // Highest position first, then lowest ordinal.
+    candidates.sort_by(|(a, pa), (b, pb)| pb.cmp(pa).then(a.ordinal.cmp(&b.ordinal)));
+
+    match settings.mode {
+        ReplicationMode::Quorum => {
+            let n = sync_standbys.len();
+            let k = usize::try_from(settings.quorum.max(1)).unwrap_or(1);
+            let answering: Vec<&str> = candidates
+                .iter()
+                .map(|(m, _)| m.name.as_str())
+                .filter(|name| sync_standbys.iter().any(|s| s == name))
+                .collect();
+            let needed = n.saturating_sub(k) + 1;
+            if n == 0 || answering.len() < needed {
+                return Err(format!(
+                    "quorum mode (ANY {k} of {n}): only {} of the synchronous standbys answer ({}); {needed} must, \
+                     so that one of them surely holds every acknowledged commit",
+                    answering.len(),
+                    if answering.is_empty() { "none".to_owned() } else { answering.join(", ") }
+                ));
+            }
+            let (best, position) = candidates.first().ok_or_else(|| "no replica answers".to_owned())?;
+            Ok(Choice {
+                candidate: best.name.clone(),
+                position: *position,
+                lost_bytes: Some(0),
+            })
+        }
+        ReplicationMode::Async => {
+            let lag = |position: u64| last_primary_lsn.map(|last| last.saturating_sub(position) as i64);
+            let too_far: Vec<String> = candidates
+                .iter()
+                .filter(|(_, pos)| lag(*pos).is_some_and(|l| l > settings.max_lag_bytes))
+                .map(|(m, pos)| format!("{} ({} bytes behind)", m.name, lag(*pos).unwrap_or(0)))
+                .collect();
+            match candidates
+                .iter()
+                .find(|(_, pos)| !lag(*pos).is_some_and(|l| l > settings.max_lag_bytes))
+            {
+                Some((m, position)) => Ok(Choice {
+                    candidate: m.name.clone(),
+                    position: *position,
+                    lost_bytes: lag(*position),
+                }),
+                None if too_far.is_empty() => Err("no replica answers as a standby".to_owned()),
+                None => Err(format!(
+                    "every replica is further behind than failover.maxLagBytesOnFailover ({}): {}",
+                    settings.max_lag_bytes,
+                    too_far.join(", ")
+                )),
+            }
+        }
+    }
+}
+
+/// The standbys a primary should list as synchronous: the members that are
+/// not the primary and whose ordinal is below spec.replicas, by ordinal.
+pub fn standbys(primary_name: &str, members: &[Member], replicas: i32) -> Vec<String> {
+    let mut names: Vec<(i32, String)> = members
+        .iter()
+        .filter(|m| m.name != primary_name && m.ordinal < replicas)
+        .map(|m| (m.ordinal, m.name.clone()))
+        .collect();
+    names.sort();
+    names.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Every pod name of ordinal < replicas except the primary: the standbys
+/// the quorum is counted over, whether or not their pods exist right now.
+pub fn expected_standbys(cluster: &str, primary_name: &str, replicas: i32) -> Vec<String> {
+    (0..replicas)
+        .map(|o| ordinal_crds::names::pod(cluster, o))
+        .filter(|p| p != primary_name)
+        .collect()
+}
+
+/// status.instances from the probes. Lag: bytes = primary's current
+/// position minus the replica's replayed one; seconds = 0 when it replayed
+/// all it received, else the age of its last replayed transaction.
+pub fn instances(members: &[Member], probes: &Probes) -> Vec<InstanceStatus> {
+    let primary_lsn = probes
+        .values()
+        .filter_map(|p| p.as_ref().ok())
+        .filter(|p| !p.in_recovery)
+        .filter_map(|p| p.current_lsn)
+        .max();
+    let mut out: Vec<InstanceStatus> = members
+        .iter()
+        .map(|m| match probes.get(&m.name) {
+            Some(Ok(p)) => InstanceStatus {
+                pod: m.name.clone(),
+                role: if p.in_recovery { Role::Replica } else { Role::Primary },
+                ready: !p.in_recovery || p.streaming(),
+                lsn: p.wal_position().map(format_lsn),
+                lag_bytes: match (p.in_recovery, primary_lsn, p.replay_lsn) {
+                    (false, _, _) => Some(0),
+                    (true, Some(primary), Some(replay)) => Some(primary.saturating_sub(replay) as i64),
+                    _ => None,
+                },
+                lag_seconds: if p.in_recovery { p.replay_delay_seconds } else { Some(0.0) },
+                timeline: p.timeline,
+            },
+            _ => InstanceStatus {
+                pod: m.name.clone(),
+                role: Role::Unknown,
+                ready: false,
+                lsn: None,
+                lag_bytes: None,
+                lag_seconds: None,
+                timeline: None,
+            },
+        })
+        .collect();
+    out.sort_by(|a, b| a.pod.cmp(&b.pod));
+    out
+}
+
+/// The largest lag, for `kubectl get` (e.g. "0", "12KiB", "3MiB").
+pub fn max_lag(instances: &[InstanceStatus]) -> Option<String> {
+    let max = instances.iter().filter_map(|i| i.lag_bytes).max()?;
+    Some(human_bytes(max))
+}
+
+pub fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes.max(0) as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests;

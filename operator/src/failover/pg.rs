@@ -1,0 +1,340 @@
+//! The PostgreSQL side of the failover loop, shared by every seam: probe an
+//! instance, keep the primary's slots and synchronous standbys, promote,
+//! re-point replicas. Short timeouts everywhere: one dead instance never
+//! slows the loop down.
+
+use std::time::Duration;
+
+use ordinal_crds::names;
+use tokio_postgres::{Client, Config, NoTls};
+
+use super::seam::{Credentials, Endpoint};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const STATEMENT_TIMEOUT_MS: u32 = 2000;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("cannot connect to {target}: {source}")]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{what} on {target} failed: {source}")]
+    Query {
+        target: String,
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{target} did not answer within {timeout:?}")]
+    Timeout { target: String, timeout: Duration },
+    #[error("pg_promote on {target} did not finish promoting")]
+    NotPromoted { target: String },
+}
+
+/// What one probe saw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceProbe {
+    pub in_recovery: bool,
+    /// Primary: current WAL position. Replica: None.
+    pub current_lsn: Option<u64>,
+    /// Replica: WAL received (flushed) and replayed.
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    pub timeline: Option<i64>,
+    /// Replica: WAL receiver status ("streaming", …), None when not running.
+    pub receiver: Option<String>,
+    /// Replica: seconds since the last replayed transaction when it has
+    /// not replayed all it received, else 0.
+    pub replay_delay_seconds: Option<f64>,
+    /// Primary: `synchronous_standby_names` as in effect.
+    pub synchronous_standby_names: String,
+}
+
+impl InstanceProbe {
+    /// The furthest WAL position this instance holds.
+    pub fn wal_position(&self) -> Option<u64> {
+        self.current_lsn
+            .or(self.receive_lsn.max(self.replay_lsn))
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.receiver.as_deref() == Some("streaming")
+    }
+}
+
+/// `0/3000148` → 50331976.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError> {
+    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let mut config = Config::new();
+    config
+        .host(&endpoint.host)
+        .port(endpoint.port)
+        .user(names::SUPERUSER_NAME)
+        .password(password)
+        .dbname("postgres")
+        .application_name("ordinal-operator")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|source| PgError::Connect { target, source })?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn query_err(endpoint: &Endpoint, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    move |source| PgError::Query { target, what, source }
+}
+
+const PROBE_SQL: &str = "\
+SELECT pg_is_in_recovery(),
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint END,
+       pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint,
+       pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
+       CASE WHEN pg_is_in_recovery()
+            THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver)::bigint,
+                          (SELECT timeline_id FROM pg_control_checkpoint())::bigint)
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END,
+       (SELECT status FROM pg_stat_wal_receiver),
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
+            ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) END,
+       current_setting('synchronous_standby_names')";
+
+/// Probes one instance: role, WAL positions, timeline, WAL receiver.
+pub async fn probe(endpoint: &Endpoint, credentials: &Credentials) -> Result<InstanceProbe, PgError> {
+    let run = async {
+        let client = connect(endpoint, &credentials.superuser_password).await?;
+        let row = client
+            .query_one(PROBE_SQL, &[])
+            .await
+            .map_err(query_err(endpoint, "probe"))?;
+        let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
+        Ok(InstanceProbe {
+            in_recovery: row.get(0),
+            current_lsn: lsn(1),
+            receive_lsn: lsn(2),
+            replay_lsn: lsn(3),
+            timeline: row.get(4),
+            receiver: row.get(5),
+            replay_delay_seconds: row.get(6),
+            synchronous_standby_names: row.get(7),
+        })
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| {
+            Err(PgError::Timeout {
+                target: format!("{}:{}", endpoint.host, endpoint.port),
+                timeout: PROBE_TIMEOUT,
+            })
+        })
+}
+
+/// Promotes a standby and waits until it accepts writes. Idempotent: an
+/// instance that is no longer in recovery is left as it is.
+pub async fn promote(endpoint: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
+    let client = connect(endpoint, &credentials.superuser_password).await?;
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(query_err(endpoint, "pg_is_in_recovery"))?
+        .get(0);
+    if !in_recovery {
+        return Ok(());
+    }
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(query_err(endpoint, "SET statement_timeout"))?;
+    let promoted: bool = client
+        .query_one("SELECT pg_promote(wait => true, wait_seconds => 60)", &[])
+        .await
+        .map_err(query_err(endpoint, "pg_promote"))?
+        .get(0);
+    if !promoted {
+        return Err(PgError::NotPromoted {
+            target: format!("{}:{}", endpoint.host, endpoint.port),
+        });
+    }
+    Ok(())
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn quote_conninfo(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The primary_conninfo of `replica` following the primary at `primary`;
+/// the same shape ordinal-init writes.
+pub fn primary_conninfo(primary: &Endpoint, replica: &str, credentials: &Credentials) -> String {
+    format!(
+        "host={} port={} user={} password={} application_name={} connect_timeout=5",
+        quote_conninfo(&primary.host),
+        primary.port,
+        quote_conninfo(&credentials.replication_user),
+        quote_conninfo(&credentials.replication_password),
+        quote_conninfo(replica),
+    )
+}
+
+/// Points a running standby at a new primary (ALTER SYSTEM + reload: the
+/// WAL receiver reconnects with the new setting).
+pub async fn repoint(
+    replica_at: &Endpoint,
+    replica: &str,
+    primary: &Endpoint,
+    credentials: &Credentials,
+) -> Result<(), PgError> {
+    let client = connect(replica_at, &credentials.superuser_password).await?;
+    let conninfo = primary_conninfo(primary, replica, credentials);
+    client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET primary_conninfo = {}; SELECT pg_reload_conf();",
+            quote_literal(&conninfo)
+        ))
+        .await
+        .map_err(query_err(replica_at, "ALTER SYSTEM SET primary_conninfo"))
+}
+
+/// `ANY k ("db-1", "db-2")`, or '' in async mode or without standbys.
+pub fn synchronous_standby_names(quorum: Option<i32>, standbys: &[String]) -> String {
+    match quorum {
+        Some(k) if !standbys.is_empty() => {
+            let list: Vec<String> = standbys.iter().map(|s| format!("\"{}\"", s.replace('"', ""))).collect();
+            format!("ANY {k} ({})", list.join(", "))
+        }
+        _ => String::new(),
+    }
+}
+
+/// The standby names of an `ANY k (…)` setting (empty when unset).
+pub fn parse_standby_names(setting: &str) -> Vec<String> {
+    let Some(open) = setting.find('(') else {
+        return Vec::new();
+    };
+    let close = setting.rfind(')').unwrap_or(setting.len());
+    setting[open + 1..close.max(open + 1)]
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Keeps the primary's housekeeping: one physical slot per replica, slots
+/// of vanished members dropped, synchronous_standby_names as wanted.
+/// Returns what it changed, for the log.
+pub async fn housekeeping(
+    primary_at: &Endpoint,
+    credentials: &Credentials,
+    cluster: &str,
+    keep_slots_for: &[String],
+    drop_slots_of: &[String],
+    wanted_sync: &str,
+) -> Result<Vec<String>, PgError> {
+    let client = connect(primary_at, &credentials.superuser_password).await?;
+    let mut changes = Vec::new();
+    let existing: Vec<(String, bool)> = client
+        .query("SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+        .await
+        .map_err(query_err(primary_at, "list slots"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for pod in keep_slots_for {
+        let slot = names::slot_name(pod);
+        if !existing.iter().any(|(s, _)| *s == slot) {
+            client
+                .execute("SELECT pg_create_physical_replication_slot($1, true)", &[&slot])
+                .await
+                .map_err(query_err(primary_at, "create slot"))?;
+            changes.push(format!("created slot {slot}"));
+        }
+    }
+    let prefix = names::slot_name(&format!("{cluster}-"));
+    for pod in drop_slots_of {
+        let slot = names::slot_name(pod);
+        let found = existing.iter().find(|(s, _)| *s == slot && s.starts_with(&prefix));
+        if let Some((_, active)) = found {
+            if *active {
+                continue;
+            }
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(query_err(primary_at, "drop slot"))?;
+            changes.push(format!("dropped slot {slot}"));
+        }
+    }
+    let current: String = client
+        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+        .await
+        .map_err(query_err(primary_at, "SHOW synchronous_standby_names"))?
+        .get(0);
+    if current != wanted_sync {
+        client
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = {}; SELECT pg_reload_conf();",
+                quote_literal(wanted_sync)
+            ))
+            .await
+            .map_err(query_err(primary_at, "ALTER SYSTEM SET synchronous_standby_names"))?;
+        changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_formatting() {
+        assert_eq!(format_lsn(0x3000148), "0/3000148");
+        assert_eq!(format_lsn((1 << 32) + 0x10), "1/10");
+    }
+
+    #[test]
+    fn standby_names_round_trip() {
+        let names = vec!["db-1".to_owned(), "db-2".to_owned()];
+        let setting = synchronous_standby_names(Some(1), &names);
+        assert_eq!(setting, "ANY 1 (\"db-1\", \"db-2\")");
+        assert_eq!(parse_standby_names(&setting), names);
+        assert_eq!(synchronous_standby_names(None, &names), "");
+        assert_eq!(synchronous_standby_names(Some(1), &[]), "");
+        assert!(parse_standby_names("").is_empty());
+    }
+
+    #[test]
+    fn conninfo_quotes_values() {
+        let creds = Credentials {
+            superuser_password: "x".to_owned(),
+            replication_user: "streaming_replica".to_owned(),
+            replication_password: "p'w".to_owned(),
+        };
+        let endpoint = Endpoint {
+            host: "db-1.db-headless.ns.svc".to_owned(),
+            port: 5432,
+        };
+        assert_eq!(
+            primary_conninfo(&endpoint, "db-2", &creds),
+            "host='db-1.db-headless.ns.svc' port=5432 user='streaming_replica' password='p\\'w' application_name='db-2' connect_timeout=5"
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The seam between the failover loop and the world: observe the members,
+//! record the intent, fence, publish. Kubernetes implements it for real
+//! (`kube.rs`); the e2e crate implements it with local postgres processes,
+//! so the same loop is chaos-tested in CI against real servers.
+
+use std::future::Future;
+use std::time::Duration;
+
+use ordinal_crds::{FailoverRecord, InstanceStatus, ReplicationMode};
+
+/// How to reach a PostgreSQL server.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the platform says of a member's pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodState {
+    /// The postgres container runs.
+    Running,
+    /// The pod exists but postgres does not run (crashed, restarting,
+    /// pending, failed). The string says why.
+    NotRunning(String),
+    /// The pod is being deleted (drain, `kubectl delete pod`): a planned
+    /// loss, its fast shutdown streams the final WAL to the standbys.
+    Terminating,
+    /// The pod's node is NotReady: its containers cannot be trusted to run.
+    NodeNotReady(String),
+}
+
+/// One instance of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub ordinal: i32,
+    pub state: PodState,
+    /// Where the operator probes it (the pod IP in Kubernetes); None when
+    /// it has no address yet.
+    pub probe_at: Option<Endpoint>,
+    /// Where replicas stream from it (the stable DNS name in Kubernetes).
+    pub stable: Endpoint,
+}
+
+/// What the failover loop reads of the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub enabled: bool,
+    pub check_interval: Duration,
+    pub failure_threshold: u32,
+    pub max_lag_bytes: i64,
+    pub mode: ReplicationMode,
+    pub quorum: i32,
+    /// spec.replicas: pods with an ordinal below it are members.
+    pub replicas: i32,
+}
+
+/// Who is primary, as recorded (status), with the version that guards the
+/// next write (resourceVersion in Kubernetes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub current_primary: Option<String>,
+    pub target_primary: Option<String>,
+    pub epoch: i64,
+    pub version: String,
+    /// A planned switchover asked for (annotation `ordinal.dev/switchover-to`).
+    pub switchover_to: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub namespace: String,
+    pub cluster: String,
+    pub members: Vec<Member>,
+    pub record: Record,
+    pub settings: Settings,
+}
+
+/// Credentials the loop needs: the superuser to probe and promote, the
+/// replication role to re-point replicas.
+#[derive(Clone)]
+pub struct Credentials {
+    pub superuser_password: String,
+    pub replication_user: String,
+    pub replication_password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("replication_user", &self.replication_user)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeamError {
+    /// Someone else wrote the record since it was read: re-observe.
+    #[error("the record of {cluster} changed since it was read (version {version})")]
+    Conflict { cluster: String, version: String },
+    /// The cluster no longer exists: the loop ends.
+    #[error("cluster {cluster} is gone")]
+    Gone { cluster: String },
+    #[error("{action} failed for {cluster}: {message}")]
+    Failed {
+        cluster: String,
+        action: &'static str,
+        message: String,
+    },
+}
+
+/// The effects of the failover loop. Each is idempotent: a loop restarted
+/// after a crash repeats the step it was in.
+pub trait Seam: Send + Sync {
+    /// The members, the record and the settings, now.
+    fn observe(&self) -> impl Future<Output = Result<Observation, SeamError>> + Send;
+
+    fn credentials(&self) -> impl Future<Output = Result<Credentials, SeamError>> + Send;
+
+    /// Records `targetPrimary = target`, `epoch + 1` and phase FailingOver,
+    /// only if the record is still at `record.version`. Returns the record
+    /// as written.
+    fn record_intent(
+        &self,
+        record: &Record,
+        target: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<Record, SeamError>> + Send;
+
+    /// Makes sure `pod` no longer serves as primary: no clients are routed
+    /// to it and its server is stopped (`planned`: it is shutting down
+    /// cleanly already).
+    fn fence(&self, pod: &str, planned: bool) -> impl Future<Output = Result<(), SeamError>> + Send;
+
+    /// Publishes the new primary: routing, `currentPrimary = to`, no
+    /// `targetPrimary`, `lastFailover`, an Event — only if the record is
+    /// still at `record.version`.
+    fn publish(&self, record: &Record, outcome: &FailoverRecord) -> impl Future<Output = Result<(), SeamError>> + Send;
+
+    /// What the probes saw, and why a failover cannot proceed (None: it
+    /// can, or none is needed).
+    fn report(
+        &self,
+        instances: &[InstanceStatus],
+        blocked: Option<&str>,
+    ) -> impl Future<Output = Result<(), SeamError>> + Send;
+
+    /// Resolves when a member changed (a pod event): the loop wakes at once
+    /// instead of waiting for the next tick.
+    fn changed(&self) -> impl Future<Output = ()> + Send;
+}
