@@ -24,15 +24,25 @@ pub const OPERATOR_OWNED_PARAMETERS: &[&str] = &[
     "hba_file",
     "ident_file",
     "external_pid_file",
+    "include",
+    "include_dir",
+    "include_if_exists",
     "wal_level",
     "hot_standby",
     "wal_log_hints",
     "primary_conninfo",
     "primary_slot_name",
     "synchronous_standby_names",
-    "recovery_target_timeline",
     "promote_trigger_file",
     "restore_command",
+    "recovery_target",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_timeline",
+    "recovery_target_xid",
 ];
 
 /// Default maximum lag, in bytes, of a replica that may still be promoted in
@@ -87,7 +97,9 @@ pub const DEFAULT_MAX_LAG_BYTES_ON_FAILOVER: i64 = 16 * 1024 * 1024;
         json_path = ".metadata.creationTimestamp"
     ),
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 50")
-        .message("metadata.name must start with a letter, hold only lowercase letters, digits and '-', and be at most 50 characters: it names the StatefulSet, its pods, Services and PVCs")
+        .message("metadata.name must start with a letter, hold only lowercase letters, digits and '-', and be at most 50 characters: it names the StatefulSet, its pods, Services and PVCs"),
+    validation = Rule::new("self.metadata.name != 'default'")
+        .message("metadata.name must not be 'default': the cluster's ServiceAccount would take over the namespace's default ServiceAccount")
 )]
 #[x_kube(
     validation = Rule::new("self.replication.mode != 'quorum' || self.replication.quorum < self.replicas")
@@ -111,6 +123,7 @@ pub struct PostgresClusterSpec {
     /// PostgreSQL container image; the official `postgres` images and images
     /// built on them are supported.
     #[serde(default = "default_image")]
+    #[schemars(length(max = 512))]
     #[x_kube(validation = Rule::new("size(self) > 0").message("image must not be empty"))]
     pub image: String,
 
@@ -158,18 +171,21 @@ pub struct PostgresClusterSpec {
     /// `postgres` superuser; generated as `<name>-superuser` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("superuserSecret must be a valid Secret name"))]
+    #[schemars(length(max = 253))]
     pub superuser_secret: Option<String>,
 
     /// An existing Secret (keys `username`, `password`) with the replication
     /// role's credentials; generated as `<name>-replication` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self) <= 253").message("replicationSecret must be a valid Secret name"))]
+    #[schemars(length(max = 253))]
     pub replication_secret: Option<String>,
 
     /// Name of the headless Service that gives pods stable DNS names;
     /// `<name>-headless` when unset. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 63").message("serviceName must be a DNS label: lowercase letters, digits and '-', starting with a letter, at most 63 characters"))]
+    #[schemars(length(max = 63))]
     pub service_name: Option<String>,
 }
 
@@ -213,10 +229,12 @@ pub struct StorageSpec {
         validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"),
         validation = Rule::new("self == oldSelf").message("storage.size is immutable: a StatefulSet's volume claims cannot change; expand the PVCs directly if the StorageClass allows it")
     )]
+    #[schemars(length(max = 64))]
     pub size: String,
 
     /// StorageClass of the volumes; the cluster default when unset. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub storage_class_name: Option<String>,
 
     /// What happens to the PVCs when the cluster is deleted or scaled down.
@@ -261,18 +279,17 @@ pub struct PostgresqlSpec {
     /// postgresql.conf parameters, merged over Ordinal's safe defaults.
     /// Parameters that replication and failover depend on are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 256))]
+    #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     #[x_kube(
-        validation = Rule::new("self.all(k, !(k in ['listen_addresses', 'port', 'unix_socket_directories', 'data_directory', 'config_file', 'hba_file', 'ident_file', 'external_pid_file', 'wal_level', 'hot_standby', 'wal_log_hints', 'primary_conninfo', 'primary_slot_name', 'synchronous_standby_names', 'recovery_target_timeline', 'promote_trigger_file', 'restore_command']))")
-            .message("postgresql.parameters sets a parameter that Ordinal manages (such as wal_level, hot_standby, primary_conninfo, synchronous_standby_names, port): remove it, Ordinal sets it for replication and failover to work"),
-        validation = Rule::new("self.all(k, k.matches('^[a-z][a-z0-9_.]*$'))")
-            .message("postgresql.parameters: parameter names are lowercase letters, digits, '_' and '.'")
+        // One map lookup per parameter: bounded cost, whatever the map holds.
+        validation = Rule::new("!('listen_addresses' in self) && !('port' in self) && !('unix_socket_directories' in self) && !('data_directory' in self) && !('config_file' in self) && !('hba_file' in self) && !('ident_file' in self) && !('external_pid_file' in self) && !('include' in self) && !('include_dir' in self) && !('include_if_exists' in self) && !('wal_level' in self) && !('hot_standby' in self) && !('wal_log_hints' in self) && !('primary_conninfo' in self) && !('primary_slot_name' in self) && !('synchronous_standby_names' in self) && !('promote_trigger_file' in self) && !('restore_command' in self) && !('recovery_target' in self) && !('recovery_target_action' in self) && !('recovery_target_inclusive' in self) && !('recovery_target_lsn' in self) && !('recovery_target_name' in self) && !('recovery_target_time' in self) && !('recovery_target_timeline' in self) && !('recovery_target_xid' in self)")
+            .message("postgresql.parameters sets a parameter that Ordinal manages (such as wal_level, hot_standby, primary_conninfo, synchronous_standby_names, port, include, recovery_target*): remove it, Ordinal sets it for replication and failover to work")
     )]
     pub parameters: BTreeMap<String, String>,
 
     /// Extra pg_hba.conf lines, placed before Ordinal's own rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), inner(length(max = 1024)))]
     #[x_kube(validation = Rule::new("self.all(l, !l.contains('\\n'))").message("postgresql.pgHba: each entry is one pg_hba.conf line, without line breaks"))]
     pub pg_hba: Vec<String>,
 }
@@ -301,9 +318,11 @@ impl PodManagementPolicy {
 pub struct TopologySpec {
     /// Node label naming the zone.
     #[serde(default = "default_zone_key")]
+    #[schemars(length(max = 316))]
     pub zone_key: String,
     /// Node label naming the node.
     #[serde(default = "default_node_key")]
+    #[schemars(length(max = 316))]
     pub node_key: String,
     /// Largest allowed difference of pod counts between two zones or nodes.
     #[serde(default = "default_max_skew")]

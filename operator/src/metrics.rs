@@ -2,7 +2,8 @@
 
 use ordinal_crds::{FailoverRecord, InstanceStatus, Role};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Metrics fed by the controller.
@@ -49,11 +50,17 @@ impl Metrics {
             &["namespace", "cluster", "reason"],
         )?;
         let instance_up = IntGaugeVec::new(
-            Opts::new("ordinal_instance_up", "1 when the operator's probe of the instance succeeds"),
+            Opts::new(
+                "ordinal_instance_up",
+                "1 when the operator's probe of the instance succeeds",
+            ),
             INSTANCE,
         )?;
         let instance_is_primary = IntGaugeVec::new(
-            Opts::new("ordinal_instance_is_primary", "1 when the instance runs as the writable primary"),
+            Opts::new(
+                "ordinal_instance_is_primary",
+                "1 when the instance runs as the writable primary",
+            ),
             INSTANCE,
         )?;
         let lag_bytes = IntGaugeVec::new(
@@ -70,7 +77,10 @@ impl Metrics {
             ),
             INSTANCE,
         )?;
-        let timeline = IntGaugeVec::new(Opts::new("ordinal_instance_timeline", "Timeline of the instance"), INSTANCE)?;
+        let timeline = IntGaugeVec::new(
+            Opts::new("ordinal_instance_timeline", "Timeline of the instance"),
+            INSTANCE,
+        )?;
         let wal_lsn_bytes = IntGaugeVec::new(
             Opts::new(
                 "ordinal_wal_lsn_bytes",
@@ -79,7 +89,10 @@ impl Metrics {
             INSTANCE,
         )?;
         let failovers = IntCounterVec::new(
-            Opts::new("ordinal_failovers_total", "Promotions (failovers and switchovers) of the cluster"),
+            Opts::new(
+                "ordinal_failovers_total",
+                "Promotions (failovers and switchovers) of the cluster",
+            ),
             CLUSTER,
         )?;
         let last_failover_seconds = GaugeVec::new(
@@ -90,8 +103,11 @@ impl Metrics {
             CLUSTER,
         )?;
         let failover_phase_seconds = HistogramVec::new(
-            HistogramOpts::new("ordinal_failover_phase_seconds", "Duration of each failover phase")
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "ordinal_failover_phase_seconds",
+                "Duration of each failover phase",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
             &["namespace", "cluster", "phase"],
         )?;
         let failover_lost_bytes = IntGaugeVec::new(
@@ -143,7 +159,9 @@ impl Metrics {
             let _ = gauge.remove_label_values(&[namespace, cluster]);
         }
         let _ = self.failovers.remove_label_values(&[namespace, cluster]);
-        let _ = self.last_failover_seconds.remove_label_values(&[namespace, cluster]);
+        let _ = self
+            .last_failover_seconds
+            .remove_label_values(&[namespace, cluster]);
         for phase in ["detect", "decide", "fence", "promote", "publish"] {
             let _ = self
                 .failover_phase_seconds
@@ -180,7 +198,9 @@ impl Metrics {
                 self.timeline.with_label_values(&labels).set(t);
             }
             if let Some(lsn) = i.lsn.as_deref().and_then(parse_lsn) {
-                self.wal_lsn_bytes.with_label_values(&labels).set(lsn as i64);
+                self.wal_lsn_bytes
+                    .with_label_values(&labels)
+                    .set(lsn as i64);
             }
         }
     }
@@ -205,7 +225,9 @@ impl Metrics {
                 .observe(seconds);
         }
         if let Some(lost) = record.lost_bytes {
-            self.failover_lost_bytes.with_label_values(&labels).set(lost);
+            self.failover_lost_bytes
+                .with_label_values(&labels)
+                .set(lost);
         }
     }
 

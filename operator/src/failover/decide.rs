@@ -54,12 +54,16 @@ pub fn detect(
     threshold: u32,
 ) -> Detection {
     let Some(primary) = members.iter().find(|m| m.name == primary_name) else {
-        return Detection::Lost(Loss::PodDown(format!("the pod of primary {primary_name} is gone")));
+        return Detection::Lost(Loss::PodDown(format!(
+            "the pod of primary {primary_name} is gone"
+        )));
     };
     match &primary.state {
         PodState::Terminating => return Detection::Lost(Loss::Planned),
         PodState::NotRunning(why) => {
-            return Detection::Lost(Loss::PodDown(format!("primary {primary_name} is not running: {why}")));
+            return Detection::Lost(Loss::PodDown(format!(
+                "primary {primary_name} is not running: {why}"
+            )));
         }
         PodState::NodeNotReady(node) => {
             return Detection::Lost(Loss::PodDown(format!(
@@ -153,10 +157,16 @@ pub fn choose(
                     "quorum mode (ANY {k} of {n}): only {} of the synchronous standbys answer ({}); {needed} must, \
                      so that one of them surely holds every acknowledged commit",
                     answering.len(),
-                    if answering.is_empty() { "none".to_owned() } else { answering.join(", ") }
+                    if answering.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        answering.join(", ")
+                    }
                 ));
             }
-            let (best, position) = candidates.first().ok_or_else(|| "no replica answers".to_owned())?;
+            let (best, position) = candidates
+                .first()
+                .ok_or_else(|| "no replica answers".to_owned())?;
             Ok(Choice {
                 candidate: best.name.clone(),
                 position: *position,
@@ -164,7 +174,8 @@ pub fn choose(
             })
         }
         ReplicationMode::Async => {
-            let lag = |position: u64| last_primary_lsn.map(|last| last.saturating_sub(position) as i64);
+            let lag =
+                |position: u64| last_primary_lsn.map(|last| last.saturating_sub(position) as i64);
             let too_far: Vec<String> = candidates
                 .iter()
                 .filter(|(_, pos)| lag(*pos).is_some_and(|l| l > settings.max_lag_bytes))
@@ -226,15 +237,25 @@ pub fn instances(members: &[Member], probes: &Probes) -> Vec<InstanceStatus> {
         .map(|m| match probes.get(&m.name) {
             Some(Ok(p)) => InstanceStatus {
                 pod: m.name.clone(),
-                role: if p.in_recovery { Role::Replica } else { Role::Primary },
+                role: if p.in_recovery {
+                    Role::Replica
+                } else {
+                    Role::Primary
+                },
                 ready: !p.in_recovery || p.streaming(),
                 lsn: p.wal_position().map(format_lsn),
                 lag_bytes: match (p.in_recovery, primary_lsn, p.replay_lsn) {
                     (false, _, _) => Some(0),
-                    (true, Some(primary), Some(replay)) => Some(primary.saturating_sub(replay) as i64),
+                    (true, Some(primary), Some(replay)) => {
+                        Some(primary.saturating_sub(replay) as i64)
+                    }
                     _ => None,
                 },
-                lag_seconds: if p.in_recovery { p.replay_delay_seconds } else { Some(0.0) },
+                lag_seconds: if p.in_recovery {
+                    p.replay_delay_seconds
+                } else {
+                    Some(0.0)
+                },
                 timeline: p.timeline,
             },
             _ => InstanceStatus {

@@ -161,12 +161,17 @@ impl<S: Seam> FailoverLoop<S> {
             Detection::Healthy => {
                 self.housekeeping(&obs, &primary, &credentials).await;
                 if let Some(to) = obs.record.switchover_to.clone().filter(|to| *to != primary) {
-                    return self.switchover(&obs, &primary, &to, &probes, &credentials).await;
+                    return self
+                        .switchover(&obs, &primary, &to, &probes, &credentials)
+                        .await;
                 }
                 self.report(&obs, &probes, None).await?;
                 Ok(Tick::Healthy)
             }
-            Detection::RunsAsStandby => self.promote_recorded(&obs, &primary, &probes, &credentials).await,
+            Detection::RunsAsStandby => {
+                self.promote_recorded(&obs, &primary, &probes, &credentials)
+                    .await
+            }
             Detection::Suspect(why) => {
                 tracing::info!(cluster = %obs.cluster, "{why}");
                 self.report(&obs, &probes, Some(&why)).await?;
@@ -185,7 +190,10 @@ impl<S: Seam> FailoverLoop<S> {
         credentials: &Credentials,
     ) -> Result<Tick, FailoverError> {
         if !obs.settings.enabled {
-            let why = format!("{}; automatic failover is disabled (spec.failover.enabled=false)", loss.reason());
+            let why = format!(
+                "{}; automatic failover is disabled (spec.failover.enabled=false)",
+                loss.reason()
+            );
             self.report(obs, &probes, Some(&why)).await?;
             return Ok(Tick::Waiting(why));
         }
@@ -264,9 +272,17 @@ impl<S: Seam> FailoverLoop<S> {
 
     /// Intent, fence, promote, publish, re-point: each step recorded or
     /// idempotent, so a crash anywhere resumes rather than repeats.
-    async fn promote(&mut self, obs: &Observation, p: Promotion, credentials: &Credentials) -> Result<Tick, FailoverError> {
+    async fn promote(
+        &mut self,
+        obs: &Observation,
+        p: Promotion,
+        credentials: &Credentials,
+    ) -> Result<Tick, FailoverError> {
         let started = Instant::now();
-        let record = self.seam.record_intent(&obs.record, &p.to, &p.reason).await?;
+        let record = self
+            .seam
+            .record_intent(&obs.record, &p.to, &p.reason)
+            .await?;
         self.check(Step::Intent)?;
 
         let fence_started = Instant::now();
@@ -276,7 +292,10 @@ impl<S: Seam> FailoverLoop<S> {
 
         let promote_started = Instant::now();
         let target = member(obs, &p.to)?;
-        let at = target.probe_at.clone().ok_or_else(|| FailoverError::NoAddress { pod: p.to.clone() })?;
+        let at = target
+            .probe_at
+            .clone()
+            .ok_or_else(|| FailoverError::NoAddress { pod: p.to.clone() })?;
         pg::promote(&at, credentials).await?;
         let promote = promote_started.elapsed();
         self.check(Step::Promote)?;
@@ -301,7 +320,8 @@ impl<S: Seam> FailoverLoop<S> {
         };
         self.seam.publish(&record, &outcome).await?;
         outcome.phases.publish = publish_started.elapsed().as_secs_f64();
-        outcome.duration_seconds = p.detect.as_secs_f64() + started.elapsed().as_secs_f64() + p.decide.as_secs_f64();
+        outcome.duration_seconds =
+            p.detect.as_secs_f64() + started.elapsed().as_secs_f64() + p.decide.as_secs_f64();
         self.check(Step::Publish)?;
 
         self.after_promotion(obs, &p.to, credentials).await;
@@ -325,7 +345,12 @@ impl<S: Seam> FailoverLoop<S> {
 
     /// A promotion was recorded but not published (the operator restarted
     /// mid-way): fence, promote and publish again — each is idempotent.
-    async fn resume(&mut self, obs: &Observation, target: &str, credentials: &Credentials) -> Result<Tick, FailoverError> {
+    async fn resume(
+        &mut self,
+        obs: &Observation,
+        target: &str,
+        credentials: &Credentials,
+    ) -> Result<Tick, FailoverError> {
         let from = obs.record.current_primary.clone().unwrap_or_default();
         tracing::warn!(cluster = %obs.cluster, from = %from, to = target, "resuming a promotion under way");
         let started = Instant::now();
@@ -336,7 +361,9 @@ impl<S: Seam> FailoverLoop<S> {
         let at = member(obs, target)?
             .probe_at
             .clone()
-            .ok_or_else(|| FailoverError::NoAddress { pod: target.to_owned() })?;
+            .ok_or_else(|| FailoverError::NoAddress {
+                pod: target.to_owned(),
+            })?;
         pg::promote(&at, credentials).await?;
         self.check(Step::Promote)?;
         let outcome = FailoverRecord {
@@ -380,15 +407,22 @@ impl<S: Seam> FailoverLoop<S> {
         if !writable.is_empty() {
             let why = format!(
                 "recorded primary {primary} runs as a standby while {} accepts writes: not promoting",
-                writable.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                writable
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             self.report(obs, probes, Some(&why)).await?;
             return Ok(Tick::Waiting(why));
         }
-        let at = member(obs, primary)?
-            .probe_at
-            .clone()
-            .ok_or_else(|| FailoverError::NoAddress { pod: primary.to_owned() })?;
+        let at =
+            member(obs, primary)?
+                .probe_at
+                .clone()
+                .ok_or_else(|| FailoverError::NoAddress {
+                    pod: primary.to_owned(),
+                })?;
         tracing::warn!(cluster = %obs.cluster, primary, "the recorded primary runs as a standby: promoting it");
         pg::promote(&at, credentials).await?;
         self.after_promotion(obs, primary, credentials).await;
@@ -405,7 +439,10 @@ impl<S: Seam> FailoverLoop<S> {
         probes: &Probes,
         credentials: &Credentials,
     ) -> Result<Tick, FailoverError> {
-        let ready = obs.members.iter().any(|m| m.name == to && m.state == seam::PodState::Running)
+        let ready = obs
+            .members
+            .iter()
+            .any(|m| m.name == to && m.state == seam::PodState::Running)
             && matches!(probes.get(to), Some(Ok(p)) if p.in_recovery && p.streaming());
         if !ready {
             let why = format!("switchover to {to} refused: it is not a streaming replica");
@@ -419,10 +456,20 @@ impl<S: Seam> FailoverLoop<S> {
         self.check(Step::Intent)?;
         let fence_started = Instant::now();
         self.seam.fence(primary, true).await?;
-        let settled = settle(&obs.members, primary, credentials, probes.clone(), SHUTDOWN_TIMEOUT).await;
+        let settled = settle(
+            &obs.members,
+            primary,
+            credentials,
+            probes.clone(),
+            SHUTDOWN_TIMEOUT,
+        )
+        .await;
         let fence = fence_started.elapsed();
         self.check(Step::Fence)?;
-        let position = settled.get(to).and_then(|p| p.as_ref().ok()).and_then(|p| p.wal_position());
+        let position = settled
+            .get(to)
+            .and_then(|p| p.as_ref().ok())
+            .and_then(|p| p.wal_position());
         let promote_started = Instant::now();
         let at = member(obs, to)?
             .probe_at
@@ -467,8 +514,15 @@ impl<S: Seam> FailoverLoop<S> {
     /// Re-points the other replicas at the new primary and gives it its
     /// slots and synchronous standbys. Best effort: a replica missed here
     /// is re-pointed by ordinal-init when it restarts.
-    async fn after_promotion(&mut self, obs: &Observation, new_primary: &str, credentials: &Credentials) {
-        let Ok(primary) = member(obs, new_primary) else { return };
+    async fn after_promotion(
+        &mut self,
+        obs: &Observation,
+        new_primary: &str,
+        credentials: &Credentials,
+    ) {
+        let Ok(primary) = member(obs, new_primary) else {
+            return;
+        };
         let repoints = obs
             .members
             .iter()
@@ -503,12 +557,19 @@ impl<S: Seam> FailoverLoop<S> {
                 tracing::info!(cluster = %obs.cluster, primary, changes = ?changes, "primary housekeeping");
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(cluster = %obs.cluster, %error, "primary housekeeping failed"),
+            Err(error) => {
+                tracing::warn!(cluster = %obs.cluster, %error, "primary housekeeping failed")
+            }
         }
     }
 
     /// Reports instances (and why a failover waits) when they changed.
-    async fn report(&mut self, obs: &Observation, probes: &Probes, blocked: Option<&str>) -> Result<(), FailoverError> {
+    async fn report(
+        &mut self,
+        obs: &Observation,
+        probes: &Probes,
+        blocked: Option<&str>,
+    ) -> Result<(), FailoverError> {
         let instances = decide::instances(&obs.members, probes);
         if let Some(metrics) = &self.metrics {
             metrics.observe_instances(&obs.namespace, &obs.cluster, &instances);
@@ -550,7 +611,9 @@ fn member<'a>(obs: &'a Observation, name: &str) -> Result<&'a Member, FailoverEr
     obs.members
         .iter()
         .find(|m| m.name == name)
-        .ok_or_else(|| FailoverError::NoAddress { pod: name.to_owned() })
+        .ok_or_else(|| FailoverError::NoAddress {
+            pod: name.to_owned(),
+        })
 }
 
 /// Probes every member at once.
@@ -580,7 +643,11 @@ async fn settle(
             .filter(|(n, _)| *n != primary)
             .map(|(n, r)| {
                 let r = r.as_ref().ok();
-                (n.clone(), r.and_then(|p| p.wal_position()), r.is_some_and(|p| p.streaming()))
+                (
+                    n.clone(),
+                    r.and_then(|p| p.wal_position()),
+                    r.is_some_and(|p| p.streaming()),
+                )
             })
             .collect()
     };

@@ -57,8 +57,7 @@ pub struct InstanceProbe {
 impl InstanceProbe {
     /// The furthest WAL position this instance holds.
     pub fn wal_position(&self) -> Option<u64> {
-        self.current_lsn
-            .or(self.receive_lsn.max(self.replay_lsn))
+        self.current_lsn.or(self.receive_lsn.max(self.replay_lsn))
     }
 
     pub fn streaming(&self) -> bool {
@@ -93,9 +92,16 @@ async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError>
     Ok(client)
 }
 
-fn query_err(endpoint: &Endpoint, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+fn query_err(
+    endpoint: &Endpoint,
+    what: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> PgError {
     let target = format!("{}:{}", endpoint.host, endpoint.port);
-    move |source| PgError::Query { target, what, source }
+    move |source| PgError::Query {
+        target,
+        what,
+        source,
+    }
 }
 
 const PROBE_SQL: &str = "\
@@ -115,7 +121,10 @@ SELECT pg_is_in_recovery(),
        current_setting('synchronous_standby_names')";
 
 /// Probes one instance: role, WAL positions, timeline, WAL receiver.
-pub async fn probe(endpoint: &Endpoint, credentials: &Credentials) -> Result<InstanceProbe, PgError> {
+pub async fn probe(
+    endpoint: &Endpoint,
+    credentials: &Credentials,
+) -> Result<InstanceProbe, PgError> {
     let run = async {
         let client = connect(endpoint, &credentials.superuser_password).await?;
         let row = client
@@ -217,7 +226,10 @@ pub async fn repoint(
 pub fn synchronous_standby_names(quorum: Option<i32>, standbys: &[String]) -> String {
     match quorum {
         Some(k) if !standbys.is_empty() => {
-            let list: Vec<String> = standbys.iter().map(|s| format!("\"{}\"", s.replace('"', ""))).collect();
+            let list: Vec<String> = standbys
+                .iter()
+                .map(|s| format!("\"{}\"", s.replace('"', "")))
+                .collect();
             format!("ANY {k} ({})", list.join(", "))
         }
         _ => String::new(),
@@ -251,7 +263,10 @@ pub async fn housekeeping(
     let client = connect(primary_at, &credentials.superuser_password).await?;
     let mut changes = Vec::new();
     let existing: Vec<(String, bool)> = client
-        .query("SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'", &[])
+        .query(
+            "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
+            &[],
+        )
         .await
         .map_err(query_err(primary_at, "list slots"))?
         .iter()
@@ -261,7 +276,10 @@ pub async fn housekeeping(
         let slot = names::slot_name(pod);
         if !existing.iter().any(|(s, _)| *s == slot) {
             client
-                .execute("SELECT pg_create_physical_replication_slot($1, true)", &[&slot])
+                .execute(
+                    "SELECT pg_create_physical_replication_slot($1, true)",
+                    &[&slot],
+                )
                 .await
                 .map_err(query_err(primary_at, "create slot"))?;
             changes.push(format!("created slot {slot}"));
@@ -270,7 +288,9 @@ pub async fn housekeeping(
     let prefix = names::slot_name(&format!("{cluster}-"));
     for pod in drop_slots_of {
         let slot = names::slot_name(pod);
-        let found = existing.iter().find(|(s, _)| *s == slot && s.starts_with(&prefix));
+        let found = existing
+            .iter()
+            .find(|(s, _)| *s == slot && s.starts_with(&prefix));
         if let Some((_, active)) = found {
             if *active {
                 continue;
@@ -294,7 +314,10 @@ pub async fn housekeeping(
                 quote_literal(wanted_sync)
             ))
             .await
-            .map_err(query_err(primary_at, "ALTER SYSTEM SET synchronous_standby_names"))?;
+            .map_err(query_err(
+                primary_at,
+                "ALTER SYSTEM SET synchronous_standby_names",
+            ))?;
         changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
     }
     Ok(changes)

@@ -131,12 +131,17 @@ pub trait Seam: Send + Sync {
     /// Makes sure `pod` no longer serves as primary: no clients are routed
     /// to it and its server is stopped (`planned`: it is shutting down
     /// cleanly already).
-    fn fence(&self, pod: &str, planned: bool) -> impl Future<Output = Result<(), SeamError>> + Send;
+    fn fence(&self, pod: &str, planned: bool)
+    -> impl Future<Output = Result<(), SeamError>> + Send;
 
     /// Publishes the new primary: routing, `currentPrimary = to`, no
     /// `targetPrimary`, `lastFailover`, an Event — only if the record is
     /// still at `record.version`.
-    fn publish(&self, record: &Record, outcome: &FailoverRecord) -> impl Future<Output = Result<(), SeamError>> + Send;
+    fn publish(
+        &self,
+        record: &Record,
+        outcome: &FailoverRecord,
+    ) -> impl Future<Output = Result<(), SeamError>> + Send;
 
     /// What the probes saw, and why a failover cannot proceed (None: it
     /// can, or none is needed).

@@ -89,20 +89,22 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         }
     };
 
-    if let Err(error @ Error::MissingSecret { .. }) =
-        apply::ensure_secrets(&ctx.client, &cluster).await
-    {
-        let message = error.to_string();
-        ctx.publish(
-            &pgc,
-            EventType::Warning,
-            "MissingSecret",
-            "Secrets",
-            message.clone(),
-        )
-        .await;
-        write_observed(&ctx, &pgc, &pods, Some(Blocker::MissingSecret(message))).await?;
-        return Err(error);
+    match apply::ensure_secrets(&ctx.client, &cluster).await {
+        Ok(()) => {}
+        Err(error @ Error::MissingSecret { .. }) => {
+            let message = error.to_string();
+            ctx.publish(
+                &pgc,
+                EventType::Warning,
+                "MissingSecret",
+                "Secrets",
+                message.clone(),
+            )
+            .await;
+            write_observed(&ctx, &pgc, &pods, Some(Blocker::MissingSecret(message))).await?;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
     }
 
     apply::apply_children(&ctx.client, &cluster, &ctx.build).await?;

@@ -173,7 +173,11 @@ async fn new_cluster_chooses_db_0_then_builds_everything() {
                     .as_str()
                     .is_some_and(|p| !p.is_empty())
             );
-            owned_and_labelled(body);
+            assert!(
+                body["metadata"].get("ownerReferences").is_none(),
+                "credentials outlive the cluster like its PVCs"
+            );
+            assert_eq!(labels_of(body)["ordinal.dev/cluster"], "db");
         }));
     }
     script.extend(children(3, Some(2)));

@@ -127,6 +127,38 @@ pub fn problems(name: &str, spec: &PostgresClusterSpec) -> Vec<Invalid> {
             ),
         );
     }
+    let bad_names: Vec<String> = spec
+        .postgresql
+        .parameters
+        .keys()
+        .filter(|k| !is_parameter_name(k))
+        .map(|k| format!("{k:?}"))
+        .collect();
+    if !bad_names.is_empty() {
+        bad(
+            "postgresql.parameters",
+            format!(
+                "{} not a parameter name (lowercase letters, digits, '_' and '.')",
+                bad_names.join(", ")
+            ),
+        );
+    }
+    let bad_values: Vec<&str> = spec
+        .postgresql
+        .parameters
+        .iter()
+        .filter(|(_, v)| v.chars().any(char::is_control))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if !bad_values.is_empty() {
+        bad(
+            "postgresql.parameters",
+            format!(
+                "the value of {} holds a line break or control character",
+                bad_values.join(", ")
+            ),
+        );
+    }
     if spec.postgresql.pg_hba.iter().any(|l| l.contains('\n')) {
         bad(
             "postgresql.pgHba",
@@ -183,6 +215,13 @@ pub fn problems(name: &str, spec: &PostgresClusterSpec) -> Vec<Invalid> {
         }
     }
     out
+}
+
+/// `work_mem`, `pg_stat_statements.max`: what postgresql.conf accepts as a name.
+fn is_parameter_name(k: &str) -> bool {
+    k.starts_with(|c: char| c.is_ascii_lowercase())
+        && k.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
 }
 
 /// A Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1073741824`) above zero.
@@ -267,6 +306,18 @@ mod tests {
         assert_eq!(
             fields(cluster().service_name("db-rw").build()),
             ["serviceName"]
+        );
+        assert_eq!(
+            fields(cluster().parameter("Work Mem", "1MB").build()),
+            ["postgresql.parameters"]
+        );
+        assert_eq!(
+            fields(
+                cluster()
+                    .parameter("work_mem", "1MB\nwal_level = minimal")
+                    .build()
+            ),
+            ["postgresql.parameters"]
         );
         assert_eq!(
             fields(cluster().min_available(3).build()),

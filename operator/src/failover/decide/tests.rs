@@ -6,10 +6,20 @@ use crate::failover::seam::Endpoint;
 fn member(name: &str, state: PodState) -> Member {
     Member {
         name: name.to_owned(),
-        ordinal: name.rsplit('-').next().and_then(|o| o.parse().ok()).unwrap_or(0),
+        ordinal: name
+            .rsplit('-')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0),
         state,
-        probe_at: Some(Endpoint { host: "127.0.0.1".to_owned(), port: 5432 }),
-        stable: Endpoint { host: format!("{name}.db-headless"), port: 5432 },
+        probe_at: Some(Endpoint {
+            host: "127.0.0.1".to_owned(),
+            port: 5432,
+        }),
+        stable: Endpoint {
+            host: format!("{name}.db-headless"),
+            port: 5432,
+        },
     }
 }
 
@@ -70,30 +80,71 @@ fn settings(mode: ReplicationMode, quorum: i32) -> Settings {
 
 #[test]
 fn a_healthy_primary_is_healthy() {
-    let p = probes([("db-0", primary(100)), ("db-1", replica(100, true)), ("db-2", replica(90, true))]);
+    let p = probes([
+        ("db-0", primary(100)),
+        ("db-1", replica(100, true)),
+        ("db-2", replica(90, true)),
+    ]);
     assert_eq!(detect("db-0", &running(), &p, 0, 3), Detection::Healthy);
 }
 
 #[test]
 fn pod_evidence_is_enough() {
-    let p = probes([("db-0", down()), ("db-1", replica(100, true)), ("db-2", replica(90, true))]);
-    let gone = vec![member("db-1", PodState::Running), member("db-2", PodState::Running)];
-    assert!(matches!(detect("db-0", &gone, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("gone")));
-    let crashed = three([PodState::NotRunning("OOMKilled".into()), PodState::Running, PodState::Running]);
-    assert!(matches!(detect("db-0", &crashed, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("OOMKilled")));
-    let node = three([PodState::NodeNotReady("node-a".into()), PodState::Running, PodState::Running]);
-    assert!(matches!(detect("db-0", &node, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("node-a")));
+    let p = probes([
+        ("db-0", down()),
+        ("db-1", replica(100, true)),
+        ("db-2", replica(90, true)),
+    ]);
+    let gone = vec![
+        member("db-1", PodState::Running),
+        member("db-2", PodState::Running),
+    ];
+    assert!(
+        matches!(detect("db-0", &gone, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("gone"))
+    );
+    let crashed = three([
+        PodState::NotRunning("OOMKilled".into()),
+        PodState::Running,
+        PodState::Running,
+    ]);
+    assert!(
+        matches!(detect("db-0", &crashed, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("OOMKilled"))
+    );
+    let node = three([
+        PodState::NodeNotReady("node-a".into()),
+        PodState::Running,
+        PodState::Running,
+    ]);
+    assert!(
+        matches!(detect("db-0", &node, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("node-a"))
+    );
     let deleted = three([PodState::Terminating, PodState::Running, PodState::Running]);
-    assert_eq!(detect("db-0", &deleted, &p, 0, 3), Detection::Lost(Loss::Planned));
+    assert_eq!(
+        detect("db-0", &deleted, &p, 0, 3),
+        Detection::Lost(Loss::Planned)
+    );
 }
 
 #[test]
 fn probe_failures_need_the_threshold_and_the_replicas_confirmation() {
-    let lost = probes([("db-0", down()), ("db-1", replica(100, false)), ("db-2", replica(90, false))]);
-    assert!(matches!(detect("db-0", &running(), &lost, 2, 3), Detection::Suspect(w) if w.contains("2 of 3")));
-    assert!(matches!(detect("db-0", &running(), &lost, 3, 3), Detection::Lost(Loss::Unreachable(_))));
+    let lost = probes([
+        ("db-0", down()),
+        ("db-1", replica(100, false)),
+        ("db-2", replica(90, false)),
+    ]);
+    assert!(
+        matches!(detect("db-0", &running(), &lost, 2, 3), Detection::Suspect(w) if w.contains("2 of 3"))
+    );
+    assert!(matches!(
+        detect("db-0", &running(), &lost, 3, 3),
+        Detection::Lost(Loss::Unreachable(_))
+    ));
     // A replica still streams from it: the operator's own trouble.
-    let partitioned = probes([("db-0", down()), ("db-1", replica(100, true)), ("db-2", replica(90, false))]);
+    let partitioned = probes([
+        ("db-0", down()),
+        ("db-1", replica(100, true)),
+        ("db-2", replica(90, false)),
+    ]);
     assert!(matches!(
         detect("db-0", &running(), &partitioned, 10, 3),
         Detection::Suspect(w) if w.contains("db-1 still streams")
@@ -108,63 +159,141 @@ fn probe_failures_need_the_threshold_and_the_replicas_confirmation() {
 
 #[test]
 fn a_primary_running_as_standby_is_promoted_not_replaced() {
-    let p = probes([("db-0", replica(100, false)), ("db-1", replica(100, false)), ("db-2", replica(90, false))]);
-    assert_eq!(detect("db-0", &running(), &p, 0, 3), Detection::RunsAsStandby);
+    let p = probes([
+        ("db-0", replica(100, false)),
+        ("db-1", replica(100, false)),
+        ("db-2", replica(90, false)),
+    ]);
+    assert_eq!(
+        detect("db-0", &running(), &p, 0, 3),
+        Detection::RunsAsStandby
+    );
 }
 
 #[test]
 fn async_chooses_the_highest_position_then_the_lowest_ordinal() {
     let s = settings(ReplicationMode::Async, 1);
-    let p = probes([("db-0", down()), ("db-1", replica(90, false)), ("db-2", replica(100, false))]);
+    let p = probes([
+        ("db-0", down()),
+        ("db-1", replica(90, false)),
+        ("db-2", replica(100, false)),
+    ]);
     let c = choose("db-0", &running(), &p, &s, Some(100), &[]).expect("choice");
-    assert_eq!((c.candidate.as_str(), c.position, c.lost_bytes), ("db-2", 100, Some(0)));
-    let tie = probes([("db-0", down()), ("db-1", replica(100, false)), ("db-2", replica(100, false))]);
-    assert_eq!(choose("db-0", &running(), &tie, &s, Some(120), &[]).expect("choice").candidate, "db-1");
-    assert_eq!(choose("db-0", &running(), &tie, &s, Some(120), &[]).expect("choice").lost_bytes, Some(20));
+    assert_eq!(
+        (c.candidate.as_str(), c.position, c.lost_bytes),
+        ("db-2", 100, Some(0))
+    );
+    let tie = probes([
+        ("db-0", down()),
+        ("db-1", replica(100, false)),
+        ("db-2", replica(100, false)),
+    ]);
+    assert_eq!(
+        choose("db-0", &running(), &tie, &s, Some(120), &[])
+            .expect("choice")
+            .candidate,
+        "db-1"
+    );
+    assert_eq!(
+        choose("db-0", &running(), &tie, &s, Some(120), &[])
+            .expect("choice")
+            .lost_bytes,
+        Some(20)
+    );
 }
 
 #[test]
 fn async_skips_replicas_too_far_behind() {
     let s = settings(ReplicationMode::Async, 1);
-    let p = probes([("db-0", down()), ("db-1", replica(5000, false)), ("db-2", replica(100, false))]);
+    let p = probes([
+        ("db-0", down()),
+        ("db-1", replica(5000, false)),
+        ("db-2", replica(100, false)),
+    ]);
     // db-2 is 9900 behind the last primary position: never promoted.
-    assert_eq!(choose("db-0", &running(), &p, &s, Some(5500), &[]).expect("choice").candidate, "db-1");
-    let far = probes([("db-0", down()), ("db-1", replica(10, false)), ("db-2", replica(100, false))]);
+    assert_eq!(
+        choose("db-0", &running(), &p, &s, Some(5500), &[])
+            .expect("choice")
+            .candidate,
+        "db-1"
+    );
+    let far = probes([
+        ("db-0", down()),
+        ("db-1", replica(10, false)),
+        ("db-2", replica(100, false)),
+    ]);
     let why = choose("db-0", &running(), &far, &s, Some(5500), &[]).expect_err("too far");
-    assert!(why.contains("maxLagBytesOnFailover (1000)") && why.contains("db-2 (5400 bytes behind)"), "{why}");
+    assert!(
+        why.contains("maxLagBytesOnFailover (1000)") && why.contains("db-2 (5400 bytes behind)"),
+        "{why}"
+    );
     // Without a last position (operator restarted), the best is taken.
-    assert_eq!(choose("db-0", &running(), &far, &s, None, &[]).expect("choice").lost_bytes, None);
+    assert_eq!(
+        choose("db-0", &running(), &far, &s, None, &[])
+            .expect("choice")
+            .lost_bytes,
+        None
+    );
 }
 
 #[test]
 fn quorum_needs_n_minus_k_plus_one_standbys() {
     let list = vec!["db-1".to_owned(), "db-2".to_owned()];
     let s = settings(ReplicationMode::Quorum, 1);
-    let both = probes([("db-0", down()), ("db-1", replica(90, false)), ("db-2", replica(100, false))]);
+    let both = probes([
+        ("db-0", down()),
+        ("db-1", replica(90, false)),
+        ("db-2", replica(100, false)),
+    ]);
     let c = choose("db-0", &running(), &both, &s, Some(100), &list).expect("choice");
     assert_eq!((c.candidate.as_str(), c.lost_bytes), ("db-2", Some(0)));
     // ANY 1 of 2: both must answer.
-    let one = probes([("db-0", down()), ("db-1", replica(90, false)), ("db-2", down())]);
+    let one = probes([
+        ("db-0", down()),
+        ("db-1", replica(90, false)),
+        ("db-2", down()),
+    ]);
     let why = choose("db-0", &running(), &one, &s, Some(100), &list).expect_err("too few");
-    assert!(why.contains("only 1 of the synchronous standbys answer (db-1); 2 must"), "{why}");
+    assert!(
+        why.contains("only 1 of the synchronous standbys answer (db-1); 2 must"),
+        "{why}"
+    );
     // ANY 2 of 2: one suffices, it has every acknowledged commit.
     let s2 = settings(ReplicationMode::Quorum, 2);
-    assert_eq!(choose("db-0", &running(), &one, &s2, None, &list).expect("choice").candidate, "db-1");
+    assert_eq!(
+        choose("db-0", &running(), &one, &s2, None, &list)
+            .expect("choice")
+            .candidate,
+        "db-1"
+    );
 }
 
 #[test]
 fn terminating_or_primary_members_are_never_candidates() {
     let s = settings(ReplicationMode::Async, 1);
     let members = three([PodState::Running, PodState::Terminating, PodState::Running]);
-    let p = probes([("db-0", down()), ("db-1", replica(100, false)), ("db-2", replica(50, false))]);
-    assert_eq!(choose("db-0", &members, &p, &s, None, &[]).expect("choice").candidate, "db-2");
+    let p = probes([
+        ("db-0", down()),
+        ("db-1", replica(100, false)),
+        ("db-2", replica(50, false)),
+    ]);
+    assert_eq!(
+        choose("db-0", &members, &p, &s, None, &[])
+            .expect("choice")
+            .candidate,
+        "db-2"
+    );
     let writable = probes([("db-0", down()), ("db-1", primary(100)), ("db-2", down())]);
     assert!(choose("db-0", &running(), &writable, &s, None, &[]).is_err());
 }
 
 #[test]
 fn instance_status_and_lag() {
-    let p = probes([("db-0", primary(1000)), ("db-1", replica(1000, true)), ("db-2", down())]);
+    let p = probes([
+        ("db-0", primary(1000)),
+        ("db-1", replica(1000, true)),
+        ("db-2", down()),
+    ]);
     let mut lagging = replica(600, true).expect("probe");
     lagging.replay_lsn = Some(400);
     lagging.replay_delay_seconds = Some(2.5);
@@ -174,10 +303,19 @@ fn instance_status_and_lag() {
     assert_eq!(list[0].role, Role::Primary);
     assert_eq!(list[0].lag_bytes, Some(0));
     assert_eq!(list[0].lsn.as_deref(), Some("0/3E8"));
-    assert_eq!((list[1].role, list[1].lag_bytes, list[1].ready), (Role::Replica, Some(0), true));
-    assert_eq!((list[2].lag_bytes, list[2].lag_seconds), (Some(600), Some(2.5)));
+    assert_eq!(
+        (list[1].role, list[1].lag_bytes, list[1].ready),
+        (Role::Replica, Some(0), true)
+    );
+    assert_eq!(
+        (list[2].lag_bytes, list[2].lag_seconds),
+        (Some(600), Some(2.5))
+    );
     assert_eq!(max_lag(&list).as_deref(), Some("600B"));
-    let unknown = instances(&running(), &probes([("db-0", down()), ("db-1", down()), ("db-2", down())]));
+    let unknown = instances(
+        &running(),
+        &probes([("db-0", down()), ("db-1", down()), ("db-2", down())]),
+    );
     assert!(unknown.iter().all(|i| i.role == Role::Unknown && !i.ready));
 }
 

@@ -11,13 +11,15 @@ use super::child_meta;
 use crate::reconcile::validate::ValidCluster;
 
 /// Defaults a user may override through `postgresql.parameters`.
-fn default_parameters(cluster: &ValidCluster) -> BTreeMap<&'static str, String> {
-    // Enough senders and slots for every replica, a scale-up and the
-    // pg_basebackup/pg_rewind connections that run beside them.
-    let senders = (cluster.spec.replicas + 6).max(10).to_string();
+/// Fixed, not derived from spec.replicas: a standby's max_wal_senders must
+/// be at least its primary's, and a value that followed scaling would differ
+/// between pods until each restarted (and change the pod template at every
+/// scale). 128 covers the 99 instances the CRD allows plus the
+/// pg_basebackup/pg_rewind connections beside them.
+fn default_parameters() -> BTreeMap<&'static str, String> {
     BTreeMap::from([
-        ("max_wal_senders", senders.clone()),
-        ("max_replication_slots", senders),
+        ("max_wal_senders", "128".to_owned()),
+        ("max_replication_slots", "128".to_owned()),
         ("hot_standby_feedback", "on".to_owned()),
         ("wal_keep_size", "128MB".to_owned()),
         ("wal_receiver_timeout", "5s".to_owned()),
@@ -55,7 +57,7 @@ fn quote(value: &str) -> String {
 
 /// The whole postgresql.conf. Deterministic: same spec, same bytes.
 pub fn postgresql_conf(cluster: &ValidCluster) -> String {
-    let mut merged: BTreeMap<String, String> = default_parameters(cluster)
+    let mut merged: BTreeMap<String, String> = default_parameters()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
@@ -198,8 +200,10 @@ mod tests {
     }
 
     #[test]
-    fn senders_grow_with_replicas() {
-        let conf = postgresql_conf(&valid(cluster().replicas(20).build()));
-        assert!(lines(&conf).contains(&"max_wal_senders = '26'"));
+    fn scaling_does_not_change_the_configuration() {
+        let three = postgresql_conf(&valid(cluster().replicas(3).build()));
+        let twenty = postgresql_conf(&valid(cluster().replicas(20).build()));
+        assert_eq!(three, twenty);
+        assert!(lines(&three).contains(&"max_wal_senders = '128'"));
     }
 }

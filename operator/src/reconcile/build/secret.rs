@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ordinal_crds::names;
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -24,6 +25,10 @@ pub fn generate_password(rng: &mut impl Rng) -> String {
 }
 
 /// A `kubernetes.io/basic-auth` Secret named `name` for PostgreSQL role `username`.
+///
+/// Not owned by the cluster: the PVCs outlive a deleted cluster by default
+/// (`pvcRetention.whenDeleted: Retain`), and a cluster recreated over them
+/// must find the passwords its data was initialized with.
 pub fn build_generated_secret(
     cluster: &ValidCluster,
     name: &str,
@@ -31,7 +36,10 @@ pub fn build_generated_secret(
     password: &str,
 ) -> Secret {
     Secret {
-        metadata: child_meta(cluster, name),
+        metadata: ObjectMeta {
+            owner_references: None,
+            ..child_meta(cluster, name)
+        },
         type_: Some("kubernetes.io/basic-auth".to_owned()),
         data: Some(BTreeMap::from([
             (
@@ -70,6 +78,11 @@ mod tests {
         let data = s.data.expect("data");
         assert_eq!(data["username"].0, b"postgres");
         assert_eq!(data["password"].0, b"pw");
-        assert_eq!(s.metadata.owner_references.map(|o| o.len()), Some(1));
+        assert_eq!(
+            s.metadata.owner_references, None,
+            "outlives the cluster, like its PVCs"
+        );
+        let labels = s.metadata.labels.expect("labels");
+        assert_eq!(labels["ordinal.dev/cluster"], "db");
     }
 }
