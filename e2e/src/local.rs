@@ -339,7 +339,9 @@ impl Pod {
         *self.server.lock().expect("server") = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if self.probe("live") {
+            let live = self.probe_output("live");
+            if live.status.success() && !String::from_utf8_lossy(&live.stdout).contains("preparing")
+            {
                 return Ok(());
             }
             let exited = self

@@ -29,12 +29,18 @@ pub enum Plan {
     Rewind { reason: String },
     /// A standby on the primary's timeline: refresh primary_conninfo.
     Follow,
+    /// The cluster was never bootstrapped, yet this pod, which is not the
+    /// primary, holds data that would have to be rewound: refuse rather
+    /// than rewrite data whose history nobody vouched for.
+    RefuseUnvouchedData { reason: String },
 }
 
 /// What the current primary reported, when this pod needs it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrimaryInfo {
     pub timeline: u32,
+    /// `pg_control_system().system_identifier`: one per initdb.
+    pub system_id: u64,
 }
 
 /// Decides what this pod does. `primary` is None when the primary could not
@@ -70,23 +76,42 @@ pub fn decide(
         (false, Pgdata::Foreign(why)) => Plan::Clone {
             set_aside: Some(format!("PGDATA is not a valid data directory ({why})")),
         },
-        (false, Pgdata::Valid(d)) if !d.standby => Plan::Rewind {
-            reason: format!(
-                "PGDATA was a primary (timeline {}) but {} is the primary now",
-                d.timeline, state.current_primary
-            ),
-        },
-        (false, Pgdata::Valid(d)) => match primary {
-            Some(p) if p.timeline != d.timeline => Plan::Rewind {
-                reason: format!(
-                    "PGDATA is on timeline {} but primary {} is on timeline {}",
-                    d.timeline, state.current_primary, p.timeline
-                ),
-            },
-            // Same timeline, or the primary cannot be asked now: follow it;
-            // recovery_target_timeline=latest catches up once it answers.
-            _ => Plan::Follow,
-        },
+        (false, Pgdata::Valid(d)) => {
+            let system = d.system_id.parse::<u64>().ok();
+            if let (Some(p), Some(mine)) = (primary.as_ref(), system)
+                && p.system_id != mine
+            {
+                return Plan::Clone {
+                    set_aside: Some(format!(
+                        "PGDATA belongs to another database system ({mine}) than primary {} ({})",
+                        state.current_primary, p.system_id
+                    )),
+                };
+            }
+            let rewind = if !d.standby {
+                Some(format!(
+                    "PGDATA was a primary (timeline {}) but {} is the primary now",
+                    d.timeline, state.current_primary
+                ))
+            } else {
+                match primary {
+                    Some(p) if p.timeline != d.timeline => Some(format!(
+                        "PGDATA is on timeline {} but primary {} is on timeline {}",
+                        d.timeline, state.current_primary, p.timeline
+                    )),
+                    // Same timeline, or the primary cannot be asked now:
+                    // follow it; recovery_target_timeline=latest catches up.
+                    _ => None,
+                }
+            };
+            match rewind {
+                Some(reason) if !state.bootstrapped => Plan::RefuseUnvouchedData {
+                    reason: format!("{reason}, and the cluster is not bootstrapped"),
+                },
+                Some(reason) => Plan::Rewind { reason },
+                None => Plan::Follow,
+            }
+        }
     }
 }
 
@@ -114,7 +139,10 @@ mod tests {
     }
 
     fn tl(timeline: u32) -> Option<PrimaryInfo> {
-        Some(PrimaryInfo { timeline })
+        Some(PrimaryInfo {
+            timeline,
+            system_id: 7300000000000000001,
+        })
     }
 
     #[test]
@@ -172,6 +200,35 @@ mod tests {
         ));
         assert_eq!(decide(me, &s, &data(true, 2), 17, tl(2)), Plan::Follow);
         assert_eq!(decide(me, &s, &data(true, 2), 17, None), Plan::Follow);
+    }
+
+    #[test]
+    fn data_of_another_system_is_set_aside_and_cloned() {
+        let other = Some(PrimaryInfo {
+            timeline: 1,
+            system_id: 42,
+        });
+        for standby in [true, false] {
+            assert!(matches!(
+                decide("db-1", &state("db-0", true), &data(standby, 1), 17, other.clone()),
+                Plan::Clone { set_aside: Some(why) } if why.contains("another database system")
+            ));
+        }
+    }
+
+    #[test]
+    fn unbootstrapped_clusters_never_rewind() {
+        let s = state("db-0", false);
+        assert!(matches!(
+            decide("db-1", &s, &data(false, 1), 17, tl(1)),
+            Plan::RefuseUnvouchedData { .. }
+        ));
+        assert!(matches!(
+            decide("db-1", &s, &data(true, 2), 17, tl(1)),
+            Plan::RefuseUnvouchedData { .. }
+        ));
+        // A replica cloned before the operator saw the primary Ready follows.
+        assert_eq!(decide("db-1", &s, &data(true, 1), 17, tl(1)), Plan::Follow);
     }
 
     #[test]

@@ -70,17 +70,21 @@ pub fn rename_into_place(staging: &Path, pgdata: &Path) -> Result<(), FsError> {
     restrict(pgdata)
 }
 
-/// Moves PGDATA aside to `<pgdata>.aside-<unix seconds>`; returns the new path.
+/// Moves PGDATA aside to `<pgdata>.aside-<unix seconds>-<nanoseconds>`;
+/// returns the new path.
 pub fn set_aside(pgdata: &Path, why: &str) -> Result<PathBuf, FsError> {
-    let secs = SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .unwrap_or_default();
     let name = pgdata
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "pgdata".to_owned());
-    let to = pgdata.with_file_name(format!("{name}.aside-{secs}"));
+    let to = pgdata.with_file_name(format!(
+        "{name}.aside-{}-{:09}",
+        now.as_secs(),
+        now.subsec_nanos()
+    ));
     fs::rename(pgdata, &to).map_err(|source| FsError::Rename {
         from: pgdata.to_path_buf(),
         to: to.clone(),

@@ -72,6 +72,11 @@ pub enum InitError {
         data: u32,
         server: u32,
     },
+    #[error(
+        "{pod}: {reason}. Refusing to rewind data the cluster never vouched for; \
+         if this data is the cluster's, name its primary with the annotation ordinal.dev/primary"
+    )]
+    UnvouchedData { pod: String, reason: String },
     #[error("cannot exec {program}")]
     Exec {
         program: String,
@@ -194,6 +199,7 @@ async fn stop() -> Result<(), InitError> {
 
 async fn prepare_run() -> Result<Settings, InitError> {
     let settings = Settings::from_env()?;
+    let _preparing = prepare::Preparing::mark(&settings);
     prepare::prepare(&settings).await?;
     Ok(settings)
 }

@@ -11,7 +11,7 @@ use crate::settings::Settings;
 pub struct DataDir {
     /// `standby.signal` is present: it starts as a standby.
     pub standby: bool,
-    /// The newest timeline this directory knows of.
+    /// The timeline its data was replayed on (pg_control).
     pub timeline: u32,
     /// Major version from PG_VERSION.
     pub major: u32,
@@ -93,7 +93,11 @@ pub fn inspect(settings: &Settings) -> Result<Pgdata, PgdataError> {
     .filter_map(|v| v.parse::<u32>().ok())
     .max()
     .unwrap_or(1);
-    let timeline = control_timeline.max(newest_history_timeline(&dir.join("pg_wal")));
+    // The timeline the data was replayed on, from pg_control. Not the
+    // newest history file in pg_wal: a standby's WAL receiver fetches the
+    // new primary's history file as soon as it connects, even when the
+    // standby replayed past the fork point and cannot follow.
+    let timeline = control_timeline;
     Ok(Pgdata::Valid(DataDir {
         standby: dir.join("standby.signal").exists(),
         timeline,
@@ -118,40 +122,4 @@ fn control_data(settings: &Settings, dir: &Path) -> Result<String, PgdataError> 
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The highest timeline with a history file (`0000000N.history`) in pg_wal:
-/// a promotion writes it at once, before its first checkpoint updates
-/// pg_control, so a primary killed right after promotion still shows it.
-fn newest_history_timeline(pg_wal: &Path) -> u32 {
-    std::fs::read_dir(pg_wal)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let hex = name.to_str()?.strip_suffix(".history")?;
-            u32::from_str_radix(hex, 16).ok()
-        })
-        .max()
-        .unwrap_or(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn history_files_give_the_timeline() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(newest_history_timeline(dir.path()), 1);
-        for name in [
-            "00000002.history",
-            "0000000A.history",
-            "000000010000000000000001",
-        ] {
-            std::fs::write(dir.path().join(name), "").expect("write");
-        }
-        assert_eq!(newest_history_timeline(dir.path()), 10);
-    }
 }

@@ -10,6 +10,37 @@ use crate::settings::Settings;
 use crate::state::StateSource;
 use crate::{InitError, bootstrap, fsutil, tools};
 
+/// Marks, for the postgres container's probes, that its guard is still
+/// preparing PGDATA (a clone or a rewind can outlast the startup probe).
+/// Removed when dropped.
+pub struct Preparing(std::path::PathBuf);
+
+impl Preparing {
+    pub fn mark(settings: &Settings) -> Self {
+        let path = marker_path(settings);
+        let _ = std::fs::write(&path, std::process::id().to_string());
+        Self(path)
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn marker_path(settings: &Settings) -> std::path::PathBuf {
+    settings.data_mount().join(".ordinal-preparing")
+}
+
+/// True while a guard of this container prepares PGDATA.
+pub fn preparing(settings: &Settings) -> bool {
+    std::fs::read_to_string(marker_path(settings))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Prepares PGDATA for this pod's role. Returns the plan that was carried out.
 pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
     let source = StateSource::new(settings).await?;
@@ -22,13 +53,15 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
         name: &state.current_primary,
         endpoint: source.endpoint(&state.current_primary)?,
     };
-    // Only a standby that is not the primary needs the primary's timeline.
+    // A pod that is not the primary but holds data compares it with the
+    // primary's (timeline, system identifier).
     let primary_info = match &data {
-        Pgdata::Valid(d) if d.standby && state.current_primary != me => {
+        Pgdata::Valid(_) if state.current_primary != me => {
             replica::primary_info(&primary, &credentials).await
         }
         _ => None,
     };
+    let primary_timeline = primary_info.as_ref().map(|p| p.timeline);
     let plan = decide(me, &state, &data, server_major, primary_info);
     tracing::info!(
         pod = me,
@@ -36,7 +69,7 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
         epoch = state.epoch,
         bootstrapped = state.bootstrapped,
         pgdata = %describe(&data),
-        primary_timeline = ?primary_info.map(|p| p.timeline),
+        primary_timeline = ?primary_timeline,
         plan = ?plan,
         "{}",
         explain(me, &state.current_primary, &data, &plan)
@@ -65,13 +98,23 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
             });
         }
         Plan::StartPrimary | Plan::StartStandbyAwaitingPromotion => {}
+        Plan::RefuseUnvouchedData { reason } => {
+            return Err(InitError::UnvouchedData {
+                pod: me.to_owned(),
+                reason: reason.clone(),
+            });
+        }
         Plan::Clone { set_aside } => {
+            replica::wait_for_primary(&primary, &credentials, settings.primary_wait).await?;
             if let Some(why) = set_aside {
                 fsutil::set_aside(&settings.pgdata, why)?;
             }
             replica::clone(settings, &primary, &credentials).await?;
         }
-        Plan::Rewind { .. } => replica::rewind(settings, &primary, &credentials).await?,
+        Plan::Rewind { .. } => {
+            replica::wait_for_primary(&primary, &credentials, settings.primary_wait).await?;
+            replica::rewind(settings, &primary, &credentials).await?
+        }
         Plan::Follow => replica::follow(settings, &primary, &credentials).await?,
     }
     fsutil::restrict(&settings.pgdata)?;
@@ -118,6 +161,7 @@ fn explain(me: &str, primary: &str, data: &Pgdata, plan: &Plan) -> String {
         } => format!("{why}: move it aside, pg_basebackup"),
         Plan::Rewind { reason } => format!("{reason} → pg_rewind"),
         Plan::Follow => "follow the primary as a standby".to_owned(),
+        Plan::RefuseUnvouchedData { reason } => format!("refuse: {reason}"),
     };
     format!("{me}: {who}, PGDATA {} → {action}", describe(data))
 }

@@ -28,6 +28,12 @@ fn verdict(ok: bool, why: impl Into<String>) -> Verdict {
 }
 
 pub async fn probe(settings: &Settings, probe: Probe) -> Verdict {
+    if crate::prepare::preparing(settings) {
+        return verdict(
+            probe == Probe::Live,
+            "the guard is preparing PGDATA (clone or rewind under way)",
+        );
+    }
     let conn = match sql::local(&settings.socket_dir, settings.port).await {
         Ok(conn) => conn,
         Err(sql::SqlError::Connect { source, .. })

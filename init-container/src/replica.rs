@@ -4,11 +4,15 @@
 //! primary (primary_conninfo with application_name and slot).
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use ordinal_crds::names;
 
 use crate::credentials::Credentials;
 use crate::decide::PrimaryInfo;
+use crate::pgdata::{self, Pgdata};
 use crate::settings::Settings;
 use crate::sql;
 use crate::state::Endpoint;
@@ -33,26 +37,30 @@ async fn superuser_conn(
     .await?)
 }
 
-/// The primary's timeline, when it answers as a primary.
+/// The primary's timeline and system identifier, when it answers as a primary.
 pub async fn primary_info(primary: &Primary<'_>, credentials: &Credentials) -> Option<PrimaryInfo> {
     let query = async {
         let conn = superuser_conn(primary, credentials).await?;
         let row = conn
             .query_one(
-                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN NULL \
-                 ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END",
+                "SELECT pg_is_in_recovery(), \
+                        CASE WHEN pg_is_in_recovery() THEN NULL \
+                             ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END, \
+                        (SELECT system_identifier::text FROM pg_control_system())",
                 &[],
             )
             .await?;
         let in_recovery: bool = row.get(0);
         let timeline: Option<String> = row.get(1);
-        Ok::<_, InitError>((!in_recovery).then_some(timeline).flatten())
+        let system: String = row.get(2);
+        Ok::<_, InitError>((in_recovery, timeline, system))
     };
     match query.await {
-        Ok(Some(hex)) => u32::from_str_radix(&hex, 16)
-            .ok()
-            .map(|timeline| PrimaryInfo { timeline }),
-        Ok(None) => {
+        Ok((false, Some(hex), system)) => Some(PrimaryInfo {
+            timeline: u32::from_str_radix(&hex, 16).ok()?,
+            system_id: system.parse().ok()?,
+        }),
+        Ok(_) => {
             tracing::info!(
                 primary = primary.name,
                 "the primary is still a standby (awaiting promotion)"
@@ -60,8 +68,37 @@ pub async fn primary_info(primary: &Primary<'_>, credentials: &Credentials) -> O
             None
         }
         Err(error) => {
-            tracing::warn!(primary = primary.name, error = %error, "cannot ask the primary for its timeline");
+            tracing::warn!(primary = primary.name, error = %error, "cannot ask the primary");
             None
+        }
+    }
+}
+
+/// Waits (with backoff, up to `timeout`) until the primary accepts a
+/// connection: replicas of a new cluster start before their primary does.
+pub async fn wait_for_primary(
+    primary: &Primary<'_>,
+    credentials: &Credentials,
+    timeout: Duration,
+) -> Result<(), InitError> {
+    let started = Instant::now();
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match superuser_conn(primary, credentials).await {
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                if started.elapsed() + delay > timeout {
+                    return Err(error);
+                }
+                tracing::info!(primary = primary.name, error = %error, retry_in = ?delay, "waiting for the primary");
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 }
@@ -158,11 +195,47 @@ pub async fn rewind(
     }
 }
 
+/// pg_rewind needs a cleanly shut down target. It recovers a crashed
+/// primary by itself (single-user mode), but single-user mode cannot run a
+/// standby: start a crashed standby on the Unix socket only until it is
+/// consistent, then stop it cleanly.
+async fn clean_shutdown_of_a_crashed_standby(settings: &Settings) -> Result<(), InitError> {
+    let Pgdata::Valid(d) = pgdata::inspect(settings)? else {
+        return Ok(());
+    };
+    if !d.standby || d.state.starts_with("shut down") {
+        return Ok(());
+    }
+    tracing::info!(state = %d.state, "the standby was not shut down cleanly: recovering it before pg_rewind");
+    let pg_ctl = settings.tool("pg_ctl");
+    let pgdata = settings.pgdata.to_string_lossy();
+    let options = format!(
+        "-c listen_addresses='' -c unix_socket_directories='{}' -c port={} -c hot_standby=on",
+        settings.socket_dir.display(),
+        settings.port
+    );
+    let log = settings.staging_dir("recovery.log");
+    let log = log.to_string_lossy();
+    tools::run(
+        &pg_ctl,
+        &[
+            "start", "-w", "-t", "600", "-D", &pgdata, "-l", &log, "-o", &options,
+        ],
+        None,
+    )
+    .await?;
+    tools::run(&pg_ctl, &["stop", "-w", "-m", "fast", "-D", &pgdata], None).await?;
+    Ok(())
+}
+
 async fn try_rewind(
     settings: &Settings,
     primary: &Primary<'_>,
     credentials: &Credentials,
 ) -> Result<(), InitError> {
+    if let Err(error) = clean_shutdown_of_a_crashed_standby(settings).await {
+        tracing::warn!(error = %error, "could not recover the standby; pg_rewind will tell");
+    }
     // A just-promoted primary's control file names its new timeline only
     // after a checkpoint; without one pg_rewind would see no divergence.
     let conn = superuser_conn(primary, credentials).await?;

@@ -48,6 +48,8 @@ pub struct Settings {
     pub state: StateSourceKind,
     /// Give up reading the state after this long (None: keep trying).
     pub state_timeout: Option<Duration>,
+    /// How long a replica waits for its primary to accept connections.
+    pub primary_wait: Duration,
     pub max_ready_lag_bytes: Option<i64>,
 }
 
@@ -112,6 +114,9 @@ impl Settings {
             )?
             .map(Duration::from_secs),
             max_ready_lag_bytes: parsed(e::MAX_READY_LAG_BYTES, "not a number of bytes")?,
+            primary_wait: Duration::from_secs(
+                parsed("ORDINAL_PRIMARY_WAIT_SECONDS", "not a number of seconds")?.unwrap_or(300),
+            ),
             pod,
             cluster,
             state,

@@ -236,6 +236,7 @@ mod tests {
             pg_bin: PathBuf::from("/bin"),
             state: StateSourceKind::Kubernetes,
             state_timeout: Some(Duration::from_secs(1)),
+            primary_wait: Duration::from_secs(1),
             max_ready_lag_bytes: None,
         }
     }

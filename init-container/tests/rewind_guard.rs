@@ -137,7 +137,7 @@ async fn a_diverged_old_primary_is_rewound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_rewind_is_impossible_the_old_data_is_kept_aside_and_cloned_afresh() {
+async fn data_of_another_system_is_kept_aside_and_cloned_afresh() {
     let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
     let (db0, db1) = primary_and_replica(&cluster).await;
     db1.stop();
@@ -160,7 +160,8 @@ async fn when_rewind_is_impossible_the_old_data_is_kept_aside_and_cloned_afresh(
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert!(
-        log.contains("pg_rewind failed: setting PGDATA aside and cloning afresh"),
+        log.contains("PGDATA belongs to another database system")
+            && log.contains("move it aside, pg_basebackup"),
         "{log}"
     );
     let aside: Vec<_> = db0
@@ -217,6 +218,7 @@ async fn a_former_primary_never_starts_writable_when_the_primary_is_unreachable(
     // The operator named db-1 but it is down: db-0 may not start at all.
     cluster.set_state("db-1", true, 1);
     db0.env("ORDINAL_STATE_TIMEOUT_SECONDS", "2");
+    db0.env("ORDINAL_PRIMARY_WAIT_SECONDS", "2");
     let err = db0.start().expect_err("the guard refuses");
     assert!(err.contains("cannot connect to 127.0.0.1"), "{err}");
     assert!(
@@ -258,4 +260,51 @@ async fn a_primary_restarting_during_its_replacement_does_not_start() {
     let err = db0.start().expect_err("the guard refuses");
     assert!(err.contains("the operator is promoting db-1"), "{err}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", db0.port)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_pg_rewind_fails_the_old_data_is_kept_aside_and_cloned_afresh() {
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
+    let (db0, db1) = primary_and_replica(&cluster).await;
+    db0.stop();
+    promote(&db1).await;
+    write_rows(&db1, 11, 20).await;
+    db0.start_unguarded();
+    write_rows(&db0, 1000, 1010).await;
+    db0.stop();
+    // The old primary's WAL since the fork is gone (recycled, or a disk
+    // mishap): pg_rewind cannot find where the histories diverged.
+    for entry in db0
+        .pgdata
+        .join("pg_wal")
+        .read_dir()
+        .expect("pg_wal")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.len() == 24 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+            std::fs::remove_file(entry.path()).expect("remove WAL segment");
+        }
+    }
+    cluster.set_state("db-1", true, 1);
+
+    let out = db0.init();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("pg_rewind failed: setting PGDATA aside and cloning afresh"),
+        "{log}"
+    );
+    let aside: Vec<_> = db0
+        .data_mount
+        .read_dir()
+        .expect("mount")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pgdata.aside-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the old PGDATA is moved aside, not deleted");
+    assert!(aside[0].path().join("global/pg_control").exists());
+    db0.start().expect("db-0 starts from the fresh clone");
+    assert!(db0.in_recovery().await);
+    assert_eq!(db0.ids().await, (1..=20).collect::<Vec<i64>>());
 }
