@@ -142,7 +142,7 @@ pub struct PostgresClusterSpec {
     #[serde(default)]
     pub postgresql: PostgresqlSpec,
 
-    /// How the StatefulSet starts pods. Immutable.
+    /// How the StatefulSet creates pods. Immutable.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("podManagementPolicy is immutable: a StatefulSet cannot change it after creation"))]
     pub pod_management_policy: PodManagementPolicy,
@@ -296,10 +296,13 @@ pub struct PostgresqlSpec {
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum PodManagementPolicy {
-    /// Pods start one at a time, each Ready before the next.
-    #[default]
+    /// Pods are created one at a time, each Ready before the next. A pod
+    /// that is not Ready (a replica catching up) then blocks recreating the
+    /// ones after it, the primary included.
     OrderedReady,
-    /// Pods start at once.
+    /// Pods are created at once; replicas wait for their primary by
+    /// themselves. The default: Ordinal orders what needs ordering.
+    #[default]
     Parallel,
 }
 

@@ -27,6 +27,9 @@ pub const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_REPLICA: &str = "replica";
 
+/// Annotation on a PostgresCluster naming the pod whose data to adopt as
+/// the primary, when the cluster has volumes but no recorded primary.
+pub const ANNOTATION_PRIMARY: &str = "ordinal.dev/primary";
 /// Annotation on a PostgresCluster asking for a planned switchover to a pod.
 pub const ANNOTATION_SWITCHOVER_TO: &str = "ordinal.dev/switchover-to";
 /// Annotation on the pod template: hash of the configuration that needs a

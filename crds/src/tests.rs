@@ -193,7 +193,7 @@ fn defaults_are_in_the_schema() {
     let spec = &schema()["properties"]["spec"]["properties"];
     assert_eq!(spec["replicas"]["default"], 3);
     assert_eq!(spec["image"]["default"], "postgres:17");
-    assert_eq!(spec["podManagementPolicy"]["default"], "OrderedReady");
+    assert_eq!(spec["podManagementPolicy"]["default"], "Parallel");
     assert_eq!(spec["failover"]["properties"]["enabled"]["default"], true);
     assert_eq!(
         spec["failover"]["properties"]["maxLagBytesOnFailover"]["default"],
@@ -218,7 +218,7 @@ fn valid_specs_are_accepted() {
         "imagePullPolicy": "IfNotPresent",
         "storage": {"size": "500Mi", "storageClassName": "fast", "pvcRetention": {"whenDeleted": "Delete", "whenScaled": "Retain"}},
         "postgresql": {"parameters": {"shared_buffers": "256MB", "max_connections": "200", "pg_stat_statements.max": "1000"}, "pgHba": ["host all all 10.0.0.0/8 scram-sha-256"]},
-        "podManagementPolicy": "Parallel",
+        "podManagementPolicy": "OrderedReady",
         "topology": {"maxSkew": 2, "whenUnsatisfiable": "DoNotSchedule"},
         "podDisruptionBudget": {"minAvailable": 3},
         "replication": {"mode": "quorum", "quorum": 2, "maxReadyLagBytes": 1048576},
@@ -315,7 +315,7 @@ fn statefulset_immutable_fields_are_immutable() {
     assert_rejected(
         update(
             json!({"storage": {"size": "1Gi"}}),
-            json!({"storage": {"size": "1Gi"}, "podManagementPolicy": "Parallel"}),
+            json!({"storage": {"size": "1Gi"}, "podManagementPolicy": "OrderedReady"}),
         ),
         "podManagementPolicy is immutable",
     );
@@ -423,10 +423,7 @@ fn spec_defaults_match_the_design() {
         serde_json::from_value(json!({"storage": {"size": "1Gi"}})).expect("spec parses");
     assert_eq!(spec.replicas, 3);
     assert_eq!(spec.image, "postgres:17");
-    assert_eq!(
-        spec.pod_management_policy,
-        PodManagementPolicy::OrderedReady
-    );
+    assert_eq!(spec.pod_management_policy, PodManagementPolicy::Parallel);
     assert_eq!(spec.replication.mode, ReplicationMode::Async);
     assert_eq!(spec.replication.quorum, 1);
     assert!(spec.failover.enabled);

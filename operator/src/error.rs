@@ -55,6 +55,14 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to list the volumes of PostgresCluster {namespace}/{name}")]
+    ListVolumes {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to label pod {namespace}/{pod} as {role}")]
     LabelPod {
         namespace: String,
@@ -101,7 +109,7 @@ impl Error {
         match self {
             Self::MissingNamespace { .. } | Self::MissingUid { .. } => "invalid_object",
             Self::Apply { .. } => "apply",
-            Self::Get { .. } | Self::ListPods { .. } => "read",
+            Self::Get { .. } | Self::ListPods { .. } | Self::ListVolumes { .. } => "read",
             Self::Create { .. } => "create",
             Self::Delete { .. } => "delete",
             Self::LabelPod { .. } => "label",

@@ -5,7 +5,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -129,21 +129,36 @@ pub async fn apply_children(
     Ok(())
 }
 
-/// A single-instance cluster has no PDB: remove ours if it exists.
+/// A single-instance cluster has no PDB: remove ours if it exists. A PDB
+/// of that name that is not ours is left alone.
 async fn delete_pdb(client: &Client, cluster: &ValidCluster) -> Result<(), Error> {
     let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &cluster.namespace);
+    let err = |source| Error::Delete {
+        kind: "PodDisruptionBudget",
+        namespace: cluster.namespace.clone(),
+        name: cluster.name.clone(),
+        source,
+    };
+    let Some(existing) = api.get_metadata_opt(&cluster.name).await.map_err(err)? else {
+        return Ok(());
+    };
+    let ours = existing
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == cluster.owner.uid);
+    if !ours {
+        tracing::warn!(pdb = %cluster.name, "a PodDisruptionBudget of this name is not ours: left alone");
+        return Ok(());
+    }
     match api.delete(&cluster.name, &DeleteParams::default()).await {
         Ok(_) => {
             tracing::info!(pdb = %cluster.name, "removed the PodDisruptionBudget of a single-instance cluster");
             Ok(())
         }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(Error::Delete {
-            kind: "PodDisruptionBudget",
-            namespace: cluster.namespace.clone(),
-            name: cluster.name.clone(),
-            source,
-        }),
+        Err(source) => Err(err(source)),
     }
 }
 
@@ -159,6 +174,30 @@ pub async fn list_pods(client: &Client, namespace: &str, cluster: &str) -> Resul
             name: cluster.to_owned(),
             source,
         })
+}
+
+/// Names of the cluster's data volumes (PVCs from the volumeClaimTemplate).
+pub async fn list_data_volumes(
+    client: &Client,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Vec<String>, Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let selector = build::selector_string(cluster);
+    let mut names: Vec<String> = api
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::ListVolumes {
+            namespace: namespace.to_owned(),
+            name: cluster.to_owned(),
+            source,
+        })?
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// Sets `ordinal.dev/role` on a pod (only that label, by server-side apply).

@@ -17,7 +17,7 @@ use kube::runtime::events::EventType;
 use ordinal_crds::{PostgresCluster, names};
 
 use crate::{Context, Error};
-use status::{Blocker, Observed, PodView, PrimaryStatus};
+use status::{Blocker, InitialPrimary, Observed, PodView, PrimaryStatus};
 
 /// How often a settled cluster is looked at again without any event.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -65,26 +65,52 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     let mut primary = match pgc.status.as_ref().and_then(PrimaryStatus::from_status) {
         Some(primary) => primary,
         None => {
+            let volumes = apply::list_data_volumes(&ctx.client, &namespace, &name).await?;
+            let annotation = pgc
+                .annotations()
+                .get(names::ANNOTATION_PRIMARY)
+                .map(String::as_str);
+            let (current, bootstrapped) =
+                match status::initial_primary(&name, &views, annotation, &volumes) {
+                    InitialPrimary::New(pod) => (pod, false),
+                    InitialPrimary::Adopt(pod) => (pod, true),
+                    InitialPrimary::Ask(why) => {
+                        tracing::warn!(%why, "not choosing a primary");
+                        ctx.publish(
+                            &pgc,
+                            EventType::Warning,
+                            "ExistingVolumes",
+                            "Bootstrap",
+                            why.clone(),
+                        )
+                        .await;
+                        write_observed(&ctx, &pgc, &pods, Some(Blocker::ExistingVolumes(why)))
+                            .await?;
+                        return Ok(Action::requeue(CONVERGING));
+                    }
+                };
             let primary = PrimaryStatus {
-                current_primary: status::initial_primary(&name, &views),
+                current_primary: current,
                 target_primary: None,
                 epoch: pgc.status.as_ref().map_or(0, |s| s.epoch),
-                bootstrapped: false,
+                bootstrapped,
             };
             let body = status::primary_patch(&primary, pgc.resource_version().as_deref());
             pgc = Arc::new(apply::apply_primary_status(&ctx.client, &pgc, &body).await?);
-            tracing::info!(primary = %primary.current_primary, "cluster bootstrap: primary chosen");
-            ctx.publish(
-                &pgc,
-                EventType::Normal,
-                "PrimaryChosen",
-                "Bootstrap",
+            tracing::info!(primary = %primary.current_primary, bootstrapped, "primary chosen");
+            let note = if bootstrapped {
+                format!(
+                    "{} is the primary: its existing data is adopted",
+                    primary.current_primary
+                )
+            } else {
                 format!(
                     "{} will initialize the cluster as its primary",
                     primary.current_primary
-                ),
-            )
-            .await;
+                )
+            };
+            ctx.publish(&pgc, EventType::Normal, "PrimaryChosen", "Bootstrap", note)
+                .await;
             primary
         }
     };

@@ -52,6 +52,33 @@ pub enum Blocker {
     InvalidSpec(String),
     /// A Secret the spec names does not exist.
     MissingSecret(String),
+    /// Volumes exist but no primary is recorded: a person must say whose
+    /// data is the latest.
+    ExistingVolumes(String),
+}
+
+impl Blocker {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(_) => "InvalidSpec",
+            Self::MissingSecret(_) => "MissingSecret",
+            Self::ExistingVolumes(_) => "ExistingVolumes",
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::InvalidSpec(m) | Self::MissingSecret(m) | Self::ExistingVolumes(m) => m,
+        }
+    }
+
+    fn waiting(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(_) => "waiting for a valid spec",
+            Self::MissingSecret(_) => "waiting for the Secret to exist",
+            Self::ExistingVolumes(_) => "waiting for the primary to be named",
+        }
+    }
 }
 
 /// Everything the reconciler-owned part of the status is computed from.
@@ -113,62 +140,37 @@ pub fn compute(
     let generation = obs.generation;
 
     let (phase, ready, progressing, degraded) = match &obs.blocker {
-        Some(Blocker::InvalidSpec(msg)) => (
-            Phase::Degraded,
-            condition(
-                CONDITION_READY,
-                primary_ready,
-                if primary_ready {
-                    "PrimaryReady"
-                } else {
-                    "InvalidSpec"
-                },
-                "the spec is invalid; the cluster is left as it was".to_owned(),
-                generation,
-            ),
-            condition(
-                CONDITION_PROGRESSING,
-                false,
-                "InvalidSpec",
-                "waiting for a valid spec".to_owned(),
-                generation,
-            ),
-            condition(
-                CONDITION_DEGRADED,
-                true,
-                "InvalidSpec",
-                msg.clone(),
-                generation,
-            ),
-        ),
-        Some(Blocker::MissingSecret(msg)) => (
-            Phase::Degraded,
-            condition(
-                CONDITION_READY,
-                primary_ready,
-                if primary_ready {
-                    "PrimaryReady"
-                } else {
-                    "MissingSecret"
-                },
-                msg.clone(),
-                generation,
-            ),
-            condition(
-                CONDITION_PROGRESSING,
-                false,
-                "MissingSecret",
-                "waiting for the Secret to exist".to_owned(),
-                generation,
-            ),
-            condition(
-                CONDITION_DEGRADED,
-                true,
-                "MissingSecret",
-                msg.clone(),
-                generation,
-            ),
-        ),
+        Some(blocker) => {
+            let reason = blocker.reason();
+            (
+                Phase::Degraded,
+                condition(
+                    CONDITION_READY,
+                    primary_ready,
+                    if primary_ready {
+                        "PrimaryReady"
+                    } else {
+                        reason
+                    },
+                    blocker.message().to_owned(),
+                    generation,
+                ),
+                condition(
+                    CONDITION_PROGRESSING,
+                    false,
+                    reason,
+                    blocker.waiting().to_owned(),
+                    generation,
+                ),
+                condition(
+                    CONDITION_DEGRADED,
+                    true,
+                    reason,
+                    blocker.message().to_owned(),
+                    generation,
+                ),
+            )
+        }
         None => {
             let not_ready: Vec<&str> = live
                 .iter()
@@ -352,14 +354,46 @@ pub fn primary_patch(primary: &PrimaryStatus, resource_version: Option<&str>) ->
     body
 }
 
-/// The primary of a cluster that has no status yet: a pod already labelled
-/// primary (the status was lost, e.g. restored from a backup without it),
-/// else ordinal 0.
-pub fn initial_primary(cluster: &str, pods: &[PodView]) -> String {
-    pods.iter()
+/// How a cluster without a recorded primary gets one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InitialPrimary {
+    /// A brand-new cluster: ordinal 0 runs initdb.
+    New(String),
+    /// Data exists and this pod's is named the primary's (a pod labelled
+    /// primary, or the `ordinal.dev/primary` annotation): the cluster is
+    /// bootstrapped already.
+    Adopt(String),
+    /// Volumes of the cluster exist but nothing says whose data is the
+    /// latest: choosing wrongly would rewind away committed data. Says why.
+    Ask(String),
+}
+
+/// The primary of a cluster that has no status yet (a new cluster, or one
+/// recreated over its retained volumes, or restored without its status).
+pub fn initial_primary(
+    cluster: &str,
+    pods: &[PodView],
+    annotation: Option<&str>,
+    volumes: &[String],
+) -> InitialPrimary {
+    if let Some(pod) = annotation {
+        return InitialPrimary::Adopt(pod.to_owned());
+    }
+    if let Some(pod) = pods
+        .iter()
         .find(|p| p.role.as_deref() == Some(names::ROLE_PRIMARY) && !p.terminating)
-        .map(|p| p.name.clone())
-        .unwrap_or_else(|| names::pod(cluster, 0))
+    {
+        return InitialPrimary::Adopt(pod.name.clone());
+    }
+    if volumes.is_empty() {
+        return InitialPrimary::New(names::pod(cluster, 0));
+    }
+    InitialPrimary::Ask(format!(
+        "volumes of this cluster already exist ({}) but no primary is recorded: \
+         annotate the cluster with {}=<pod whose data is the latest> to adopt them",
+        volumes.join(", "),
+        names::ANNOTATION_PRIMARY
+    ))
 }
 
 #[cfg(test)]

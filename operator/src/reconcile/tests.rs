@@ -24,6 +24,17 @@ fn list_pods(pods: &[k8s_openapi::api::core::v1::Pod]) -> Exchange {
     Exchange::get(format!("{NS}/pods")).answer(200, list)
 }
 
+fn list_volumes(names: &[&str]) -> Exchange {
+    let items: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": n, "namespace": "ns"}}))
+        .collect();
+    Exchange::get(format!("{NS}/persistentvolumeclaims")).answer(
+        200,
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": items}),
+    )
+}
+
 fn event(reason: &'static str, note: &'static str) -> Exchange {
     Exchange::post(EVENTS).check(move |body| {
         assert_eq!(body["reason"], reason);
@@ -93,9 +104,7 @@ fn children(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
             owned_and_labelled(body);
             assert_eq!(body["spec"]["minAvailable"], min);
         }),
-        None => {
-            Exchange::delete("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db").not_found()
-        }
+        None => Exchange::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db").not_found(),
     });
     script.push(
         Exchange::apply("/apis/apps/v1/namespaces/ns/statefulsets/db", OPERATOR).check(
@@ -152,6 +161,7 @@ async fn new_cluster_chooses_db_0_then_builds_everything() {
     let pgc = cluster().build();
     let mut script = vec![
         list_pods(&[]),
+        list_volumes(&[]),
         Exchange::apply(STATUS, "ordinal-operator/primary")
             .check(|body| {
                 assert_eq!(body["status"]["currentPrimary"], "db-0");
@@ -366,9 +376,88 @@ async fn stale_bootstrap_write_conflicts_instead_of_overwriting() {
     let pgc = cluster().build();
     let script = vec![
         list_pods(&[]),
+        list_volumes(&[]),
         Exchange::apply(STATUS, "ordinal-operator/primary")
             .answer(409, status_body(409, "Conflict")),
     ];
     let err = run(pgc, script).await.expect_err("conflict");
     assert!(matches!(err, Error::WriteStatus { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn existing_volumes_without_a_recorded_primary_wait_for_a_person() {
+    // Recreated over retained volumes: whose data is the latest is unknown.
+    let pgc = cluster().build();
+    let script = vec![
+        list_pods(&[]),
+        list_volumes(&["data-db-0", "data-db-1", "data-db-2"]),
+        event(
+            "ExistingVolumes",
+            "annotate the cluster with ordinal.dev/primary",
+        ),
+        Exchange::apply(STATUS, "ordinal-operator/status")
+            .answer_with(with_status(&pgc))
+            .check(|body| {
+                assert_eq!(body["status"]["phase"], "Degraded");
+                let degraded = body["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+                    .expect("Degraded");
+                assert_eq!(degraded["reason"], "ExistingVolumes");
+                assert!(body["status"].get("currentPrimary").is_none());
+            }),
+    ];
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+#[tokio::test]
+async fn the_primary_annotation_adopts_existing_data() {
+    let mut pgc = cluster().build();
+    pgc.metadata.annotations = Some([("ordinal.dev/primary".to_owned(), "db-2".to_owned())].into());
+    let mut script = vec![
+        list_pods(&[]),
+        list_volumes(&["data-db-0", "data-db-1", "data-db-2"]),
+        Exchange::apply(STATUS, "ordinal-operator/primary")
+            .check(|body| {
+                assert_eq!(body["status"]["currentPrimary"], "db-2");
+                assert_eq!(
+                    body["status"]["bootstrapped"], true,
+                    "existing data: never initdb"
+                );
+            })
+            .answer_with(with_status(&pgc)),
+        event(
+            "PrimaryChosen",
+            "db-2 is the primary: its existing data is adopted",
+        ),
+    ];
+    script.extend(secrets_exist());
+    script.extend(children(3, Some(2)));
+    // Adopted data is bootstrapped: a primary that is not up is Degraded.
+    script.push(observed_status(&pgc, "Degraded", "0/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_pdb_that_is_not_ours_is_left_alone() {
+    let pgc = cluster().replicas(1).primary("db-0", true).build();
+    let mut script = vec![list_pods(&[pod("db-0", true, Some("primary"))])];
+    script.extend(secrets_exist());
+    let mut kids = children(1, None);
+    let sts = kids.pop().expect("statefulset");
+    kids.pop();
+    script.extend(kids);
+    // Someone else's PDB named like the cluster: read, never deleted.
+    script.push(
+        Exchange::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db").answer(
+            200,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                   "metadata": {"name": "db", "namespace": "ns",
+                                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "other", "uid": "other-uid"}]}}),
+        ),
+    );
+    script.push(sts);
+    script.push(observed_status(&pgc, "Healthy", "1/1"));
+    run(pgc, script).await.expect("reconcile");
 }

@@ -187,12 +187,25 @@ fn observed_patch_never_touches_primary_fields() {
 }
 
 #[test]
-fn initial_primary_adopts_a_labelled_pod() {
-    assert_eq!(initial_primary("db", &[]), "db-0");
+fn initial_primary_choices() {
+    use super::InitialPrimary::*;
+    assert_eq!(
+        initial_primary("db", &[], None, &[]),
+        New("db-0".to_owned())
+    );
     let mut labelled = view("db-2", true);
     labelled.role = Some("primary".to_owned());
     assert_eq!(
-        initial_primary("db", &[view("db-0", true), labelled]),
-        "db-2"
+        initial_primary("db", &[view("db-0", true), labelled], None, &[]),
+        Adopt("db-2".to_owned())
+    );
+    let volumes = vec!["data-db-0".to_owned(), "data-db-1".to_owned()];
+    assert!(matches!(
+        initial_primary("db", &[], None, &volumes),
+        Ask(why) if why.contains("data-db-0, data-db-1") && why.contains("ordinal.dev/primary")
+    ));
+    assert_eq!(
+        initial_primary("db", &[], Some("db-1"), &volumes),
+        Adopt("db-1".to_owned())
     );
 }

@@ -25,7 +25,7 @@ fn shape_of_a_default_cluster() {
     let spec = spec(&s);
     assert_eq!(spec.replicas, Some(3));
     assert_eq!(spec.service_name.as_deref(), Some("db-headless"));
-    assert_eq!(spec.pod_management_policy.as_deref(), Some("OrderedReady"));
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
     assert_eq!(
         spec.update_strategy
             .as_ref()
@@ -82,12 +82,15 @@ fn storage_class_and_retention_delete() {
 }
 
 #[test]
-fn single_replica_and_parallel_policy() {
+fn single_replica_and_ordered_ready_policy() {
     let mut c = cluster().replicas(1).build();
-    c.spec.pod_management_policy = ordinal_crds::PodManagementPolicy::Parallel;
+    c.spec.pod_management_policy = ordinal_crds::PodManagementPolicy::OrderedReady;
     let s = sts(c);
     assert_eq!(spec(&s).replicas, Some(1));
-    assert_eq!(spec(&s).pod_management_policy.as_deref(), Some("Parallel"));
+    assert_eq!(
+        spec(&s).pod_management_policy.as_deref(),
+        Some("OrderedReady")
+    );
 }
 
 #[test]
