@@ -191,6 +191,8 @@ impl Cluster {
              max_replication_slots = '10'\n\
              hot_standby_feedback = 'on'\n\
              wal_receiver_status_interval = '1s'\n\
+             wal_receiver_timeout = '5s'\n\
+             wal_retrieve_retry_interval = '1s'\n\
              shared_buffers = '16MB'\n\
              max_connections = '30'\n\
              logging_collector = 'off'\n\
@@ -326,17 +328,26 @@ impl Pod {
     /// until the server answers. Err with the log when it does not start.
     pub fn start(&self) -> Result<(), String> {
         let log = self.data_mount.join(format!("{}.log", self.name));
-        let file = std::fs::File::create(&log).expect("log file");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         chown_to_postgres(&log);
-        let child = self
-            .ordinal_init()
-            .args(self.run_args())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log"))
-            .stderr(file)
-            .spawn()
-            .expect("spawn ordinal-init run");
-        *self.server.lock().expect("server") = Some(child);
+        // Spawned under the lock, so that a concurrent kill (a fence) sees
+        // either no process or this one, never a process it misses.
+        {
+            let mut server = self.server.lock().expect("server");
+            let child = self
+                .ordinal_init()
+                .args(self.run_args())
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log"))
+                .stderr(file)
+                .spawn()
+                .expect("spawn ordinal-init run");
+            *server = Some(child);
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let live = self.probe_output("live");

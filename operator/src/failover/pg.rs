@@ -16,13 +16,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("cannot connect to {target}: {source}")]
+    #[error("cannot connect to {target}: {}", detail(source))]
     Connect {
         target: String,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("{what} on {target} failed: {source}")]
+    #[error("{what} on {target} failed: {}", detail(source))]
     Query {
         target: String,
         what: &'static str,
@@ -33,6 +33,17 @@ pub enum PgError {
     Timeout { target: String, timeout: Duration },
     #[error("pg_promote on {target} did not finish promoting")]
     NotPromoted { target: String },
+}
+
+/// The server's message when there is one ("db error" says nothing).
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// What one probe saw.
@@ -213,13 +224,19 @@ pub async fn repoint(
 ) -> Result<(), PgError> {
     let client = connect(replica_at, &credentials.superuser_password).await?;
     let conninfo = primary_conninfo(primary, replica, credentials);
+    // Separate statements: ALTER SYSTEM cannot run in the implicit
+    // transaction of a multi-statement query.
     client
         .batch_execute(&format!(
-            "ALTER SYSTEM SET primary_conninfo = {}; SELECT pg_reload_conf();",
+            "ALTER SYSTEM SET primary_conninfo = {}",
             quote_literal(&conninfo)
         ))
         .await
-        .map_err(query_err(replica_at, "ALTER SYSTEM SET primary_conninfo"))
+        .map_err(query_err(replica_at, "ALTER SYSTEM SET primary_conninfo"))?;
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(query_err(replica_at, "pg_reload_conf"))
 }
 
 /// `ANY k ("db-1", "db-2")`, or '' in async mode or without standbys.
@@ -310,7 +327,7 @@ pub async fn housekeeping(
     if current != wanted_sync {
         client
             .batch_execute(&format!(
-                "ALTER SYSTEM SET synchronous_standby_names = {}; SELECT pg_reload_conf();",
+                "ALTER SYSTEM SET synchronous_standby_names = {}",
                 quote_literal(wanted_sync)
             ))
             .await
@@ -318,6 +335,10 @@ pub async fn housekeeping(
                 primary_at,
                 "ALTER SYSTEM SET synchronous_standby_names",
             ))?;
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(query_err(primary_at, "pg_reload_conf"))?;
         changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
     }
     Ok(changes)

@@ -155,3 +155,45 @@ pub trait Seam: Send + Sync {
     /// instead of waiting for the next tick.
     fn changed(&self) -> impl Future<Output = ()> + Send;
 }
+
+/// A shared seam is a seam (the loop owns its seam; tests keep a handle).
+impl<T: Seam> Seam for std::sync::Arc<T> {
+    fn observe(&self) -> impl Future<Output = Result<Observation, SeamError>> + Send {
+        T::observe(self)
+    }
+    fn credentials(&self) -> impl Future<Output = Result<Credentials, SeamError>> + Send {
+        T::credentials(self)
+    }
+    fn record_intent(
+        &self,
+        record: &Record,
+        target: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<Record, SeamError>> + Send {
+        T::record_intent(self, record, target, reason)
+    }
+    fn fence(
+        &self,
+        pod: &str,
+        planned: bool,
+    ) -> impl Future<Output = Result<(), SeamError>> + Send {
+        T::fence(self, pod, planned)
+    }
+    fn publish(
+        &self,
+        record: &Record,
+        outcome: &FailoverRecord,
+    ) -> impl Future<Output = Result<(), SeamError>> + Send {
+        T::publish(self, record, outcome)
+    }
+    fn report(
+        &self,
+        instances: &[InstanceStatus],
+        blocked: Option<&str>,
+    ) -> impl Future<Output = Result<(), SeamError>> + Send {
+        T::report(self, instances, blocked)
+    }
+    fn changed(&self) -> impl Future<Output = ()> + Send {
+        T::changed(self)
+    }
+}

@@ -23,6 +23,9 @@ fn default_parameters() -> BTreeMap<&'static str, String> {
         ("hot_standby_feedback", "on".to_owned()),
         ("wal_keep_size", "128MB".to_owned()),
         ("wal_receiver_timeout", "5s".to_owned()),
+        // A standby re-pointed at a new primary retries its connection
+        // after this long: the default 5 s would be most of a failover.
+        ("wal_retrieve_retry_interval", "1s".to_owned()),
         ("wal_sender_timeout", "5s".to_owned()),
         ("password_encryption", "scram-sha-256".to_owned()),
         ("logging_collector", "off".to_owned()),

@@ -1,0 +1,411 @@
+//! Chaos against real PostgreSQL servers: the failover loop, driven through
+//! the local seam, with a writer committing numbered rows and a sampler
+//! checking that two instances never accept writes at once.
+
+// Helpers outside #[test] functions panic on failure too: they are test code.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ordinal_crds::ReplicationMode;
+use ordinal_e2e::seam::LocalSeam;
+use ordinal_e2e::workload::{Acks, sampler, writer};
+use ordinal_operator::failover::{FailoverLoop, Step};
+use tokio::sync::watch;
+
+/// One cluster at a time: the machine has two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Running {
+    seam: Arc<LocalSeam>,
+    stop: watch::Sender<bool>,
+    failover: tokio::task::JoinHandle<Result<(), ordinal_operator::failover::FailoverError>>,
+}
+
+impl Running {
+    fn start(seam: Arc<LocalSeam>, crash_after: Option<Step>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let mut l = FailoverLoop::new(Arc::clone(&seam), None);
+        l.crash_after = crash_after;
+        let failover = tokio::spawn(l.run(stopped));
+        Self {
+            seam,
+            stop,
+            failover,
+        }
+    }
+
+    async fn halt(self) -> Arc<LocalSeam> {
+        let _ = self.stop.send(true);
+        let _ = self.failover.await;
+        self.seam
+    }
+}
+
+async fn create_table(seam: &LocalSeam) {
+    seam.pod(&seam.current())
+        .sql()
+        .await
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
+        .await
+        .expect("create table");
+}
+
+/// Until the primary lists its synchronous standbys (quorum mode).
+async fn wait_for_quorum_setting(seam: &LocalSeam) {
+    wait_for(
+        "the primary has synchronous standbys",
+        Duration::from_secs(30),
+        async || {
+            let primary = seam.pod(&seam.current()).clone();
+            let row = primary
+                .sql()
+                .await
+                .query_one("SHOW synchronous_standby_names", &[])
+                .await;
+            row.map(|r| r.get::<_, String>(0).starts_with("ANY"))
+                .unwrap_or(false)
+        },
+    )
+    .await;
+}
+
+/// Until `pod` is a standby streaming from the primary.
+async fn wait_streaming(seam: &LocalSeam, pod: &str) {
+    let pod = pod.to_owned();
+    wait_for(
+        &format!("{pod} streams from the primary"),
+        Duration::from_secs(90),
+        async || {
+            let primary = seam.pod(&seam.current()).clone();
+            let Ok(rows) = tokio::time::timeout(Duration::from_secs(2), primary.sql()).await else {
+                return false;
+            };
+            rows.query_opt(
+            "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
+            &[&pod],
+        )
+        .await
+        .map(|r| r.is_some())
+        .unwrap_or(false)
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_the_primary_ten_times_in_quorum_mode() {
+    let _serial = SERIAL.lock().await;
+    ordinal_e2e::init_logs();
+    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Quorum, 1);
+    create_table(&seam).await;
+    let running = Running::start(Arc::clone(&seam), None);
+    wait_for_quorum_setting(&seam).await;
+
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let max_writable = Arc::new(Mutex::new((0, Vec::new())));
+    let (stop, stopped) = watch::channel(false);
+    let w = writer(Arc::clone(&seam), Arc::clone(&acks), stopped.clone());
+    let s = sampler(Arc::clone(&seam), Arc::clone(&max_writable), stopped);
+    wait_for("the writer commits", Duration::from_secs(30), async || {
+        !acks.lock().unwrap().ids.is_empty()
+    })
+    .await;
+
+    let mut seconds = Vec::new();
+    for round in 1..=10 {
+        let old = seam.current();
+        let old_timeline = seam.state.lock().unwrap().epoch;
+        // Both standbys stream: quorum mode can fail over.
+        for pod in seam.pods.iter().filter(|p| p.name != old) {
+            wait_streaming(&seam, &pod.name).await;
+        }
+        let killed_at = Instant::now();
+        seam.pod(&old).kill9();
+        wait_for(
+            &format!("round {round}: a replica replaces {old}"),
+            Duration::from_secs(30),
+            async || {
+                let state = seam.state.lock().unwrap();
+                state.current != old && state.target.is_none()
+            },
+        )
+        .await;
+        wait_for(
+            &format!("round {round}: a write is acknowledged"),
+            Duration::from_secs(30),
+            async || acks.lock().unwrap().first_after(killed_at, &old).is_some(),
+        )
+        .await;
+        let first = acks
+            .lock()
+            .unwrap()
+            .first_after(killed_at, &old)
+            .expect("ack");
+        seconds.push(first.duration_since(killed_at).as_secs_f64());
+        let state = seam.state.lock().unwrap();
+        assert_eq!(
+            state.epoch,
+            old_timeline + 1,
+            "exactly one promotion per kill"
+        );
+        let last = state.last_failover.clone().expect("lastFailover");
+        assert_eq!(last.from, old);
+        assert_eq!(last.lost_bytes, Some(0), "quorum mode loses nothing");
+        drop(state);
+        // The old primary rejoins as a replica through ordinal-init.
+        wait_streaming(&seam, &old).await;
+        assert!(
+            seam.pod(&old).in_recovery().await,
+            "{old} came back as a replica"
+        );
+    }
+    let _ = stop.send(true);
+    let _ = w.await;
+    let _ = s.await;
+    let seam = running.halt().await;
+
+    let acked = acks.lock().unwrap().ids.clone();
+    let present = seam.pod(&seam.current()).ids().await;
+    let missing: Vec<i64> = acked
+        .iter()
+        .filter(|id| present.binary_search(id).is_err())
+        .copied()
+        .collect();
+    eprintln!(
+        "10 failovers, kill → first acknowledged write: {seconds:.2?} s; {} rows acknowledged, {} missing",
+        acked.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acknowledged rows lost: {missing:?}");
+    let (max, who) = max_writable.lock().unwrap().clone();
+    assert!(max <= 1, "two writable instances at once: {who:?}");
+    assert_eq!(seam.state.lock().unwrap().promotions.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_operators_own_network_trouble_never_fails_over() {
+    let _serial = SERIAL.lock().await;
+    ordinal_e2e::init_logs();
+    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Async, 1);
+    create_table(&seam).await;
+    let running = Running::start(Arc::clone(&seam), None);
+    wait_streaming(&seam, "db-1").await;
+    wait_streaming(&seam, "db-2").await;
+    // The operator can no longer reach the primary; the replicas still stream.
+    seam.partition("db-0", true);
+    wait_for(
+        "the loop says why it waits",
+        Duration::from_secs(30),
+        async || {
+            seam.state
+                .lock()
+                .unwrap()
+                .blocked
+                .as_deref()
+                .is_some_and(|b| b.contains("still streams from it: no failover"))
+        },
+    )
+    .await;
+    // Well past failureThreshold (3) × checkInterval (1 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    {
+        let state = seam.state.lock().unwrap();
+        assert_eq!(state.current, "db-0");
+        assert_eq!(state.epoch, 0);
+        assert!(state.promotions.is_empty());
+    }
+    assert!(
+        !seam.pod("db-0").in_recovery().await,
+        "db-0 still the primary"
+    );
+    seam.partition("db-0", false);
+    running.halt().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_mode_waits_when_too_few_standbys_answer() {
+    let _serial = SERIAL.lock().await;
+    ordinal_e2e::init_logs();
+    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Quorum, 1);
+    create_table(&seam).await;
+    let running = Running::start(Arc::clone(&seam), None);
+    wait_for_quorum_setting(&seam).await;
+    // db-2 is down and stays down; then the primary dies.
+    seam.hold_down("db-2", true);
+    seam.pod("db-2").stop();
+    seam.hold_down("db-0", true);
+    seam.pod("db-0").kill9();
+    wait_for(
+        "the loop says why it cannot promote",
+        Duration::from_secs(30),
+        async || {
+            seam.state
+                .lock()
+                .unwrap()
+                .blocked
+                .as_deref()
+                .is_some_and(|b| {
+                    b.contains("only 1 of the synchronous standbys answer (db-1); 2 must")
+                })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        seam.state.lock().unwrap().epoch,
+        0,
+        "no promotion without the quorum"
+    );
+    assert!(seam.pod("db-1").in_recovery().await);
+    // db-2 returns (still following db-0's timeline): now two of two answer.
+    seam.hold_down("db-2", false);
+    wait_for(
+        "db-1 or db-2 is promoted",
+        Duration::from_secs(60),
+        async || {
+            let state = seam.state.lock().unwrap();
+            state.current != "db-0" && state.target.is_none()
+        },
+    )
+    .await;
+    seam.hold_down("db-0", false);
+    running.halt().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loop_crashing_after_any_step_promotes_exactly_once() {
+    let _serial = SERIAL.lock().await;
+    ordinal_e2e::init_logs();
+    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Async, 1);
+    create_table(&seam).await;
+    for step in [Step::Intent, Step::Fence, Step::Promote, Step::Publish] {
+        let old = seam.current();
+        for pod in seam.pods.iter().filter(|p| p.name != old) {
+            wait_streaming(&seam, &pod.name).await;
+        }
+        let epoch = seam.state.lock().unwrap().epoch;
+        let promotions = seam.state.lock().unwrap().promotions.len();
+        let crashing = Running::start(Arc::clone(&seam), Some(step));
+        seam.pod(&old).kill9();
+        let result = tokio::time::timeout(Duration::from_secs(30), crashing.failover)
+            .await
+            .expect("the crashing loop ends");
+        assert!(
+            matches!(result, Ok(Err(ordinal_operator::failover::FailoverError::Injected(s))) if s == step),
+            "{step:?}: {result:?}"
+        );
+        // A new operator takes over and converges.
+        let running = Running::start(Arc::clone(&seam), None);
+        wait_for(
+            &format!("after a crash at {step:?}, a new primary"),
+            Duration::from_secs(30),
+            async || {
+                let state = seam.state.lock().unwrap();
+                state.current != old && state.target.is_none()
+            },
+        )
+        .await;
+        let new = seam.current();
+        {
+            let state = seam.state.lock().unwrap();
+            assert_eq!(
+                state.epoch,
+                epoch + 1,
+                "{step:?}: exactly one promotion recorded"
+            );
+            assert_eq!(
+                state.promotions.len(),
+                promotions + 1,
+                "{step:?}: published once"
+            );
+        }
+        // The promoted instance switched timeline exactly once.
+        let timeline: i64 = seam
+            .pod(&new)
+            .sql()
+            .await
+            .query_one(
+                "SELECT timeline_id::bigint FROM pg_control_checkpoint()",
+                &[],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        assert!(timeline >= 1);
+        assert!(!seam.pod(&new).in_recovery().await);
+        wait_streaming(&seam, &old).await;
+        running.halt().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switchover_loses_nothing_and_the_old_primary_follows() {
+    let _serial = SERIAL.lock().await;
+    ordinal_e2e::init_logs();
+    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Async, 1);
+    create_table(&seam).await;
+    let running = Running::start(Arc::clone(&seam), None);
+    wait_streaming(&seam, "db-1").await;
+    wait_streaming(&seam, "db-2").await;
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let (stop, stopped) = watch::channel(false);
+    let w = writer(Arc::clone(&seam), Arc::clone(&acks), stopped);
+    wait_for("the writer commits", Duration::from_secs(30), async || {
+        acks.lock().unwrap().ids.len() > 50
+    })
+    .await;
+
+    seam.request_switchover("db-2");
+    wait_for("db-2 is the primary", Duration::from_secs(60), async || {
+        let state = seam.state.lock().unwrap();
+        state.current == "db-2" && state.target.is_none()
+    })
+    .await;
+    let switched_at = Instant::now();
+    wait_for("writes resume", Duration::from_secs(30), async || {
+        acks.lock()
+            .unwrap()
+            .first_after(switched_at, "db-0")
+            .is_some()
+    })
+    .await;
+    let _ = stop.send(true);
+    let _ = w.await;
+    let last = seam
+        .state
+        .lock()
+        .unwrap()
+        .last_failover
+        .clone()
+        .expect("lastFailover");
+    assert_eq!((last.from.as_str(), last.to.as_str()), ("db-0", "db-2"));
+    assert!(last.reason.contains("switchover"));
+    let acked = acks.lock().unwrap().ids.clone();
+    let present = seam.pod("db-2").ids().await;
+    let missing: Vec<i64> = acked
+        .iter()
+        .filter(|id| present.binary_search(id).is_err())
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "a switchover lost acknowledged rows: {missing:?}"
+    );
+    // The old primary follows the new one.
+    wait_streaming(&seam, "db-0").await;
+    assert!(seam.pod("db-0").in_recovery().await);
+    running.halt().await;
+}
