@@ -146,7 +146,11 @@ pub struct FailoverRecord {
     /// LSN of the promoted replica when it was promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_lsn: Option<String>,
-    /// Upper bound of the WAL bytes that may have been lost (0 in quorum mode).
+    /// WAL bytes lost by the promotion as far as the operator knows: 0 in
+    /// quorum mode (a guarantee) and for switchovers; in async mode the gap
+    /// between the old primary's last position the operator saw and the
+    /// promoted one — commits after the operator's last probe of a crashed
+    /// primary may be lost too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_bytes: Option<i64>,
     /// Seconds spent in each phase: detect, decide, fence, promote, publish.

@@ -9,6 +9,7 @@
 //! Both grow with the failover loop and the install issues.
 
 pub mod local;
+pub mod scenario;
 pub mod seam;
 pub mod workload;
 

@@ -9,101 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ordinal_crds::ReplicationMode;
+use ordinal_e2e::scenario::{
+    Running, create_table, kill_primary_round, missing_rows, wait_for, wait_for_quorum_setting,
+    wait_streaming,
+};
 use ordinal_e2e::seam::LocalSeam;
 use ordinal_e2e::workload::{Acks, sampler, writer};
-use ordinal_operator::failover::{FailoverLoop, Step};
+use ordinal_operator::failover::Step;
 use tokio::sync::watch;
 
 /// One cluster at a time: the machine has two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn wait_for(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-struct Running {
-    seam: Arc<LocalSeam>,
-    stop: watch::Sender<bool>,
-    failover: tokio::task::JoinHandle<Result<(), ordinal_operator::failover::FailoverError>>,
-}
-
-impl Running {
-    fn start(seam: Arc<LocalSeam>, crash_after: Option<Step>) -> Self {
-        let (stop, stopped) = watch::channel(false);
-        let mut l = FailoverLoop::new(Arc::clone(&seam), None);
-        l.crash_after = crash_after;
-        let failover = tokio::spawn(l.run(stopped));
-        Self {
-            seam,
-            stop,
-            failover,
-        }
-    }
-
-    async fn halt(self) -> Arc<LocalSeam> {
-        let _ = self.stop.send(true);
-        let _ = self.failover.await;
-        self.seam
-    }
-}
-
-async fn create_table(seam: &LocalSeam) {
-    seam.pod(&seam.current())
-        .sql()
-        .await
-        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
-        .await
-        .expect("create table");
-}
-
-/// Until the primary lists its synchronous standbys (quorum mode).
-async fn wait_for_quorum_setting(seam: &LocalSeam) {
-    wait_for(
-        "the primary has synchronous standbys",
-        Duration::from_secs(30),
-        async || {
-            let primary = seam.pod(&seam.current()).clone();
-            let row = primary
-                .sql()
-                .await
-                .query_one("SHOW synchronous_standby_names", &[])
-                .await;
-            row.map(|r| r.get::<_, String>(0).starts_with("ANY"))
-                .unwrap_or(false)
-        },
-    )
-    .await;
-}
-
-/// Until `pod` is a standby streaming from the primary.
-async fn wait_streaming(seam: &LocalSeam, pod: &str) {
-    let pod = pod.to_owned();
-    wait_for(
-        &format!("{pod} streams from the primary"),
-        Duration::from_secs(90),
-        async || {
-            let primary = seam.pod(&seam.current()).clone();
-            let Ok(rows) = tokio::time::timeout(Duration::from_secs(2), primary.sql()).await else {
-                return false;
-            };
-            rows.query_opt(
-            "SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'",
-            &[&pod],
-        )
-        .await
-        .map(|r| r.is_some())
-        .unwrap_or(false)
-        },
-    )
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_the_primary_ten_times_in_quorum_mode() {
@@ -126,51 +42,15 @@ async fn kill_the_primary_ten_times_in_quorum_mode() {
 
     let mut seconds = Vec::new();
     for round in 1..=10 {
-        let old = seam.current();
-        let old_timeline = seam.state.lock().unwrap().epoch;
-        // Both standbys stream: quorum mode can fail over.
-        for pod in seam.pods.iter().filter(|p| p.name != old) {
-            wait_streaming(&seam, &pod.name).await;
-        }
-        let killed_at = Instant::now();
-        seam.pod(&old).kill9();
-        wait_for(
-            &format!("round {round}: a replica replaces {old}"),
-            Duration::from_secs(30),
-            async || {
-                let state = seam.state.lock().unwrap();
-                state.current != old && state.target.is_none()
-            },
-        )
-        .await;
-        wait_for(
-            &format!("round {round}: a write is acknowledged"),
-            Duration::from_secs(30),
-            async || acks.lock().unwrap().first_after(killed_at, &old).is_some(),
-        )
-        .await;
-        let first = acks
+        seconds.push(kill_primary_round(&seam, &acks, round).await);
+        let last = seam
+            .state
             .lock()
             .unwrap()
-            .first_after(killed_at, &old)
-            .expect("ack");
-        seconds.push(first.duration_since(killed_at).as_secs_f64());
-        let state = seam.state.lock().unwrap();
-        assert_eq!(
-            state.epoch,
-            old_timeline + 1,
-            "exactly one promotion per kill"
-        );
-        let last = state.last_failover.clone().expect("lastFailover");
-        assert_eq!(last.from, old);
+            .last_failover
+            .clone()
+            .expect("lastFailover");
         assert_eq!(last.lost_bytes, Some(0), "quorum mode loses nothing");
-        drop(state);
-        // The old primary rejoins as a replica through ordinal-init.
-        wait_streaming(&seam, &old).await;
-        assert!(
-            seam.pod(&old).in_recovery().await,
-            "{old} came back as a replica"
-        );
     }
     let _ = stop.send(true);
     let _ = w.await;
@@ -178,12 +58,7 @@ async fn kill_the_primary_ten_times_in_quorum_mode() {
     let seam = running.halt().await;
 
     let acked = acks.lock().unwrap().ids.clone();
-    let present = seam.pod(&seam.current()).ids().await;
-    let missing: Vec<i64> = acked
-        .iter()
-        .filter(|id| present.binary_search(id).is_err())
-        .copied()
-        .collect();
+    let missing = missing_rows(&seam, &acks).await;
     eprintln!(
         "10 failovers, kill → first acknowledged write: {seconds:.2?} s; {} rows acknowledged, {} missing",
         acked.len(),

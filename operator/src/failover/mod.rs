@@ -301,12 +301,16 @@ impl<S: Seam> FailoverLoop<S> {
         self.check(Step::Promote)?;
 
         let publish_started = Instant::now();
+        // The duration so far; the seam adds its publish phase (routing)
+        // before it writes the record.
         let mut outcome = FailoverRecord {
             time: Time(Timestamp::now()),
             from: p.from.clone(),
             to: p.to.clone(),
             reason: p.reason.clone(),
-            duration_seconds: 0.0,
+            duration_seconds: p.detect.as_secs_f64()
+                + p.decide.as_secs_f64()
+                + started.elapsed().as_secs_f64(),
             old_primary_lsn: p.old_lsn.map(pg::format_lsn),
             promoted_lsn: p.promoted_lsn.map(pg::format_lsn),
             lost_bytes: p.lost_bytes,
@@ -321,7 +325,7 @@ impl<S: Seam> FailoverLoop<S> {
         self.seam.publish(&record, &outcome).await?;
         outcome.phases.publish = publish_started.elapsed().as_secs_f64();
         outcome.duration_seconds =
-            p.detect.as_secs_f64() + started.elapsed().as_secs_f64() + p.decide.as_secs_f64();
+            p.detect.as_secs_f64() + p.decide.as_secs_f64() + started.elapsed().as_secs_f64();
         self.check(Step::Publish)?;
 
         self.after_promotion(obs, &p.to, credentials).await;
@@ -484,7 +488,7 @@ impl<S: Seam> FailoverLoop<S> {
             from: primary.to_owned(),
             to: to.to_owned(),
             reason,
-            duration_seconds: 0.0,
+            duration_seconds: started.elapsed().as_secs_f64(),
             old_primary_lsn: self.memory.last_primary_lsn.map(pg::format_lsn),
             promoted_lsn: position.map(pg::format_lsn),
             lost_bytes: Some(0),

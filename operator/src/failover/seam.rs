@@ -136,7 +136,9 @@ pub trait Seam: Send + Sync {
 
     /// Publishes the new primary: routing, `currentPrimary = to`, no
     /// `targetPrimary`, `lastFailover`, an Event — only if the record is
-    /// still at `record.version`.
+    /// still at `record.version`. `outcome.duration_seconds` covers the
+    /// failover up to this step; the seam adds the time its routing took
+    /// (`phases.publish`) before writing `lastFailover`.
     fn publish(
         &self,
         record: &Record,
