@@ -92,7 +92,7 @@ fn every_field_a_rule_can_reach_is_bounded() {
         }
     }
     fn walk(node: &Value, path: &str, out: &mut Vec<String>) {
-        if node.get("x-kubernetes-validations").is_some() && path != "" {
+        if node.get("x-kubernetes-validations").is_some() && !path.is_empty() {
             unbounded(node, path, out);
         }
         for (name, child) in node["properties"].as_object().into_iter().flatten() {

@@ -230,6 +230,10 @@ pub fn mock_context() -> (Arc<Context>, ApiServer) {
 pub struct ApiServer(tower_test::mock::Handle<Request<Body>, Response<Body>>);
 
 impl ApiServer {
+    pub fn from_handle(handle: tower_test::mock::Handle<Request<Body>, Response<Body>>) -> Self {
+        Self(handle)
+    }
+
     /// Serves `script` in order, then fails on any further request. Await
     /// the handle after dropping the context.
     pub fn run(self, script: Vec<Exchange>) -> tokio::task::JoinHandle<()> {

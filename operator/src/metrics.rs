@@ -155,9 +155,7 @@ impl Metrics {
         let _ = self
             .reconcile_duration
             .remove_label_values(&[namespace, cluster]);
-        for gauge in [&self.failover_lost_bytes] {
-            let _ = gauge.remove_label_values(&[namespace, cluster]);
-        }
+        let _ = self.failover_lost_bytes.remove_label_values(&[namespace, cluster]);
         let _ = self.failovers.remove_label_values(&[namespace, cluster]);
         let _ = self
             .last_failover_seconds

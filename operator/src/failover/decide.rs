@@ -183,7 +183,7 @@ pub fn choose(
                 .collect();
             match candidates
                 .iter()
-                .find(|(_, pos)| !lag(*pos).is_some_and(|l| l > settings.max_lag_bytes))
+                .find(|(_, pos)| lag(*pos).is_none_or(|l| l <= settings.max_lag_bytes))
             {
                 Some((m, position)) => Ok(Choice {
                     candidate: m.name.clone(),

@@ -5,6 +5,7 @@
 //! intent first, so that a restarted operator resumes instead of repeating.
 
 pub mod decide;
+pub mod kube;
 pub mod pg;
 pub mod seam;
 

@@ -1,0 +1,478 @@
+//! The failover loop's seam in Kubernetes: members from a watch on the
+//! cluster's pods (a deleted primary wakes the loop at once), the record in
+//! the PostgresCluster's status (written with the resourceVersion it was
+//! read at), routing by the pods' `ordinal.dev/role` label, fencing by
+//! deleting the pod.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use ordinal_crds::{
+    FailoverRecord, InstanceStatus, PostgresCluster, ReplicationMode, names,
+};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::decide;
+use super::seam::{
+    Credentials, Endpoint, Member, Observation, PodState, Record, Seam, SeamError, Settings,
+};
+use crate::reconcile::status::{PRIMARY_MANAGER, PrimaryStatus, primary_patch};
+
+/// Field manager of what the failover loop reports (instances, maxLag, the
+/// Failover condition).
+pub const FAILOVER_MANAGER: &str = "ordinal-operator/failover";
+pub const CONDITION_FAILOVER: &str = "FailoverReady";
+
+pub struct KubeSeam {
+    client: Client,
+    namespace: String,
+    cluster: String,
+    pods: Store<Pod>,
+    changed: Arc<Notify>,
+    recorder: Recorder,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for KubeSeam {
+    fn drop(&mut self) {
+        if let Some(task) = &self.watcher {
+            task.abort();
+        }
+    }
+}
+
+impl KubeSeam {
+    /// Watches the pods of `namespace/cluster` in the background.
+    pub fn new(client: Client, recorder: Recorder, namespace: &str, cluster: &str) -> Self {
+        let (store, writer) = reflector::store();
+        let changed = Arc::new(Notify::new());
+        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let config = watcher::Config::default().labels(&format!("{}={cluster}", names::LABEL_CLUSTER));
+        let notify = Arc::clone(&changed);
+        let watcher = tokio::spawn(async move {
+            let stream = reflector::reflector(writer, watcher(api, config))
+                .default_backoff()
+                .applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                if event.is_ok() {
+                    notify.notify_one();
+                }
+            }
+        });
+        Self {
+            client,
+            namespace: namespace.to_owned(),
+            cluster: cluster.to_owned(),
+            pods: store,
+            changed,
+            recorder,
+            watcher: Some(watcher),
+        }
+    }
+
+    /// A seam over a given pod store (tests).
+    pub fn with_store(client: Client, recorder: Recorder, namespace: &str, cluster: &str, pods: Store<Pod>) -> Self {
+        Self {
+            client,
+            namespace: namespace.to_owned(),
+            cluster: cluster.to_owned(),
+            pods,
+            changed: Arc::new(Notify::new()),
+            recorder,
+            watcher: None,
+        }
+    }
+
+    fn failed(&self, action: &'static str, error: impl std::fmt::Display) -> SeamError {
+        SeamError::Failed {
+            cluster: format!("{}/{}", self.namespace, self.cluster),
+            action,
+            message: error.to_string(),
+        }
+    }
+
+    fn clusters(&self) -> Api<PostgresCluster> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn cluster_object(&self) -> Result<PostgresCluster, SeamError> {
+        match self.clusters().get(&self.cluster).await {
+            Ok(pgc) => Ok(pgc),
+            Err(kube::Error::Api(e)) if e.code == 404 => Err(SeamError::Gone {
+                cluster: format!("{}/{}", self.namespace, self.cluster),
+            }),
+            Err(e) => Err(self.failed("read the PostgresCluster", e)),
+        }
+    }
+
+    async fn publish_event(&self, pgc: &PostgresCluster, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Failover".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &pgc.object_ref(&())).await {
+            tracing::warn!(%error, reason, "failed to publish an event");
+        }
+    }
+
+    /// Sets (Some) or removes (None) our role label on a pod.
+    async fn label(&self, pod: &str, role: Option<&str>) -> Result<(), SeamError> {
+        let labels = match role {
+            Some(role) => json!({ names::LABEL_ROLE: role }),
+            None => json!({}),
+        };
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": pod, "labels": labels },
+        });
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        match api
+            .patch(pod, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(self.failed("label a pod", e)),
+        }
+    }
+
+    async fn write_primary(&self, record: &Record, primary: &PrimaryStatus, last: Option<&FailoverRecord>) -> Result<(), SeamError> {
+        let mut body = primary_patch(primary, Some(&record.version));
+        if let Some(last) = last {
+            body["status"]["lastFailover"] = serde_json::to_value(last).map_err(|e| self.failed("encode lastFailover", e))?;
+        }
+        match self
+            .clusters()
+            .patch_status(&self.cluster, &PatchParams::apply(PRIMARY_MANAGER).force(), &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(SeamError::Conflict {
+                cluster: format!("{}/{}", self.namespace, self.cluster),
+                version: record.version.clone(),
+            }),
+            Err(e) => Err(self.failed("write the primary to the status", e)),
+        }
+    }
+
+    async fn node_ready(&self, node: &str) -> Option<bool> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let node = api.get_opt(node).await.ok()??;
+        node.status?
+            .conditions?
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status == "True")
+    }
+
+    /// Makes the pods' role labels follow the record: the labels route the
+    /// -rw and -ro Services. Not while a promotion is under way.
+    async fn route(&self, record: &Record, pods: &[Arc<Pod>]) {
+        if record.target_primary.is_some() {
+            return;
+        }
+        let Some(primary) = record.current_primary.as_deref() else { return };
+        for pod in pods {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = pod.name_any();
+            let want = if name == primary { names::ROLE_PRIMARY } else { names::ROLE_REPLICA };
+            if pod.labels().get(names::LABEL_ROLE).map(String::as_str) != Some(want) {
+                match self.label(&name, Some(want)).await {
+                    Ok(()) => tracing::info!(pod = %name, role = want, "labelled"),
+                    Err(error) => tracing::warn!(pod = %name, %error, "cannot label"),
+                }
+            }
+        }
+    }
+}
+
+/// What the spec says the loop should do.
+pub fn settings_of(pgc: &PostgresCluster) -> Settings {
+    let spec = &pgc.spec;
+    Settings {
+        enabled: spec.failover.enabled,
+        check_interval: std::time::Duration::from_secs(u64::try_from(spec.failover.check_interval_seconds.max(1)).unwrap_or(1)),
+        failure_threshold: u32::try_from(spec.failover.failure_threshold.max(1)).unwrap_or(1),
+        max_lag_bytes: spec.failover.max_lag_bytes_on_failover,
+        mode: spec.replication.mode,
+        quorum: if spec.replication.mode == ReplicationMode::Quorum { spec.replication.quorum } else { 0 },
+        replicas: spec.replicas,
+    }
+}
+
+/// The pod's state as the loop sees it; `node_ready` is None when unknown.
+pub fn pod_state(pod: &Pod, node_ready: Option<bool>) -> PodState {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return PodState::Terminating;
+    }
+    if node_ready == Some(false) {
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        return PodState::NodeNotReady(node);
+    }
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
+    if phase != "Running" {
+        return PodState::NotRunning(format!("pod phase {phase}"));
+    }
+    let postgres = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "postgres"));
+    match postgres.and_then(|c| c.state.as_ref()) {
+        Some(state) if state.running.is_some() => PodState::Running,
+        Some(state) => {
+            let why = state
+                .waiting
+                .as_ref()
+                .and_then(|w| w.reason.clone())
+                .or_else(|| state.terminated.as_ref().and_then(|t| t.reason.clone()))
+                .unwrap_or_else(|| "not running".to_owned());
+            PodState::NotRunning(format!("container postgres: {why}"))
+        }
+        None => PodState::NotRunning("container postgres has no state yet".to_owned()),
+    }
+}
+
+impl Seam for KubeSeam {
+    async fn observe(&self) -> Result<Observation, SeamError> {
+        let pgc = self.cluster_object().await?;
+        let status = pgc.status.clone().unwrap_or_default();
+        let record = Record {
+            current_primary: status.current_primary.clone(),
+            target_primary: status.target_primary.clone(),
+            epoch: status.epoch,
+            version: pgc.resource_version().unwrap_or_default(),
+            switchover_to: pgc.annotations().get(names::ANNOTATION_SWITCHOVER_TO).cloned(),
+        };
+        let pods: Vec<Arc<Pod>> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| names::ordinal_of(&self.cluster, &p.name_any()).is_some())
+            .collect();
+        self.route(&record, &pods).await;
+        // Only the primary's node is looked up: its loss is what matters.
+        let primary_node = pods
+            .iter()
+            .find(|p| Some(p.name_any()) == record.current_primary)
+            .and_then(|p| p.spec.as_ref()?.node_name.clone());
+        let primary_node_ready = match &primary_node {
+            Some(node) => self.node_ready(node).await,
+            None => None,
+        };
+        let service = pgc.headless_service_name();
+        let members = pods
+            .iter()
+            .map(|pod| {
+                let name = pod.name_any();
+                let is_primary = Some(&name) == record.current_primary.as_ref();
+                Member {
+                    ordinal: names::ordinal_of(&self.cluster, &name).unwrap_or(0),
+                    state: pod_state(pod, if is_primary { primary_node_ready } else { None }),
+                    probe_at: pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.pod_ip.clone())
+                        .map(|ip| Endpoint {
+                            host: ip,
+                            port: names::POSTGRES_PORT as u16,
+                        }),
+                    stable: Endpoint {
+                        host: names::pod_dns(&name, &service, &self.namespace),
+                        port: names::POSTGRES_PORT as u16,
+                    },
+                    name,
+                }
+            })
+            .collect();
+        Ok(Observation {
+            namespace: self.namespace.clone(),
+            cluster: self.cluster.clone(),
+            members,
+            record,
+            settings: settings_of(&pgc),
+        })
+    }
+
+    async fn credentials(&self) -> Result<Credentials, SeamError> {
+        let pgc = self.cluster_object().await?;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let read = |secret: Secret, key: &str| -> Option<String> {
+            let bytes = secret.data?.get(key)?.0.clone();
+            String::from_utf8(bytes).ok().map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        };
+        let superuser = api
+            .get(&pgc.superuser_secret_name())
+            .await
+            .map_err(|e| self.failed("read the superuser Secret", e))?;
+        let replication = api
+            .get(&pgc.replication_secret_name())
+            .await
+            .map_err(|e| self.failed("read the replication Secret", e))?;
+        let missing = |what| self.failed("read credentials", format!("the {what} Secret has no password"));
+        Ok(Credentials {
+            superuser_password: read(superuser, names::SECRET_PASSWORD_KEY).ok_or_else(|| missing("superuser"))?,
+            replication_user: read(replication.clone(), names::SECRET_USERNAME_KEY)
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| names::REPLICATION_USER_NAME.to_owned()),
+            replication_password: read(replication, names::SECRET_PASSWORD_KEY)
+                .ok_or_else(|| missing("replication"))?,
+        })
+    }
+
+    async fn record_intent(&self, record: &Record, target: &str, reason: &str) -> Result<Record, SeamError> {
+        let current = record.current_primary.clone().unwrap_or_default();
+        let primary = PrimaryStatus {
+            current_primary: current.clone(),
+            target_primary: Some(target.to_owned()),
+            epoch: record.epoch + 1,
+            bootstrapped: true,
+        };
+        self.write_primary(record, &primary, None).await?;
+        let pgc = self.cluster_object().await?;
+        self.publish_event(
+            &pgc,
+            EventType::Warning,
+            "FailoverStarted",
+            format!("promoting {target} in place of {current} (epoch {}): {reason}", primary.epoch),
+        )
+        .await;
+        Ok(Record {
+            current_primary: Some(current),
+            target_primary: Some(target.to_owned()),
+            epoch: primary.epoch,
+            version: pgc.resource_version().unwrap_or_default(),
+            switchover_to: record.switchover_to.clone(),
+        })
+    }
+
+    async fn fence(&self, pod: &str, planned: bool) -> Result<(), SeamError> {
+        // First stop routing clients to it, then stop it.
+        self.label(pod, None).await?;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = if planned {
+            DeleteParams::default()
+        } else {
+            DeleteParams::default().grace_period(0)
+        };
+        match api.delete(pod, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(self.failed("delete the old primary's pod", e)),
+        }
+    }
+
+    async fn publish(&self, record: &Record, outcome: &FailoverRecord) -> Result<(), SeamError> {
+        let started = Instant::now();
+        self.label(&outcome.to, Some(names::ROLE_PRIMARY)).await?;
+        let mut outcome = outcome.clone();
+        outcome.phases.publish = started.elapsed().as_secs_f64();
+        outcome.duration_seconds += outcome.phases.publish;
+        let primary = PrimaryStatus {
+            current_primary: outcome.to.clone(),
+            target_primary: None,
+            epoch: record.epoch,
+            bootstrapped: true,
+        };
+        self.write_primary(record, &primary, Some(&outcome)).await?;
+        let pgc = self.cluster_object().await?;
+        if record.switchover_to.as_deref() == Some(outcome.to.as_str()) {
+            let body = json!({"metadata": {"annotations": {names::ANNOTATION_SWITCHOVER_TO: null}}});
+            if let Err(error) = self
+                .clusters()
+                .patch(&self.cluster, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+            {
+                tracing::warn!(%error, "cannot remove the switchover annotation");
+            }
+        }
+        let lost = match outcome.lost_bytes {
+            Some(0) => "no WAL lost".to_owned(),
+            Some(bytes) => format!("{bytes} bytes of WAL known lost"),
+            None => "WAL lost unknown".to_owned(),
+        };
+        self.publish_event(
+            &pgc,
+            EventType::Warning,
+            "FailoverComplete",
+            format!(
+                "{} promoted in place of {} in {:.2}s ({}); old primary at {}, promoted at {}; {lost}; \
+                 phases: detect {:.2}s, decide {:.2}s, fence {:.2}s, promote {:.2}s, publish {:.2}s",
+                outcome.to,
+                outcome.from,
+                outcome.duration_seconds,
+                outcome.reason,
+                outcome.old_primary_lsn.as_deref().unwrap_or("unknown"),
+                outcome.promoted_lsn.as_deref().unwrap_or("unknown"),
+                outcome.phases.detect,
+                outcome.phases.decide,
+                outcome.phases.fence,
+                outcome.phases.promote,
+                outcome.phases.publish,
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn report(&self, instances: &[InstanceStatus], blocked: Option<&str>) -> Result<(), SeamError> {
+        let pgc = self.cluster_object().await?;
+        let old = pgc.status.as_ref().and_then(|s| s.condition(CONDITION_FAILOVER)).cloned();
+        let (status, reason, message) = match blocked {
+            Some(why) => ("False", "Waiting", why.to_owned()),
+            None => ("True", "AsExpected", "the failover loop sees the primary and can promote a replica".to_owned()),
+        };
+        let transition = match &old {
+            Some(c) if c.status == status => c.last_transition_time.clone(),
+            _ => k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        let body = json!({
+            "apiVersion": "ordinal.dev/v1alpha1",
+            "kind": "PostgresCluster",
+            "status": {
+                "instances": instances,
+                "maxLag": decide::max_lag(instances),
+                "conditions": [{
+                    "type": CONDITION_FAILOVER,
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": transition,
+                    "observedGeneration": pgc.metadata.generation,
+                }],
+            }
+        });
+        self.clusters()
+            .patch_status(&self.cluster, &PatchParams::apply(FAILOVER_MANAGER).force(), &Patch::Apply(&body))
+            .await
+            .map_err(|e| self.failed("report instances", e))?;
+        if let Some(why) = blocked
+            && old.is_none_or(|c| c.message != why)
+        {
+            self.publish_event(&pgc, EventType::Warning, "FailoverWaiting", why.to_owned())
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;
