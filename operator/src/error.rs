@@ -63,15 +63,6 @@ pub enum Error {
         source: kube::Error,
     },
 
-    #[error("failed to label pod {namespace}/{pod} as {role}")]
-    LabelPod {
-        namespace: String,
-        pod: String,
-        role: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-
     #[error("failed to write the status of PostgresCluster {namespace}/{name}")]
     WriteStatus {
         namespace: String,
@@ -99,7 +90,6 @@ impl Error {
         "read",
         "create",
         "delete",
-        "label",
         "status",
         "missing_secret",
     ];
@@ -112,7 +102,6 @@ impl Error {
             Self::Get { .. } | Self::ListPods { .. } | Self::ListVolumes { .. } => "read",
             Self::Create { .. } => "create",
             Self::Delete { .. } => "delete",
-            Self::LabelPod { .. } => "label",
             Self::WriteStatus { .. } => "status",
             Self::MissingSecret { .. } => "missing_secret",
         }

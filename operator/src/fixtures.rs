@@ -224,6 +224,7 @@ pub fn mock_context() -> (Arc<Context>, ApiServer) {
         build_config(),
     );
     ctx.now = now;
+    ctx.run_failover_loops = false;
     (Arc::new(ctx), ApiServer(handle))
 }
 

@@ -39,6 +39,17 @@ pub struct Context {
     pub now: fn() -> Timestamp,
     /// Consecutive failed reconciles per cluster, for the retry backoff.
     pub failures: Mutex<HashMap<ObjectRef<PostgresCluster>, u32>>,
+    /// The failover loop of each cluster.
+    pub loops: Mutex<HashMap<ObjectRef<PostgresCluster>, LoopHandle>>,
+    /// Whether reconciles start failover loops (tests of the reconciler
+    /// alone turn it off).
+    pub run_failover_loops: bool,
+}
+
+/// A running failover loop.
+pub struct LoopHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Context {
@@ -50,6 +61,54 @@ impl Context {
             build,
             now: Timestamp::now,
             failures: Mutex::default(),
+            loops: Mutex::default(),
+            run_failover_loops: true,
+        }
+    }
+
+    /// Starts the failover loop of `namespace/name` unless it runs. A loop
+    /// ends by itself when its cluster is deleted.
+    pub fn ensure_failover_loop(&self, namespace: &str, name: &str) {
+        if !self.run_failover_loops {
+            return;
+        }
+        let Ok(mut loops) = self.loops.lock() else {
+            return;
+        };
+        let key = ObjectRef::new(name).within(namespace);
+        if loops.get(&key).is_some_and(|l| !l.task.is_finished()) {
+            return;
+        }
+        let seam = failover::kube::KubeSeam::new(
+            self.client.clone(),
+            self.recorder.clone(),
+            namespace,
+            name,
+        );
+        let failover = failover::FailoverLoop::new(seam, Some(self.metrics.clone()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (ns, cluster, metrics) = (namespace.to_owned(), name.to_owned(), self.metrics.clone());
+        let task = tokio::spawn(async move {
+            if let Err(error) = failover.run(stopped).await {
+                tracing::error!(namespace = %ns, cluster = %cluster, %error, "failover loop ended");
+            }
+            metrics.forget_cluster(&ns, &cluster);
+        });
+        tracing::info!(namespace, cluster = name, "failover loop started");
+        loops.insert(key, LoopHandle { stop, task });
+    }
+
+    /// Stops every failover loop (on shutdown) and waits for them.
+    pub async fn stop_failover_loops(&self) {
+        let handles: Vec<LoopHandle> = match self.loops.lock() {
+            Ok(mut loops) => loops.drain().map(|(_, h)| h).collect(),
+            Err(_) => return,
+        };
+        for handle in &handles {
+            let _ = handle.stop.send(true);
+        }
+        for handle in handles {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), handle.task).await;
         }
     }
 

@@ -118,7 +118,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(http::serve(args.metrics_addr, state, async {
         let _ = http_stopped.await;
     }));
-    let result = controller::run(ctx, ready).await;
+    let result = controller::run(ctx.clone(), ready).await;
+    ctx.stop_failover_loops().await;
     let _ = stop_http.send(());
     if let Ok(Err(error)) = server.await {
         tracing::warn!(%error, "metrics server failed");

@@ -155,7 +155,9 @@ impl Metrics {
         let _ = self
             .reconcile_duration
             .remove_label_values(&[namespace, cluster]);
-        let _ = self.failover_lost_bytes.remove_label_values(&[namespace, cluster]);
+        let _ = self
+            .failover_lost_bytes
+            .remove_label_values(&[namespace, cluster]);
         let _ = self.failovers.remove_label_values(&[namespace, cluster]);
         let _ = self
             .last_failover_seconds

@@ -201,6 +201,32 @@ pub fn choose(
     }
 }
 
+/// When the primary's pod is scaled away (its ordinal is not below
+/// spec.replicas), the streaming replica that stays and holds the most WAL
+/// takes over by switchover.
+pub fn scale_down_target(
+    primary: &str,
+    members: &[Member],
+    probes: &Probes,
+    replicas: i32,
+) -> Option<String> {
+    let ordinal = members.iter().find(|m| m.name == primary)?.ordinal;
+    if ordinal < replicas {
+        return None;
+    }
+    members
+        .iter()
+        .filter(|m| m.ordinal < replicas && m.state == PodState::Running)
+        .filter_map(|m| match probes.get(&m.name) {
+            Some(Ok(p)) if p.in_recovery && p.streaming() => {
+                Some((m, p.wal_position().unwrap_or(0)))
+            }
+            _ => None,
+        })
+        .max_by(|(a, pa), (b, pb)| pa.cmp(pb).then(b.ordinal.cmp(&a.ordinal)))
+        .map(|(m, _)| m.name.clone())
+}
+
 /// The standbys a primary should list as synchronous: the members that are
 /// not the primary and whose ordinal is below spec.replicas, by ordinal.
 pub fn standbys(primary_name: &str, members: &[Member], replicas: i32) -> Vec<String> {

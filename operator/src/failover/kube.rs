@@ -14,9 +14,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use ordinal_crds::{
-    FailoverRecord, InstanceStatus, PostgresCluster, ReplicationMode, names,
-};
+use ordinal_crds::{FailoverRecord, InstanceStatus, PostgresCluster, ReplicationMode, names};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -55,7 +53,8 @@ impl KubeSeam {
         let (store, writer) = reflector::store();
         let changed = Arc::new(Notify::new());
         let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let config = watcher::Config::default().labels(&format!("{}={cluster}", names::LABEL_CLUSTER));
+        let config =
+            watcher::Config::default().labels(&format!("{}={cluster}", names::LABEL_CLUSTER));
         let notify = Arc::clone(&changed);
         let watcher = tokio::spawn(async move {
             let stream = reflector::reflector(writer, watcher(api, config))
@@ -80,7 +79,13 @@ impl KubeSeam {
     }
 
     /// A seam over a given pod store (tests).
-    pub fn with_store(client: Client, recorder: Recorder, namespace: &str, cluster: &str, pods: Store<Pod>) -> Self {
+    pub fn with_store(
+        client: Client,
+        recorder: Recorder,
+        namespace: &str,
+        cluster: &str,
+        pods: Store<Pod>,
+    ) -> Self {
         Self {
             client,
             namespace: namespace.to_owned(),
@@ -114,7 +119,13 @@ impl KubeSeam {
         }
     }
 
-    async fn publish_event(&self, pgc: &PostgresCluster, type_: EventType, reason: &str, note: String) {
+    async fn publish_event(
+        &self,
+        pgc: &PostgresCluster,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -140,7 +151,11 @@ impl KubeSeam {
         });
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         match api
-            .patch(pod, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .patch(
+                pod,
+                &PatchParams::apply(names::FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -149,14 +164,24 @@ impl KubeSeam {
         }
     }
 
-    async fn write_primary(&self, record: &Record, primary: &PrimaryStatus, last: Option<&FailoverRecord>) -> Result<(), SeamError> {
+    async fn write_primary(
+        &self,
+        record: &Record,
+        primary: &PrimaryStatus,
+        last: Option<&FailoverRecord>,
+    ) -> Result<(), SeamError> {
         let mut body = primary_patch(primary, Some(&record.version));
         if let Some(last) = last {
-            body["status"]["lastFailover"] = serde_json::to_value(last).map_err(|e| self.failed("encode lastFailover", e))?;
+            body["status"]["lastFailover"] =
+                serde_json::to_value(last).map_err(|e| self.failed("encode lastFailover", e))?;
         }
         match self
             .clusters()
-            .patch_status(&self.cluster, &PatchParams::apply(PRIMARY_MANAGER).force(), &Patch::Apply(&body))
+            .patch_status(
+                &self.cluster,
+                &PatchParams::apply(PRIMARY_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -184,13 +209,19 @@ impl KubeSeam {
         if record.target_primary.is_some() {
             return;
         }
-        let Some(primary) = record.current_primary.as_deref() else { return };
+        let Some(primary) = record.current_primary.as_deref() else {
+            return;
+        };
         for pod in pods {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let name = pod.name_any();
-            let want = if name == primary { names::ROLE_PRIMARY } else { names::ROLE_REPLICA };
+            let want = if name == primary {
+                names::ROLE_PRIMARY
+            } else {
+                names::ROLE_REPLICA
+            };
             if pod.labels().get(names::LABEL_ROLE).map(String::as_str) != Some(want) {
                 match self.label(&name, Some(want)).await {
                     Ok(()) => tracing::info!(pod = %name, role = want, "labelled"),
@@ -206,11 +237,17 @@ pub fn settings_of(pgc: &PostgresCluster) -> Settings {
     let spec = &pgc.spec;
     Settings {
         enabled: spec.failover.enabled,
-        check_interval: std::time::Duration::from_secs(u64::try_from(spec.failover.check_interval_seconds.max(1)).unwrap_or(1)),
+        check_interval: std::time::Duration::from_secs(
+            u64::try_from(spec.failover.check_interval_seconds.max(1)).unwrap_or(1),
+        ),
         failure_threshold: u32::try_from(spec.failover.failure_threshold.max(1)).unwrap_or(1),
         max_lag_bytes: spec.failover.max_lag_bytes_on_failover,
         mode: spec.replication.mode,
-        quorum: if spec.replication.mode == ReplicationMode::Quorum { spec.replication.quorum } else { 0 },
+        quorum: if spec.replication.mode == ReplicationMode::Quorum {
+            spec.replication.quorum
+        } else {
+            0
+        },
         replicas: spec.replicas,
     }
 }
@@ -221,7 +258,11 @@ pub fn pod_state(pod: &Pod, node_ready: Option<bool>) -> PodState {
         return PodState::Terminating;
     }
     if node_ready == Some(false) {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
         return PodState::NodeNotReady(node);
     }
     let status = pod.status.as_ref();
@@ -256,7 +297,10 @@ impl Seam for KubeSeam {
             target_primary: status.target_primary.clone(),
             epoch: status.epoch,
             version: pgc.resource_version().unwrap_or_default(),
-            switchover_to: pgc.annotations().get(names::ANNOTATION_SWITCHOVER_TO).cloned(),
+            switchover_to: pgc
+                .annotations()
+                .get(names::ANNOTATION_SWITCHOVER_TO)
+                .cloned(),
         };
         let pods: Vec<Arc<Pod>> = self
             .pods
@@ -313,7 +357,9 @@ impl Seam for KubeSeam {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let read = |secret: Secret, key: &str| -> Option<String> {
             let bytes = secret.data?.get(key)?.0.clone();
-            String::from_utf8(bytes).ok().map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            String::from_utf8(bytes)
+                .ok()
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
         };
         let superuser = api
             .get(&pgc.superuser_secret_name())
@@ -323,9 +369,15 @@ impl Seam for KubeSeam {
             .get(&pgc.replication_secret_name())
             .await
             .map_err(|e| self.failed("read the replication Secret", e))?;
-        let missing = |what| self.failed("read credentials", format!("the {what} Secret has no password"));
+        let missing = |what| {
+            self.failed(
+                "read credentials",
+                format!("the {what} Secret has no password"),
+            )
+        };
         Ok(Credentials {
-            superuser_password: read(superuser, names::SECRET_PASSWORD_KEY).ok_or_else(|| missing("superuser"))?,
+            superuser_password: read(superuser, names::SECRET_PASSWORD_KEY)
+                .ok_or_else(|| missing("superuser"))?,
             replication_user: read(replication.clone(), names::SECRET_USERNAME_KEY)
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| names::REPLICATION_USER_NAME.to_owned()),
@@ -334,7 +386,12 @@ impl Seam for KubeSeam {
         })
     }
 
-    async fn record_intent(&self, record: &Record, target: &str, reason: &str) -> Result<Record, SeamError> {
+    async fn record_intent(
+        &self,
+        record: &Record,
+        target: &str,
+        reason: &str,
+    ) -> Result<Record, SeamError> {
         let current = record.current_primary.clone().unwrap_or_default();
         let primary = PrimaryStatus {
             current_primary: current.clone(),
@@ -348,7 +405,10 @@ impl Seam for KubeSeam {
             &pgc,
             EventType::Warning,
             "FailoverStarted",
-            format!("promoting {target} in place of {current} (epoch {}): {reason}", primary.epoch),
+            format!(
+                "promoting {target} in place of {current} (epoch {}): {reason}",
+                primary.epoch
+            ),
         )
         .await;
         Ok(Record {
@@ -391,7 +451,8 @@ impl Seam for KubeSeam {
         self.write_primary(record, &primary, Some(&outcome)).await?;
         let pgc = self.cluster_object().await?;
         if record.switchover_to.as_deref() == Some(outcome.to.as_str()) {
-            let body = json!({"metadata": {"annotations": {names::ANNOTATION_SWITCHOVER_TO: null}}});
+            let body =
+                json!({"metadata": {"annotations": {names::ANNOTATION_SWITCHOVER_TO: null}}});
             if let Err(error) = self
                 .clusters()
                 .patch(&self.cluster, &PatchParams::default(), &Patch::Merge(&body))
@@ -429,16 +490,30 @@ impl Seam for KubeSeam {
         Ok(())
     }
 
-    async fn report(&self, instances: &[InstanceStatus], blocked: Option<&str>) -> Result<(), SeamError> {
+    async fn report(
+        &self,
+        instances: &[InstanceStatus],
+        blocked: Option<&str>,
+    ) -> Result<(), SeamError> {
         let pgc = self.cluster_object().await?;
-        let old = pgc.status.as_ref().and_then(|s| s.condition(CONDITION_FAILOVER)).cloned();
+        let old = pgc
+            .status
+            .as_ref()
+            .and_then(|s| s.condition(CONDITION_FAILOVER))
+            .cloned();
         let (status, reason, message) = match blocked {
             Some(why) => ("False", "Waiting", why.to_owned()),
-            None => ("True", "AsExpected", "the failover loop sees the primary and can promote a replica".to_owned()),
+            None => (
+                "True",
+                "AsExpected",
+                "the failover loop sees the primary and can promote a replica".to_owned(),
+            ),
         };
         let transition = match &old {
             Some(c) if c.status == status => c.last_transition_time.clone(),
-            _ => k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            _ => k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
         };
         let body = json!({
             "apiVersion": "ordinal.dev/v1alpha1",
@@ -457,7 +532,11 @@ impl Seam for KubeSeam {
             }
         });
         self.clusters()
-            .patch_status(&self.cluster, &PatchParams::apply(FAILOVER_MANAGER).force(), &Patch::Apply(&body))
+            .patch_status(
+                &self.cluster,
+                &PatchParams::apply(FAILOVER_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
             .map_err(|e| self.failed("report instances", e))?;
         if let Some(why) = blocked

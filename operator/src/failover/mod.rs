@@ -161,7 +161,16 @@ impl<S: Seam> FailoverLoop<S> {
         match detection {
             Detection::Healthy => {
                 self.housekeeping(&obs, &primary, &credentials).await;
-                if let Some(to) = obs.record.switchover_to.clone().filter(|to| *to != primary) {
+                let requested = obs.record.switchover_to.clone().filter(|to| *to != primary);
+                let scaled_away = || {
+                    decide::scale_down_target(
+                        &primary,
+                        &obs.members,
+                        &probes,
+                        obs.settings.replicas,
+                    )
+                };
+                if let Some(to) = requested.or_else(scaled_away) {
                     return self
                         .switchover(&obs, &primary, &to, &probes, &credentials)
                         .await;

@@ -12,7 +12,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use ordinal_crds::{PostgresCluster, names};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::Error;
 use crate::reconcile::build::{self, build_generated_secret, generate_password};
@@ -198,34 +198,6 @@ pub async fn list_data_volumes(
         .collect();
     names.sort();
     Ok(names)
-}
-
-/// Sets `ordinal.dev/role` on a pod (only that label, by server-side apply).
-pub async fn label_role(
-    client: &Client,
-    namespace: &str,
-    pod: &str,
-    role: &'static str,
-) -> Result<(), Error> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let body = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": pod, "labels": { names::LABEL_ROLE: role } },
-    });
-    api.patch(
-        pod,
-        &PatchParams::apply(names::FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| Error::LabelPod {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
-        role,
-        source,
-    })
 }
 
 async fn apply_status(

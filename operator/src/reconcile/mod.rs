@@ -135,24 +135,9 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
 
     apply::apply_children(&ctx.client, &cluster, &ctx.build).await?;
 
-    // Roles follow status.currentPrimary. While a promotion is under way
-    // the failover loop owns the labels.
-    if primary.target_primary.is_none() {
-        for pod in &views {
-            if names::ordinal_of(&name, &pod.name).is_none() || pod.terminating {
-                continue;
-            }
-            let role = if pod.name == primary.current_primary {
-                names::ROLE_PRIMARY
-            } else {
-                names::ROLE_REPLICA
-            };
-            if pod.role.as_deref() != Some(role) {
-                apply::label_role(&ctx.client, &namespace, &pod.name, role).await?;
-                tracing::info!(pod = %pod.name, role, "labelled");
-            }
-        }
-    }
+    // The failover loop watches the pods, routes them by role and
+    // promotes a replica when the primary is lost.
+    ctx.ensure_failover_loop(&namespace, &name);
 
     // From the first time the primary is Ready, an empty PGDATA on the
     // primary means lost data, never a new cluster.

@@ -238,33 +238,6 @@ async fn single_instance_has_no_pdb() {
 }
 
 #[tokio::test]
-async fn pods_are_labelled_from_current_primary() {
-    // After a failover db-1 is primary; db-0 came back without a label.
-    let pgc = cluster().primary("db-1", true).build();
-    let pods = [
-        pod("db-0", true, None),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
-    let mut script = vec![list_pods(&pods)];
-    script.extend(secrets_exist());
-    script.extend(children(3, Some(2)));
-    for (name, role) in [("db-0", "replica"), ("db-1", "primary")] {
-        script.push(
-            Exchange::apply(format!("{NS}/pods/{name}"), OPERATOR).check(move |body| {
-                assert_eq!(
-                    body["metadata"]["labels"],
-                    json!({"ordinal.dev/role": role})
-                );
-                assert!(body.get("spec").is_none(), "only the label is applied");
-            }),
-        );
-    }
-    script.push(observed_status(&pgc, "Healthy", "3/3"));
-    run(pgc, script).await.expect("reconcile");
-}
-
-#[tokio::test]
 async fn primary_ready_marks_the_cluster_bootstrapped() {
     let pgc = cluster().primary("db-0", false).build();
     let pods = [pod("db-0", true, Some("primary"))];

@@ -23,6 +23,10 @@ pub struct ValidCluster {
     pub superuser_secret: String,
     pub replication_secret: String,
     pub pdb_min_available: Option<i32>,
+    /// Pods the StatefulSet keeps: spec.replicas, but never fewer than the
+    /// primary's ordinal + 1 — a scale-down waits until the failover loop
+    /// has switched over to a pod that stays.
+    pub statefulset_replicas: i32,
 }
 
 /// One thing wrong with a spec.
@@ -56,7 +60,14 @@ pub fn validate(pgc: &PostgresCluster) -> Result<Result<ValidCluster, Vec<Invali
     if !problems.is_empty() {
         return Ok(Err(problems));
     }
+    let primary_ordinal = pgc
+        .status
+        .as_ref()
+        .and_then(|s| s.current_primary.as_deref())
+        .and_then(|p| ordinal_crds::names::ordinal_of(&name, p));
     Ok(Ok(ValidCluster {
+        statefulset_replicas: primary_ordinal
+            .map_or(pgc.spec.replicas, |o| pgc.spec.replicas.max(o + 1)),
         service_name: pgc.headless_service_name(),
         superuser_secret: pgc.superuser_secret_name(),
         replication_secret: pgc.replication_secret_name(),

@@ -326,3 +326,26 @@ fn standby_lists() {
     assert_eq!(expected_standbys("db", "db-2", 3), ["db-0", "db-1"]);
     assert_eq!(human_bytes(16 * 1024 * 1024), "16.0MiB");
 }
+
+#[test]
+fn a_primary_scaled_away_hands_over_to_a_pod_that_stays() {
+    let p = probes([
+        ("db-0", replica(100, true)),
+        ("db-1", replica(120, true)),
+        ("db-2", primary(130)),
+    ]);
+    assert_eq!(
+        scale_down_target("db-2", &running(), &p, 2).as_deref(),
+        Some("db-1")
+    );
+    assert_eq!(scale_down_target("db-2", &running(), &p, 3), None);
+    let lagging = probes([
+        ("db-0", replica(100, true)),
+        ("db-1", replica(120, false)),
+        ("db-2", primary(130)),
+    ]);
+    assert_eq!(
+        scale_down_target("db-2", &running(), &lagging, 2).as_deref(),
+        Some("db-0")
+    );
+}

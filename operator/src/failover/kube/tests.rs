@@ -14,7 +14,10 @@ const CLUSTER: &str = "/apis/ordinal.dev/v1alpha1/namespaces/ns/postgresclusters
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
 
 fn seam_with(pods: Vec<Pod>) -> (KubeSeam, crate::fixtures::ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    let (service, handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
     let client = Client::new(service, "ns");
     let recorder = Recorder::new(client.clone(), Reporter::from("ordinal-operator"));
     let mut writer: Writer<Pod> = Writer::default();
@@ -61,10 +64,19 @@ async fn intent_is_recorded_with_the_version_it_was_read_at() {
             })
             .answer_with(with_status(&pgc)),
         get_cluster(&pgc),
-        event("FailoverStarted", "promoting db-1 in place of db-0 (epoch 5)"),
+        event(
+            "FailoverStarted",
+            "promoting db-1 in place of db-0 (epoch 5)",
+        ),
     ]);
-    let written = seam.record_intent(&record("100"), "db-1", "primary db-0 is not running").await.expect("intent");
-    assert_eq!((written.epoch, written.target_primary.as_deref()), (5, Some("db-1")));
+    let written = seam
+        .record_intent(&record("100"), "db-1", "primary db-0 is not running")
+        .await
+        .expect("intent");
+    assert_eq!(
+        (written.epoch, written.target_primary.as_deref()),
+        (5, Some("db-1"))
+    );
     drop(seam);
     server.await.expect("server");
 }
@@ -73,9 +85,13 @@ async fn intent_is_recorded_with_the_version_it_was_read_at() {
 async fn a_stale_record_conflicts_instead_of_overwriting() {
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
-        Exchange::apply(STATUS, "ordinal-operator/primary").answer(409, status_body(409, "Conflict")),
+        Exchange::apply(STATUS, "ordinal-operator/primary")
+            .answer(409, status_body(409, "Conflict")),
     ]);
-    let err = seam.record_intent(&record("99"), "db-1", "x").await.expect_err("conflict");
+    let err = seam
+        .record_intent(&record("99"), "db-1", "x")
+        .await
+        .expect_err("conflict");
     assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
     drop(seam);
     server.await.expect("server");
@@ -87,7 +103,8 @@ async fn fencing_removes_the_route_then_deletes_the_pod_at_once() {
     let server = server.run(vec![
         Exchange::apply("/api/v1/namespaces/ns/pods/db-0", "ordinal-operator")
             .check(|body| assert_eq!(body["metadata"]["labels"], json!({}))),
-        Exchange::delete("/api/v1/namespaces/ns/pods/db-0").check(|body| assert_eq!(body["gracePeriodSeconds"], 0)),
+        Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
+            .check(|body| assert_eq!(body["gracePeriodSeconds"], 0)),
     ]);
     seam.fence("db-0", false).await.expect("fence");
     drop(seam);
@@ -100,10 +117,17 @@ async fn a_planned_fence_lets_the_pod_shut_down_cleanly() {
     let server = server.run(vec![
         Exchange::apply("/api/v1/namespaces/ns/pods/db-0", "ordinal-operator"),
         Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
-            .check(|body| assert!(body.get("gracePeriodSeconds").is_none_or(Value::is_null), "{body}"))
+            .check(|body| {
+                assert!(
+                    body.get("gracePeriodSeconds").is_none_or(Value::is_null),
+                    "{body}"
+                )
+            })
             .not_found(),
     ]);
-    seam.fence("db-0", true).await.expect("an already deleted pod is fenced");
+    seam.fence("db-0", true)
+        .await
+        .expect("an already deleted pod is fenced");
     drop(seam);
     server.await.expect("server");
 }
@@ -113,17 +137,28 @@ async fn publishing_routes_to_the_new_primary_and_records_the_failover() {
     let pgc = cluster().primary("db-0", true).build();
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-1", "ordinal-operator")
-            .check(|body| assert_eq!(body["metadata"]["labels"], json!({"ordinal.dev/role": "primary"}))),
+        Exchange::apply("/api/v1/namespaces/ns/pods/db-1", "ordinal-operator").check(|body| {
+            assert_eq!(
+                body["metadata"]["labels"],
+                json!({"ordinal.dev/role": "primary"})
+            )
+        }),
         Exchange::apply(STATUS, "ordinal-operator/primary")
             .check(|body| {
                 assert_eq!(body["metadata"]["resourceVersion"], "101");
                 assert_eq!(body["status"]["currentPrimary"], "db-1");
-                assert!(body["status"].get("targetPrimary").is_none(), "targetPrimary cleared");
+                assert!(
+                    body["status"].get("targetPrimary").is_none(),
+                    "targetPrimary cleared"
+                );
                 assert_eq!(body["status"]["epoch"], 5);
                 assert_eq!(body["status"]["lastFailover"]["from"], "db-0");
                 assert_eq!(body["status"]["lastFailover"]["lostBytes"], 0);
-                assert!(body["status"]["lastFailover"]["phases"]["publish"].as_f64().is_some());
+                assert!(
+                    body["status"]["lastFailover"]["phases"]["publish"]
+                        .as_f64()
+                        .is_some()
+                );
             })
             .answer_with(with_status(&pgc)),
         get_cluster(&pgc),
@@ -133,7 +168,9 @@ async fn publishing_routes_to_the_new_primary_and_records_the_failover() {
     rec.epoch = 5;
     rec.target_primary = Some("db-1".to_owned());
     let outcome = FailoverRecord {
-        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
         from: "db-0".to_owned(),
         to: "db-1".to_owned(),
         reason: "primary db-0 is not running".to_owned(),
@@ -152,13 +189,24 @@ async fn publishing_routes_to_the_new_primary_and_records_the_failover() {
 async fn observing_routes_pods_by_the_fresh_record() {
     // After a failover db-1 is primary; db-0 came back still labelled primary.
     let pgc = cluster().primary("db-1", true).build();
-    let (seam, server) = seam_with(vec![pod("db-0", true, Some("primary")), pod("db-1", true, None)]);
+    let (seam, server) = seam_with(vec![
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, None),
+    ]);
     let server = server.run(vec![
         get_cluster(&pgc),
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-0", "ordinal-operator")
-            .check(|body| assert_eq!(body["metadata"]["labels"], json!({"ordinal.dev/role": "replica"}))),
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-1", "ordinal-operator")
-            .check(|body| assert_eq!(body["metadata"]["labels"], json!({"ordinal.dev/role": "primary"}))),
+        Exchange::apply("/api/v1/namespaces/ns/pods/db-0", "ordinal-operator").check(|body| {
+            assert_eq!(
+                body["metadata"]["labels"],
+                json!({"ordinal.dev/role": "replica"})
+            )
+        }),
+        Exchange::apply("/api/v1/namespaces/ns/pods/db-1", "ordinal-operator").check(|body| {
+            assert_eq!(
+                body["metadata"]["labels"],
+                json!({"ordinal.dev/role": "primary"})
+            )
+        }),
     ]);
     let obs = seam.observe().await.expect("observe");
     assert_eq!(obs.record.current_primary.as_deref(), Some("db-1"));
@@ -186,19 +234,33 @@ fn pod_states() {
     }))
     .expect("pod");
     assert_eq!(pod_state(&running, Some(true)), PodState::Running);
-    assert_eq!(pod_state(&running, Some(false)), PodState::NodeNotReady("node-a".to_owned()));
+    assert_eq!(
+        pod_state(&running, Some(false)),
+        PodState::NodeNotReady("node-a".to_owned())
+    );
     let mut crashed = running.clone();
-    crashed.status.as_mut().expect("status").container_statuses.as_mut().expect("statuses")[0].state =
-        serde_json::from_value(json!({"waiting": {"reason": "CrashLoopBackOff"}})).ok();
+    crashed
+        .status
+        .as_mut()
+        .expect("status")
+        .container_statuses
+        .as_mut()
+        .expect("statuses")[0]
+        .state = serde_json::from_value(json!({"waiting": {"reason": "CrashLoopBackOff"}})).ok();
     assert_eq!(
         pod_state(&crashed, None),
         PodState::NotRunning("container postgres: CrashLoopBackOff".to_owned())
     );
     let mut deleted = running.clone();
     deleted.metadata.deletion_timestamp =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
     assert_eq!(pod_state(&deleted, Some(true)), PodState::Terminating);
     let mut pending = running;
     pending.status.as_mut().expect("status").phase = Some("Pending".to_owned());
-    assert_eq!(pod_state(&pending, None), PodState::NotRunning("pod phase Pending".to_owned()));
+    assert_eq!(
+        pod_state(&pending, None),
+        PodState::NotRunning("pod phase Pending".to_owned())
+    );
 }

@@ -52,7 +52,7 @@ pub fn build_statefulset(cluster: &ValidCluster, config: &BuildConfig) -> Statef
     StatefulSet {
         metadata: child_meta(cluster, &cluster.name),
         spec: Some(StatefulSetSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(cluster.statefulset_replicas),
             service_name: Some(cluster.service_name.clone()),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(&cluster.name)),

@@ -367,3 +367,12 @@ fn image_and_pull_policy_come_from_the_spec() {
         assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
     }
 }
+
+#[test]
+fn a_scale_down_never_removes_the_primary() {
+    // db-4 is primary; scaling to 3 keeps 5 pods until it has moved.
+    let s = sts(cluster().replicas(3).primary("db-4", true).build());
+    assert_eq!(spec(&s).replicas, Some(5));
+    let s = sts(cluster().replicas(3).primary("db-1", true).build());
+    assert_eq!(spec(&s).replicas, Some(3));
+}
