@@ -156,6 +156,10 @@ impl Exchange {
     pub fn delete(path: impl Into<String>) -> Self {
         Self::new(Method::DELETE, path)
     }
+    /// A plain PATCH (a merge patch).
+    pub fn new_patch(path: impl Into<String>) -> Self {
+        Self::new(Method::PATCH, path)
+    }
     /// A server-side apply under `manager`, forced.
     pub fn apply(path: impl Into<String>, manager: &str) -> Self {
         let mut e = Self::new(Method::PATCH, path);

@@ -5,6 +5,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -111,7 +112,7 @@ pub async fn apply_children(
     client: &Client,
     cluster: &ValidCluster,
     config: &build::BuildConfig,
-) -> Result<(), Error> {
+) -> Result<StatefulSet, Error> {
     apply(client, &build::build_service_account(cluster)).await?;
     apply(client, &build::build_role(cluster)).await?;
     apply(client, &build::build_role_binding(cluster)).await?;
@@ -125,8 +126,48 @@ pub async fn apply_children(
         }
         None => delete_pdb(client, cluster).await?,
     }
-    apply(client, &build::build_statefulset(cluster, config)).await?;
-    Ok(())
+    apply(client, &build::build_statefulset(cluster, config)).await
+}
+
+/// Deletes a pod so that the StatefulSet recreates it from the current
+/// template (a rolling-update step; the pod shuts down cleanly).
+pub async fn replace_pod(client: &Client, namespace: &str, pod: &str) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match api.delete(pod, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: "Pod",
+            namespace: namespace.to_owned(),
+            name: pod.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Asks the failover loop for a planned switchover to `pod`.
+pub async fn request_switchover(
+    client: &Client,
+    pgc: &PostgresCluster,
+    pod: &str,
+) -> Result<(), Error> {
+    let namespace = pgc.namespace().unwrap_or_default();
+    let api: Api<PostgresCluster> = Api::namespaced(client.clone(), &namespace);
+    let body =
+        serde_json::json!({"metadata": {"annotations": {names::ANNOTATION_SWITCHOVER_TO: pod}}});
+    api.patch(
+        &pgc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&body),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Apply {
+        kind: "PostgresCluster",
+        namespace,
+        name: pgc.name_any(),
+        source,
+    })
 }
 
 /// A single-instance cluster has no PDB: remove ours if it exists. A PDB

@@ -4,12 +4,15 @@
 
 pub mod apply;
 pub mod build;
+pub mod rolling;
 pub mod status;
 pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -133,7 +136,26 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         Err(error) => return Err(error),
     }
 
-    apply::apply_children(&ctx.client, &cluster, &ctx.build).await?;
+    // A major-version change cannot be rolled out: postgres would refuse
+    // the data directory and every pod would crash-loop.
+    if let Some(why) = major_version_change(&cluster.spec.image, &pods) {
+        tracing::warn!(%why, "image change refused");
+        ctx.publish(
+            &pgc,
+            EventType::Warning,
+            "MajorVersionChange",
+            "Validate",
+            why.clone(),
+        )
+        .await;
+        write_observed(&ctx, &pgc, &pods, Some(Blocker::MajorVersionChange(why))).await?;
+        return Ok(Action::await_change());
+    }
+
+    let statefulset = apply::apply_children(&ctx.client, &cluster, &ctx.build).await?;
+    if primary.bootstrapped && primary.target_primary.is_none() {
+        roll(&ctx, &pgc, &statefulset, &pods, &primary.current_primary).await?;
+    }
 
     // The failover loop watches the pods, routes them by role and
     // promotes a replica when the primary is lost.
@@ -167,6 +189,102 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     } else {
         Action::requeue(CONVERGING)
     })
+}
+
+/// The running pods' PostgreSQL major when `image` runs another one.
+fn major_version_change(image: &str, pods: &[Pod]) -> Option<String> {
+    let new = rolling::image_major(image)?;
+    pods.iter().find_map(|pod| {
+        let running = pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == "postgres")?
+            .image
+            .clone()?;
+        let old = rolling::image_major(&running)?;
+        (old != new).then(|| {
+            format!(
+                "spec.image {image} is PostgreSQL {new} but {} runs {running} (PostgreSQL {old}): \
+                 a major upgrade needs pg_upgrade, which Ordinal does not run; set spec.image back to a {old}.x image",
+                pod.name_any()
+            )
+        })
+    })
+}
+
+/// One step of a rolling update, if one is due (DESIGN §5.7).
+async fn roll(
+    ctx: &Context,
+    pgc: &PostgresCluster,
+    statefulset: &StatefulSet,
+    pods: &[Pod],
+    primary: &str,
+) -> Result<(), Error> {
+    let Some(revision) = statefulset
+        .status
+        .as_ref()
+        .and_then(|s| s.update_revision.clone())
+    else {
+        return Ok(());
+    };
+    let lags = pgc
+        .status
+        .as_ref()
+        .map(|s| s.instances.as_slice())
+        .unwrap_or_default();
+    let name = pgc.name_any();
+    let revisions: Vec<rolling::PodRevision> = pods
+        .iter()
+        .filter_map(|pod| {
+            let view = PodView::from_pod(pod);
+            Some(rolling::PodRevision {
+                ordinal: names::ordinal_of(&name, &view.name)?,
+                revision: pod.labels().get("controller-revision-hash").cloned(),
+                ready: view.ready,
+                terminating: view.terminating,
+                lag_bytes: lags
+                    .iter()
+                    .find(|i| i.pod == view.name)
+                    .and_then(|i| i.lag_bytes),
+                name: view.name,
+            })
+        })
+        .collect();
+    let namespace = pgc.namespace().unwrap_or_default();
+    match rolling::next_step(
+        &revisions,
+        &revision,
+        pgc.spec.update_strategy.partition,
+        primary,
+    ) {
+        rolling::Step::Done => {}
+        rolling::Step::Wait(why) => tracing::info!(%why, "rolling update waits"),
+        rolling::Step::Replace(pod) => {
+            apply::replace_pod(&ctx.client, &namespace, &pod).await?;
+            ctx.publish(
+                pgc,
+                EventType::Normal,
+                "RollingUpdate",
+                "Update",
+                format!("replacing {pod} with the new pod template"),
+            )
+            .await;
+        }
+        rolling::Step::Switchover(to) => {
+            apply::request_switchover(&ctx.client, pgc, &to).await?;
+            ctx.publish(
+                pgc,
+                EventType::Normal,
+                "RollingUpdate",
+                "Update",
+                format!("switching over to the updated replica {to}; the old primary {primary} is replaced last"),
+            )
+            .await;
+        }
+    }
+    Ok(())
 }
 
 /// Computes and writes the reconciler-owned status.

@@ -55,6 +55,8 @@ pub enum Blocker {
     /// Volumes exist but no primary is recorded: a person must say whose
     /// data is the latest.
     ExistingVolumes(String),
+    /// spec.image changes the PostgreSQL major version.
+    MajorVersionChange(String),
 }
 
 impl Blocker {
@@ -63,12 +65,16 @@ impl Blocker {
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::MissingSecret(_) => "MissingSecret",
             Self::ExistingVolumes(_) => "ExistingVolumes",
+            Self::MajorVersionChange(_) => "MajorVersionChange",
         }
     }
 
     fn message(&self) -> &str {
         match self {
-            Self::InvalidSpec(m) | Self::MissingSecret(m) | Self::ExistingVolumes(m) => m,
+            Self::InvalidSpec(m)
+            | Self::MissingSecret(m)
+            | Self::ExistingVolumes(m)
+            | Self::MajorVersionChange(m) => m,
         }
     }
 
@@ -77,6 +83,7 @@ impl Blocker {
             Self::InvalidSpec(_) => "waiting for a valid spec",
             Self::MissingSecret(_) => "waiting for the Secret to exist",
             Self::ExistingVolumes(_) => "waiting for the primary to be named",
+            Self::MajorVersionChange(_) => "waiting for an image of the running major version",
         }
     }
 }

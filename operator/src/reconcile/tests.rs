@@ -434,3 +434,135 @@ async fn a_pdb_that_is_not_ours_is_left_alone() {
     script.push(observed_status(&pgc, "Healthy", "1/1"));
     run(pgc, script).await.expect("reconcile");
 }
+
+fn with_revision(
+    mut p: k8s_openapi::api::core::v1::Pod,
+    revision: &str,
+) -> k8s_openapi::api::core::v1::Pod {
+    p.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("controller-revision-hash".to_owned(), revision.to_owned());
+    p
+}
+
+/// A healthy cluster whose StatefulSet answers with update revision rev-2.
+fn rolling_cluster(primary: &str) -> PostgresCluster {
+    let mut pgc = cluster().primary(primary, true).build();
+    if let Some(status) = pgc.status.as_mut() {
+        status.instances = ["db-0", "db-1", "db-2"]
+            .iter()
+            .map(|p| ordinal_crds::InstanceStatus {
+                pod: (*p).to_owned(),
+                role: ordinal_crds::Role::Replica,
+                ready: true,
+                lsn: None,
+                lag_bytes: Some(0),
+                lag_seconds: Some(0.0),
+                timeline: Some(1),
+            })
+            .collect();
+    }
+    pgc
+}
+
+fn children_with_revision(revision: &'static str) -> Vec<Exchange> {
+    let mut kids = children(3, Some(2));
+    let sts = kids.pop().expect("statefulset");
+    kids.push(sts.answer_with(move |body| {
+        let mut body = body.clone();
+        body["status"] = json!({"replicas": 3, "updateRevision": revision});
+        (200, body)
+    }));
+    kids
+}
+
+#[tokio::test]
+async fn a_rolling_update_replaces_the_highest_replica_first() {
+    let pgc = rolling_cluster("db-0");
+    let pods = [
+        with_revision(pod("db-0", true, Some("primary")), "rev-1"),
+        with_revision(pod("db-1", true, Some("replica")), "rev-1"),
+        with_revision(pod("db-2", true, Some("replica")), "rev-1"),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.extend(children_with_revision("rev-2"));
+    script.push(Exchange::delete(format!("{NS}/pods/db-2")).check(|body| {
+        assert!(
+            body.get("gracePeriodSeconds").is_none_or(Value::is_null),
+            "a clean shutdown"
+        );
+    }));
+    script.push(event(
+        "RollingUpdate",
+        "replacing db-2 with the new pod template",
+    ));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_rolling_update_switches_over_before_replacing_the_primary() {
+    let pgc = rolling_cluster("db-0");
+    let pods = [
+        with_revision(pod("db-0", true, Some("primary")), "rev-1"),
+        with_revision(pod("db-1", true, Some("replica")), "rev-2"),
+        with_revision(pod("db-2", true, Some("replica")), "rev-2"),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.extend(children_with_revision("rev-2"));
+    script.push(
+        Exchange::new_patch("/apis/ordinal.dev/v1alpha1/namespaces/ns/postgresclusters/db")
+            .check(|body| {
+                assert_eq!(
+                    body["metadata"]["annotations"]["ordinal.dev/switchover-to"],
+                    "db-1"
+                )
+            })
+            .answer_with(with_status(&rolling_cluster("db-0"))),
+    );
+    script.push(event(
+        "RollingUpdate",
+        "switching over to the updated replica db-1",
+    ));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_major_version_change_is_refused() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.image = "postgres:18".to_owned();
+    let pods = [pod("db-0", true, Some("primary"))];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.push(event(
+        "MajorVersionChange",
+        "a major upgrade needs pg_upgrade",
+    ));
+    script.push(
+        Exchange::apply(STATUS, "ordinal-operator/status")
+            .answer_with(with_status(&pgc))
+            .check(|body| {
+                let degraded = body["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Degraded"))
+                    .expect("Degraded");
+                assert_eq!(degraded["reason"], "MajorVersionChange");
+                assert!(
+                    degraded["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("PostgreSQL 17")
+                );
+            }),
+    );
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(
+        action,
+        Action::await_change(),
+        "nothing is applied until the image is fixed"
+    );
+}
