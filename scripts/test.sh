@@ -34,6 +34,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> cargo build (ordinal-init, which the end-to-end tests run)"
+cargo build -p ordinal-init --locked
+
 echo "==> cargo test"
 if [ "${1:-}" = "--" ]; then shift; fi
 cargo test --workspace --locked -- "$@"
