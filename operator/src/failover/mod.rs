@@ -214,7 +214,7 @@ impl<S: Seam> FailoverLoop<S> {
                 self.report(obs, &probes, Some(&why)).await?;
                 return Ok(Tick::Waiting(why));
             }
-            probes = settle(&obs.members, primary, credentials, probes, SETTLE_TIMEOUT).await;
+            probes = settle(&obs.members, primary, credentials, SETTLE_TIMEOUT).await;
         }
         let decided_at = Instant::now();
         let sync = self.sync_standbys(obs, primary);
@@ -297,12 +297,22 @@ impl<S: Seam> FailoverLoop<S> {
 
         let fence_started = Instant::now();
         self.seam.fence(&p.from, p.planned).await?;
+        let mut promoted_lsn = p.promoted_lsn;
+        if p.planned {
+            // The old primary shuts down cleanly: wait until it is gone and
+            // the target has what it streamed last.
+            let settled = settle(&obs.members, &p.from, credentials, SHUTDOWN_TIMEOUT).await;
+            promoted_lsn = settled
+                .get(&p.to)
+                .and_then(|r| r.as_ref().ok())
+                .and_then(|r| r.wal_position())
+                .or(promoted_lsn);
+        }
         let fence = fence_started.elapsed();
         self.check(Step::Fence)?;
 
         let promote_started = Instant::now();
-        let target = member(obs, &p.to)?;
-        let at = target
+        let at = member(obs, &p.to)?
             .probe_at
             .clone()
             .ok_or_else(|| FailoverError::NoAddress { pod: p.to.clone() })?;
@@ -310,19 +320,17 @@ impl<S: Seam> FailoverLoop<S> {
         let promote = promote_started.elapsed();
         self.check(Step::Promote)?;
 
-        let publish_started = Instant::now();
+        let before = p.detect + p.decide;
         // The duration so far; the seam adds its publish phase (routing)
         // before it writes the record.
-        let mut outcome = FailoverRecord {
+        let outcome = FailoverRecord {
             time: Time(Timestamp::now()),
             from: p.from.clone(),
             to: p.to.clone(),
             reason: p.reason.clone(),
-            duration_seconds: p.detect.as_secs_f64()
-                + p.decide.as_secs_f64()
-                + started.elapsed().as_secs_f64(),
+            duration_seconds: (before + started.elapsed()).as_secs_f64(),
             old_primary_lsn: p.old_lsn.map(pg::format_lsn),
-            promoted_lsn: p.promoted_lsn.map(pg::format_lsn),
+            promoted_lsn: promoted_lsn.map(pg::format_lsn),
             lost_bytes: p.lost_bytes,
             phases: FailoverPhases {
                 detect: p.detect.as_secs_f64(),
@@ -332,13 +340,29 @@ impl<S: Seam> FailoverLoop<S> {
                 publish: 0.0,
             },
         };
-        self.seam.publish(&record, &outcome).await?;
-        outcome.phases.publish = publish_started.elapsed().as_secs_f64();
-        outcome.duration_seconds =
-            p.detect.as_secs_f64() + p.decide.as_secs_f64() + started.elapsed().as_secs_f64();
-        self.check(Step::Publish)?;
+        self.finish(obs, &record, outcome, credentials, Some((started, before)))
+            .await
+    }
 
-        self.after_promotion(obs, &p.to, credentials).await;
+    /// Publishes a promotion, re-points the others, counts it, forgets
+    /// what was remembered of the old primary. `timing` (start, time spent
+    /// before it) completes the duration with the publish phase.
+    async fn finish(
+        &mut self,
+        obs: &Observation,
+        record: &seam::Record,
+        mut outcome: FailoverRecord,
+        credentials: &Credentials,
+        timing: Option<(Instant, Duration)>,
+    ) -> Result<Tick, FailoverError> {
+        let publish_started = Instant::now();
+        self.seam.publish(record, &outcome).await?;
+        if let Some((started, before)) = timing {
+            outcome.phases.publish = publish_started.elapsed().as_secs_f64();
+            outcome.duration_seconds = (before + started.elapsed()).as_secs_f64();
+        }
+        self.check(Step::Publish)?;
+        self.after_promotion(obs, &outcome.to, credentials).await;
         if let Some(metrics) = &self.metrics {
             metrics.record_failover(&obs.namespace, &obs.cluster, &outcome);
         }
@@ -382,7 +406,7 @@ impl<S: Seam> FailoverLoop<S> {
         self.check(Step::Promote)?;
         let outcome = FailoverRecord {
             time: Time(Timestamp::now()),
-            from: from.clone(),
+            from,
             to: target.to_owned(),
             reason: "resumed a promotion the operator had recorded before it restarted".to_owned(),
             duration_seconds: started.elapsed().as_secs_f64(),
@@ -391,17 +415,8 @@ impl<S: Seam> FailoverLoop<S> {
             lost_bytes: None,
             phases: FailoverPhases::default(),
         };
-        self.seam.publish(&obs.record, &outcome).await?;
-        self.check(Step::Publish)?;
-        self.after_promotion(obs, target, credentials).await;
-        if let Some(metrics) = &self.metrics {
-            metrics.record_failover(&obs.namespace, &obs.cluster, &outcome);
-        }
-        self.memory = Memory {
-            interval: self.memory.interval,
-            ..Memory::default()
-        };
-        Ok(Tick::Promoted(Box::new(outcome)))
+        self.finish(obs, &obs.record, outcome, credentials, None)
+            .await
     }
 
     /// The recorded primary runs as a standby (it restarted before a
@@ -464,65 +479,18 @@ impl<S: Seam> FailoverLoop<S> {
             return Ok(Tick::Waiting(why));
         }
         tracing::info!(cluster = %obs.cluster, from = primary, to, "switchover");
-        let started = Instant::now();
-        let reason = format!("switchover to {to} requested");
-        let record = self.seam.record_intent(&obs.record, to, &reason).await?;
-        self.check(Step::Intent)?;
-        let fence_started = Instant::now();
-        self.seam.fence(primary, true).await?;
-        let settled = settle(
-            &obs.members,
-            primary,
-            credentials,
-            probes.clone(),
-            SHUTDOWN_TIMEOUT,
-        )
-        .await;
-        let fence = fence_started.elapsed();
-        self.check(Step::Fence)?;
-        let position = settled
-            .get(to)
-            .and_then(|p| p.as_ref().ok())
-            .and_then(|p| p.wal_position());
-        let promote_started = Instant::now();
-        let at = member(obs, to)?
-            .probe_at
-            .clone()
-            .ok_or_else(|| FailoverError::NoAddress { pod: to.to_owned() })?;
-        pg::promote(&at, credentials).await?;
-        let promote = promote_started.elapsed();
-        self.check(Step::Promote)?;
-        let publish_started = Instant::now();
-        let mut outcome = FailoverRecord {
-            time: Time(Timestamp::now()),
+        let promotion = Promotion {
             from: primary.to_owned(),
             to: to.to_owned(),
-            reason,
-            duration_seconds: started.elapsed().as_secs_f64(),
-            old_primary_lsn: self.memory.last_primary_lsn.map(pg::format_lsn),
-            promoted_lsn: position.map(pg::format_lsn),
+            reason: format!("switchover from {primary} to {to}"),
+            planned: true,
+            old_lsn: self.memory.last_primary_lsn,
+            promoted_lsn: None,
             lost_bytes: Some(0),
-            phases: FailoverPhases {
-                detect: 0.0,
-                decide: 0.0,
-                fence: fence.as_secs_f64(),
-                promote: promote.as_secs_f64(),
-                publish: 0.0,
-            },
+            detect: Duration::ZERO,
+            decide: Duration::ZERO,
         };
-        self.seam.publish(&record, &outcome).await?;
-        outcome.phases.publish = publish_started.elapsed().as_secs_f64();
-        outcome.duration_seconds = started.elapsed().as_secs_f64();
-        self.check(Step::Publish)?;
-        self.after_promotion(obs, to, credentials).await;
-        if let Some(metrics) = &self.metrics {
-            metrics.record_failover(&obs.namespace, &obs.cluster, &outcome);
-        }
-        self.memory = Memory {
-            interval: self.memory.interval,
-            ..Memory::default()
-        };
-        Ok(Tick::Promoted(Box::new(outcome)))
+        self.promote(obs, promotion, credentials).await
     }
 
     /// Re-points the other replicas at the new primary and gives it its
@@ -642,38 +610,31 @@ pub async fn probe_all(members: &[Member], credentials: &Credentials) -> Probes 
     join_all(probes).await.into_iter().collect()
 }
 
-/// After the old primary stopped: waits (bounded) until the replicas'
-/// positions stop moving, so the final WAL it streamed is counted.
+/// After the old primary stopped (or while it shuts down): waits, bounded
+/// by `timeout`, until it no longer answers and the replicas' positions
+/// stop moving, so the final WAL it streamed is counted.
 async fn settle(
     members: &[Member],
     primary: &str,
     credentials: &Credentials,
-    mut probes: Probes,
     timeout: Duration,
 ) -> Probes {
     let deadline = Instant::now() + timeout;
-    let positions = |p: &Probes| -> Vec<(String, Option<u64>, bool)> {
+    let positions = |p: &Probes| -> Vec<Option<u64>> {
         p.iter()
             .filter(|(n, _)| *n != primary)
-            .map(|(n, r)| {
-                let r = r.as_ref().ok();
-                (
-                    n.clone(),
-                    r.and_then(|p| p.wal_position()),
-                    r.is_some_and(|p| p.streaming()),
-                )
-            })
+            .map(|(_, r)| r.as_ref().ok().and_then(|p| p.wal_position()))
             .collect()
     };
+    let mut probes = probe_all(members, credentials).await;
     loop {
         tokio::time::sleep(SETTLE_POLL).await;
         let next = probe_all(members, credentials).await;
         let primary_gone = !matches!(next.get(primary), Some(Ok(_)));
-        let same = positions(&next)
+        let still_streaming = next
             .iter()
-            .zip(positions(&probes).iter())
-            .all(|(a, b)| a.1 == b.1);
-        let still_streaming = positions(&next).iter().any(|(_, _, s)| *s);
+            .any(|(n, r)| n != primary && r.as_ref().is_ok_and(|p| p.streaming()));
+        let same = positions(&next) == positions(&probes);
         probes = next;
         if (primary_gone && same && !still_streaming) || Instant::now() > deadline {
             return probes;
