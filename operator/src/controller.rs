@@ -78,25 +78,20 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
     Ok(())
 }
 
-/// `reconcile`, plus the error counter and the reset of the backoff.
+/// `reconcile`, plus its metrics and the reset of the backoff.
 async fn reconcile_counted(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
     let result = reconcile::reconcile(pgc.clone(), ctx.clone()).await;
-    match &result {
-        Ok(_) => {
-            if let Ok(mut failures) = ctx.failures.lock() {
-                failures.remove(&ObjectRef::from_obj(&*pgc));
-            }
-        }
-        Err(error) => {
-            ctx.metrics
-                .reconcile_errors
-                .with_label_values(&[
-                    &pgc.namespace().unwrap_or_default(),
-                    &pgc.name_any(),
-                    error.category(),
-                ])
-                .inc();
-        }
+    ctx.metrics.observe_reconcile(
+        &pgc.namespace().unwrap_or_default(),
+        &pgc.name_any(),
+        started.elapsed().as_secs_f64(),
+        result.as_ref().err().map(Error::category),
+    );
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(&*pgc));
     }
     result
 }

@@ -1,181 +1,256 @@
-//! The operator's Prometheus metrics.
+//! The operator's Prometheus metrics (DESIGN §6). Series of a deleted pod
+//! or cluster are removed, not left stale.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use ordinal_crds::{FailoverRecord, InstanceStatus, Role};
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
-/// Metrics fed by the controller.
+const INSTANCE: &[&str] = &["namespace", "cluster", "pod"];
+const CLUSTER: &[&str] = &["namespace", "cluster"];
+const PHASES: [&str; 5] = ["detect", "decide", "fence", "promote", "publish"];
+
+/// Every metric Ordinal exposes, with its type: the documented list.
+pub const DOCUMENTED: &[(&str, &str)] = &[
+    ("ordinal_instance_up", "gauge"),
+    ("ordinal_instance_is_primary", "gauge"),
+    ("ordinal_replication_lag_bytes", "gauge"),
+    ("ordinal_replication_lag_seconds", "gauge"),
+    ("ordinal_instance_timeline", "gauge"),
+    ("ordinal_wal_lsn_bytes", "gauge"),
+    ("ordinal_cluster_replicas_desired", "gauge"),
+    ("ordinal_cluster_replicas_ready", "gauge"),
+    ("ordinal_failovers_total", "counter"),
+    ("ordinal_last_failover_duration_seconds", "gauge"),
+    ("ordinal_failover_phase_seconds", "histogram"),
+    ("ordinal_failover_lost_bytes", "gauge"),
+    ("ordinal_reconcile_duration_seconds", "histogram"),
+    ("ordinal_reconcile_errors_total", "counter"),
+    ("ordinal_probe_duration_seconds", "histogram"),
+];
+
+/// Metrics fed by the controller and the failover loops.
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
     pub reconcile_duration: HistogramVec,
     pub reconcile_errors: IntCounterVec,
+    pub probe_duration: HistogramVec,
     pub instance_up: IntGaugeVec,
     pub instance_is_primary: IntGaugeVec,
     pub lag_bytes: IntGaugeVec,
     pub lag_seconds: GaugeVec,
     pub timeline: IntGaugeVec,
     pub wal_lsn_bytes: IntGaugeVec,
+    pub replicas_desired: IntGaugeVec,
+    pub replicas_ready: IntGaugeVec,
     pub failovers: IntCounterVec,
     pub last_failover_seconds: GaugeVec,
     pub failover_phase_seconds: HistogramVec,
     pub failover_lost_bytes: IntGaugeVec,
+    /// The pods with series, per (namespace, cluster).
+    pods: Arc<Mutex<HashMap<(String, String), BTreeSet<String>>>>,
 }
 
-const INSTANCE: &[&str] = &["namespace", "cluster", "pod"];
-const CLUSTER: &[&str] = &["namespace", "cluster"];
+fn gauge(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
 
 impl Metrics {
     /// Creates and registers the metrics. Fails only on a programming error
     /// (a duplicate or malformed metric), at start-up.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "ordinal_reconcile_duration_seconds",
-                "Duration of one reconcile of a PostgresCluster",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["namespace", "cluster"],
-        )?;
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
-                "ordinal_reconcile_errors_total",
-                "Reconciles of a PostgresCluster that failed, by reason",
-            ),
-            &["namespace", "cluster", "reason"],
-        )?;
-        let instance_up = IntGaugeVec::new(
-            Opts::new(
+        let m = Self {
+            reconcile_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "ordinal_reconcile_duration_seconds",
+                    "Duration of one reconcile of a PostgresCluster",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                CLUSTER,
+            )?,
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "ordinal_reconcile_errors_total",
+                    "Reconciles of a PostgresCluster that failed, by reason",
+                ),
+                &["namespace", "cluster", "reason"],
+            )?,
+            probe_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "ordinal_probe_duration_seconds",
+                    "Duration of one round of probes of every instance of a cluster",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ]),
+                CLUSTER,
+            )?,
+            instance_up: gauge(
                 "ordinal_instance_up",
                 "1 when the operator's probe of the instance succeeds",
-            ),
-            INSTANCE,
-        )?;
-        let instance_is_primary = IntGaugeVec::new(
-            Opts::new(
+                INSTANCE,
+            )?,
+            instance_is_primary: gauge(
                 "ordinal_instance_is_primary",
                 "1 when the instance runs as the writable primary",
-            ),
-            INSTANCE,
-        )?;
-        let lag_bytes = IntGaugeVec::new(
-            Opts::new(
+                INSTANCE,
+            )?,
+            lag_bytes: gauge(
                 "ordinal_replication_lag_bytes",
                 "Primary's current WAL position minus the replica's replayed position",
-            ),
-            INSTANCE,
-        )?;
-        let lag_seconds = GaugeVec::new(
-            Opts::new(
-                "ordinal_replication_lag_seconds",
-                "0 when the replica replayed all it received, else the age of its last replayed transaction",
-            ),
-            INSTANCE,
-        )?;
-        let timeline = IntGaugeVec::new(
-            Opts::new("ordinal_instance_timeline", "Timeline of the instance"),
-            INSTANCE,
-        )?;
-        let wal_lsn_bytes = IntGaugeVec::new(
-            Opts::new(
+                INSTANCE,
+            )?,
+            lag_seconds: GaugeVec::new(
+                Opts::new(
+                    "ordinal_replication_lag_seconds",
+                    "0 when the replica replayed all it received, else the age of its last replayed transaction",
+                ),
+                INSTANCE,
+            )?,
+            timeline: gauge(
+                "ordinal_instance_timeline",
+                "Timeline of the instance",
+                INSTANCE,
+            )?,
+            wal_lsn_bytes: gauge(
                 "ordinal_wal_lsn_bytes",
                 "WAL position of the instance (current on the primary, received on replicas) in bytes",
-            ),
-            INSTANCE,
-        )?;
-        let failovers = IntCounterVec::new(
-            Opts::new(
-                "ordinal_failovers_total",
-                "Promotions (failovers and switchovers) of the cluster",
-            ),
-            CLUSTER,
-        )?;
-        let last_failover_seconds = GaugeVec::new(
-            Opts::new(
-                "ordinal_last_failover_duration_seconds",
-                "Duration of the last failover, from the first sign of trouble to the published primary",
-            ),
-            CLUSTER,
-        )?;
-        let failover_phase_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "ordinal_failover_phase_seconds",
-                "Duration of each failover phase",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
-            &["namespace", "cluster", "phase"],
-        )?;
-        let failover_lost_bytes = IntGaugeVec::new(
-            Opts::new(
+                INSTANCE,
+            )?,
+            replicas_desired: gauge(
+                "ordinal_cluster_replicas_desired",
+                "Instances the cluster should have (spec.replicas)",
+                CLUSTER,
+            )?,
+            replicas_ready: gauge(
+                "ordinal_cluster_replicas_ready",
+                "Instances that are ready: the primary, and replicas that stream",
+                CLUSTER,
+            )?,
+            failovers: IntCounterVec::new(
+                Opts::new(
+                    "ordinal_failovers_total",
+                    "Promotions (failovers and switchovers) of the cluster",
+                ),
+                CLUSTER,
+            )?,
+            last_failover_seconds: GaugeVec::new(
+                Opts::new(
+                    "ordinal_last_failover_duration_seconds",
+                    "Duration of the last failover, from the first sign of trouble to the published primary",
+                ),
+                CLUSTER,
+            )?,
+            failover_phase_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "ordinal_failover_phase_seconds",
+                    "Duration of each failover phase",
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+                &["namespace", "cluster", "phase"],
+            )?,
+            failover_lost_bytes: gauge(
                 "ordinal_failover_lost_bytes",
-                "Upper bound of the WAL bytes lost at the last failover (0 in quorum mode)",
-            ),
-            CLUSTER,
-        )?;
-        for collector in [
-            Box::new(reconcile_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(reconcile_errors.clone()),
-            Box::new(instance_up.clone()),
-            Box::new(instance_is_primary.clone()),
-            Box::new(lag_bytes.clone()),
-            Box::new(lag_seconds.clone()),
-            Box::new(timeline.clone()),
-            Box::new(wal_lsn_bytes.clone()),
-            Box::new(failovers.clone()),
-            Box::new(last_failover_seconds.clone()),
-            Box::new(failover_phase_seconds.clone()),
-            Box::new(failover_lost_bytes.clone()),
-        ] {
-            registry.register(collector)?;
-        }
-        Ok(Self {
+                "WAL bytes known lost at the last failover (0 in quorum mode)",
+                CLUSTER,
+            )?,
+            pods: Arc::default(),
             registry,
-            reconcile_duration,
-            reconcile_errors,
-            instance_up,
-            instance_is_primary,
-            lag_bytes,
-            lag_seconds,
-            timeline,
-            wal_lsn_bytes,
-            failovers,
-            last_failover_seconds,
-            failover_phase_seconds,
-            failover_lost_bytes,
-        })
+        };
+        for collector in m.collectors() {
+            m.registry.register(collector)?;
+        }
+        Ok(m)
     }
 
-    /// Removes every series of a deleted cluster.
-    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
-        let _ = self
-            .reconcile_duration
-            .remove_label_values(&[namespace, cluster]);
-        let _ = self
-            .failover_lost_bytes
-            .remove_label_values(&[namespace, cluster]);
-        let _ = self.failovers.remove_label_values(&[namespace, cluster]);
-        let _ = self
-            .last_failover_seconds
-            .remove_label_values(&[namespace, cluster]);
-        for phase in ["detect", "decide", "fence", "promote", "publish"] {
-            let _ = self
-                .failover_phase_seconds
-                .remove_label_values(&[namespace, cluster, phase]);
-        }
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.reconcile_duration.clone()),
+            Box::new(self.reconcile_errors.clone()),
+            Box::new(self.probe_duration.clone()),
+            Box::new(self.instance_up.clone()),
+            Box::new(self.instance_is_primary.clone()),
+            Box::new(self.lag_bytes.clone()),
+            Box::new(self.lag_seconds.clone()),
+            Box::new(self.timeline.clone()),
+            Box::new(self.wal_lsn_bytes.clone()),
+            Box::new(self.replicas_desired.clone()),
+            Box::new(self.replicas_ready.clone()),
+            Box::new(self.failovers.clone()),
+            Box::new(self.last_failover_seconds.clone()),
+            Box::new(self.failover_phase_seconds.clone()),
+            Box::new(self.failover_lost_bytes.clone()),
+        ]
+    }
+
+    /// Records one reconcile: its duration and, when it failed, the reason.
+    pub fn observe_reconcile(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        seconds: f64,
+        error: Option<&str>,
+    ) {
+        self.reconcile_duration
+            .with_label_values(&[namespace, cluster])
+            .observe(seconds);
+        // Every reason starts at 0, so that rate() sees the first error.
         for reason in crate::Error::CATEGORIES {
-            let _ = self
+            let counter = self
                 .reconcile_errors
-                .remove_label_values(&[namespace, cluster, reason]);
+                .with_label_values(&[namespace, cluster, reason]);
+            if error == Some(reason) {
+                counter.inc();
+            }
         }
     }
 
-    /// Sets the per-instance series from the failover loop's probes.
-    pub fn observe_instances(&self, namespace: &str, cluster: &str, instances: &[InstanceStatus]) {
+    /// Sets the per-instance and per-cluster series from one round of the
+    /// failover loop's probes; series of pods no longer there are removed.
+    pub fn observe_instances(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        desired: i32,
+        probe_seconds: f64,
+        instances: &[InstanceStatus],
+    ) {
+        self.probe_duration
+            .with_label_values(&[namespace, cluster])
+            .observe(probe_seconds);
+        self.replicas_desired
+            .with_label_values(&[namespace, cluster])
+            .set(i64::from(desired));
+        self.replicas_ready
+            .with_label_values(&[namespace, cluster])
+            .set(instances.iter().filter(|i| i.ready).count() as i64);
+        // Every counter of a known cluster exists from the start at 0, so
+        // that increase() sees the first failover.
+        self.failovers.with_label_values(&[namespace, cluster]);
+        let current: BTreeSet<String> = instances.iter().map(|i| i.pod.clone()).collect();
+        let gone: Vec<String> = match self.pods.lock() {
+            Ok(mut pods) => {
+                let known = pods
+                    .entry((namespace.to_owned(), cluster.to_owned()))
+                    .or_default();
+                let gone = known.difference(&current).cloned().collect();
+                *known = current;
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        for pod in gone {
+            self.remove_instance(namespace, cluster, &pod);
+        }
         for i in instances {
             let labels = [namespace, cluster, i.pod.as_str()];
             self.instance_up
@@ -205,6 +280,16 @@ impl Metrics {
         }
     }
 
+    fn remove_instance(&self, namespace: &str, cluster: &str, pod: &str) {
+        let labels = [namespace, cluster, pod];
+        let _ = self.instance_up.remove_label_values(&labels);
+        let _ = self.instance_is_primary.remove_label_values(&labels);
+        let _ = self.lag_bytes.remove_label_values(&labels);
+        let _ = self.lag_seconds.remove_label_values(&labels);
+        let _ = self.timeline.remove_label_values(&labels);
+        let _ = self.wal_lsn_bytes.remove_label_values(&labels);
+    }
+
     /// Counts a promotion and its phases.
     pub fn record_failover(&self, namespace: &str, cluster: &str, record: &FailoverRecord) {
         let labels = [namespace, cluster];
@@ -213,13 +298,10 @@ impl Metrics {
             .with_label_values(&labels)
             .set(record.duration_seconds);
         let p = &record.phases;
-        for (phase, seconds) in [
-            ("detect", p.detect),
-            ("decide", p.decide),
-            ("fence", p.fence),
-            ("promote", p.promote),
-            ("publish", p.publish),
-        ] {
+        for (phase, seconds) in PHASES
+            .iter()
+            .zip([p.detect, p.decide, p.fence, p.promote, p.publish])
+        {
             self.failover_phase_seconds
                 .with_label_values(&[namespace, cluster, phase])
                 .observe(seconds);
@@ -228,6 +310,37 @@ impl Metrics {
             self.failover_lost_bytes
                 .with_label_values(&labels)
                 .set(lost);
+        }
+    }
+
+    /// Removes every series of a deleted cluster.
+    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
+        let pods = self
+            .pods
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&(namespace.to_owned(), cluster.to_owned())))
+            .unwrap_or_default();
+        for pod in pods {
+            self.remove_instance(namespace, cluster, &pod);
+        }
+        let labels = [namespace, cluster];
+        let _ = self.reconcile_duration.remove_label_values(&labels);
+        let _ = self.probe_duration.remove_label_values(&labels);
+        let _ = self.replicas_desired.remove_label_values(&labels);
+        let _ = self.replicas_ready.remove_label_values(&labels);
+        let _ = self.failovers.remove_label_values(&labels);
+        let _ = self.last_failover_seconds.remove_label_values(&labels);
+        let _ = self.failover_lost_bytes.remove_label_values(&labels);
+        for phase in PHASES {
+            let _ = self
+                .failover_phase_seconds
+                .remove_label_values(&[namespace, cluster, phase]);
+        }
+        for reason in crate::Error::CATEGORIES {
+            let _ = self
+                .reconcile_errors
+                .remove_label_values(&[namespace, cluster, reason]);
         }
     }
 
@@ -253,27 +366,4 @@ fn parse_lsn(lsn: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposes_reconcile_series_and_forgets_deleted_clusters() {
-        let m = Metrics::new().expect("metrics");
-        m.reconcile_duration
-            .with_label_values(&["ns", "db"])
-            .observe(0.01);
-        m.reconcile_errors
-            .with_label_values(&["ns", "db", "apply"])
-            .inc();
-        let page = m.render();
-        assert!(page.contains(
-            "ordinal_reconcile_duration_seconds_count{cluster=\"db\",namespace=\"ns\"} 1"
-        ));
-        assert!(page.contains(
-            "ordinal_reconcile_errors_total{cluster=\"db\",namespace=\"ns\",reason=\"apply\"} 1"
-        ));
-        m.forget_cluster("ns", "db");
-        let page = m.render();
-        assert!(!page.contains("cluster=\"db\""), "{page}");
-    }
-}
+mod tests;

@@ -64,6 +64,8 @@ struct Memory {
     sync_standbys: Vec<String>,
     last_report: Option<(Vec<InstanceStatus>, Option<String>)>,
     interval: Option<Duration>,
+    /// How long the last round of probes took.
+    probe_seconds: f64,
 }
 
 pub struct FailoverLoop<S> {
@@ -134,7 +136,9 @@ impl<S: Seam> FailoverLoop<S> {
         if let Some(target) = obs.record.target_primary.clone() {
             return self.resume(&obs, &target, &credentials).await;
         }
+        let probing = Instant::now();
         let probes = probe_all(&obs.members, &credentials).await;
+        self.memory.probe_seconds = probing.elapsed().as_secs_f64();
         let Some(primary) = obs.record.current_primary.clone() else {
             self.report(&obs, &probes, None).await?;
             return Ok(Tick::Idle);
@@ -554,7 +558,13 @@ impl<S: Seam> FailoverLoop<S> {
     ) -> Result<(), FailoverError> {
         let instances = decide::instances(&obs.members, probes);
         if let Some(metrics) = &self.metrics {
-            metrics.observe_instances(&obs.namespace, &obs.cluster, &instances);
+            metrics.observe_instances(
+                &obs.namespace,
+                &obs.cluster,
+                obs.settings.replicas,
+                self.memory.probe_seconds,
+                &instances,
+            );
         }
         // Positions move with every write: compare what a person reads.
         let summary: Vec<InstanceStatus> = instances

@@ -30,11 +30,6 @@ const CONVERGING: Duration = Duration::from_secs(10);
 pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = pgc.name_any();
     let namespace = pgc.namespace().unwrap_or_default();
-    let _timer = ctx
-        .metrics
-        .reconcile_duration
-        .with_label_values(&[&namespace, &name])
-        .start_timer();
 
     let cluster = match validate::validate(&pgc)? {
         Ok(cluster) => cluster,
