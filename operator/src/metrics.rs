@@ -15,6 +15,9 @@ const INSTANCE: &[&str] = &["namespace", "cluster", "pod"];
 const CLUSTER: &[&str] = &["namespace", "cluster"];
 const PHASES: [&str; 5] = ["detect", "decide", "fence", "promote", "publish"];
 
+/// The pods with series, per (namespace, cluster).
+type PodsByCluster = HashMap<(String, String), BTreeSet<String>>;
+
 /// Every metric Ordinal exposes, with its type: the documented list.
 pub const DOCUMENTED: &[(&str, &str)] = &[
     ("ordinal_instance_up", "gauge"),
@@ -54,7 +57,7 @@ pub struct Metrics {
     pub failover_phase_seconds: HistogramVec,
     pub failover_lost_bytes: IntGaugeVec,
     /// The pods with series, per (namespace, cluster).
-    pods: Arc<Mutex<HashMap<(String, String), BTreeSet<String>>>>,
+    pods: Arc<Mutex<PodsByCluster>>,
 }
 
 fn gauge(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometheus::Error> {
