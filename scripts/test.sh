@@ -28,6 +28,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 fi
 id postgres >/dev/null 2>&1 || { echo "the postgresql package did not create the postgres user" >&2; exit 1; }
 
+# Prometheus and promtool: the alert rules are checked and unit-tested with
+# promtool, and the dashboard's queries run against a real Prometheus.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "==> installing Prometheus"
+  apt_install prometheus
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
