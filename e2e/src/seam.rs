@@ -41,8 +41,10 @@ pub struct State {
 }
 
 pub struct LocalSeam {
-    pub cluster: Cluster,
+    /// Before `cluster`: fields drop in order, and the servers must stop
+    /// before their directories are removed.
     pub pods: Vec<Arc<Pod>>,
+    pub cluster: Cluster,
     pub state: Mutex<State>,
     changed: Arc<Notify>,
     stop_kubelet: Arc<AtomicBool>,
@@ -166,9 +168,11 @@ impl LocalSeam {
     /// Restarts a pod's container when its process exits, unless the test
     /// holds it down; wakes the loop on every exit (a pod event).
     fn start_kubelet(self: &Arc<Self>) {
-        let seam = Arc::clone(self);
+        // A weak reference: the kubelet must not keep the cluster (and its
+        // servers) alive once the test has dropped it.
+        let weak = Arc::downgrade(self);
+        let n = self.pods.len();
         std::thread::spawn(move || {
-            let n = seam.pods.len();
             let mut down_since: Vec<Option<Instant>> = vec![None; n];
             let attempts: Arc<Vec<std::sync::atomic::AtomicU32>> = Arc::new(
                 (0..n)
@@ -177,7 +181,11 @@ impl LocalSeam {
             );
             let restarting: Arc<Vec<AtomicBool>> =
                 Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
-            while !seam.stop_kubelet.load(Ordering::Relaxed) {
+            loop {
+                let Some(seam) = weak.upgrade() else { return };
+                if seam.stop_kubelet.load(Ordering::Relaxed) {
+                    return;
+                }
                 for (i, pod) in seam.pods.iter().enumerate() {
                     if restarting[i].load(Ordering::Relaxed) {
                         continue;
@@ -214,6 +222,7 @@ impl LocalSeam {
                         changed.notify_one();
                     });
                 }
+                drop(seam);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
