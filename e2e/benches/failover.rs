@@ -15,10 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ordinal_crds::ReplicationMode;
-use ordinal_e2e::scenario::{
-    Running, create_table, kill_primary_round, missing_rows, wait_for, wait_for_quorum_setting,
-};
-use ordinal_e2e::seam::LocalSeam;
+use ordinal_e2e::scenario::{kill_primary_round, missing_rows, ready_cluster, wait_for};
 use ordinal_e2e::workload::{Acks, writer};
 use tokio::sync::watch;
 
@@ -28,12 +25,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn run(mode: ReplicationMode, kills: usize) {
-    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, mode, 1);
-    create_table(&seam).await;
-    let running = Running::start(Arc::clone(&seam), None);
-    if mode == ReplicationMode::Quorum {
-        wait_for_quorum_setting(&seam).await;
-    }
+    let (seam, running) = ready_cluster(mode).await;
     let acks = Arc::new(Mutex::new(Acks::default()));
     let (stop, stopped) = watch::channel(false);
     let w = writer(Arc::clone(&seam), Arc::clone(&acks), stopped);

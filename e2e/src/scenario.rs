@@ -102,6 +102,22 @@ pub async fn wait_streaming(seam: &LocalSeam, pod: &str) {
     .await;
 }
 
+/// Three pods (db-0 primary), table `t`, a failover loop running, and the
+/// cluster ready to fail over: every replica streams and, in quorum mode,
+/// the primary lists its synchronous standbys.
+pub async fn ready_cluster(mode: ordinal_crds::ReplicationMode) -> (Arc<LocalSeam>, Running) {
+    let seam = LocalSeam::bootstrap(&crate::init_bin(), 3, mode, 1);
+    create_table(&seam).await;
+    let running = Running::start(Arc::clone(&seam), None);
+    if mode == ordinal_crds::ReplicationMode::Quorum {
+        wait_for_quorum_setting(&seam).await;
+    }
+    for pod in ["db-1", "db-2"] {
+        wait_streaming(&seam, pod).await;
+    }
+    (seam, running)
+}
+
 /// Kills the primary's postmaster (kill -9) and waits until a replica is
 /// published, a write is acknowledged by it, and the old primary streams
 /// again as a replica. Returns the seconds from the kill to that first

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ordinal_crds::ReplicationMode;
 use ordinal_e2e::scenario::{
-    Running, create_table, kill_primary_round, missing_rows, wait_for, wait_for_quorum_setting,
+    Running, create_table, kill_primary_round, missing_rows, ready_cluster, wait_for,
     wait_streaming,
 };
 use ordinal_e2e::seam::LocalSeam;
@@ -25,10 +25,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn kill_the_primary_ten_times_in_quorum_mode() {
     let _serial = SERIAL.lock().await;
     ordinal_e2e::init_logs();
-    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Quorum, 1);
-    create_table(&seam).await;
-    let running = Running::start(Arc::clone(&seam), None);
-    wait_for_quorum_setting(&seam).await;
+    let (seam, running) = ready_cluster(ReplicationMode::Quorum).await;
 
     let acks = Arc::new(Mutex::new(Acks::default()));
     let max_writable = Arc::new(Mutex::new((0, Vec::new())));
@@ -74,11 +71,7 @@ async fn kill_the_primary_ten_times_in_quorum_mode() {
 async fn the_operators_own_network_trouble_never_fails_over() {
     let _serial = SERIAL.lock().await;
     ordinal_e2e::init_logs();
-    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Async, 1);
-    create_table(&seam).await;
-    let running = Running::start(Arc::clone(&seam), None);
-    wait_streaming(&seam, "db-1").await;
-    wait_streaming(&seam, "db-2").await;
+    let (seam, running) = ready_cluster(ReplicationMode::Async).await;
     // The operator can no longer reach the primary; the replicas still stream.
     seam.partition("db-0", true);
     wait_for(
@@ -114,10 +107,7 @@ async fn the_operators_own_network_trouble_never_fails_over() {
 async fn quorum_mode_waits_when_too_few_standbys_answer() {
     let _serial = SERIAL.lock().await;
     ordinal_e2e::init_logs();
-    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Quorum, 1);
-    create_table(&seam).await;
-    let running = Running::start(Arc::clone(&seam), None);
-    wait_for_quorum_setting(&seam).await;
+    let (seam, running) = ready_cluster(ReplicationMode::Quorum).await;
     // db-2 is down and stays down; then the primary dies.
     seam.hold_down("db-2", true);
     seam.pod("db-2").stop();
@@ -230,11 +220,7 @@ async fn a_loop_crashing_after_any_step_promotes_exactly_once() {
 async fn a_switchover_loses_nothing_and_the_old_primary_follows() {
     let _serial = SERIAL.lock().await;
     ordinal_e2e::init_logs();
-    let seam = LocalSeam::bootstrap(&ordinal_e2e::init_bin(), 3, ReplicationMode::Async, 1);
-    create_table(&seam).await;
-    let running = Running::start(Arc::clone(&seam), None);
-    wait_streaming(&seam, "db-1").await;
-    wait_streaming(&seam, "db-2").await;
+    let (seam, running) = ready_cluster(ReplicationMode::Async).await;
     let acks = Arc::new(Mutex::new(Acks::default()));
     let (stop, stopped) = watch::channel(false);
     let w = writer(Arc::clone(&seam), Arc::clone(&acks), stopped);
