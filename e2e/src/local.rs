@@ -231,6 +231,34 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// db-0, initialized and started as the primary through ordinal-init,
+    /// with table `t` holding ids 1..=rows; the cluster then recorded as
+    /// bootstrapped.
+    pub async fn bootstrapped_primary(&self, rows: i64) -> Pod {
+        let db0 = self.pod(0);
+        self.set_state("db-0", false, 0);
+        let out = db0.init();
+        assert!(out.status.success(), "db-0 init: {}", stderr(&out));
+        db0.start().expect("db-0 starts");
+        db0.sql()
+            .await
+            .execute(
+                "CREATE TABLE t AS SELECT generate_series(1, $1::bigint) AS id",
+                &[&rows],
+            )
+            .await
+            .expect("create table t");
+        db0.sql()
+            .await
+            .batch_execute("ALTER TABLE t ADD PRIMARY KEY (id)")
+            .await
+            .expect("primary key");
+        self.set_state("db-0", true, 0);
+        db0
+    }
+}
+
 pub struct Pod {
     init_bin: PathBuf,
     pub name: String,

@@ -125,19 +125,8 @@ fn futures_lite<T>(f: impl std::future::Future<Output = T>) -> T {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_clone_is_never_accepted() {
     let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
-    let db0 = cluster.pod(0);
+    let db0 = cluster.bootstrapped_primary(10).await;
     let db1 = cluster.pod(1);
-    cluster.set_state("db-0", false, 0);
-    assert!(db0.init().status.success());
-    db0.start().expect("db-0 starts");
-    db0.sql()
-        .await
-        .batch_execute(
-            "CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)",
-        )
-        .await
-        .expect("write");
-    cluster.set_state("db-0", true, 0);
 
     // A clone killed midway: pg_basebackup had written part of the files
     // into the staging directory when the pod died.
@@ -187,17 +176,8 @@ async fn an_interrupted_clone_is_never_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_init_comes_back_right() {
     let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
-    let db0 = cluster.pod(0);
+    let _db0 = cluster.bootstrapped_primary(200_000).await;
     let db1 = cluster.pod(1);
-    cluster.set_state("db-0", false, 0);
-    assert!(db0.init().status.success());
-    db0.start().expect("db-0 starts");
-    db0.sql()
-        .await
-        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 200000)")
-        .await
-        .expect("write");
-    cluster.set_state("db-0", true, 0);
 
     // Kill ordinal-init (and its pg_basebackup) as soon as the clone begins.
     let staging = db1.data_mount.join("pgdata.clone");

@@ -24,18 +24,8 @@ async fn write_rows(pod: &Pod, from: i64, to: i64) {
 
 /// db-0 primary with rows 1..=10, db-1 streaming from it.
 async fn primary_and_replica(cluster: &Cluster) -> (Pod, Pod) {
-    let db0 = cluster.pod(0);
+    let db0 = cluster.bootstrapped_primary(10).await;
     let db1 = cluster.pod(1);
-    cluster.set_state("db-0", false, 0);
-    assert!(db0.init().status.success());
-    db0.start().expect("db-0 starts");
-    db0.sql()
-        .await
-        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY)")
-        .await
-        .expect("create");
-    write_rows(&db0, 1, 10).await;
-    cluster.set_state("db-0", true, 0);
     assert!(db1.init().status.success());
     db1.start().expect("db-1 starts");
     let expected: Vec<i64> = (1..=10).collect();

@@ -380,8 +380,13 @@ fn a_scale_down_never_removes_the_primary() {
 #[test]
 fn the_image_holds_the_binaries_where_the_pods_run_them() {
     let dockerfile = include_str!("../../../../../deploy/Dockerfile");
-    assert!(dockerfile.contains(&format!("COPY --from=build /out/ordinal-init {IMAGE_ORDINAL_INIT}")));
+    assert!(dockerfile.contains(&format!(
+        "COPY --from=build /out/ordinal-init {IMAGE_ORDINAL_INIT}"
+    )));
     let deployment = include_str!("../../../../../deploy/operator/deployment.yaml");
     assert!(deployment.contains("command: [\"/usr/local/bin/ordinal-operator\", \"run\"]"));
-    assert!(dockerfile.contains("COPY --from=build /out/ordinal-operator /usr/local/bin/ordinal-operator"));
+    assert!(
+        dockerfile
+            .contains("COPY --from=build /out/ordinal-operator /usr/local/bin/ordinal-operator")
+    );
 }
