@@ -8,6 +8,7 @@
 //!
 //! Both grow with the failover loop and the install issues.
 
+pub mod cluster;
 pub mod local;
 pub mod scenario;
 pub mod seam;
