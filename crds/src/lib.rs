@@ -2,6 +2,7 @@
 //! the operator and the init binary.
 
 mod cluster;
+pub mod conninfo;
 pub mod names;
 mod reference;
 mod status;

@@ -24,11 +24,6 @@ pub fn quote_conf(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// Quotes a libpq connection-string value.
-pub fn quote_conninfo(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// Sets `settings` (key, value) in `pgdata`'s postgresql.auto.conf, keeping
 /// every other line, and writes the file atomically with mode 0600.
 pub fn set(pgdata: &Path, settings: &[(&str, &str)]) -> Result<(), AutoConfError> {
@@ -106,7 +101,6 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(quote_conf("a'b\\c"), "'a''b\\\\c'");
-        assert_eq!(quote_conninfo("p'w\\"), "'p\\'w\\\\'");
     }
 
     #[test]

@@ -243,9 +243,9 @@ async fn try_rewind(
     drop(conn);
     let source = format!(
         "host={} port={} user={} dbname=postgres connect_timeout=10",
-        autoconf::quote_conninfo(&primary.endpoint.host),
+        ordinal_crds::conninfo::quote(&primary.endpoint.host),
         primary.endpoint.port,
-        autoconf::quote_conninfo(sql::SUPERUSER)
+        ordinal_crds::conninfo::quote(sql::SUPERUSER)
     );
     let target = format!("--target-pgdata={}", settings.pgdata.display());
     let source_arg = format!("--source-server={source}");
@@ -267,13 +267,12 @@ pub fn configure_standby(
     primary: &Primary<'_>,
     credentials: &Credentials,
 ) -> Result<(), InitError> {
-    let conninfo = format!(
-        "host={} port={} user={} password={} application_name={} connect_timeout=5",
-        autoconf::quote_conninfo(&primary.endpoint.host),
+    let conninfo = ordinal_crds::conninfo::primary_conninfo(
+        &primary.endpoint.host,
         primary.endpoint.port,
-        autoconf::quote_conninfo(&credentials.replication_user),
-        autoconf::quote_conninfo(&credentials.replication_password),
-        autoconf::quote_conninfo(&settings.pod),
+        &credentials.replication_user,
+        &credentials.replication_password,
+        &settings.pod,
     );
     let slot = names::slot_name(&settings.pod);
     autoconf::set(

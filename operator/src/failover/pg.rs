@@ -197,20 +197,15 @@ fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn quote_conninfo(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// The primary_conninfo of `replica` following the primary at `primary`;
 /// the same shape ordinal-init writes.
 pub fn primary_conninfo(primary: &Endpoint, replica: &str, credentials: &Credentials) -> String {
-    format!(
-        "host={} port={} user={} password={} application_name={} connect_timeout=5",
-        quote_conninfo(&primary.host),
+    ordinal_crds::conninfo::primary_conninfo(
+        &primary.host,
         primary.port,
-        quote_conninfo(&credentials.replication_user),
-        quote_conninfo(&credentials.replication_password),
-        quote_conninfo(replica),
+        &credentials.replication_user,
+        &credentials.replication_password,
+        replica,
     )
 }
 
