@@ -138,39 +138,33 @@ impl KubeSeam {
         }
     }
 
-    /// Sets (Some) or removes (None) our role label on a pod.
+    /// Sets (Some) or removes (None) the role label of a pod, by merge
+    /// patch: unlike an apply, it never creates a pod that is gone, and a
+    /// pod that is gone needs no label removed.
     async fn label(&self, pod: &str, role: Option<&str>) -> Result<(), SeamError> {
-        let labels = match role {
-            Some(role) => json!({ names::LABEL_ROLE: role }),
-            None => json!({}),
-        };
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": { "name": pod, "labels": labels },
-        });
+        let body = json!({ "metadata": { "labels": { names::LABEL_ROLE: role } } });
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        match api
-            .patch(
-                pod,
-                &PatchParams::apply(names::FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
-        {
+        let params = PatchParams {
+            field_manager: Some(names::FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match api.patch(pod, &params, &Patch::Merge(&body)).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(self.failed("label a pod", e)),
         }
     }
 
+    /// Writes who is primary, guarded by `version`; `last` is the
+    /// lastFailover to keep or record (this manager owns it: omitting it
+    /// would erase it).
     async fn write_primary(
         &self,
-        record: &Record,
+        version: &str,
         primary: &PrimaryStatus,
         last: Option<&FailoverRecord>,
     ) -> Result<(), SeamError> {
-        let mut body = primary_patch(primary, Some(&record.version));
+        let mut body = primary_patch(primary, Some(version));
         if let Some(last) = last {
             body["status"]["lastFailover"] =
                 serde_json::to_value(last).map_err(|e| self.failed("encode lastFailover", e))?;
@@ -185,11 +179,15 @@ impl KubeSeam {
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => Err(SeamError::Conflict {
-                cluster: format!("{}/{}", self.namespace, self.cluster),
-                version: record.version.clone(),
-            }),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(self.conflict(version)),
             Err(e) => Err(self.failed("write the primary to the status", e)),
+        }
+    }
+
+    fn conflict(&self, version: &str) -> SeamError {
+        SeamError::Conflict {
+            cluster: format!("{}/{}", self.namespace, self.cluster),
+            version: version.to_owned(),
         }
     }
 
@@ -392,6 +390,10 @@ impl Seam for KubeSeam {
         target: &str,
         reason: &str,
     ) -> Result<Record, SeamError> {
+        let fresh = self.cluster_object().await?;
+        if fresh.resource_version().as_deref() != Some(record.version.as_str()) {
+            return Err(self.conflict(&record.version));
+        }
         let current = record.current_primary.clone().unwrap_or_default();
         let primary = PrimaryStatus {
             current_primary: current.clone(),
@@ -399,7 +401,9 @@ impl Seam for KubeSeam {
             epoch: record.epoch + 1,
             bootstrapped: true,
         };
-        self.write_primary(record, &primary, None).await?;
+        let last = fresh.status.as_ref().and_then(|s| s.last_failover.clone());
+        self.write_primary(&record.version, &primary, last.as_ref())
+            .await?;
         let pgc = self.cluster_object().await?;
         self.publish_event(
             &pgc,
@@ -448,7 +452,24 @@ impl Seam for KubeSeam {
             epoch: record.epoch,
             bootstrapped: true,
         };
-        self.write_primary(record, &primary, Some(&outcome)).await?;
+        // Other writers (the reconciler's phase) move the resourceVersion
+        // between the intent and now: what must not have moved is the
+        // intent itself. Re-read, check it, write with the fresh version.
+        let mut attempt = 0;
+        loop {
+            let fresh = self.cluster_object().await?;
+            let status = fresh.status.clone().unwrap_or_default();
+            if status.target_primary.as_deref() != Some(outcome.to.as_str())
+                || status.epoch != record.epoch
+            {
+                return Err(self.conflict(&record.version));
+            }
+            let version = fresh.resource_version().unwrap_or_default();
+            match self.write_primary(&version, &primary, Some(&outcome)).await {
+                Err(SeamError::Conflict { .. }) if attempt < 5 => attempt += 1,
+                other => break other?,
+            }
+        }
         let pgc = self.cluster_object().await?;
         if record.switchover_to.as_deref() == Some(outcome.to.as_str()) {
             let body =

@@ -52,11 +52,19 @@ fn event(reason: &'static str, note: &'static str) -> Exchange {
 
 #[tokio::test]
 async fn intent_is_recorded_with_the_version_it_was_read_at() {
-    let pgc = cluster().primary("db-0", true).build();
+    let mut pgc = cluster().primary("db-0", true).build();
+    if let Some(status) = pgc.status.as_mut() {
+        status.last_failover = Some(previous_failover());
+    }
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
+        get_cluster(&pgc),
         Exchange::apply(STATUS, "ordinal-operator/primary")
             .check(|body: &Value| {
+                assert_eq!(
+                    body["status"]["lastFailover"]["to"], "db-0",
+                    "the last failover is kept"
+                );
                 assert_eq!(body["metadata"]["resourceVersion"], "100");
                 assert_eq!(body["status"]["currentPrimary"], "db-0");
                 assert_eq!(body["status"]["targetPrimary"], "db-1");
@@ -83,13 +91,23 @@ async fn intent_is_recorded_with_the_version_it_was_read_at() {
 
 #[tokio::test]
 async fn a_stale_record_conflicts_instead_of_overwriting() {
+    let pgc = cluster().primary("db-0", true).build();
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
+        // Read at 99, the object is at 100 now: nothing is written.
+        get_cluster(&pgc),
+        // Read at 100, but someone writes first: the API server refuses.
+        get_cluster(&pgc),
         Exchange::apply(STATUS, "ordinal-operator/primary")
             .answer(409, status_body(409, "Conflict")),
     ]);
     let err = seam
         .record_intent(&record("99"), "db-1", "x")
+        .await
+        .expect_err("stale");
+    assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
+    let err = seam
+        .record_intent(&record("100"), "db-1", "x")
         .await
         .expect_err("conflict");
     assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
@@ -101,8 +119,17 @@ async fn a_stale_record_conflicts_instead_of_overwriting() {
 async fn fencing_removes_the_route_then_deletes_the_pod_at_once() {
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-0", "ordinal-operator")
-            .check(|body| assert_eq!(body["metadata"]["labels"], json!({}))),
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0")
+            .check(|body| {
+                assert_eq!(
+                    body,
+                    &json!({"metadata": {"labels": {"ordinal.dev/role": null}}})
+                )
+            })
+            .answer(
+                200,
+                serde_json::to_value(pod("db-0", true, None)).expect("pod"),
+            ),
         Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
             .check(|body| assert_eq!(body["gracePeriodSeconds"], 0)),
     ]);
@@ -115,7 +142,8 @@ async fn fencing_removes_the_route_then_deletes_the_pod_at_once() {
 async fn a_planned_fence_lets_the_pod_shut_down_cleanly() {
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-0", "ordinal-operator"),
+        // The pod is already gone: fenced, and never created again.
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0").not_found(),
         Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
             .check(|body| {
                 assert!(
@@ -134,18 +162,26 @@ async fn a_planned_fence_lets_the_pod_shut_down_cleanly() {
 
 #[tokio::test]
 async fn publishing_routes_to_the_new_primary_and_records_the_failover() {
-    let pgc = cluster().primary("db-0", true).build();
+    // The intent was written at 101; the reconciler's phase moved the
+    // object on to 102 since: the intent is what is checked.
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.metadata.resource_version = Some("102".to_owned());
+    if let Some(status) = pgc.status.as_mut() {
+        status.target_primary = Some("db-1".to_owned());
+        status.epoch = 5;
+    }
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-1", "ordinal-operator").check(|body| {
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-1").check(|body| {
             assert_eq!(
                 body["metadata"]["labels"],
                 json!({"ordinal.dev/role": "primary"})
             )
         }),
+        get_cluster(&pgc),
         Exchange::apply(STATUS, "ordinal-operator/primary")
             .check(|body| {
-                assert_eq!(body["metadata"]["resourceVersion"], "101");
+                assert_eq!(body["metadata"]["resourceVersion"], "102");
                 assert_eq!(body["status"]["currentPrimary"], "db-1");
                 assert!(
                     body["status"].get("targetPrimary").is_none(),
@@ -167,19 +203,10 @@ async fn publishing_routes_to_the_new_primary_and_records_the_failover() {
     let mut rec = record("101");
     rec.epoch = 5;
     rec.target_primary = Some("db-1".to_owned());
-    let outcome = FailoverRecord {
-        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
-        ),
-        from: "db-0".to_owned(),
-        to: "db-1".to_owned(),
-        reason: "primary db-0 is not running".to_owned(),
-        duration_seconds: 0.4,
-        old_primary_lsn: Some("0/3000000".to_owned()),
-        promoted_lsn: Some("0/3000000".to_owned()),
-        lost_bytes: Some(0),
-        phases: ordinal_crds::FailoverPhases::default(),
-    };
+    let mut outcome = previous_failover();
+    outcome.from = "db-0".to_owned();
+    outcome.to = "db-1".to_owned();
+    outcome.reason = "primary db-0 is not running".to_owned();
     seam.publish(&rec, &outcome).await.expect("publish");
     drop(seam);
     server.await.expect("server");
@@ -195,13 +222,13 @@ async fn observing_routes_pods_by_the_fresh_record() {
     ]);
     let server = server.run(vec![
         get_cluster(&pgc),
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-0", "ordinal-operator").check(|body| {
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0").check(|body| {
             assert_eq!(
                 body["metadata"]["labels"],
                 json!({"ordinal.dev/role": "replica"})
             )
         }),
-        Exchange::apply("/api/v1/namespaces/ns/pods/db-1", "ordinal-operator").check(|body| {
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-1").check(|body| {
             assert_eq!(
                 body["metadata"]["labels"],
                 json!({"ordinal.dev/role": "primary"})
@@ -214,6 +241,46 @@ async fn observing_routes_pods_by_the_fresh_record() {
     assert_eq!(obs.members[0].stable.host, "db-0.db-headless.ns.svc");
     drop(seam);
     server.await.expect("server");
+}
+
+#[tokio::test]
+async fn publishing_a_superseded_promotion_is_refused() {
+    // Another operator re-decided: targetPrimary now names db-2.
+    let mut pgc = cluster().primary("db-0", true).build();
+    if let Some(status) = pgc.status.as_mut() {
+        status.target_primary = Some("db-2".to_owned());
+        status.epoch = 6;
+    }
+    let (seam, server) = seam_with(vec![]);
+    let server = server.run(vec![
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-1"),
+        get_cluster(&pgc),
+    ]);
+    let mut rec = record("101");
+    rec.epoch = 5;
+    let mut outcome = previous_failover();
+    outcome.from = "db-0".to_owned();
+    outcome.to = "db-1".to_owned();
+    let err = seam.publish(&rec, &outcome).await.expect_err("superseded");
+    assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
+    drop(seam);
+    server.await.expect("server");
+}
+
+fn previous_failover() -> FailoverRecord {
+    FailoverRecord {
+        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+        from: "db-2".to_owned(),
+        to: "db-0".to_owned(),
+        reason: "an earlier failover".to_owned(),
+        duration_seconds: 1.0,
+        old_primary_lsn: None,
+        promoted_lsn: None,
+        lost_bytes: Some(0),
+        phases: ordinal_crds::FailoverPhases::default(),
+    }
 }
 
 #[tokio::test]
