@@ -65,6 +65,15 @@ pub fn detect(
                 "primary {primary_name} is not running: {why}"
             )));
         }
+        PodState::NodeNotReady(node) if matches!(probes.get(primary_name), Some(Ok(p)) if !p.in_recovery) =>
+        {
+            // The node's kubelet is unreachable but postgres answers as the
+            // primary: deleting the pod would not stop it, and promoting
+            // another would make two writers.
+            return Detection::Suspect(format!(
+                "primary {primary_name} is on node {node}, which is NotReady, but it answers as the primary: no failover"
+            ));
+        }
         PodState::NodeNotReady(node) => {
             return Detection::Lost(Loss::PodDown(format!(
                 "primary {primary_name} is on node {node}, which is NotReady"

@@ -59,7 +59,7 @@ impl KubeSeam {
         let watcher = tokio::spawn(async move {
             let stream = reflector::reflector(writer, watcher(api, config))
                 .default_backoff()
-                .applied_objects();
+                .touched_objects();
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 if event.is_ok() {
@@ -288,6 +288,20 @@ pub fn pod_state(pod: &Pod, node_ready: Option<bool>) -> PodState {
 
 impl Seam for KubeSeam {
     async fn observe(&self) -> Result<Observation, SeamError> {
+        // Until the pod watch has listed once, an empty store would read as
+        // "every pod is gone".
+        if tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.pods.wait_until_ready(),
+        )
+        .await
+        .is_err()
+        {
+            return Err(self.failed(
+                "watch the pods",
+                "the pod watch has not listed the pods yet",
+            ));
+        }
         let pgc = self.cluster_object().await?;
         let status = pgc.status.clone().unwrap_or_default();
         let record = Record {

@@ -66,6 +66,12 @@ struct Memory {
     interval: Option<Duration>,
     /// How long the last round of probes took.
     probe_seconds: f64,
+    /// When a failed probe of the primary was last counted: failures are
+    /// counted once per check interval, however often pod events wake the
+    /// loop.
+    last_failure_at: Option<Instant>,
+    /// `k` of the `ANY k (…)` in effect on the primary, as last seen.
+    sync_quorum: Option<i32>,
 }
 
 pub struct FailoverLoop<S> {
@@ -148,10 +154,22 @@ impl<S: Seam> FailoverLoop<S> {
                 self.memory.failures = 0;
                 self.memory.suspect_since = None;
                 self.memory.last_primary_lsn = p.current_lsn;
-                self.memory.sync_standbys = pg::parse_standby_names(&p.synchronous_standby_names);
+                let (k, standbys) =
+                    pg::parse_synchronous_standby_names(&p.synchronous_standby_names);
+                self.memory.sync_standbys = standbys;
+                self.memory.sync_quorum = k;
+                self.memory.last_failure_at = None;
             }
             _ => {
-                self.memory.failures += 1;
+                let interval = obs.settings.check_interval.mul_f64(0.9);
+                if self
+                    .memory
+                    .last_failure_at
+                    .is_none_or(|t| t.elapsed() >= interval)
+                {
+                    self.memory.failures += 1;
+                    self.memory.last_failure_at = Some(Instant::now());
+                }
                 self.memory.suspect_since.get_or_insert_with(Instant::now);
             }
         }
@@ -222,11 +240,17 @@ impl<S: Seam> FailoverLoop<S> {
         }
         let decided_at = Instant::now();
         let sync = self.sync_standbys(obs, primary);
+        // Commits were acknowledged under the k in effect on the primary; a
+        // larger k in the spec, not applied yet, must not loosen the rule.
+        let mut settings = obs.settings.clone();
+        if let Some(k) = self.memory.sync_quorum {
+            settings.quorum = settings.quorum.min(k);
+        }
         let choice = decide::choose(
             primary,
             &obs.members,
             &probes,
-            &obs.settings,
+            &settings,
             self.memory.last_primary_lsn,
             &sync,
         );

@@ -81,6 +81,23 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
+/// Every call to an instance is bounded: one that hangs never stalls the
+/// loop (and with it the failover of the cluster).
+async fn bounded<T>(
+    endpoint: &Endpoint,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, PgError>>,
+) -> Result<T, PgError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(PgError::Timeout {
+                target: format!("{}:{}", endpoint.host, endpoint.port),
+                timeout,
+            })
+        })
+}
+
 async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError> {
     let target = format!("{}:{}", endpoint.host, endpoint.port);
     let mut config = Config::new();
@@ -92,6 +109,10 @@ async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError>
         .dbname("postgres")
         .application_name("ordinal-operator")
         .connect_timeout(CONNECT_TIMEOUT)
+        // A peer that vanishes mid-query (its node died) fails the call in
+        // seconds, not after the kernel's retransmission timeout.
+        .tcp_user_timeout(Duration::from_secs(5))
+        .keepalives_idle(Duration::from_secs(5))
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
     let (client, connection) = config
         .connect(NoTls)
@@ -167,6 +188,16 @@ pub async fn probe(
 /// Promotes a standby and waits until it accepts writes. Idempotent: an
 /// instance that is no longer in recovery is left as it is.
 pub async fn promote(endpoint: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
+    // pg_promote waits up to 60 s itself.
+    bounded(
+        endpoint,
+        Duration::from_secs(90),
+        promote_unbounded(endpoint, credentials),
+    )
+    .await
+}
+
+async fn promote_unbounded(endpoint: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
     let client = connect(endpoint, &credentials.superuser_password).await?;
     let in_recovery: bool = client
         .query_one("SELECT pg_is_in_recovery()", &[])
@@ -217,6 +248,20 @@ pub async fn repoint(
     primary: &Endpoint,
     credentials: &Credentials,
 ) -> Result<(), PgError> {
+    bounded(
+        replica_at,
+        Duration::from_secs(10),
+        repoint_unbounded(replica_at, replica, primary, credentials),
+    )
+    .await
+}
+
+async fn repoint_unbounded(
+    replica_at: &Endpoint,
+    replica: &str,
+    primary: &Endpoint,
+    credentials: &Credentials,
+) -> Result<(), PgError> {
     let client = connect(replica_at, &credentials.superuser_password).await?;
     let conninfo = primary_conninfo(primary, replica, credentials);
     // Separate statements: ALTER SYSTEM cannot run in the implicit
@@ -248,17 +293,22 @@ pub fn synchronous_standby_names(quorum: Option<i32>, standbys: &[String]) -> St
     }
 }
 
-/// The standby names of an `ANY k (…)` setting (empty when unset).
-pub fn parse_standby_names(setting: &str) -> Vec<String> {
+/// `k` and the standby names of an `ANY k (…)` setting (None and empty
+/// when unset).
+pub fn parse_synchronous_standby_names(setting: &str) -> (Option<i32>, Vec<String>) {
     let Some(open) = setting.find('(') else {
-        return Vec::new();
+        return (None, Vec::new());
     };
+    let k = setting[..open]
+        .split_whitespace()
+        .find_map(|w| w.parse::<i32>().ok());
     let close = setting.rfind(')').unwrap_or(setting.len());
-    setting[open + 1..close.max(open + 1)]
+    let names = setting[open + 1..close.max(open + 1)]
         .split(',')
         .map(|s| s.trim().trim_matches('"').to_owned())
         .filter(|s| !s.is_empty())
-        .collect()
+        .collect();
+    (k, names)
 }
 
 /// Keeps the primary's housekeeping: one physical slot per replica, slots
@@ -272,8 +322,56 @@ pub async fn housekeeping(
     drop_slots_of: &[String],
     wanted_sync: &str,
 ) -> Result<Vec<String>, PgError> {
+    bounded(
+        primary_at,
+        Duration::from_secs(15),
+        housekeeping_unbounded(
+            primary_at,
+            credentials,
+            cluster,
+            keep_slots_for,
+            drop_slots_of,
+            wanted_sync,
+        ),
+    )
+    .await
+}
+
+async fn housekeeping_unbounded(
+    primary_at: &Endpoint,
+    credentials: &Credentials,
+    cluster: &str,
+    keep_slots_for: &[String],
+    drop_slots_of: &[String],
+    wanted_sync: &str,
+) -> Result<Vec<String>, PgError> {
     let client = connect(primary_at, &credentials.superuser_password).await?;
     let mut changes = Vec::new();
+    // The synchronous standbys first: a slot error must not leave a
+    // quorum cluster committing asynchronously.
+    let current: String = client
+        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
+        .await
+        .map_err(query_err(primary_at, "SHOW synchronous_standby_names"))?
+        .get(0);
+    if current != wanted_sync {
+        client
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET synchronous_standby_names = {}",
+                quote_literal(wanted_sync)
+            ))
+            .await
+            .map_err(query_err(
+                primary_at,
+                "ALTER SYSTEM SET synchronous_standby_names",
+            ))?;
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(query_err(primary_at, "pg_reload_conf"))?;
+        changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
+    }
+
     let existing: Vec<(String, bool)> = client
         .query(
             "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
@@ -314,28 +412,6 @@ pub async fn housekeeping(
             changes.push(format!("dropped slot {slot}"));
         }
     }
-    let current: String = client
-        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
-        .await
-        .map_err(query_err(primary_at, "SHOW synchronous_standby_names"))?
-        .get(0);
-    if current != wanted_sync {
-        client
-            .batch_execute(&format!(
-                "ALTER SYSTEM SET synchronous_standby_names = {}",
-                quote_literal(wanted_sync)
-            ))
-            .await
-            .map_err(query_err(
-                primary_at,
-                "ALTER SYSTEM SET synchronous_standby_names",
-            ))?;
-        client
-            .batch_execute("SELECT pg_reload_conf()")
-            .await
-            .map_err(query_err(primary_at, "pg_reload_conf"))?;
-        changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
-    }
     Ok(changes)
 }
 
@@ -354,10 +430,17 @@ mod tests {
         let names = vec!["db-1".to_owned(), "db-2".to_owned()];
         let setting = synchronous_standby_names(Some(1), &names);
         assert_eq!(setting, "ANY 1 (\"db-1\", \"db-2\")");
-        assert_eq!(parse_standby_names(&setting), names);
+        assert_eq!(
+            parse_synchronous_standby_names(&setting),
+            (Some(1), names.clone())
+        );
+        assert_eq!(
+            parse_synchronous_standby_names("ANY 2 (\"db-0\", \"db-2\")"),
+            (Some(2), vec!["db-0".to_owned(), "db-2".to_owned()])
+        );
         assert_eq!(synchronous_standby_names(None, &names), "");
         assert_eq!(synchronous_standby_names(Some(1), &[]), "");
-        assert!(parse_standby_names("").is_empty());
+        assert_eq!(parse_synchronous_standby_names(""), (None, Vec::new()));
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     let name = pgc.name_any();
     let namespace = pgc.namespace().unwrap_or_default();
 
+    // The failover loop watches the pods, routes them by role and promotes a
+    // replica when the primary is lost — whatever else this reconcile finds
+    // wrong (an invalid spec, a missing Secret, an API error): an operator
+    // restarted into such a state must still fail over, or finish a
+    // promotion it had begun.
+    if !namespace.is_empty() {
+        ctx.ensure_failover_loop(&namespace, &name);
+    }
+
     let cluster = match validate::validate(&pgc)? {
         Ok(cluster) => cluster,
         Err(problems) => {
@@ -152,10 +161,6 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         roll(&ctx, &pgc, &statefulset, &pods, &primary.current_primary).await?;
     }
 
-    // The failover loop watches the pods, routes them by role and
-    // promotes a replica when the primary is lost.
-    ctx.ensure_failover_loop(&namespace, &name);
-
     // From the first time the primary is Ready, an empty PGDATA on the
     // primary means lost data, never a new cluster.
     let primary_ready = views
@@ -253,6 +258,7 @@ async fn roll(
         &revision,
         pgc.spec.update_strategy.partition,
         primary,
+        pgc.spec.replicas,
     ) {
         rolling::Step::Done => {}
         rolling::Step::Wait(why) => tracing::info!(%why, "rolling update waits"),

@@ -32,12 +32,14 @@ pub enum Step {
 /// A replica is caught up when its lag is known and at most this.
 pub const CAUGHT_UP_BYTES: i64 = 16 * 1024 * 1024;
 
-/// The next step of a rolling update to `update_revision`.
+/// The next step of a rolling update to `update_revision` of a cluster of
+/// `replicas` (spec.replicas) pods.
 pub fn next_step(
     pods: &[PodRevision],
     update_revision: &str,
     partition: i32,
     primary: &str,
+    replicas: i32,
 ) -> Step {
     let outdated =
         |p: &&PodRevision| p.ordinal >= partition && p.revision.as_deref() != Some(update_revision);
@@ -47,6 +49,11 @@ pub fn next_step(
     }
     if let Some(p) = pods.iter().find(|p| p.terminating) {
         return Step::Wait(format!("{} is being replaced", p.name));
+    }
+    // A pod deleted a moment ago may be missing from the list before it is
+    // recreated: never take a second one down meanwhile.
+    if let Some(missing) = (0..replicas).find(|o| !pods.iter().any(|p| p.ordinal == *o)) {
+        return Step::Wait(format!("the pod of ordinal {missing} does not exist yet"));
     }
     if let Some(p) = pods.iter().find(|p| !p.ready) {
         return Step::Wait(format!("{} is not ready", p.name));
@@ -69,7 +76,8 @@ pub fn next_step(
         .min_by_key(|p| (p.lag_bytes.unwrap_or(i64::MAX), p.ordinal));
     match updated {
         Some(to) => Step::Switchover(to.name.clone()),
-        None if pods.len() == 1 => Step::Replace(primary.to_owned()),
+        // Only a single-instance cluster replaces its primary in place.
+        None if replicas == 1 => Step::Replace(primary.to_owned()),
         None => Step::Wait(format!(
             "no updated replica to switch over to (partition {partition} keeps the others on the old template)"
         )),
@@ -115,23 +123,23 @@ mod tests {
     fn replicas_first_highest_ordinal_first() {
         let pods = cluster(["rev-1", "rev-1", "rev-1"]);
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-0"),
+            next_step(&pods, NEW, 0, "db-0", 3),
             Step::Replace("db-2".to_owned())
         );
         let pods = cluster(["rev-1", "rev-1", NEW]);
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-0"),
+            next_step(&pods, NEW, 0, "db-0", 3),
             Step::Replace("db-1".to_owned())
         );
         // The primary is db-1: db-2 then db-0, db-1 last.
         let pods = cluster(["rev-1", "rev-1", "rev-1"]);
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-1"),
+            next_step(&pods, NEW, 0, "db-1", 3),
             Step::Replace("db-2".to_owned())
         );
         let pods = cluster(["rev-1", "rev-1", NEW]);
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-1"),
+            next_step(&pods, NEW, 0, "db-1", 3),
             Step::Replace("db-0".to_owned())
         );
     }
@@ -142,12 +150,12 @@ mod tests {
         pods[1].lag_bytes = Some(500);
         pods[2].lag_bytes = Some(100);
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-0"),
+            next_step(&pods, NEW, 0, "db-0", 3),
             Step::Switchover("db-2".to_owned())
         );
         // After the switchover db-0 is a replica like any other.
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-2"),
+            next_step(&pods, NEW, 0, "db-2", 3),
             Step::Replace("db-0".to_owned())
         );
     }
@@ -157,24 +165,24 @@ mod tests {
         let mut pods = cluster(["rev-1", "rev-1", NEW]);
         pods[2].ready = false;
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-0"),
+            next_step(&pods, NEW, 0, "db-0", 3),
             Step::Wait("db-2 is not ready".to_owned())
         );
         pods[2].ready = true;
         pods[2].lag_bytes = Some(CAUGHT_UP_BYTES + 1);
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-0"),
+            next_step(&pods, NEW, 0, "db-0", 3),
             Step::Wait("db-2 has not caught up with the primary".to_owned())
         );
         pods[2].lag_bytes = None;
         assert!(
-            matches!(next_step(&pods, NEW, 0, "db-0"), Step::Wait(_)),
+            matches!(next_step(&pods, NEW, 0, "db-0", 3), Step::Wait(_)),
             "unknown lag waits"
         );
         pods[2].lag_bytes = Some(0);
         pods[1].terminating = true;
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-0"),
+            next_step(&pods, NEW, 0, "db-0", 3),
             Step::Wait("db-1 is being replaced".to_owned())
         );
     }
@@ -183,41 +191,55 @@ mod tests {
     fn the_partition_is_a_canary() {
         let pods = cluster(["rev-1", "rev-1", "rev-1"]);
         assert_eq!(
-            next_step(&pods, NEW, 2, "db-0"),
+            next_step(&pods, NEW, 2, "db-0", 3),
             Step::Replace("db-2".to_owned())
         );
         let pods = cluster(["rev-1", "rev-1", NEW]);
         assert_eq!(
-            next_step(&pods, NEW, 2, "db-0"),
+            next_step(&pods, NEW, 2, "db-0", 3),
             Step::Done,
             "ordinals below 2 stay"
         );
         // The primary inside the canary with no updated replica: wait.
         let pods = cluster(["rev-1", "rev-1", "rev-1"]);
         assert!(
-            matches!(next_step(&pods, NEW, 2, "db-2"), Step::Wait(w) if w.contains("partition 2"))
+            matches!(next_step(&pods, NEW, 2, "db-2", 3), Step::Wait(w) if w.contains("partition 2"))
         );
     }
 
     #[test]
     fn done_when_everything_is_current() {
         assert_eq!(
-            next_step(&cluster([NEW, NEW, NEW]), NEW, 0, "db-0"),
+            next_step(&cluster([NEW, NEW, NEW]), NEW, 0, "db-0", 3),
             Step::Done
         );
         // A not-ready pod does not matter once nothing is left to replace.
         let mut pods = cluster([NEW, NEW, NEW]);
         pods[1].ready = false;
-        assert_eq!(next_step(&pods, NEW, 0, "db-0"), Step::Done);
+        assert_eq!(next_step(&pods, NEW, 0, "db-0", 3), Step::Done);
     }
 
     #[test]
     fn a_single_instance_is_replaced_in_place() {
         let pods = vec![pod(0, "rev-1")];
         assert_eq!(
-            next_step(&pods, NEW, 0, "db-0"),
+            next_step(&pods, NEW, 0, "db-0", 1),
             Step::Replace("db-0".to_owned())
         );
+    }
+
+    #[test]
+    fn a_missing_pod_is_waited_for() {
+        // db-2 was just deleted and is not recreated yet: the primary, the
+        // only other stale pod, must not go too.
+        let pods = vec![pod(0, "rev-1"), pod(1, NEW)];
+        assert!(matches!(
+            next_step(&pods, NEW, 0, "db-0", 3),
+            Step::Wait(w) if w.contains("ordinal 2")
+        ));
+        // Nor is a two-pod cluster's primary replaced without a switchover.
+        let pods = vec![pod(0, "rev-1")];
+        assert!(matches!(next_step(&pods, NEW, 0, "db-0", 2), Step::Wait(_)));
     }
 
     #[test]

@@ -349,3 +349,20 @@ fn a_primary_scaled_away_hands_over_to_a_pod_that_stays() {
         Some("db-0")
     );
 }
+
+#[test]
+fn a_primary_that_answers_is_never_lost_to_a_notready_node() {
+    let node = three([
+        PodState::NodeNotReady("node-a".into()),
+        PodState::Running,
+        PodState::Running,
+    ]);
+    let answering = probes([
+        ("db-0", primary(100)),
+        ("db-1", replica(100, true)),
+        ("db-2", replica(90, true)),
+    ]);
+    assert!(
+        matches!(detect("db-0", &node, &answering, 0, 3), Detection::Suspect(w) if w.contains("answers as the primary"))
+    );
+}

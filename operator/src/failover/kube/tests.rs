@@ -21,9 +21,11 @@ fn seam_with(pods: Vec<Pod>) -> (KubeSeam, crate::fixtures::ApiServer) {
     let client = Client::new(service, "ns");
     let recorder = Recorder::new(client.clone(), Reporter::from("ordinal-operator"));
     let mut writer: Writer<Pod> = Writer::default();
+    writer.apply_watcher_event(&watcher::Event::Init);
     for p in pods {
-        writer.apply_watcher_event(&watcher::Event::Apply(p));
+        writer.apply_watcher_event(&watcher::Event::InitApply(p));
     }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
     let seam = KubeSeam::with_store(client, recorder, "ns", "db", writer.as_reader());
     (seam, crate::fixtures::ApiServer::from_handle(handle))
 }
