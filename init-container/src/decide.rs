@@ -66,6 +66,20 @@ pub fn decide(
             target: target.clone(),
         };
     }
+    // The pod being promoted: its data is what the operator chose; it
+    // never rewinds or re-clones it. If it was promoted already, the old
+    // primary has been fenced (the intent and the fence come first), so
+    // it starts as the primary it now is.
+    if !is_primary
+        && state.target_primary.as_deref() == Some(me)
+        && let Pgdata::Valid(d) = pgdata
+    {
+        return if d.standby {
+            Plan::StartStandbyAwaitingPromotion
+        } else {
+            Plan::StartPrimary
+        };
+    }
     match (is_primary, pgdata) {
         (true, Pgdata::Empty) if state.bootstrapped => Plan::RefuseLostPrimary,
         (true, Pgdata::Empty) => Plan::Initdb,
@@ -264,8 +278,21 @@ mod tests {
                 }
             );
         }
-        // The target itself starts as it would (a standby awaiting promotion).
-        assert_eq!(decide("db-1", &s, &data(true, 1), 17, tl(1)), Plan::Follow);
+        // The target keeps its data: a standby awaits its promotion, an
+        // already promoted one starts as the primary (db-0 was fenced).
+        assert_eq!(
+            decide("db-1", &s, &data(true, 1), 17, tl(1)),
+            Plan::StartStandbyAwaitingPromotion
+        );
+        assert_eq!(
+            decide("db-1", &s, &data(false, 2), 17, tl(1)),
+            Plan::StartPrimary
+        );
+        // It never rewinds onto the old primary, even on another timeline.
+        assert!(!matches!(
+            decide("db-1", &s, &data(false, 2), 17, tl(1)),
+            Plan::Rewind { .. }
+        ));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Context {
 
 /// A running failover loop.
 pub struct LoopHandle {
+    /// The uid of the cluster it serves: a cluster deleted and recreated
+    /// under the same name gets a fresh loop, not the old one's memory.
+    uid: Option<String>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -68,7 +71,7 @@ impl Context {
 
     /// Starts the failover loop of `namespace/name` unless it runs. A loop
     /// ends by itself when its cluster is deleted.
-    pub fn ensure_failover_loop(&self, namespace: &str, name: &str) {
+    pub fn ensure_failover_loop(&self, namespace: &str, name: &str, uid: Option<&str>) {
         if !self.run_failover_loops {
             return;
         }
@@ -76,8 +79,12 @@ impl Context {
             return;
         };
         let key = ObjectRef::new(name).within(namespace);
-        if loops.get(&key).is_some_and(|l| !l.task.is_finished()) {
-            return;
+        match loops.get(&key) {
+            Some(l) if !l.task.is_finished() && l.uid.as_deref() == uid => return,
+            Some(l) => {
+                let _ = l.stop.send(true);
+            }
+            None => {}
         }
         let seam = failover::kube::KubeSeam::new(
             self.client.clone(),
@@ -95,7 +102,14 @@ impl Context {
             metrics.forget_cluster(&ns, &cluster);
         });
         tracing::info!(namespace, cluster = name, "failover loop started");
-        loops.insert(key, LoopHandle { stop, task });
+        loops.insert(
+            key,
+            LoopHandle {
+                uid: uid.map(str::to_owned),
+                stop,
+                task,
+            },
+        );
     }
 
     /// Stops every failover loop (on shutdown) and waits for them.

@@ -314,12 +314,15 @@ impl Seam for KubeSeam {
                 .get(names::ANNOTATION_SWITCHOVER_TO)
                 .cloned(),
         };
-        let pods: Vec<Arc<Pod>> = self
+        let mut pods: Vec<(i32, Arc<Pod>)> = self
             .pods
             .state()
             .into_iter()
-            .filter(|p| names::ordinal_of(&self.cluster, &p.name_any()).is_some())
+            .filter_map(|p| Some((names::ordinal_of(&self.cluster, &p.name_any())?, p)))
             .collect();
+        // By ordinal: the store's order is arbitrary.
+        pods.sort_by_key(|(o, _)| *o);
+        let pods: Vec<Arc<Pod>> = pods.into_iter().map(|(_, p)| p).collect();
         self.route(&record, &pods).await;
         // Only the primary's node is looked up: its loss is what matters.
         let primary_node = pods

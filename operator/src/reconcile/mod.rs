@@ -37,7 +37,7 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     // restarted into such a state must still fail over, or finish a
     // promotion it had begun.
     if !namespace.is_empty() {
-        ctx.ensure_failover_loop(&namespace, &name);
+        ctx.ensure_failover_loop(&namespace, &name, pgc.uid().as_deref());
     }
 
     let cluster = match validate::validate(&pgc)? {
