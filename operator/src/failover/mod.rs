@@ -63,6 +63,7 @@ struct Memory {
     /// The synchronous standbys last seen on the primary.
     sync_standbys: Vec<String>,
     last_report: Option<(Vec<InstanceStatus>, Option<String>)>,
+    last_report_at: Option<Instant>,
     interval: Option<Duration>,
     /// How long the last round of probes took.
     probe_seconds: f64,
@@ -88,6 +89,11 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a switchover waits for the old primary's clean shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(90);
 const SETTLE_POLL: Duration = Duration::from_millis(50);
+/// status.instances is written when what a person reads changes (role,
+/// readiness, lag or not), and at least this often so that lag figures
+/// (MAX LAG, the rolling update's catch-up check) stay current, without a
+/// status write per probe.
+const REPORT_REFRESH: Duration = Duration::from_secs(10);
 
 impl<S: Seam> FailoverLoop<S> {
     pub fn new(seam: S, metrics: Option<Metrics>) -> Self {
@@ -601,11 +607,16 @@ impl<S: Seam> FailoverLoop<S> {
             })
             .collect();
         let key = (summary, blocked.map(str::to_owned));
-        if self.memory.last_report.as_ref() == Some(&key) {
+        let fresh = self
+            .memory
+            .last_report_at
+            .is_some_and(|t| t.elapsed() < REPORT_REFRESH);
+        if self.memory.last_report.as_ref() == Some(&key) && fresh {
             return Ok(());
         }
         self.seam.report(&instances, blocked).await?;
         self.memory.last_report = Some(key);
+        self.memory.last_report_at = Some(Instant::now());
         Ok(())
     }
 }
