@@ -83,7 +83,7 @@ async fn run(mode: ReplicationMode, kills: usize) {
         loop_seconds[loop_seconds.len() - 1]
     );
     println!(
-        "  rows: {acked} acknowledged, {} lost; WAL possibly lost per the operator's bound: {lost_bound} bytes",
+        "  rows: {acked} acknowledged, {} lost; lastFailover.lostBytes summed: {lost_bound} bytes (0 by guarantee in quorum mode; in async mode only what the operator saw, a lower bound)",
         missing.len()
     );
 }
