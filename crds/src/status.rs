@@ -34,6 +34,12 @@ pub struct PostgresClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_primary: Option<String>,
 
+    /// Why, and how, targetPrimary is being promoted: an operator restarted
+    /// mid-way resumes it the same way (a planned one waits for the old
+    /// primary's clean shutdown instead of killing it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_promotion: Option<PendingPromotion>,
+
     /// Increments on every promotion.
     #[serde(default)]
     pub epoch: i64,
@@ -129,6 +135,15 @@ pub struct InstanceStatus {
     pub lag_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<i64>,
+}
+
+/// A promotion recorded but not published yet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingPromotion {
+    /// The old primary shuts down cleanly (switchover, deleted pod).
+    pub planned: bool,
+    pub reason: String,
 }
 
 /// A record of the last promotion.

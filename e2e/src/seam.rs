@@ -28,6 +28,8 @@ pub struct State {
     pub epoch: i64,
     pub version: u64,
     pub switchover_to: Option<String>,
+    /// How the recorded target is being promoted.
+    pub pending: Option<ordinal_crds::PendingPromotion>,
     pub settings: Settings,
     pub instances: Vec<InstanceStatus>,
     pub blocked: Option<String>,
@@ -90,6 +92,7 @@ impl LocalSeam {
                 epoch: 0,
                 version: 1,
                 switchover_to: None,
+                pending: None,
                 settings: Settings {
                     enabled: true,
                     check_interval: Duration::from_secs(1),
@@ -281,6 +284,7 @@ impl Seam for LocalSeam {
                 epoch: state.epoch,
                 version: state.version.to_string(),
                 switchover_to: state.switchover_to.clone(),
+                pending: state.pending.clone(),
             },
             settings: state.settings.clone(),
         })
@@ -298,13 +302,18 @@ impl Seam for LocalSeam {
         &self,
         record: &Record,
         target: &str,
-        _reason: &str,
+        reason: &str,
+        planned: bool,
     ) -> Result<Record, SeamError> {
         let mut state = self.state.lock().unwrap();
         if state.version.to_string() != record.version {
             return Err(self.conflict(&record.version));
         }
         state.target = Some(target.to_owned());
+        state.pending = Some(ordinal_crds::PendingPromotion {
+            planned,
+            reason: reason.to_owned(),
+        });
         state.epoch += 1;
         state.version += 1;
         self.write_state_file(&state);
@@ -314,6 +323,7 @@ impl Seam for LocalSeam {
             epoch: state.epoch,
             version: state.version.to_string(),
             switchover_to: state.switchover_to.clone(),
+            pending: state.pending.clone(),
         })
     }
 
@@ -335,6 +345,7 @@ impl Seam for LocalSeam {
         }
         state.current = outcome.to.clone();
         state.target = None;
+        state.pending = None;
         state.version += 1;
         if state.switchover_to.as_deref() == Some(outcome.to.as_str()) {
             state.switchover_to = None;

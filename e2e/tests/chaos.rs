@@ -270,3 +270,80 @@ async fn a_switchover_loses_nothing_and_the_old_primary_follows() {
     assert!(seam.pod("db-0").in_recovery().await);
     running.halt().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switchover_interrupted_by_an_operator_crash_resumes_as_planned() {
+    let _serial = SERIAL.lock().await;
+    ordinal_e2e::init_logs();
+    let (seam, running) = ready_cluster(ReplicationMode::Async).await;
+    running.halt().await;
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let (stop, stopped) = watch::channel(false);
+    let w = writer(Arc::clone(&seam), Arc::clone(&acks), stopped);
+    wait_for("the writer commits", Duration::from_secs(30), async || {
+        acks.lock().unwrap().ids.len() > 50
+    })
+    .await;
+
+    // The operator records the switchover's intent, then dies.
+    seam.request_switchover("db-2");
+    let crashing = Running::start(Arc::clone(&seam), Some(Step::Intent));
+    let result = tokio::time::timeout(Duration::from_secs(30), crashing.failover)
+        .await
+        .expect("the crashing loop ends");
+    assert!(
+        matches!(
+            result,
+            Ok(Err(ordinal_operator::failover::FailoverError::Injected(
+                Step::Intent
+            )))
+        ),
+        "{result:?}"
+    );
+    {
+        let state = seam.state.lock().unwrap();
+        assert_eq!(state.target.as_deref(), Some("db-2"));
+        assert!(
+            state.pending.as_ref().is_some_and(|p| p.planned),
+            "the intent says planned"
+        );
+    }
+    // A new operator resumes it the way it began: a clean shutdown of
+    // db-0, its final WAL on db-2, then the promotion.
+    let running = Running::start(Arc::clone(&seam), None);
+    wait_for("db-2 is the primary", Duration::from_secs(60), async || {
+        let state = seam.state.lock().unwrap();
+        state.current == "db-2" && state.target.is_none()
+    })
+    .await;
+    let switched_at = Instant::now();
+    wait_for("writes resume", Duration::from_secs(30), async || {
+        acks.lock()
+            .unwrap()
+            .first_after(switched_at, "db-0")
+            .is_some()
+    })
+    .await;
+    let _ = stop.send(true);
+    let _ = w.await;
+    let last = seam
+        .state
+        .lock()
+        .unwrap()
+        .last_failover
+        .clone()
+        .expect("lastFailover");
+    assert!(
+        last.reason.contains("switchover") && last.reason.contains("resumed"),
+        "{}",
+        last.reason
+    );
+    assert_eq!(seam.state.lock().unwrap().epoch, 1, "one promotion");
+    let missing = missing_rows(&seam, &acks).await;
+    assert!(
+        missing.is_empty(),
+        "a resumed switchover lost acknowledged rows: {missing:?}"
+    );
+    wait_streaming(&seam, "db-0").await;
+    running.halt().await;
+}

@@ -309,6 +309,7 @@ impl Seam for KubeSeam {
             target_primary: status.target_primary.clone(),
             epoch: status.epoch,
             version: pgc.resource_version().unwrap_or_default(),
+            pending: status.pending_promotion.clone(),
             switchover_to: pgc
                 .annotations()
                 .get(names::ANNOTATION_SWITCHOVER_TO)
@@ -406,6 +407,7 @@ impl Seam for KubeSeam {
         record: &Record,
         target: &str,
         reason: &str,
+        planned: bool,
     ) -> Result<Record, SeamError> {
         let fresh = self.cluster_object().await?;
         if fresh.resource_version().as_deref() != Some(record.version.as_str()) {
@@ -417,6 +419,10 @@ impl Seam for KubeSeam {
             target_primary: Some(target.to_owned()),
             epoch: record.epoch + 1,
             bootstrapped: true,
+            pending: Some(ordinal_crds::PendingPromotion {
+                planned,
+                reason: reason.to_owned(),
+            }),
         };
         let last = fresh.status.as_ref().and_then(|s| s.last_failover.clone());
         self.write_primary(&record.version, &primary, last.as_ref())
@@ -438,6 +444,7 @@ impl Seam for KubeSeam {
             epoch: primary.epoch,
             version: pgc.resource_version().unwrap_or_default(),
             switchover_to: record.switchover_to.clone(),
+            pending: primary.pending.clone(),
         })
     }
 
@@ -468,6 +475,7 @@ impl Seam for KubeSeam {
             target_primary: None,
             epoch: record.epoch,
             bootstrapped: true,
+            pending: None,
         };
         // Other writers (the reconciler's phase) move the resourceVersion
         // between the intent and now: what must not have moved is the

@@ -325,7 +325,7 @@ impl<S: Seam> FailoverLoop<S> {
         let started = Instant::now();
         let record = self
             .seam
-            .record_intent(&obs.record, &p.to, &p.reason)
+            .record_intent(&obs.record, &p.to, &p.reason, p.planned)
             .await?;
         self.check(Step::Intent)?;
 
@@ -426,8 +426,14 @@ impl<S: Seam> FailoverLoop<S> {
         let from = obs.record.current_primary.clone().unwrap_or_default();
         tracing::warn!(cluster = %obs.cluster, from = %from, to = target, "resuming a promotion under way");
         let started = Instant::now();
+        // The same way the promotion began: a planned one lets the old
+        // primary finish its clean shutdown and waits for its final WAL.
+        let planned = obs.record.pending.as_ref().is_some_and(|p| p.planned);
         if !from.is_empty() && from != target {
-            self.seam.fence(&from, false).await?;
+            self.seam.fence(&from, planned).await?;
+            if planned {
+                settle(&obs.members, &from, credentials, SHUTDOWN_TIMEOUT).await;
+            }
         }
         self.check(Step::Fence)?;
         let at = member(obs, target)?
@@ -442,7 +448,12 @@ impl<S: Seam> FailoverLoop<S> {
             time: Time(Timestamp::now()),
             from,
             to: target.to_owned(),
-            reason: "resumed a promotion the operator had recorded before it restarted".to_owned(),
+            reason: match &obs.record.pending {
+                Some(p) => format!("{} (resumed after an operator restart)", p.reason),
+                None => {
+                    "resumed a promotion the operator had recorded before it restarted".to_owned()
+                }
+            },
             duration_seconds: started.elapsed().as_secs_f64(),
             old_primary_lsn: None,
             promoted_lsn: None,

@@ -66,6 +66,8 @@ pub struct Record {
     pub version: String,
     /// A planned switchover asked for (annotation `ordinal.dev/switchover-to`).
     pub switchover_to: Option<String>,
+    /// How the recorded target is being promoted (see `PendingPromotion`).
+    pub pending: Option<ordinal_crds::PendingPromotion>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,14 +120,16 @@ pub trait Seam: Send + Sync {
 
     fn credentials(&self) -> impl Future<Output = Result<Credentials, SeamError>> + Send;
 
-    /// Records `targetPrimary = target`, `epoch + 1` and phase FailingOver,
-    /// only if the record is still at `record.version`. Returns the record
+    /// Records `targetPrimary = target`, `epoch + 1`, how it is promoted
+    /// (`planned`, `reason`) and phase FailingOver, only if the record is
+    /// still at `record.version`. Returns the record
     /// as written.
     fn record_intent(
         &self,
         record: &Record,
         target: &str,
         reason: &str,
+        planned: bool,
     ) -> impl Future<Output = Result<Record, SeamError>> + Send;
 
     /// Makes sure `pod` no longer serves as primary: no clients are routed
@@ -171,8 +175,9 @@ impl<T: Seam> Seam for std::sync::Arc<T> {
         record: &Record,
         target: &str,
         reason: &str,
+        planned: bool,
     ) -> impl Future<Output = Result<Record, SeamError>> + Send {
-        T::record_intent(self, record, target, reason)
+        T::record_intent(self, record, target, reason, planned)
     }
     fn fence(
         &self,

@@ -101,6 +101,7 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
                 target_primary: None,
                 epoch: pgc.status.as_ref().map_or(0, |s| s.epoch),
                 bootstrapped,
+                pending: None,
             };
             let body = status::primary_patch(&primary, pgc.resource_version().as_deref());
             pgc = Arc::new(apply::apply_primary_status(&ctx.client, &pgc, &body).await?);

@@ -327,6 +327,8 @@ pub struct PrimaryStatus {
     pub target_primary: Option<String>,
     pub epoch: i64,
     pub bootstrapped: bool,
+    /// How targetPrimary is being promoted.
+    pub pending: Option<ordinal_crds::PendingPromotion>,
 }
 
 impl PrimaryStatus {
@@ -336,6 +338,7 @@ impl PrimaryStatus {
             target_primary: status.target_primary.clone(),
             epoch: status.epoch,
             bootstrapped: status.bootstrapped,
+            pending: status.pending_promotion.clone(),
         })
     }
 }
@@ -349,6 +352,9 @@ pub fn primary_patch(primary: &PrimaryStatus, resource_version: Option<&str>) ->
     });
     if let Some(target) = &primary.target_primary {
         status["targetPrimary"] = json!(target);
+        if let Some(pending) = &primary.pending {
+            status["pendingPromotion"] = json!(pending);
+        }
     }
     let mut body = json!({
         "apiVersion": "ordinal.dev/v1alpha1",

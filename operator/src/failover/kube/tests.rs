@@ -37,6 +37,7 @@ fn record(version: &str) -> Record {
         epoch: 4,
         version: version.to_owned(),
         switchover_to: None,
+        pending: None,
     }
 }
 
@@ -70,6 +71,10 @@ async fn intent_is_recorded_with_the_version_it_was_read_at() {
                 assert_eq!(body["metadata"]["resourceVersion"], "100");
                 assert_eq!(body["status"]["currentPrimary"], "db-0");
                 assert_eq!(body["status"]["targetPrimary"], "db-1");
+                assert_eq!(
+                    body["status"]["pendingPromotion"],
+                    json!({"planned": false, "reason": "primary db-0 is not running"})
+                );
                 assert_eq!(body["status"]["epoch"], 5);
             })
             .answer_with(with_status(&pgc)),
@@ -80,7 +85,7 @@ async fn intent_is_recorded_with_the_version_it_was_read_at() {
         ),
     ]);
     let written = seam
-        .record_intent(&record("100"), "db-1", "primary db-0 is not running")
+        .record_intent(&record("100"), "db-1", "primary db-0 is not running", false)
         .await
         .expect("intent");
     assert_eq!(
@@ -104,12 +109,12 @@ async fn a_stale_record_conflicts_instead_of_overwriting() {
             .answer(409, status_body(409, "Conflict")),
     ]);
     let err = seam
-        .record_intent(&record("99"), "db-1", "x")
+        .record_intent(&record("99"), "db-1", "x", false)
         .await
         .expect_err("stale");
     assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
     let err = seam
-        .record_intent(&record("100"), "db-1", "x")
+        .record_intent(&record("100"), "db-1", "x", false)
         .await
         .expect_err("conflict");
     assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
@@ -189,6 +194,7 @@ async fn publishing_routes_to_the_new_primary_and_records_the_failover() {
                     body["status"].get("targetPrimary").is_none(),
                     "targetPrimary cleared"
                 );
+                assert!(body["status"].get("pendingPromotion").is_none());
                 assert_eq!(body["status"]["epoch"], 5);
                 assert_eq!(body["status"]["lastFailover"]["from"], "db-0");
                 assert_eq!(body["status"]["lastFailover"]["lostBytes"], 0);

@@ -161,6 +161,7 @@ fn primary_patch_carries_the_precondition() {
         target_primary: None,
         epoch: 0,
         bootstrapped: false,
+        pending: None,
     };
     let body = primary_patch(&p, Some("42"));
     assert_eq!(body["metadata"]["resourceVersion"], "42");
