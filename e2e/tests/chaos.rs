@@ -216,20 +216,33 @@ async fn a_loop_crashing_after_any_step_promotes_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_switchover_loses_nothing_and_the_old_primary_follows() {
-    let _serial = SERIAL.lock().await;
-    ordinal_e2e::init_logs();
-    let (seam, running) = ready_cluster(ReplicationMode::Async).await;
+/// A writer committing through the routed primary, once it has committed
+/// a few rows.
+async fn start_writer(
+    seam: &Arc<LocalSeam>,
+) -> (
+    Arc<Mutex<Acks>>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
     let acks = Arc::new(Mutex::new(Acks::default()));
     let (stop, stopped) = watch::channel(false);
-    let w = writer(Arc::clone(&seam), Arc::clone(&acks), stopped);
+    let w = writer(Arc::clone(seam), Arc::clone(&acks), stopped);
     wait_for("the writer commits", Duration::from_secs(30), async || {
         acks.lock().unwrap().ids.len() > 50
     })
     .await;
+    (acks, stop, w)
+}
 
-    seam.request_switchover("db-2");
+/// Waits until db-2 is the published primary and acknowledges writes,
+/// stops the writer, and returns the recorded failover.
+async fn switched_over_to_db2(
+    seam: &LocalSeam,
+    acks: &Mutex<Acks>,
+    stop: watch::Sender<bool>,
+    w: tokio::task::JoinHandle<()>,
+) -> ordinal_crds::FailoverRecord {
     wait_for("db-2 is the primary", Duration::from_secs(60), async || {
         let state = seam.state.lock().unwrap();
         state.current == "db-2" && state.target.is_none()
@@ -245,22 +258,26 @@ async fn a_switchover_loses_nothing_and_the_old_primary_follows() {
     .await;
     let _ = stop.send(true);
     let _ = w.await;
-    let last = seam
-        .state
+    seam.state
         .lock()
         .unwrap()
         .last_failover
         .clone()
-        .expect("lastFailover");
+        .expect("lastFailover")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_switchover_loses_nothing_and_the_old_primary_follows() {
+    let _serial = SERIAL.lock().await;
+    ordinal_e2e::init_logs();
+    let (seam, running) = ready_cluster(ReplicationMode::Async).await;
+    let (acks, stop, w) = start_writer(&seam).await;
+
+    seam.request_switchover("db-2");
+    let last = switched_over_to_db2(&seam, &acks, stop, w).await;
     assert_eq!((last.from.as_str(), last.to.as_str()), ("db-0", "db-2"));
     assert!(last.reason.contains("switchover"));
-    let acked = acks.lock().unwrap().ids.clone();
-    let present = seam.pod("db-2").ids().await;
-    let missing: Vec<i64> = acked
-        .iter()
-        .filter(|id| present.binary_search(id).is_err())
-        .copied()
-        .collect();
+    let missing = missing_rows(&seam, &acks).await;
     assert!(
         missing.is_empty(),
         "a switchover lost acknowledged rows: {missing:?}"
@@ -277,13 +294,7 @@ async fn a_switchover_interrupted_by_an_operator_crash_resumes_as_planned() {
     ordinal_e2e::init_logs();
     let (seam, running) = ready_cluster(ReplicationMode::Async).await;
     running.halt().await;
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let (stop, stopped) = watch::channel(false);
-    let w = writer(Arc::clone(&seam), Arc::clone(&acks), stopped);
-    wait_for("the writer commits", Duration::from_secs(30), async || {
-        acks.lock().unwrap().ids.len() > 50
-    })
-    .await;
+    let (acks, stop, w) = start_writer(&seam).await;
 
     // The operator records the switchover's intent, then dies.
     seam.request_switchover("db-2");
@@ -311,28 +322,7 @@ async fn a_switchover_interrupted_by_an_operator_crash_resumes_as_planned() {
     // A new operator resumes it the way it began: a clean shutdown of
     // db-0, its final WAL on db-2, then the promotion.
     let running = Running::start(Arc::clone(&seam), None);
-    wait_for("db-2 is the primary", Duration::from_secs(60), async || {
-        let state = seam.state.lock().unwrap();
-        state.current == "db-2" && state.target.is_none()
-    })
-    .await;
-    let switched_at = Instant::now();
-    wait_for("writes resume", Duration::from_secs(30), async || {
-        acks.lock()
-            .unwrap()
-            .first_after(switched_at, "db-0")
-            .is_some()
-    })
-    .await;
-    let _ = stop.send(true);
-    let _ = w.await;
-    let last = seam
-        .state
-        .lock()
-        .unwrap()
-        .last_failover
-        .clone()
-        .expect("lastFailover");
+    let last = switched_over_to_db2(&seam, &acks, stop, w).await;
     assert!(
         last.reason.contains("switchover") && last.reason.contains("resumed"),
         "{}",

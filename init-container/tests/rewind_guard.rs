@@ -73,21 +73,28 @@ async fn wait_streaming(primary: &Pod, replica: &str) {
     panic!("{replica} never streamed from {}", primary.name);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_diverged_old_primary_is_rewound() {
-    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
-    let (db0, db1) = primary_and_replica(&cluster).await;
-
-    // Failover: db-0 stops, db-1 is promoted and takes writes.
+/// db-0 and db-1 after a failover that db-0 diverged from: db-1 promoted
+/// with rows 11..=20, db-0 started writable behind everyone's back with
+/// rows 1000..=1010 and stopped again; db-1 running and recorded primary.
+async fn diverged(cluster: &Cluster) -> (Pod, Pod) {
+    let (db0, db1) = primary_and_replica(cluster).await;
     db0.stop();
     promote(&db1).await;
     write_rows(&db1, 11, 20).await;
-    // db-0 comes back writable behind everyone's back and diverges.
     db0.start_unguarded();
     assert!(!db0.in_recovery().await);
     write_rows(&db0, 1000, 1010).await;
     db0.stop();
     cluster.set_state("db-1", true, 1);
+    (db0, db1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_old_primary_is_rewound() {
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
+    // Failover: db-0 stops, db-1 is promoted and takes writes; db-0
+    // comes back writable behind everyone's back and diverges.
+    let (db0, db1) = diverged(&cluster).await;
 
     let out = db0.init();
     let log = stderr(&out);
@@ -255,13 +262,7 @@ async fn a_primary_restarting_during_its_replacement_does_not_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_pg_rewind_fails_the_old_data_is_kept_aside_and_cloned_afresh() {
     let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
-    let (db0, db1) = primary_and_replica(&cluster).await;
-    db0.stop();
-    promote(&db1).await;
-    write_rows(&db1, 11, 20).await;
-    db0.start_unguarded();
-    write_rows(&db0, 1000, 1010).await;
-    db0.stop();
+    let (db0, _db1) = diverged(&cluster).await;
     // The old primary's WAL since the fork is gone (recycled, or a disk
     // mishap): pg_rewind cannot find where the histories diverged.
     for entry in db0
@@ -276,7 +277,6 @@ async fn when_pg_rewind_fails_the_old_data_is_kept_aside_and_cloned_afresh() {
             std::fs::remove_file(entry.path()).expect("remove WAL segment");
         }
     }
-    cluster.set_state("db-1", true, 1);
 
     let out = db0.init();
     let log = stderr(&out);
