@@ -10,7 +10,8 @@
 #                               wait for the node to be Ready; prints the KUBECONFIG
 #   scripts/cluster.sh down     stop what `up` started (by PID), remove its state
 #   scripts/cluster.sh status   what runs, and the node
-#   scripts/cluster.sh env      `export KUBECONFIG=…`, for eval
+#   scripts/cluster.sh env      `export KUBECONFIG=…` and the built kubectl on PATH:
+#                               eval "$(scripts/cluster.sh env)"
 #   scripts/cluster.sh build    only build the binaries
 #   scripts/cluster.sh logs [COMPONENT]   the end of the components' logs
 #
@@ -591,7 +592,7 @@ cmd_up() {
   wait_for "node $NODE_NAME is Ready" 180 node_ready
   wait_for "CoreDNS is ready" 60 dns_ready
   wait_for "the default service account exists" 60 kubectl_admin -n default get serviceaccount default
-  log "cluster up: node $NODE_NAME Ready"
+  log "cluster up: node $NODE_NAME Ready; to use it: eval \"\$(scripts/cluster.sh env)\""
   echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 
@@ -697,7 +698,10 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  env) echo "export KUBECONFIG=$KUBECONFIG_ADMIN" ;;
+  env)
+    echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+    case ":$PATH:" in *":$BIN:"*) ;; *) echo "export PATH=$BIN:\$PATH" ;; esac
+    ;;
   build) require_root; install_packages; build ;;
   logs) shift; show_logs "$@" ;;
   *)

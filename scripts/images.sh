@@ -110,7 +110,7 @@ build_postgres() {
   # What a container does not need: package lists, docs, the runtime's mounts.
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
     "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/var/log/* \
-    "$root"/dev/* "$root"/proc/* "$root"/sys/* "$root"/run/*
+    "${root:?}"/dev/* "$root"/proc/* "$root"/sys/* "$root"/run/*
   # /var/run is /run: the socket directory is made after emptying it.
   mkdir -p "$root/run/postgresql" "$root/var/lib/postgresql/data"
   chroot "$root" chown postgres:postgres /run/postgresql /var/lib/postgresql/data
@@ -204,7 +204,7 @@ case "$cmd" in
   build | import)
     for name in "${images[@]}"; do
       "build_$name"
-      [ "$cmd" = import ] && import_image "$name"
+      if [ "$cmd" = import ]; then import_image "$name"; fi
     done
     ;;
   *)

@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. On a fresh Debian machine it first installs what
-# the tests need (PostgreSQL's server binaries); the tests start their own
-# servers as the `postgres` user on 127.0.0.1, in temporary directories.
+# Runs the whole test suite, as CI does (.ci/run calls this script). On a new
+# Debian machine it first installs what the tests need; it then checks the
+# format and lints, runs every test of the workspace (real PostgreSQL
+# servers, started by the tests as the `postgres` user on 127.0.0.1), and
+# finally the real-cluster suite: it starts the local Kubernetes cluster
+# (scripts/cluster.sh), builds and imports the images, installs Ordinal
+# the way users do (`kubectl apply -k deploy/`), runs e2e/tests/cluster.rs
+# against it, and stops the cluster again, also on failure. Run as root
+# (the cluster needs it).
 #
-#   scripts/test.sh            # format check, clippy, every test
-#   scripts/test.sh -- NAME    # only tests matching NAME (passed to cargo test)
+#   scripts/test.sh            # format check, clippy, every test, the real-cluster suite
+#   scripts/test.sh -- NAME    # only tests matching NAME (passed to every cargo test)
+#
+# A cluster that was already up (scripts/cluster.sh up) is used and left
+# running; otherwise the one started here is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$(pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$REPO/scripts/lib/common.sh"
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+started=$SECONDS
+step() { printf '==> [%4ss] %s\n' "$((SECONDS - started))" "$*"; }
 
-apt_updated=false
-apt_install() {
-  if [ "$apt_updated" = false ]; then
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    apt_updated=true
-  fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
-}
+filter=()
+if [ "${1:-}" = "--" ]; then shift; fi
+filter=("$@")
 
 # PostgreSQL server binaries (initdb, postgres, pg_basebackup, pg_rewind).
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  echo "==> installing PostgreSQL"
+  step "installing PostgreSQL"
   apt_install postgresql
 fi
 id postgres >/dev/null 2>&1 || { echo "the postgresql package did not create the postgres user" >&2; exit 1; }
@@ -31,19 +37,92 @@ id postgres >/dev/null 2>&1 || { echo "the postgresql package did not create the
 # Prometheus and promtool: the alert rules are checked and unit-tested with
 # promtool, and the dashboard's queries run against a real Prometheus.
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
-  echo "==> installing Prometheus"
+  step "installing Prometheus"
   apt_install prometheus
 fi
 
-echo "==> cargo fmt --check"
-cargo fmt --all -- --check
+# The cluster's binaries and the PostgreSQL image take minutes and hardly
+# any of cargo's time: they build beside the checks and tests below.
+mkdir -p "$CACHE_DIR"
+prepare_log=$CACHE_DIR/test-prepare.log
+step "building the cluster and the PostgreSQL image in the background (log: $prepare_log)"
+( as_root nice -n 10 scripts/cluster.sh build && as_root nice -n 10 scripts/images.sh build pause postgres ) >"$prepare_log" 2>&1 &
+prepare_pid=$!
 
-echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cluster_started=false
+on_exit() {
+  local rc=$?
+  if kill -0 "$prepare_pid" 2>/dev/null; then
+    kill "$prepare_pid" 2>/dev/null || true
+    wait "$prepare_pid" 2>/dev/null || true
+  fi
+  if [ "$rc" -ne 0 ] && [ -f "$CACHE_DIR/cluster-suite.started" ]; then
+    echo "==> the end of the cluster's logs (scripts/cluster.sh logs)"
+    as_root scripts/cluster.sh logs || true
+    echo "==> the operator's log (last 300 lines)"
+    "$BIN/kubectl" --kubeconfig "$KUBECONFIG" -n ordinal-system logs deploy/ordinal-operator --tail 300 2>&1 || true
+  fi
+  rm -f "$CACHE_DIR/cluster-suite.started"
+  if [ "$cluster_started" = true ]; then
+    step "stopping the cluster"
+    as_root scripts/cluster.sh down || true
+  fi
+  step "done (exit $rc)"
+  exit "$rc"
+}
+trap on_exit EXIT
 
-echo "==> cargo build (ordinal-init, which the end-to-end tests run)"
+if cargo fmt --version >/dev/null 2>&1; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+else
+  step "rustfmt is not installed: the format check is skipped (rustup component add rustfmt)"
+fi
+
+if cargo clippy --version >/dev/null 2>&1; then
+  step "cargo clippy"
+  cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+else
+  step "clippy is not installed: the lints are skipped (rustup component add clippy)"
+fi
+
+step "cargo build (ordinal-init, which the end-to-end tests run)"
 cargo build -p ordinal-init --locked
 
-echo "==> cargo test"
-if [ "${1:-}" = "--" ]; then shift; fi
-cargo test --workspace --locked -- "$@"
+step "cargo test"
+cargo test --workspace --locked -- "${filter[@]}"
+
+# --- the real-cluster suite -------------------------------------------------
+step "waiting for the cluster's binaries and the PostgreSQL image"
+if ! wait "$prepare_pid"; then
+  tail -50 "$prepare_log" >&2
+  echo "building the cluster or the images failed (log: $prepare_log)" >&2
+  exit 1
+fi
+
+if as_root scripts/cluster.sh status >/dev/null 2>&1; then
+  step "using the running cluster"
+else
+  step "scripts/cluster.sh up"
+  cluster_started=true
+  as_root scripts/cluster.sh up >/dev/null
+fi
+eval "$(scripts/cluster.sh env)"
+touch "$CACHE_DIR/cluster-suite.started"
+
+step "images (the Ordinal image from a release build)"
+as_root scripts/images.sh import
+
+step "kubectl apply -k deploy/"
+kubectl=("$BIN/kubectl")
+"${kubectl[@]}" apply --server-side --force-conflicts -k deploy/ >/dev/null
+# The image was imported again under the same tag: restart onto it.
+"${kubectl[@]}" -n ordinal-system rollout restart deployment/ordinal-operator >/dev/null
+"${kubectl[@]}" -n ordinal-system rollout status deployment/ordinal-operator --timeout=180s
+
+step "the real-cluster suite (e2e/tests/cluster.rs)"
+ORDINAL_E2E_OPERATOR=external \
+  ORDINAL_E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE \
+  ORDINAL_E2E_IMAGE=$ORDINAL_IMAGE \
+  ORDINAL_E2E_CONTAINERD_STATE=/run/ordinal-cluster/containerd \
+  cargo test -p ordinal-e2e --features cluster --test cluster --locked -- --test-threads=1 "${filter[@]}"

@@ -2,13 +2,28 @@
 //! — the objects of a cluster, failovers under write load, scaling through
 //! the scale subresource, a canary rolling update, admission and deletion.
 //!
-//! Every test is `#[ignore]`d: it needs a cluster (`KUBECONFIG` or the
-//! current context) with the CRD installed, and takes minutes. Each runs in
-//! a namespace of its own, deleted afterwards; a failing test prints the
-//! namespace's state and logs first (see `ordinal_e2e::cluster` for the
-//! harness and its environment variables).
+//! The suite needs a cluster (`KUBECONFIG` or the current context) with the
+//! CRD installed, and takes minutes, so it is a test target of its own
+//! behind the `cluster` feature. Each test runs in a namespace of its own,
+//! deleted afterwards; a failing test prints the namespace's state and logs
+//! first (see `ordinal_e2e::cluster` for the harness and its environment
+//! variables).
 //!
-//! # Running on kind
+//! # Running it
+//!
+//! `scripts/test.sh` runs it in every CI run on the local single-node
+//! cluster (`scripts/cluster.sh`), with the operator installed by
+//! `kubectl apply -k deploy/`. By hand, on that cluster:
+//!
+//! ```sh
+//! scripts/quickstart.sh                      # the cluster, the images, Ordinal installed
+//! eval "$(scripts/cluster.sh env)"
+//! ORDINAL_E2E_OPERATOR=external ORDINAL_E2E_POSTGRES_IMAGE=ordinal.local/postgres:17 \
+//!   ORDINAL_E2E_CONTAINERD_STATE=/run/ordinal-cluster/containerd \
+//!   cargo test -p ordinal-e2e --features cluster --test cluster -- --test-threads=1 --nocapture
+//! ```
+//!
+//! # Running it on kind
 //!
 //! ```sh
 //! kind create cluster --name ordinal
@@ -17,20 +32,16 @@
 //! kind load docker-image ghcr.io/ordinal-dev/ordinal:0.1.0 --name ordinal
 //! # Optional, saves pulls from Docker Hub in every test:
 //! docker pull postgres:17 && kind load docker-image postgres:17 --name ordinal
-//! kubectl apply -f deploy/crds/
-//!
-//! # Default (ORDINAL_E2E_OPERATOR=spawn): the tests run target/<profile>/ordinal-operator
-//! # on this machine. It probes pods at their IPs, which kind keeps inside its node
-//! # containers; on Linux, route the node's pod CIDR to the node (one route per node):
-//! sudo ip route add "$(kubectl get node ordinal-control-plane -o jsonpath='{.spec.podCIDR}')" \
-//!     via "$(docker inspect -f '{{.NetworkSettings.Networks.kind.IPAddress}}' ordinal-control-plane)"
-//! cargo build -p ordinal-operator
-//! cargo test -p ordinal-e2e --test cluster -- --ignored --test-threads=1 --nocapture
-//!
-//! # Or with the operator in the cluster (no route needed):
 //! kubectl apply -k deploy/ && kubectl -n ordinal-system rollout status deploy/ordinal-operator
-//! ORDINAL_E2E_OPERATOR=external cargo test -p ordinal-e2e --test cluster -- --ignored --test-threads=1 --nocapture
+//! ORDINAL_E2E_OPERATOR=external cargo test -p ordinal-e2e --features cluster --test cluster -- --test-threads=1 --nocapture
 //! ```
+//!
+//! Without `ORDINAL_E2E_CONTAINERD_STATE` (kind's nodes are containers),
+//! the crash scenario stops postgres from inside its container (see
+//! `Harness::crash_postgres`). `ORDINAL_E2E_OPERATOR=spawn` runs
+//! `target/<profile>/ordinal-operator` on the test machine instead, which
+//! must then reach pod IPs (true on the local cluster; on kind, route the
+//! node's pod CIDR to it).
 //!
 //! `--nocapture` shows the progress lines and the measured failover times;
 //! `ORDINAL_E2E_KEEP=1` keeps the namespace of a failed test;
@@ -152,7 +163,6 @@ async fn show(h: &Harness, cluster: &str, pod: &str, parameter: &str) -> String 
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs a Kubernetes cluster: cargo test -p ordinal-e2e -- --ignored"]
 async fn three_replicas_come_up_with_the_documented_shape() {
     let h = Harness::new("three_replicas_come_up_with_the_documented_shape").await;
     h.apply(CLUSTER, &h.spec(3)).await;
@@ -564,7 +574,6 @@ async fn failover_round(h: &Harness, writer: &Writer, old: &str, how: Disruption
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs a Kubernetes cluster: cargo test -p ordinal-e2e -- --ignored"]
 async fn deleting_db0_promotes_a_replica_under_write_load() {
     let h = Harness::new("deleting_db0_promotes_a_replica_under_write_load").await;
     let mut spec = h.spec(3);
@@ -602,7 +611,6 @@ async fn deleting_db0_promotes_a_replica_under_write_load() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs a Kubernetes cluster: cargo test -p ordinal-e2e -- --ignored"]
 async fn scaling_3_5_3_through_the_scale_subresource() {
     let h = Harness::new("scaling_3_5_3_through_the_scale_subresource").await;
     let mut spec = h.spec(3);
@@ -710,7 +718,6 @@ async fn scaling_3_5_3_through_the_scale_subresource() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs a Kubernetes cluster: cargo test -p ordinal-e2e -- --ignored"]
 async fn rolling_update_with_a_partition_canary() {
     let h = Harness::new("rolling_update_with_a_partition_canary").await;
     let spec = h.spec(3);
@@ -928,7 +935,6 @@ async fn rolling_update_with_a_partition_canary() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs a Kubernetes cluster: cargo test -p ordinal-e2e -- --ignored"]
 async fn an_invalid_spec_is_rejected_with_the_cel_message() {
     let h = Harness::new("an_invalid_spec_is_rejected_with_the_cel_message").await;
     let no_replicas = h.spec(0);
@@ -1033,7 +1039,6 @@ async fn an_invalid_spec_is_rejected_with_the_cel_message() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs a Kubernetes cluster: cargo test -p ordinal-e2e -- --ignored"]
 async fn deleting_the_cluster_removes_owned_objects_and_keeps_pvcs_by_policy() {
     const EPHEMERAL: &str = "scratch";
     let h =

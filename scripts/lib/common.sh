@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared by the scripts: where things are built and kept, and how packages
 # are installed. Sourced, never run.
 
@@ -34,6 +35,6 @@ apt_install() {
 # A hash of files' contents (and of extra words), to know when a cached
 # build is stale.
 content_hash() {
-  { for f in "$@"; do if [ -f "$f" ]; then sha256sum "$f"; else echo "$f"; fi; done; } |
+  { for f in "$@"; do if [ -f "$f" ]; then sha256sum <"$f"; else echo "$f"; fi; done; } |
     sha256sum | cut -c1-16
 }

@@ -1,5 +1,6 @@
 //! The suite's configuration, from the environment.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Who runs the operator during the tests.
@@ -20,6 +21,9 @@ pub struct Config {
     pub storage_class: Option<String>,
     pub timeout: Duration,
     pub keep: bool,
+    /// The node's containerd state directory, through which the suite
+    /// signals processes in containers from the node.
+    pub containerd_state: Option<PathBuf>,
 }
 
 impl Config {
@@ -51,6 +55,7 @@ impl Config {
             storage_class: var("ORDINAL_E2E_STORAGE_CLASS"),
             timeout: Duration::from_secs(timeout),
             keep: var("ORDINAL_E2E_KEEP").as_deref() == Some("1"),
+            containerd_state: var("ORDINAL_E2E_CONTAINERD_STATE").map(PathBuf::from),
         }
     }
 }

@@ -286,6 +286,38 @@ pub(super) async fn dump(client: &Client, ns: &str, operator_log: Option<&Path>)
             }
             Err(e) => eprintln!("(cannot read it: {e})"),
         }
+    } else {
+        operator_pod_logs(client).await;
     }
     eprintln!("\n========== ordinal-e2e: end of the dump of {ns} ==========\n");
+}
+
+/// The end of the log of every operator pod in the cluster (an operator
+/// installed with `kubectl apply -k deploy/`).
+async fn operator_pod_logs(client: &Client) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let list = match pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=ordinal-operator"))
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => {
+            eprintln!("\n(cannot list the operator's pods: {})", error_text(&e));
+            return;
+        }
+    };
+    for pod in list {
+        let (name, ns) = (pod.name_any(), pod.namespace().unwrap_or_default());
+        eprintln!("\n---------- operator log {ns}/{name}, last 300 lines ----------");
+        let params = LogParams {
+            tail_lines: Some(300),
+            ..LogParams::default()
+        };
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        match tokio::time::timeout(Duration::from_secs(20), api.logs(&name, &params)).await {
+            Ok(Ok(text)) => eprintln!("{}", text.trim_end()),
+            Ok(Err(e)) => eprintln!("(no logs: {})", error_text(&e)),
+            Err(_) => eprintln!("(reading the logs timed out)"),
+        }
+    }
 }

@@ -12,6 +12,7 @@
 //! | `ORDINAL_E2E_STORAGE_CLASS` | unset (the cluster's default class) | `spec.storage.storageClassName` |
 //! | `ORDINAL_E2E_TIMEOUT_SECONDS` | `600` | the wait budget of each scenario step |
 //! | `ORDINAL_E2E_KEEP` | unset | `1`: keep the namespace of a failed test for inspection |
+//! | `ORDINAL_E2E_CONTAINERD_STATE` | unset | the node's containerd state directory (`/run/ordinal-cluster/containerd` on the local cluster): the suite signals postmasters from the node through it (a real `kill -9`, `kill -STOP`) |
 //!
 //! `RUST_LOG` is passed to the spawned operator (default `info,kube=warn`),
 //! as is the rest of the environment (e.g. `ORDINAL_INIT_IMAGE_PULL_POLICY`);

@@ -1,11 +1,12 @@
 //! Pod helpers: readiness, restarts and revision of a pod; exec into it,
-//! and crashing its PostgreSQL.
+//! and crashing, stopping or resuming its PostgreSQL from the node.
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::ResourceExt;
 use kube::api::AttachParams;
+use nix::sys::signal::Signal;
 use tokio::io::AsyncReadExt;
 
 use super::{Harness, error_text};
@@ -104,17 +105,19 @@ impl Harness {
             .map_err(|_| format!("exec in {pod}/{container} did not finish within 60s"))?
     }
 
-    /// Crashes PostgreSQL in `pod` and waits until the crash shows (the
-    /// container restarted, or the pod was replaced).
+    /// Crashes PostgreSQL in `pod` — `kill -9` of the postmaster — and
+    /// waits until the crash shows (the container restarted, or the pod
+    /// was replaced).
     ///
-    /// Not a literal `kill -9 1`: postgres is PID 1 of its container
-    /// (ordinal-init execs it), and the kernel drops SIGKILL sent to a PID
-    /// namespace's init from inside the namespace — which is where exec
-    /// runs. So every other process of the container (the backends,
+    /// postgres is PID 1 of its container (ordinal-init execs it), and the
+    /// kernel drops SIGKILL sent to a PID namespace's init from inside the
+    /// namespace, which is where exec runs. So the signal comes from the
+    /// node ([`Harness::signal_postgres`]) when the suite has access to the
+    /// node's containerd (`ORDINAL_E2E_CONTAINERD_STATE`, set by
+    /// scripts/test.sh for the local cluster). Without it, the closest thing
+    /// from inside: every other process of the container (the backends,
     /// walsenders, checkpointer: everything holding unsent WAL) gets
-    /// SIGKILL, and the postmaster SIGQUIT, postgres' immediate shutdown:
-    /// no checkpoint, no final WAL to the standbys, crash recovery at the
-    /// next start. Should the postmaster not be PID 1, it gets SIGKILL.
+    /// SIGKILL and the postmaster SIGQUIT, postgres' immediate shutdown.
     pub async fn crash_postgres(&self, pod: &str) {
         let before = self
             .pods()
@@ -123,6 +126,34 @@ impl Harness {
             .unwrap_or_else(|e| panic!("reading pod {pod}: {}", error_text(&e)));
         let uid = before.metadata.uid.clone();
         let restarts = postgres_restarts(&before);
+        if self.config.containerd_state.is_some() {
+            self.signal_postgres(pod, Signal::SIGKILL)
+                .await
+                .unwrap_or_else(|why| panic!("kill -9 of postgres in {pod}: {why}"));
+            eprintln!("ordinal-e2e: crash {pod}: kill -9 of the postmaster from the node");
+        } else {
+            self.crash_postgres_from_inside(pod).await;
+        }
+        self.wait_until(
+            &format!("postgres in {pod} is down (container restarted or pod replaced)"),
+            async || match self.pods().get_opt(pod).await {
+                Ok(None) => Ok(()),
+                Ok(Some(p)) if p.metadata.uid != uid => Ok(()),
+                Ok(Some(p)) if p.metadata.deletion_timestamp.is_some() => Ok(()),
+                Ok(Some(p)) if postgres_restarts(&p) > restarts || postgres_not_running(&p) => {
+                    Ok(())
+                }
+                Ok(Some(p)) => Err(format!(
+                    "{pod}: container postgres still running, restartCount {}",
+                    postgres_restarts(&p)
+                )),
+                Err(e) => Err(error_text(&e)),
+            },
+        )
+        .await;
+    }
+
+    async fn crash_postgres_from_inside(&self, pod: &str) {
         // Every process but PID 1 and this shell (dash has no reliable
         // `kill -1`), then the postmaster.
         let script = r#"read -r pid < "$PGDATA/postmaster.pid" || exit 3
@@ -146,22 +177,31 @@ fi"#;
             ),
             Err(why) => eprintln!("ordinal-e2e: crash {pod}: the exec ended with: {why}"),
         }
-        self.wait_until(
-            &format!("postgres in {pod} is down (container restarted or pod replaced)"),
-            async || match self.pods().get_opt(pod).await {
-                Ok(None) => Ok(()),
-                Ok(Some(p)) if p.metadata.uid != uid => Ok(()),
-                Ok(Some(p)) if p.metadata.deletion_timestamp.is_some() => Ok(()),
-                Ok(Some(p)) if postgres_restarts(&p) > restarts || postgres_not_running(&p) => {
-                    Ok(())
-                }
-                Ok(Some(p)) => Err(format!(
-                    "{pod}: container postgres still running, restartCount {}",
-                    postgres_restarts(&p)
-                )),
-                Err(e) => Err(error_text(&e)),
-            },
-        )
-        .await;
+    }
+
+    /// Sends `signal` to the postmaster of `pod` (the first process of its
+    /// `postgres` container) from the node: `kill -9` for a crash,
+    /// `kill -STOP` for a hung server, `kill -CONT` to release it. Needs
+    /// the node's containerd state directory (`ORDINAL_E2E_CONTAINERD_STATE`).
+    pub async fn signal_postgres(&self, pod: &str, signal: Signal) -> Result<(), String> {
+        let state = self.config.containerd_state.as_ref().ok_or_else(|| {
+            "ORDINAL_E2E_CONTAINERD_STATE is not set: the suite cannot reach the node's processes".to_owned()
+        })?;
+        let p = self.pods().get(pod).await.map_err(|e| error_text(&e))?;
+        let id = postgres_status(&p)
+            .and_then(|c| c.container_id.as_deref())
+            .and_then(|id| id.strip_prefix("containerd://"))
+            .ok_or_else(|| format!("{pod}: the postgres container has no containerd ID"))?;
+        let file = state
+            .join("io.containerd.runtime.v2.task/k8s.io")
+            .join(id)
+            .join("init.pid");
+        let pid: i32 = std::fs::read_to_string(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .map_err(|e| format!("kill -{signal} {pid} ({pod}): {e}"))
     }
 }
