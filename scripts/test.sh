@@ -125,4 +125,4 @@ ORDINAL_E2E_OPERATOR=external \
   ORDINAL_E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE \
   ORDINAL_E2E_IMAGE=$ORDINAL_IMAGE \
   ORDINAL_E2E_CONTAINERD_STATE=/run/ordinal-cluster/containerd \
-  cargo test -p ordinal-e2e --features cluster --test cluster --locked -- --test-threads=1 "${filter[@]}"
+  cargo test -p ordinal-e2e --features cluster --test cluster --locked -- --test-threads=1 --nocapture "${filter[@]}"
