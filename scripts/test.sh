@@ -20,6 +20,11 @@ REPO=$(pwd)
 # shellcheck source=scripts/lib/common.sh
 . "$REPO/scripts/lib/common.sh"
 
+[ "$(id -u)" -eq 0 ] || {
+  echo "scripts/test.sh starts a Kubernetes cluster (network namespaces, mounts, cgroups): run it as root" >&2
+  exit 1
+}
+
 started=$SECONDS
 step() { printf '==> [%4ss] %s\n' "$((SECONDS - started))" "$*"; }
 
@@ -46,26 +51,28 @@ fi
 mkdir -p "$CACHE_DIR"
 prepare_log=$CACHE_DIR/test-prepare.log
 step "building the cluster and the PostgreSQL image in the background (log: $prepare_log)"
-( as_root nice -n 10 scripts/cluster.sh build && as_root nice -n 10 scripts/images.sh build pause postgres ) >"$prepare_log" 2>&1 &
+# In a session of its own, so that stopping it stops everything it started.
+setsid bash -c 'nice -n 10 scripts/cluster.sh build && nice -n 10 scripts/images.sh build pause postgres' \
+  >"$prepare_log" 2>&1 </dev/null &
 prepare_pid=$!
 
 cluster_started=false
 on_exit() {
   local rc=$?
   if kill -0 "$prepare_pid" 2>/dev/null; then
-    kill "$prepare_pid" 2>/dev/null || true
+    kill -- "-$prepare_pid" 2>/dev/null || true
     wait "$prepare_pid" 2>/dev/null || true
   fi
   if [ "$rc" -ne 0 ] && [ -f "$CACHE_DIR/cluster-suite.started" ]; then
     echo "==> the end of the cluster's logs (scripts/cluster.sh logs)"
-    as_root scripts/cluster.sh logs || true
+    scripts/cluster.sh logs || true
     echo "==> the operator's log (last 300 lines)"
     "$BIN/kubectl" --kubeconfig "$KUBECONFIG" -n ordinal-system logs deploy/ordinal-operator --tail 300 2>&1 || true
   fi
   rm -f "$CACHE_DIR/cluster-suite.started"
   if [ "$cluster_started" = true ]; then
     step "stopping the cluster"
-    as_root scripts/cluster.sh down || true
+    scripts/cluster.sh down || true
   fi
   step "done (exit $rc)"
   exit "$rc"
@@ -100,18 +107,18 @@ if ! wait "$prepare_pid"; then
   exit 1
 fi
 
-if as_root scripts/cluster.sh status >/dev/null 2>&1; then
+if scripts/cluster.sh status >/dev/null 2>&1; then
   step "using the running cluster"
 else
   step "scripts/cluster.sh up"
   cluster_started=true
-  as_root scripts/cluster.sh up >/dev/null
+  scripts/cluster.sh up >/dev/null
 fi
 eval "$(scripts/cluster.sh env)"
 touch "$CACHE_DIR/cluster-suite.started"
 
 step "images (the Ordinal image from a release build)"
-as_root scripts/images.sh import
+scripts/images.sh import
 
 step "kubectl apply -k deploy/"
 kubectl=("$BIN/kubectl")

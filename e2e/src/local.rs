@@ -70,11 +70,37 @@ pub fn pg_bin() -> PathBuf {
         .1
 }
 
+/// A free port for a test server, below the kernel's ephemeral range.
+///
+/// A port the kernel hands out for `bind(0)` comes from the ephemeral
+/// range, where an outgoing connection of another test (a probe, a
+/// replication stream, pg_basebackup) can take it as its source port
+/// between this pick and the server's own bind: "Address already in use".
+/// Ports below the range are never taken that way; a counter shared by the
+/// tests of this process, from a random start, keeps them apart.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let (base, span) = (10000, low - 10000);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let start = rand::random_range(0..span);
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {base}..{low}");
 }
 
 /// Waits until `f` holds, or panics with `what` after `timeout`.
