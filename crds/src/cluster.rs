@@ -447,6 +447,12 @@ pub struct FailoverSpec {
     #[serde(default = "default_max_lag_on_failover")]
     #[schemars(range(min = 0))]
     pub max_lag_bytes_on_failover: i64,
+    /// A primary that can reach neither the API server nor any standby for
+    /// this long stops accepting writes by itself, so that a replica may be
+    /// promoted safely when its node cannot be reached to stop it.
+    #[serde(default = "default_isolation_seconds")]
+    #[schemars(range(min = 2, max = 300))]
+    pub isolation_seconds: i32,
 }
 
 impl Default for FailoverSpec {
@@ -456,6 +462,7 @@ impl Default for FailoverSpec {
             check_interval_seconds: default_check_interval(),
             failure_threshold: default_failure_threshold(),
             max_lag_bytes_on_failover: default_max_lag_on_failover(),
+            isolation_seconds: default_isolation_seconds(),
         }
     }
 }
@@ -468,6 +475,9 @@ fn default_check_interval() -> i32 {
 }
 fn default_failure_threshold() -> i32 {
     3
+}
+fn default_isolation_seconds() -> i32 {
+    10
 }
 fn default_max_lag_on_failover() -> i64 {
     DEFAULT_MAX_LAG_BYTES_ON_FAILOVER

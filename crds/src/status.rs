@@ -74,6 +74,16 @@ pub struct PostgresClusterStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
     pub instances: Vec<InstanceStatus>,
 
+    /// The last WAL position seen on the primary, refreshed with the
+    /// instances: a restarted operator still knows how far it had got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_lsn: Option<String>,
+
+    /// The synchronous standbys and quorum in effect (quorum mode): what
+    /// the failover rule counts over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<SynchronousSet>,
+
     /// The last failover or switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
@@ -137,13 +147,46 @@ pub struct InstanceStatus {
     pub timeline: Option<i64>,
 }
 
-/// A promotion recorded but not published yet.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// A promotion recorded but not published yet: the failover's state, from
+/// which a restarted operator resumes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingPromotion {
     /// The old primary shuts down cleanly (switchover, deleted pod).
     pub planned: bool,
     pub reason: String,
+    /// The instance of the old primary whose stop the promotion waits for:
+    /// its pod's UID and IP when the promotion was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ip: Option<String>,
+    /// Last LSN seen on the old primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_primary_lsn: Option<String>,
+    /// The LSN the target held when it was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_lsn: Option<String>,
+    /// Upper bound of the WAL lost, as known when the target was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_bytes: Option<i64>,
+}
+
+/// The synchronous standbys commits are acknowledged by (quorum mode).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SynchronousSet {
+    /// `k` of `ANY k (…)`: the smallest in effect while it changes.
+    pub quorum: i32,
+    /// Every standby an acknowledged commit may rest on: while a shrinking
+    /// set catches up, the old set's members stay in it.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub standbys: Vec<String>,
+    /// The primary's LSN when the set last shrank: the members removed
+    /// leave it once every remaining one has flushed this far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrunk_at: Option<String>,
 }
 
 /// A record of the last promotion.

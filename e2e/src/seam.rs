@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ordinal_crds::{FailoverRecord, InstanceStatus, ReplicationMode};
+use ordinal_crds::{FailoverRecord, InstanceStatus, ReplicationMode, SynchronousSet};
+use ordinal_operator::failover::machine::Intent;
 use ordinal_operator::failover::seam::{
-    Credentials, Endpoint, Member, Observation, PodState, Record, Seam, SeamError, Settings,
+    Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PodState, Record, Report,
+    Seam, SeamError, Settings,
 };
 use tokio::sync::Notify;
 
@@ -33,6 +35,9 @@ pub struct State {
     pub settings: Settings,
     pub instances: Vec<InstanceStatus>,
     pub blocked: Option<String>,
+    /// The primary's LSN and the synchronous set, as the loop recorded them.
+    pub primary_lsn: Option<u64>,
+    pub synchronous: Option<SynchronousSet>,
     pub last_failover: Option<FailoverRecord>,
     /// Every published promotion, in order.
     pub promotions: Vec<FailoverRecord>,
@@ -101,9 +106,12 @@ impl LocalSeam {
                     mode,
                     quorum,
                     replicas: n as i32,
+                    isolation: Duration::from_secs(10),
                 },
                 instances: Vec::new(),
                 blocked: None,
+                primary_lsn: None,
+                synchronous: None,
                 last_failover: None,
                 promotions: Vec::new(),
                 partitioned: BTreeSet::new(),
@@ -285,6 +293,8 @@ impl Seam for LocalSeam {
                 version: state.version.to_string(),
                 switchover_to: state.switchover_to.clone(),
                 pending: state.pending.clone(),
+                primary_lsn: state.primary_lsn,
+                synchronous: state.synchronous.clone(),
             },
             settings: state.settings.clone(),
         })
@@ -298,21 +308,27 @@ impl Seam for LocalSeam {
         })
     }
 
-    async fn record_intent(
-        &self,
-        record: &Record,
-        target: &str,
-        reason: &str,
-        planned: bool,
-    ) -> Result<Record, SeamError> {
+    async fn record_intent(&self, record: &Record, intent: &Intent) -> Result<Record, SeamError> {
         let mut state = self.state.lock().unwrap();
-        if state.version.to_string() != record.version {
+        // Only who is primary must not have moved since it was read.
+        if Some(&state.current) != record.current_primary.as_ref()
+            || state.target != record.target_primary
+            || state.epoch != record.epoch
+        {
             return Err(self.conflict(&record.version));
         }
-        state.target = Some(target.to_owned());
+        state.target = Some(intent.to.clone());
         state.pending = Some(ordinal_crds::PendingPromotion {
-            planned,
-            reason: reason.to_owned(),
+            planned: intent.planned,
+            reason: intent.reason.clone(),
+            old_primary_lsn: intent
+                .old_primary_lsn
+                .map(ordinal_operator::failover::pg::format_lsn),
+            chosen_lsn: intent
+                .chosen_lsn
+                .map(ordinal_operator::failover::pg::format_lsn),
+            lost_bytes: intent.lost_bytes,
+            ..ordinal_crds::PendingPromotion::default()
         });
         state.epoch += 1;
         state.version += 1;
@@ -324,16 +340,38 @@ impl Seam for LocalSeam {
             version: state.version.to_string(),
             switchover_to: state.switchover_to.clone(),
             pending: state.pending.clone(),
+            primary_lsn: state.primary_lsn,
+            synchronous: state.synchronous.clone(),
         })
     }
 
-    async fn fence(&self, pod: &str, planned: bool) -> Result<(), SeamError> {
-        let pod = self.pod(pod).clone();
+    /// The local "kubelet" stops a process at once and for sure: the
+    /// fence is confirmed when the kill returns.
+    async fn fence(&self, request: &FenceRequest) -> Result<FenceState, SeamError> {
+        let pod = self.pod(&request.pod).clone();
+        let planned = request.planned;
         tokio::task::spawn_blocking(move || if planned { pod.stop() } else { pod.kill9() })
             .await
             .map_err(|e| SeamError::Failed {
                 cluster: "db".to_owned(),
                 action: "fence",
+                message: e.to_string(),
+            })?;
+        Ok(FenceState::Stopped(if planned {
+            "stopped cleanly".to_owned()
+        } else {
+            "killed".to_owned()
+        }))
+    }
+
+    async fn restart(&self, pod: &str, _why: &str) -> Result<(), SeamError> {
+        // Stopped; the kubelet starts it again through the guard.
+        let pod = self.pod(pod).clone();
+        tokio::task::spawn_blocking(move || pod.stop())
+            .await
+            .map_err(|e| SeamError::Failed {
+                cluster: "db".to_owned(),
+                action: "restart",
                 message: e.to_string(),
             })
     }
@@ -356,14 +394,14 @@ impl Seam for LocalSeam {
         Ok(())
     }
 
-    async fn report(
-        &self,
-        instances: &[InstanceStatus],
-        blocked: Option<&str>,
-    ) -> Result<(), SeamError> {
+    async fn report(&self, report: &Report) -> Result<(), SeamError> {
         let mut state = self.state.lock().unwrap();
-        state.instances = instances.to_vec();
-        state.blocked = blocked.map(str::to_owned);
+        state.instances = report.instances.clone();
+        state.blocked = report.blocked.clone();
+        state.primary_lsn = report.primary_lsn;
+        if let Some(set) = &report.synchronous {
+            state.synchronous = Some(set.clone());
+        }
         Ok(())
     }
 

@@ -250,6 +250,15 @@ impl Harness {
             .unwrap_or_else(|e| panic!("deleting pod {pod}: {}", error_text(&e)));
     }
 
+    /// Deletes pod `pod` at once (`kubectl delete pod --grace-period=0
+    /// --force`): the pod object goes, whatever its containers do.
+    pub async fn force_delete_pod(&self, pod: &str) {
+        self.pods()
+            .delete(pod, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap_or_else(|e| panic!("force-deleting pod {pod}: {}", error_text(&e)));
+    }
+
     /// The StatefulSet of cluster `cluster`.
     pub async fn statefulset(&self, cluster: &str) -> Result<StatefulSet, String> {
         self.api::<StatefulSet>()

@@ -67,6 +67,7 @@ mod dump;
 mod harness;
 mod operator;
 mod pods;
+mod sampler;
 mod sql;
 mod wait;
 mod writer;
@@ -76,6 +77,7 @@ use std::time::Duration;
 pub use config::{Config, OperatorMode};
 pub use harness::Harness;
 pub use pods::{ExecOutput, pod_ready, pod_revision, postgres_restarts};
+pub use sampler::{Sampler, SamplerReport, SplitBrain};
 pub use sql::{connect_pod, routed_pods};
 pub use writer::Writer;
 

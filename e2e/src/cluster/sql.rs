@@ -185,20 +185,27 @@ impl Harness {
         .await;
     }
 
-    /// Asserts that every id of `acked` is in [`WRITES_TABLE`] on the pod
-    /// db-rw routes to; returns that pod.
-    pub async fn assert_acked_rows_present(&self, cluster: &str, acked: &[i64]) -> String {
+    /// The ids of `acked` missing from [`WRITES_TABLE`] on the pod db-rw
+    /// routes to, and that pod.
+    pub async fn missing_acked_rows(&self, cluster: &str, acked: &[i64]) -> (String, Vec<i64>) {
         let (pod, client) = self.sql_rw(cluster).await;
         let rows = client
             .query(&format!("SELECT id FROM {WRITES_TABLE}"), &[])
             .await
             .unwrap_or_else(|e| panic!("reading {WRITES_TABLE} on {pod}: {e}"));
         let present: BTreeSet<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
-        let missing: Vec<i64> = acked
+        let missing = acked
             .iter()
             .copied()
             .filter(|id| !present.contains(id))
             .collect();
+        (pod, missing)
+    }
+
+    /// Asserts that every id of `acked` is in [`WRITES_TABLE`] on the pod
+    /// db-rw routes to; returns that pod.
+    pub async fn assert_acked_rows_present(&self, cluster: &str, acked: &[i64]) -> String {
+        let (pod, missing) = self.missing_acked_rows(cluster, acked).await;
         assert!(
             missing.is_empty(),
             "{} of {} acknowledged rows are missing on the primary {pod} (first: {:?})",

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 
 use ordinal_crds::{InstanceStatus, ReplicationMode, Role};
 
-use super::pg::{InstanceProbe, format_lsn};
+use super::pg::{InstanceProbe, ProbeError, ProbeFailure, format_lsn};
 use super::seam::{Member, PodState, Settings};
 
-/// A probe's outcome per member name (Err: why it failed).
-pub type Probes = BTreeMap<String, Result<InstanceProbe, String>>;
+/// A probe's outcome per member name.
+pub type Probes = BTreeMap<String, Result<InstanceProbe, ProbeError>>;
 
 /// How the recorded primary is doing.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,24 +33,36 @@ pub enum Loss {
     PodDown(String),
     /// It failed `failureThreshold` probes and no replica streams from it.
     Unreachable(String),
+    /// TCP reaches it, PostgreSQL does not answer: `failureThreshold`
+    /// probes in a row. Replicas may still stream from its WAL senders.
+    Hung(String),
 }
 
 impl Loss {
     pub fn reason(&self) -> String {
         match self {
             Self::Planned => "the primary's pod is being deleted (planned)".to_owned(),
-            Self::PodDown(why) | Self::Unreachable(why) => why.clone(),
+            Self::PodDown(why) | Self::Unreachable(why) | Self::Hung(why) => why.clone(),
         }
     }
 }
 
-/// Decides whether the recorded primary is lost. `failures` counts its
-/// consecutive failed probes, this one included.
+/// How the probes of the primary have gone lately.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailureStreak {
+    /// Consecutive failed probes (counted once per check interval).
+    pub failures: u32,
+    /// Of those, the consecutive ones where TCP connected but PostgreSQL
+    /// did not answer.
+    pub no_answer: u32,
+}
+
+/// Decides whether the recorded primary is lost.
 pub fn detect(
     primary_name: &str,
     members: &[Member],
     probes: &Probes,
-    failures: u32,
+    streak: FailureStreak,
     threshold: u32,
 ) -> Detection {
     let Some(primary) = members.iter().find(|m| m.name == primary_name) else {
@@ -85,12 +97,20 @@ pub fn detect(
         Some(Ok(p)) if !p.in_recovery => return Detection::Healthy,
         Some(Ok(_)) => return Detection::RunsAsStandby,
         Some(Err(e)) => e.clone(),
-        None => "not probed".to_owned(),
+        None => ProbeError::new(ProbeFailure::Error, "not probed"),
     };
-    if failures < threshold {
+    if streak.failures < threshold {
         return Detection::Suspect(format!(
-            "primary {primary_name} failed {failures} of {threshold} probes: {error}"
+            "primary {primary_name} failed {} of {threshold} probes: {error}",
+            streak.failures
         ));
+    }
+    if streak.no_answer >= threshold {
+        // Positive evidence: the host answers TCP, the server does not.
+        return Detection::Lost(Loss::Hung(format!(
+            "primary {primary_name} accepts TCP connections but has not answered {} probes in a row ({error})",
+            streak.no_answer
+        )));
     }
     let replicas: Vec<(&str, &InstanceProbe)> = members
         .iter()
@@ -106,13 +126,17 @@ pub fn detect(
              not failing over on the operator's own network trouble"
         ));
     }
-    if let Some((name, _)) = replicas.iter().find(|(_, p)| p.streaming()) {
+    if let Some((name, _)) = replicas
+        .iter()
+        .find(|(_, p)| p.streams_from(&primary.stable))
+    {
         return Detection::Suspect(format!(
             "primary {primary_name} is unreachable from the operator, but {name} still streams from it: no failover"
         ));
     }
     Detection::Lost(Loss::Unreachable(format!(
-        "primary {primary_name} failed {failures} consecutive probes ({error}) and no replica streams from it"
+        "primary {primary_name} failed {} consecutive probes ({error}) and no replica streams from it",
+        streak.failures
     )))
 }
 
@@ -122,23 +146,32 @@ pub struct Choice {
     pub candidate: String,
     /// The WAL position it holds.
     pub position: u64,
-    /// Upper bound of the WAL that may be lost: 0 in quorum mode; in async
-    /// mode the last primary position seen minus the candidate's, when known.
+    /// Upper bound of the WAL that may be lost: the last primary position
+    /// seen minus the candidate's, when known (never below 0). In quorum
+    /// mode no acknowledged commit is in it.
     pub lost_bytes: Option<i64>,
 }
 
-/// Chooses the replica with the highest WAL position (tie: lowest ordinal).
-/// Async mode skips candidates more than `max_lag_bytes` behind the last
-/// primary position seen. Quorum mode (`ANY k` of the n standbys in
-/// `sync_standbys`) proceeds only when at least n-k+1 of them answer: then
-/// one of them holds every acknowledged commit. Err says why no candidate.
+/// The standbys a quorum is counted over, and its `k`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Quorum {
+    pub k: i32,
+    pub standbys: Vec<String>,
+}
+
+/// Chooses the replica with the highest WAL position (tie: lowest ordinal)
+/// among the running standbys that answer. Async mode skips candidates
+/// more than `max_lag_bytes` behind the last primary position seen. Quorum
+/// mode (`ANY k` of the n standbys in `quorum`) proceeds only when at least
+/// n-k+1 of them answer: then one of them holds every acknowledged commit.
+/// Err says why no candidate.
 pub fn choose(
     primary_name: &str,
     members: &[Member],
     probes: &Probes,
     settings: &Settings,
     last_primary_lsn: Option<u64>,
-    sync_standbys: &[String],
+    quorum: &Quorum,
 ) -> Result<Choice, String> {
     let mut candidates: Vec<(&Member, u64)> = members
         .iter()
@@ -150,15 +183,16 @@ pub fn choose(
         .collect();
     // Highest position first, then lowest ordinal.
     candidates.sort_by(|(a, pa), (b, pb)| pb.cmp(pa).then(a.ordinal.cmp(&b.ordinal)));
+    let lag = |position: u64| last_primary_lsn.map(|last| last.saturating_sub(position) as i64);
 
     match settings.mode {
         ReplicationMode::Quorum => {
-            let n = sync_standbys.len();
-            let k = usize::try_from(settings.quorum.max(1)).unwrap_or(1);
+            let n = quorum.standbys.len();
+            let k = usize::try_from(quorum.k.max(1)).unwrap_or(1);
             let answering: Vec<&str> = candidates
                 .iter()
                 .map(|(m, _)| m.name.as_str())
-                .filter(|name| sync_standbys.iter().any(|s| s == name))
+                .filter(|name| quorum.standbys.iter().any(|s| s == name))
                 .collect();
             let needed = n.saturating_sub(k) + 1;
             if n == 0 || answering.len() < needed {
@@ -179,12 +213,10 @@ pub fn choose(
             Ok(Choice {
                 candidate: best.name.clone(),
                 position: *position,
-                lost_bytes: Some(0),
+                lost_bytes: lag(*position),
             })
         }
         ReplicationMode::Async => {
-            let lag =
-                |position: u64| last_primary_lsn.map(|last| last.saturating_sub(position) as i64);
             let too_far: Vec<String> = candidates
                 .iter()
                 .filter(|(_, pos)| lag(*pos).is_some_and(|l| l > settings.max_lag_bytes))
@@ -208,6 +240,107 @@ pub fn choose(
             }
         }
     }
+}
+
+/// The quorum commits are acknowledged under: `recorded` (the set in
+/// effect, kept in the status) when known, else every expected standby
+/// with the spec's k (more standbys make the rule stricter, never looser).
+pub fn quorum_in_effect(
+    recorded: Option<&ordinal_crds::SynchronousSet>,
+    cluster: &str,
+    primary: &str,
+    settings: &Settings,
+) -> Quorum {
+    let standbys: Vec<String> = recorded
+        .map(|set| {
+            set.standbys
+                .iter()
+                .filter(|s| *s != primary)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    match recorded {
+        Some(set) if !standbys.is_empty() => Quorum {
+            k: set.quorum.min(settings.quorum.max(1)),
+            standbys,
+        },
+        _ => Quorum {
+            k: settings.quorum.max(1),
+            standbys: expected_standbys(cluster, primary, settings.replicas),
+        },
+    }
+}
+
+/// The synchronous set to record after seeing the primary's setting
+/// (`k` of `ANY k (names)`) at LSN `primary_lsn`: a growing or equal set is
+/// recorded as it is; a shrinking one keeps the members it lost until every
+/// remaining member has flushed as far as the primary was when it shrank.
+pub fn next_synchronous_set(
+    recorded: Option<&ordinal_crds::SynchronousSet>,
+    primary: &str,
+    k: i32,
+    in_effect: &[String],
+    primary_lsn: Option<u64>,
+    flushed: &BTreeMap<String, u64>,
+) -> ordinal_crds::SynchronousSet {
+    let fresh = || ordinal_crds::SynchronousSet {
+        quorum: k,
+        standbys: in_effect.to_vec(),
+        shrunk_at: None,
+    };
+    // A set recorded under an earlier primary names the current one: what
+    // it acknowledged, the current primary holds.
+    let old = recorded.map(|r| ordinal_crds::SynchronousSet {
+        standbys: r
+            .standbys
+            .iter()
+            .filter(|s| *s != primary)
+            .cloned()
+            .collect(),
+        ..r.clone()
+    });
+    let Some(old) = old.as_ref() else {
+        return fresh();
+    };
+    let removed: Vec<&String> = old
+        .standbys
+        .iter()
+        .filter(|s| !in_effect.contains(s))
+        .collect();
+    if removed.is_empty() {
+        return ordinal_crds::SynchronousSet {
+            quorum: k,
+            ..fresh()
+        };
+    }
+    let shrunk_at = old.shrunk_at.as_deref().and_then(parse_lsn).or(primary_lsn);
+    let caught_up = shrunk_at.is_some_and(|at| {
+        in_effect
+            .iter()
+            .all(|s| flushed.get(s).is_some_and(|f| *f >= at))
+    });
+    if caught_up {
+        return fresh();
+    }
+    let mut standbys = old.standbys.clone();
+    for s in in_effect {
+        if !standbys.contains(s) {
+            standbys.push(s.clone());
+        }
+    }
+    standbys.sort();
+    ordinal_crds::SynchronousSet {
+        quorum: k.min(old.quorum),
+        standbys,
+        shrunk_at: shrunk_at.map(format_lsn),
+    }
+}
+
+/// `0/3000148` → 50331976.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
 }
 
 /// When the primary's pod is scaled away (its ordinal is not below

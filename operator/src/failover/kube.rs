@@ -4,8 +4,9 @@
 //! read at), routing by the pods' `ordinal.dev/role` label, fencing by
 //! deleting the pod.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -14,13 +15,16 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use ordinal_crds::{FailoverRecord, InstanceStatus, PostgresCluster, ReplicationMode, names};
+use ordinal_crds::{FailoverRecord, PostgresCluster, ReplicationMode, names};
 use serde_json::json;
 use tokio::sync::Notify;
 
 use super::decide;
+use super::machine::Intent;
+use super::pg;
 use super::seam::{
-    Credentials, Endpoint, Member, Observation, PodState, Record, Seam, SeamError, Settings,
+    Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PodState, Record, Report,
+    Seam, SeamError, Settings,
 };
 use crate::reconcile::status::{PRIMARY_MANAGER, PrimaryStatus, primary_patch};
 
@@ -37,7 +41,20 @@ pub struct KubeSeam {
     changed: Arc<Notify>,
     recorder: Recorder,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Pods seen deleted, by UID: their last state, and when.
+    deleted: DeletedPods,
 }
+
+/// Pods seen deleted from the API, by UID: their last state, and when.
+type DeletedPods = Arc<Mutex<HashMap<String, (Arc<Pod>, Instant)>>>;
+
+/// A pod deleted from the API while its containers may still have run (a
+/// force delete) is taken as stopped this long after: the kubelet of a
+/// Ready node kills what it no longer finds in the API well before.
+const FORCE_DELETE_GRACE: Duration = Duration::from_secs(30);
+/// The grace period an unplanned fence gives the old primary: a live
+/// postmaster's fast shutdown fits in it; a hung one is killed after it.
+const FENCE_GRACE_SECONDS: i64 = 1;
 
 impl Drop for KubeSeam {
     fn drop(&mut self) {
@@ -56,12 +73,19 @@ impl KubeSeam {
         let config =
             watcher::Config::default().labels(&format!("{}={cluster}", names::LABEL_CLUSTER));
         let notify = Arc::clone(&changed);
+        let deleted = DeletedPods::default();
+        let seen_deleted = Arc::clone(&deleted);
         let watcher = tokio::spawn(async move {
-            let stream = reflector::reflector(writer, watcher(api, config))
-                .default_backoff()
-                .touched_objects();
+            let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
+                if let Ok(watcher::Event::Delete(pod)) = &event
+                    && let Some(uid) = pod.uid()
+                {
+                    let mut deleted = seen_deleted.lock().unwrap_or_else(PoisonError::into_inner);
+                    deleted.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(600));
+                    deleted.insert(uid, (Arc::new(pod.clone()), Instant::now()));
+                }
                 if event.is_ok() {
                     notify.notify_one();
                 }
@@ -75,6 +99,7 @@ impl KubeSeam {
             changed,
             recorder,
             watcher: Some(watcher),
+            deleted,
         }
     }
 
@@ -94,6 +119,7 @@ impl KubeSeam {
             changed: Arc::new(Notify::new()),
             recorder,
             watcher: None,
+            deleted: Arc::default(),
         }
     }
 
@@ -184,6 +210,25 @@ impl KubeSeam {
         }
     }
 
+    /// The pod `name` as the watch last saw it.
+    fn pod(&self, name: &str) -> Option<Arc<Pod>> {
+        self.pods.state().into_iter().find(|p| p.name_any() == name)
+    }
+
+    /// Deletes a pod, with the given grace period (None: the pod's own).
+    async fn delete_pod(&self, pod: &str, grace: Option<i64>) -> Result<(), SeamError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut params = DeleteParams::default();
+        if let Some(seconds) = grace.and_then(|g| u32::try_from(g).ok()) {
+            params = params.grace_period(seconds);
+        }
+        match api.delete(pod, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(self.failed("delete a pod", e)),
+        }
+    }
+
     fn conflict(&self, version: &str) -> SeamError {
         SeamError::Conflict {
             cluster: format!("{}/{}", self.namespace, self.cluster),
@@ -230,6 +275,44 @@ impl KubeSeam {
     }
 }
 
+/// Whether the postgres container of `pod` has stopped (it ran, and runs
+/// no more).
+pub fn pod_stopped(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "postgres"))
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|state| state.running.is_none() && state.terminated.is_some())
+}
+
+enum Address {
+    /// Nothing answers there any more; says how it was seen.
+    Closed(&'static str),
+    /// Something may still listen (it connects, or it does not say).
+    Open,
+}
+
+/// Whether anything still listens on PostgreSQL's port at `ip`.
+async fn address_state(ip: &str) -> Address {
+    let connect = tokio::net::TcpStream::connect((ip, names::POSTGRES_PORT as u16));
+    match tokio::time::timeout(Duration::from_millis(500), connect).await {
+        Ok(Ok(_)) | Err(_) => Address::Open,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Address::Closed("refuses connections")
+        }
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable
+            ) =>
+        {
+            Address::Closed("is unreachable")
+        }
+        Ok(Err(_)) => Address::Open,
+    }
+}
+
 /// What the spec says the loop should do.
 pub fn settings_of(pgc: &PostgresCluster) -> Settings {
     let spec = &pgc.spec;
@@ -247,6 +330,9 @@ pub fn settings_of(pgc: &PostgresCluster) -> Settings {
             0
         },
         replicas: spec.replicas,
+        isolation: std::time::Duration::from_secs(
+            u64::try_from(spec.failover.isolation_seconds.max(1)).unwrap_or(10),
+        ),
     }
 }
 
@@ -310,6 +396,8 @@ impl Seam for KubeSeam {
             epoch: status.epoch,
             version: pgc.resource_version().unwrap_or_default(),
             pending: status.pending_promotion.clone(),
+            primary_lsn: status.primary_lsn.as_deref().and_then(decide::parse_lsn),
+            synchronous: status.synchronous.clone(),
             switchover_to: pgc
                 .annotations()
                 .get(names::ANNOTATION_SWITCHOVER_TO)
@@ -402,66 +490,153 @@ impl Seam for KubeSeam {
         })
     }
 
-    async fn record_intent(
-        &self,
-        record: &Record,
-        target: &str,
-        reason: &str,
-        planned: bool,
-    ) -> Result<Record, SeamError> {
-        let fresh = self.cluster_object().await?;
-        if fresh.resource_version().as_deref() != Some(record.version.as_str()) {
-            return Err(self.conflict(&record.version));
-        }
-        let current = record.current_primary.clone().unwrap_or_default();
+    async fn record_intent(&self, record: &Record, intent: &Intent) -> Result<Record, SeamError> {
+        let old = self.pod(&intent.from);
         let primary = PrimaryStatus {
-            current_primary: current.clone(),
-            target_primary: Some(target.to_owned()),
+            current_primary: intent.from.clone(),
+            target_primary: Some(intent.to.clone()),
             epoch: record.epoch + 1,
             bootstrapped: true,
             pending: Some(ordinal_crds::PendingPromotion {
-                planned,
-                reason: reason.to_owned(),
+                planned: intent.planned,
+                reason: intent.reason.clone(),
+                from_uid: old.as_ref().and_then(|p| p.uid()),
+                from_ip: old.as_ref().and_then(|p| p.status.as_ref()?.pod_ip.clone()),
+                old_primary_lsn: intent.old_primary_lsn.map(pg::format_lsn),
+                chosen_lsn: intent.chosen_lsn.map(pg::format_lsn),
+                lost_bytes: intent.lost_bytes,
             }),
         };
-        let last = fresh.status.as_ref().and_then(|s| s.last_failover.clone());
-        self.write_primary(&record.version, &primary, last.as_ref())
-            .await?;
-        let pgc = self.cluster_object().await?;
+        // Other writers (the reconciler's phase, the instances) move the
+        // resourceVersion all the time: what must not have moved is who is
+        // primary. Re-read, check it, write with the fresh version.
+        let mut attempt = 0;
+        let written = loop {
+            let fresh = self.cluster_object().await?;
+            let status = fresh.status.clone().unwrap_or_default();
+            if status.current_primary != record.current_primary
+                || status.target_primary != record.target_primary
+                || status.epoch != record.epoch
+            {
+                return Err(self.conflict(&record.version));
+            }
+            let version = fresh.resource_version().unwrap_or_default();
+            let last = status.last_failover.clone();
+            match self.write_primary(&version, &primary, last.as_ref()).await {
+                Err(SeamError::Conflict { .. }) if attempt < 5 => attempt += 1,
+                Err(error) => return Err(error),
+                Ok(()) => break fresh,
+            }
+        };
         self.publish_event(
-            &pgc,
+            &written,
             EventType::Warning,
             "FailoverStarted",
             format!(
-                "promoting {target} in place of {current} (epoch {}): {reason}",
-                primary.epoch
+                "promoting {} in place of {} (epoch {}): {}",
+                intent.to, intent.from, primary.epoch, intent.reason
             ),
         )
         .await;
         Ok(Record {
-            current_primary: Some(current),
-            target_primary: Some(target.to_owned()),
+            current_primary: Some(intent.from.clone()),
+            target_primary: Some(intent.to.clone()),
             epoch: primary.epoch,
-            version: pgc.resource_version().unwrap_or_default(),
+            version: String::new(),
             switchover_to: record.switchover_to.clone(),
             pending: primary.pending.clone(),
+            primary_lsn: record.primary_lsn,
+            synchronous: record.synchronous.clone(),
         })
     }
 
-    async fn fence(&self, pod: &str, planned: bool) -> Result<(), SeamError> {
+    async fn fence(&self, request: &FenceRequest) -> Result<FenceState, SeamError> {
         // First stop routing clients to it, then stop it.
-        self.label(pod, None).await?;
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let params = if planned {
-            DeleteParams::default()
-        } else {
-            DeleteParams::default().grace_period(0)
-        };
-        match api.delete(pod, &params).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(self.failed("delete the old primary's pod", e)),
+        self.label(&request.pod, None).await?;
+        let now = self.pod(&request.pod);
+        let same_instance = now
+            .as_ref()
+            .is_some_and(|p| request.uid.is_none() || p.uid().as_deref() == request.uid.as_deref());
+        if let Some(pod) = now.filter(|_| same_instance) {
+            if pod_stopped(&pod) {
+                return Ok(FenceState::Stopped(
+                    "its postgres container has stopped".to_owned(),
+                ));
+            }
+            let grace = pod.metadata.deletion_grace_period_seconds;
+            let shorten = !request.planned && grace.is_none_or(|g| g > FENCE_GRACE_SECONDS);
+            if pod.metadata.deletion_timestamp.is_none() || shorten {
+                self.delete_pod(
+                    &request.pod,
+                    (!request.planned).then_some(FENCE_GRACE_SECONDS),
+                )
+                .await?;
+            }
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            if let Some(node) = node
+                && self.node_ready(&node).await == Some(false)
+            {
+                return Ok(match request.deadline {
+                    Some(deadline) if Instant::now() >= deadline => FenceState::Stopped(format!(
+                        "its node {node} is NotReady and the isolation deadline has passed: it has stopped by itself"
+                    )),
+                    _ => FenceState::Pending(format!(
+                        "{} is on node {node}, which is NotReady: waiting for it to stop by itself (isolation)",
+                        request.pod
+                    )),
+                });
+            }
+            return Ok(FenceState::Pending(format!(
+                "waiting for the old primary {} to stop",
+                request.pod
+            )));
         }
+        // The instance is gone from the API. Gone after its containers
+        // stopped (the kubelet's own final delete) proves it stopped; a
+        // force delete proves nothing, so look at its address.
+        let last = request.uid.as_ref().and_then(|uid| {
+            self.deleted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(uid)
+                .cloned()
+        });
+        if let Some((pod, _)) = &last
+            && pod_stopped(pod)
+        {
+            return Ok(FenceState::Stopped(
+                "its pod was deleted once its containers had stopped".to_owned(),
+            ));
+        }
+        if let Some(ip) = &request.ip
+            && let Address::Closed(how) = address_state(ip).await
+        {
+            return Ok(FenceState::Stopped(format!(
+                "its pod is gone and its address {ip} {how}"
+            )));
+        }
+        match last {
+            Some((_, since)) if since.elapsed() >= FORCE_DELETE_GRACE => Ok(FenceState::Stopped(
+                format!("its pod was deleted {}s ago", since.elapsed().as_secs()),
+            )),
+            _ => Ok(FenceState::Pending(format!(
+                "the pod of the old primary {} is gone but its server may still run: waiting for its address to close",
+                request.pod
+            ))),
+        }
+    }
+
+    async fn restart(&self, pod: &str, why: &str) -> Result<(), SeamError> {
+        self.delete_pod(pod, None).await?;
+        let pgc = self.cluster_object().await?;
+        self.publish_event(
+            &pgc,
+            EventType::Warning,
+            "StandbyRejoining",
+            format!("restarting {pod} so that it rewinds or re-clones from the primary: {why}"),
+        )
+        .await;
+        Ok(())
     }
 
     async fn publish(&self, record: &Record, outcome: &FailoverRecord) -> Result<(), SeamError> {
@@ -536,11 +711,9 @@ impl Seam for KubeSeam {
         Ok(())
     }
 
-    async fn report(
-        &self,
-        instances: &[InstanceStatus],
-        blocked: Option<&str>,
-    ) -> Result<(), SeamError> {
+    async fn report(&self, report: &Report) -> Result<(), SeamError> {
+        let instances = &report.instances;
+        let blocked = report.blocked.as_deref();
         let pgc = self.cluster_object().await?;
         let old = pgc
             .status
@@ -567,6 +740,12 @@ impl Seam for KubeSeam {
             "status": {
                 "instances": instances,
                 "maxLag": decide::max_lag(instances),
+                "primaryLsn": report.primary_lsn.map(pg::format_lsn),
+                // This manager owns the field: omitting it would remove it.
+                "synchronous": report
+                    .synchronous
+                    .clone()
+                    .or_else(|| pgc.status.as_ref().and_then(|s| s.synchronous.clone())),
                 "conditions": [{
                     "type": CONDITION_FAILOVER,
                     "status": status,

@@ -13,6 +13,8 @@ use super::seam::{Credentials, Endpoint};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const STATEMENT_TIMEOUT_MS: u32 = 2000;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// From TCP connection to an authenticated session.
+const STARTUP_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -46,8 +48,54 @@ fn detail(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Why a probe got no answer: the difference between a server that is
+/// gone, one that hangs, and a network that does not reach it is what
+/// tells a lost primary from the operator's own trouble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// The TCP connection was refused: nothing listens at the address.
+    Refused,
+    /// No TCP connection (timed out, no route): the network does not reach it.
+    Unreachable,
+    /// TCP connected, but the server did not answer in time: the host is
+    /// there and PostgreSQL hangs (a stopped postmaster, a stuck server).
+    NoAnswer,
+    /// It answered with an error (starting up, shutting down, auth…).
+    Error,
+}
+
+/// A failed probe: how, and what was said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeError {
+    pub failure: ProbeFailure,
+    pub message: String,
+}
+
+impl ProbeError {
+    pub fn new(failure: ProbeFailure, message: impl Into<String>) -> Self {
+        Self {
+            failure,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// A standby as the primary sees it (`pg_stat_replication`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StandbyReport {
+    pub name: String,
+    pub state: String,
+    pub flush_lsn: Option<u64>,
+}
+
 /// What one probe saw.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct InstanceProbe {
     pub in_recovery: bool,
     /// Primary: current WAL position. Replica: None.
@@ -63,6 +111,13 @@ pub struct InstanceProbe {
     pub replay_delay_seconds: Option<f64>,
     /// Primary: `synchronous_standby_names` as in effect.
     pub synchronous_standby_names: String,
+    /// Replica: the `host:port` of its `primary_conninfo` ("" when it
+    /// follows nobody: detached).
+    pub upstream: Option<String>,
+    /// Replica: seconds since its WAL receiver last heard from the primary.
+    pub last_message_age: Option<f64>,
+    /// Primary: its standbys.
+    pub standbys: Vec<StandbyReport>,
 }
 
 impl InstanceProbe {
@@ -74,7 +129,29 @@ impl InstanceProbe {
     pub fn streaming(&self) -> bool {
         self.receiver.as_deref() == Some("streaming")
     }
+
+    /// Whether this replica streams from `primary` and heard from it lately:
+    /// a WAL receiver asks for a reply after half of wal_receiver_timeout
+    /// (5 s), so a live primary is heard from every few seconds.
+    pub fn streams_from(&self, primary: &Endpoint) -> bool {
+        self.in_recovery
+            && self.streaming()
+            && self.follows(primary)
+            && self
+                .last_message_age
+                .is_none_or(|age| age < STALE_UPSTREAM_SECONDS)
+    }
 }
+
+impl InstanceProbe {
+    /// Whether this replica's primary_conninfo points at `primary`.
+    pub fn follows(&self, primary: &Endpoint) -> bool {
+        self.upstream.as_deref() == Some(primary.address().as_str())
+    }
+}
+
+/// A replica that heard nothing from its primary for this long has lost it.
+pub const STALE_UPSTREAM_SECONDS: f64 = 4.0;
 
 /// `0/3000148` → 50331976.
 pub fn format_lsn(lsn: u64) -> String {
@@ -98,8 +175,7 @@ async fn bounded<T>(
         })
 }
 
-async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError> {
-    let target = format!("{}:{}", endpoint.host, endpoint.port);
+fn config(endpoint: &Endpoint, password: &str) -> Config {
     let mut config = Config::new();
     config
         .host(&endpoint.host)
@@ -114,7 +190,12 @@ async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError>
         .tcp_user_timeout(Duration::from_secs(5))
         .keepalives_idle(Duration::from_secs(5))
         .options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
-    let (client, connection) = config
+    config
+}
+
+async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError> {
+    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let (client, connection) = config(endpoint, password)
         .connect(NoTls)
         .await
         .map_err(|source| PgError::Connect { target, source })?;
@@ -122,6 +203,62 @@ async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError>
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// A session for a probe, with the failure classified: TCP first (refused,
+/// unreachable), then PostgreSQL's startup (no answer, error).
+async fn connect_classified(endpoint: &Endpoint, password: &str) -> Result<Client, ProbeError> {
+    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+    )
+    .await;
+    let stream = match tcp {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(ProbeError::new(
+                ProbeFailure::Refused,
+                format!("{target}: connection refused"),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(ProbeError::new(
+                ProbeFailure::Unreachable,
+                format!("{target}: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(ProbeError::new(
+                ProbeFailure::Unreachable,
+                format!("{target}: no TCP connection within {CONNECT_TIMEOUT:?}"),
+            ));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let startup = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        config(endpoint, password).connect_raw(stream, NoTls),
+    )
+    .await;
+    match startup {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+        Ok(Err(source)) => Err(ProbeError::new(
+            ProbeFailure::Error,
+            format!("{target}: {}", detail(&source)),
+        )),
+        Err(_) => Err(ProbeError::new(
+            ProbeFailure::NoAnswer,
+            format!(
+                "{target}: connected, but PostgreSQL did not answer within {STARTUP_TIMEOUT:?}"
+            ),
+        )),
+    }
 }
 
 fn query_err(
@@ -150,19 +287,76 @@ SELECT pg_is_in_recovery(),
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8
             ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0) END,
-       current_setting('synchronous_standby_names')";
+       current_setting('synchronous_standby_names'),
+       CASE WHEN pg_is_in_recovery() THEN current_setting('primary_conninfo') END,
+       (SELECT extract(epoch FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver),
+       CASE WHEN NOT pg_is_in_recovery() THEN
+            (SELECT string_agg(application_name || ' ' || state || ' ' ||
+                               COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0')::bigint::text, '-'), ',')
+               FROM pg_stat_replication) END";
 
-/// Probes one instance: role, WAL positions, timeline, WAL receiver.
+/// The `host:port` a libpq conninfo string points at (port 5432 when it
+/// names none), "" when it names no host.
+pub fn conninfo_address(conninfo: &str) -> String {
+    let value = |key: &str| -> Option<String> {
+        let start = conninfo
+            .match_indices(&format!("{key}="))
+            .find(|(i, _)| *i == 0 || conninfo.as_bytes()[i - 1] == b' ')?
+            .0;
+        let rest = &conninfo[start + key.len() + 1..];
+        Some(match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.split('\'').next().unwrap_or_default().to_owned(),
+            None => rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    };
+    match value("host").filter(|h| !h.is_empty()) {
+        Some(host) => format!(
+            "{host}:{}",
+            value("port").unwrap_or_else(|| "5432".to_owned())
+        ),
+        None => String::new(),
+    }
+}
+
+fn parse_standbys(list: Option<String>) -> Vec<StandbyReport> {
+    list.unwrap_or_default()
+        .split(',')
+        .filter_map(|entry| {
+            let mut parts = entry.split(' ');
+            let name = parts.next()?.to_owned();
+            let state = parts.next()?.to_owned();
+            let flush_lsn = parts
+                .next()
+                .and_then(|l| l.parse::<i64>().ok())
+                .map(|l| l.max(0) as u64);
+            (!name.is_empty()).then_some(StandbyReport {
+                name,
+                state,
+                flush_lsn,
+            })
+        })
+        .collect()
+}
+
+/// Probes one instance: role, WAL positions, timeline, WAL receiver, whom
+/// it follows, its standbys.
 pub async fn probe(
     endpoint: &Endpoint,
     credentials: &Credentials,
-) -> Result<InstanceProbe, PgError> {
+) -> Result<InstanceProbe, ProbeError> {
+    let target = format!("{}:{}", endpoint.host, endpoint.port);
     let run = async {
-        let client = connect(endpoint, &credentials.superuser_password).await?;
-        let row = client
-            .query_one(PROBE_SQL, &[])
-            .await
-            .map_err(query_err(endpoint, "probe"))?;
+        let client = connect_classified(endpoint, &credentials.superuser_password).await?;
+        let row = client.query_one(PROBE_SQL, &[]).await.map_err(|e| {
+            ProbeError::new(
+                ProbeFailure::Error,
+                format!("probe on {target} failed: {}", detail(&e)),
+            )
+        })?;
         let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
         Ok(InstanceProbe {
             in_recovery: row.get(0),
@@ -173,15 +367,20 @@ pub async fn probe(
             receiver: row.get(5),
             replay_delay_seconds: row.get(6),
             synchronous_standby_names: row.get(7),
+            upstream: row
+                .get::<_, Option<String>>(8)
+                .map(|c| conninfo_address(&c)),
+            last_message_age: row.get(9),
+            standbys: parse_standbys(row.get(10)),
         })
     };
     tokio::time::timeout(PROBE_TIMEOUT, run)
         .await
         .unwrap_or_else(|_| {
-            Err(PgError::Timeout {
-                target: format!("{}:{}", endpoint.host, endpoint.port),
-                timeout: PROBE_TIMEOUT,
-            })
+            Err(ProbeError::new(
+                ProbeFailure::NoAnswer,
+                format!("{target}: the probe did not finish within {PROBE_TIMEOUT:?}"),
+            ))
         })
 }
 
@@ -277,6 +476,24 @@ async fn repoint_unbounded(
         .batch_execute("SELECT pg_reload_conf()")
         .await
         .map_err(query_err(replica_at, "pg_reload_conf"))
+}
+
+/// Cuts a standby off from its primary: an empty primary_conninfo, and a
+/// reload, so that its WAL receiver stops and its position stops moving.
+/// It follows a primary again when re-pointed.
+pub async fn detach(replica_at: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
+    bounded(replica_at, Duration::from_secs(5), async {
+        let client = connect(replica_at, &credentials.superuser_password).await?;
+        client
+            .batch_execute("ALTER SYSTEM SET primary_conninfo = ''")
+            .await
+            .map_err(query_err(replica_at, "ALTER SYSTEM SET primary_conninfo"))?;
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(query_err(replica_at, "pg_reload_conf"))
+    })
+    .await
 }
 
 /// `ANY k ("db-1", "db-2")`, or '' in async mode or without standbys.
@@ -441,6 +658,41 @@ mod tests {
         assert_eq!(synchronous_standby_names(None, &names), "");
         assert_eq!(synchronous_standby_names(Some(1), &[]), "");
         assert_eq!(parse_synchronous_standby_names(""), (None, Vec::new()));
+    }
+
+    #[test]
+    fn conninfo_addresses() {
+        assert_eq!(
+            conninfo_address("host='db-1.db-headless.ns.svc' port=5432 application_name='x'"),
+            "db-1.db-headless.ns.svc:5432"
+        );
+        assert_eq!(
+            conninfo_address("port=6000 host=10.1.2.3 user=x"),
+            "10.1.2.3:6000"
+        );
+        assert_eq!(conninfo_address("host=h"), "h:5432");
+        assert_eq!(conninfo_address("passfile=/x"), "");
+        assert_eq!(conninfo_address(""), "");
+    }
+
+    #[test]
+    fn standby_reports() {
+        assert_eq!(
+            parse_standbys(Some("db-1 streaming 100,db-2 catchup -".to_owned())),
+            vec![
+                StandbyReport {
+                    name: "db-1".to_owned(),
+                    state: "streaming".to_owned(),
+                    flush_lsn: Some(100)
+                },
+                StandbyReport {
+                    name: "db-2".to_owned(),
+                    state: "catchup".to_owned(),
+                    flush_lsn: None
+                },
+            ]
+        );
+        assert!(parse_standbys(None).is_empty());
     }
 
     #[test]

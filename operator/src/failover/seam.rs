@@ -4,15 +4,24 @@
 //! so the same loop is chaos-tested in CI against real servers.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ordinal_crds::{FailoverRecord, InstanceStatus, ReplicationMode};
+use ordinal_crds::{FailoverRecord, InstanceStatus, ReplicationMode, SynchronousSet};
+
+use super::machine::Intent;
 
 /// How to reach a PostgreSQL server.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+}
+
+impl Endpoint {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 /// What the platform says of a member's pod.
@@ -54,6 +63,8 @@ pub struct Settings {
     pub quorum: i32,
     /// spec.replicas: pods with an ordinal below it are members.
     pub replicas: i32,
+    /// How long an isolated primary takes to stop accepting writes by itself.
+    pub isolation: Duration,
 }
 
 /// Who is primary, as recorded (status), with the version that guards the
@@ -68,6 +79,10 @@ pub struct Record {
     pub switchover_to: Option<String>,
     /// How the recorded target is being promoted (see `PendingPromotion`).
     pub pending: Option<ordinal_crds::PendingPromotion>,
+    /// The primary's last WAL position, as recorded.
+    pub primary_lsn: Option<u64>,
+    /// The synchronous set commits were acknowledged under, as recorded.
+    pub synchronous: Option<SynchronousSet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +92,41 @@ pub struct Observation {
     pub members: Vec<Member>,
     pub record: Record,
     pub settings: Settings,
+}
+
+/// Stopping the old primary of a promotion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FenceRequest {
+    pub pod: String,
+    /// It is shutting down cleanly (a deleted pod, a switchover): let it.
+    pub planned: bool,
+    /// The instance to see stopped (pod UID and IP when it was decided);
+    /// a pod recreated under the same name is another instance.
+    pub uid: Option<String>,
+    pub ip: Option<String>,
+    /// Past this, an old primary that cannot be reached has fenced itself.
+    pub deadline: Option<Instant>,
+}
+
+/// Where a fence stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceState {
+    /// The old primary is seen stopped; says how it was seen.
+    Stopped(String),
+    /// Not yet; says why.
+    Pending(String),
+}
+
+/// What the loop reports of the instances.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub instances: Vec<InstanceStatus>,
+    /// Why a failover cannot proceed (None: it can, or none is needed).
+    pub blocked: Option<String>,
+    /// The primary's WAL position, and the synchronous set in effect, to
+    /// record when they changed (None: leave as recorded).
+    pub primary_lsn: Option<u64>,
+    pub synchronous: Option<SynchronousSet>,
 }
 
 /// Credentials the loop needs: the superuser to probe and promote, the
@@ -120,23 +170,26 @@ pub trait Seam: Send + Sync {
 
     fn credentials(&self) -> impl Future<Output = Result<Credentials, SeamError>> + Send;
 
-    /// Records `targetPrimary = target`, `epoch + 1`, how it is promoted
-    /// (`planned`, `reason`) and phase FailingOver, only if the record is
-    /// still at `record.version`. Returns the record
+    /// Records the promotion (`targetPrimary`, `epoch + 1`, how and why,
+    /// the old primary's instance, phase FailingOver), only if who is
+    /// primary did not change since `record` was read. Returns the record
     /// as written.
     fn record_intent(
         &self,
         record: &Record,
-        target: &str,
-        reason: &str,
-        planned: bool,
+        intent: &Intent,
     ) -> impl Future<Output = Result<Record, SeamError>> + Send;
 
-    /// Makes sure `pod` no longer serves as primary: no clients are routed
-    /// to it and its server is stopped (`planned`: it is shutting down
-    /// cleanly already).
-    fn fence(&self, pod: &str, planned: bool)
-    -> impl Future<Output = Result<(), SeamError>> + Send;
+    /// Makes sure the old primary no longer serves: no clients routed to
+    /// it, its server stopped — and says whether it is seen stopped. Called
+    /// again until it is.
+    fn fence(
+        &self,
+        request: &FenceRequest,
+    ) -> impl Future<Output = Result<FenceState, SeamError>> + Send;
+
+    /// Restarts a standby's pod (ordinal-init rewinds or re-clones it).
+    fn restart(&self, pod: &str, why: &str) -> impl Future<Output = Result<(), SeamError>> + Send;
 
     /// Publishes the new primary: routing, `currentPrimary = to`, no
     /// `targetPrimary`, `lastFailover`, an Event — only if the record is
@@ -149,13 +202,8 @@ pub trait Seam: Send + Sync {
         outcome: &FailoverRecord,
     ) -> impl Future<Output = Result<(), SeamError>> + Send;
 
-    /// What the probes saw, and why a failover cannot proceed (None: it
-    /// can, or none is needed).
-    fn report(
-        &self,
-        instances: &[InstanceStatus],
-        blocked: Option<&str>,
-    ) -> impl Future<Output = Result<(), SeamError>> + Send;
+    /// What the probes saw, and why a failover cannot proceed.
+    fn report(&self, report: &Report) -> impl Future<Output = Result<(), SeamError>> + Send;
 
     /// Resolves when a member changed (a pod event): the loop wakes at once
     /// instead of waiting for the next tick.
@@ -173,18 +221,18 @@ impl<T: Seam> Seam for std::sync::Arc<T> {
     fn record_intent(
         &self,
         record: &Record,
-        target: &str,
-        reason: &str,
-        planned: bool,
+        intent: &Intent,
     ) -> impl Future<Output = Result<Record, SeamError>> + Send {
-        T::record_intent(self, record, target, reason, planned)
+        T::record_intent(self, record, intent)
     }
     fn fence(
         &self,
-        pod: &str,
-        planned: bool,
-    ) -> impl Future<Output = Result<(), SeamError>> + Send {
-        T::fence(self, pod, planned)
+        request: &FenceRequest,
+    ) -> impl Future<Output = Result<FenceState, SeamError>> + Send {
+        T::fence(self, request)
+    }
+    fn restart(&self, pod: &str, why: &str) -> impl Future<Output = Result<(), SeamError>> + Send {
+        T::restart(self, pod, why)
     }
     fn publish(
         &self,
@@ -193,12 +241,8 @@ impl<T: Seam> Seam for std::sync::Arc<T> {
     ) -> impl Future<Output = Result<(), SeamError>> + Send {
         T::publish(self, record, outcome)
     }
-    fn report(
-        &self,
-        instances: &[InstanceStatus],
-        blocked: Option<&str>,
-    ) -> impl Future<Output = Result<(), SeamError>> + Send {
-        T::report(self, instances, blocked)
+    fn report(&self, report: &Report) -> impl Future<Output = Result<(), SeamError>> + Send {
+        T::report(self, report)
     }
     fn changed(&self) -> impl Future<Output = ()> + Send {
         T::changed(self)

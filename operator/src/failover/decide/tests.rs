@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::failover::pg::ProbeFailure;
 use crate::failover::seam::Endpoint;
 
 fn member(name: &str, state: PodState) -> Member {
@@ -23,7 +24,7 @@ fn member(name: &str, state: PodState) -> Member {
     }
 }
 
-fn primary(lsn: u64) -> Result<InstanceProbe, String> {
+fn primary(lsn: u64) -> Result<InstanceProbe, ProbeError> {
     Ok(InstanceProbe {
         in_recovery: false,
         current_lsn: Some(lsn),
@@ -33,10 +34,11 @@ fn primary(lsn: u64) -> Result<InstanceProbe, String> {
         receiver: None,
         replay_delay_seconds: None,
         synchronous_standby_names: String::new(),
+        ..InstanceProbe::default()
     })
 }
 
-fn replica(received: u64, streaming: bool) -> Result<InstanceProbe, String> {
+fn replica(received: u64, streaming: bool) -> Result<InstanceProbe, ProbeError> {
     Ok(InstanceProbe {
         in_recovery: true,
         current_lsn: None,
@@ -46,11 +48,21 @@ fn replica(received: u64, streaming: bool) -> Result<InstanceProbe, String> {
         receiver: streaming.then(|| "streaming".to_owned()),
         replay_delay_seconds: Some(0.0),
         synchronous_standby_names: String::new(),
+        upstream: Some("db-0.db-headless:5432".to_owned()),
+        last_message_age: Some(0.5),
+        standbys: Vec::new(),
     })
 }
 
-fn down() -> Result<InstanceProbe, String> {
-    Err("connection refused".to_owned())
+fn streak(failures: u32) -> FailureStreak {
+    FailureStreak {
+        failures,
+        no_answer: 0,
+    }
+}
+
+fn down() -> Result<InstanceProbe, ProbeError> {
+    Err(ProbeError::new(ProbeFailure::Refused, "connection refused"))
 }
 
 fn three(states: [PodState; 3]) -> Vec<Member> {
@@ -62,7 +74,7 @@ fn running() -> Vec<Member> {
     three([PodState::Running, PodState::Running, PodState::Running])
 }
 
-fn probes(list: [(&str, Result<InstanceProbe, String>); 3]) -> Probes {
+fn probes(list: [(&str, Result<InstanceProbe, ProbeError>); 3]) -> Probes {
     list.into_iter().map(|(n, p)| (n.to_owned(), p)).collect()
 }
 
@@ -75,6 +87,7 @@ fn settings(mode: ReplicationMode, quorum: i32) -> Settings {
         mode,
         quorum,
         replicas: 3,
+        isolation: Duration::from_secs(10),
     }
 }
 
@@ -85,7 +98,10 @@ fn a_healthy_primary_is_healthy() {
         ("db-1", replica(100, true)),
         ("db-2", replica(90, true)),
     ]);
-    assert_eq!(detect("db-0", &running(), &p, 0, 3), Detection::Healthy);
+    assert_eq!(
+        detect("db-0", &running(), &p, streak(0), 3),
+        Detection::Healthy
+    );
 }
 
 #[test]
@@ -100,7 +116,7 @@ fn pod_evidence_is_enough() {
         member("db-2", PodState::Running),
     ];
     assert!(
-        matches!(detect("db-0", &gone, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("gone"))
+        matches!(detect("db-0", &gone, &p, streak(1), 3), Detection::Lost(Loss::PodDown(w)) if w.contains("gone"))
     );
     let crashed = three([
         PodState::NotRunning("OOMKilled".into()),
@@ -108,7 +124,7 @@ fn pod_evidence_is_enough() {
         PodState::Running,
     ]);
     assert!(
-        matches!(detect("db-0", &crashed, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("OOMKilled"))
+        matches!(detect("db-0", &crashed, &p, streak(1), 3), Detection::Lost(Loss::PodDown(w)) if w.contains("OOMKilled"))
     );
     let node = three([
         PodState::NodeNotReady("node-a".into()),
@@ -116,11 +132,11 @@ fn pod_evidence_is_enough() {
         PodState::Running,
     ]);
     assert!(
-        matches!(detect("db-0", &node, &p, 1, 3), Detection::Lost(Loss::PodDown(w)) if w.contains("node-a"))
+        matches!(detect("db-0", &node, &p, streak(1), 3), Detection::Lost(Loss::PodDown(w)) if w.contains("node-a"))
     );
     let deleted = three([PodState::Terminating, PodState::Running, PodState::Running]);
     assert_eq!(
-        detect("db-0", &deleted, &p, 0, 3),
+        detect("db-0", &deleted, &p, streak(0), 3),
         Detection::Lost(Loss::Planned)
     );
 }
@@ -133,10 +149,10 @@ fn probe_failures_need_the_threshold_and_the_replicas_confirmation() {
         ("db-2", replica(90, false)),
     ]);
     assert!(
-        matches!(detect("db-0", &running(), &lost, 2, 3), Detection::Suspect(w) if w.contains("2 of 3"))
+        matches!(detect("db-0", &running(), &lost, streak(2), 3), Detection::Suspect(w) if w.contains("2 of 3"))
     );
     assert!(matches!(
-        detect("db-0", &running(), &lost, 3, 3),
+        detect("db-0", &running(), &lost, streak(3), 3),
         Detection::Lost(Loss::Unreachable(_))
     ));
     // A replica still streams from it: the operator's own trouble.
@@ -146,13 +162,13 @@ fn probe_failures_need_the_threshold_and_the_replicas_confirmation() {
         ("db-2", replica(90, false)),
     ]);
     assert!(matches!(
-        detect("db-0", &running(), &partitioned, 10, 3),
+        detect("db-0", &running(), &partitioned, streak(10), 3),
         Detection::Suspect(w) if w.contains("db-1 still streams")
     ));
     // Nobody answers: the operator is the one cut off.
     let alone = probes([("db-0", down()), ("db-1", down()), ("db-2", down())]);
     assert!(matches!(
-        detect("db-0", &running(), &alone, 10, 3),
+        detect("db-0", &running(), &alone, streak(10), 3),
         Detection::Suspect(w) if w.contains("operator's own network trouble")
     ));
 }
@@ -165,7 +181,7 @@ fn a_primary_running_as_standby_is_promoted_not_replaced() {
         ("db-2", replica(90, false)),
     ]);
     assert_eq!(
-        detect("db-0", &running(), &p, 0, 3),
+        detect("db-0", &running(), &p, streak(0), 3),
         Detection::RunsAsStandby
     );
 }
@@ -178,7 +194,7 @@ fn async_chooses_the_highest_position_then_the_lowest_ordinal() {
         ("db-1", replica(90, false)),
         ("db-2", replica(100, false)),
     ]);
-    let c = choose("db-0", &running(), &p, &s, Some(100), &[]).expect("choice");
+    let c = choose("db-0", &running(), &p, &s, Some(100), &Quorum::default()).expect("choice");
     assert_eq!(
         (c.candidate.as_str(), c.position, c.lost_bytes),
         ("db-2", 100, Some(0))
@@ -189,13 +205,13 @@ fn async_chooses_the_highest_position_then_the_lowest_ordinal() {
         ("db-2", replica(100, false)),
     ]);
     assert_eq!(
-        choose("db-0", &running(), &tie, &s, Some(120), &[])
+        choose("db-0", &running(), &tie, &s, Some(120), &Quorum::default())
             .expect("choice")
             .candidate,
         "db-1"
     );
     assert_eq!(
-        choose("db-0", &running(), &tie, &s, Some(120), &[])
+        choose("db-0", &running(), &tie, &s, Some(120), &Quorum::default())
             .expect("choice")
             .lost_bytes,
         Some(20)
@@ -212,7 +228,7 @@ fn async_skips_replicas_too_far_behind() {
     ]);
     // db-2 is 9900 behind the last primary position: never promoted.
     assert_eq!(
-        choose("db-0", &running(), &p, &s, Some(5500), &[])
+        choose("db-0", &running(), &p, &s, Some(5500), &Quorum::default())
             .expect("choice")
             .candidate,
         "db-1"
@@ -222,14 +238,15 @@ fn async_skips_replicas_too_far_behind() {
         ("db-1", replica(10, false)),
         ("db-2", replica(100, false)),
     ]);
-    let why = choose("db-0", &running(), &far, &s, Some(5500), &[]).expect_err("too far");
+    let why =
+        choose("db-0", &running(), &far, &s, Some(5500), &Quorum::default()).expect_err("too far");
     assert!(
         why.contains("maxLagBytesOnFailover (1000)") && why.contains("db-2 (5400 bytes behind)"),
         "{why}"
     );
     // Without a last position (operator restarted), the best is taken.
     assert_eq!(
-        choose("db-0", &running(), &far, &s, None, &[])
+        choose("db-0", &running(), &far, &s, None, &Quorum::default())
             .expect("choice")
             .lost_bytes,
         None
@@ -245,15 +262,51 @@ fn quorum_needs_n_minus_k_plus_one_standbys() {
         ("db-1", replica(90, false)),
         ("db-2", replica(100, false)),
     ]);
-    let c = choose("db-0", &running(), &both, &s, Some(100), &list).expect("choice");
+    let c = choose(
+        "db-0",
+        &running(),
+        &both,
+        &s,
+        Some(100),
+        &Quorum {
+            k: 1,
+            standbys: list.clone(),
+        },
+    )
+    .expect("choice");
     assert_eq!((c.candidate.as_str(), c.lost_bytes), ("db-2", Some(0)));
+    // Below the last primary position: never "no WAL lost".
+    let c = choose(
+        "db-0",
+        &running(),
+        &both,
+        &s,
+        Some(150),
+        &Quorum {
+            k: 1,
+            standbys: list.clone(),
+        },
+    )
+    .expect("choice");
+    assert_eq!(c.lost_bytes, Some(50));
     // ANY 1 of 2: both must answer.
     let one = probes([
         ("db-0", down()),
         ("db-1", replica(90, false)),
         ("db-2", down()),
     ]);
-    let why = choose("db-0", &running(), &one, &s, Some(100), &list).expect_err("too few");
+    let why = choose(
+        "db-0",
+        &running(),
+        &one,
+        &s,
+        Some(100),
+        &Quorum {
+            k: 1,
+            standbys: list.clone(),
+        },
+    )
+    .expect_err("too few");
     assert!(
         why.contains("only 1 of the synchronous standbys answer (db-1); 2 must"),
         "{why}"
@@ -261,9 +314,19 @@ fn quorum_needs_n_minus_k_plus_one_standbys() {
     // ANY 2 of 2: one suffices, it has every acknowledged commit.
     let s2 = settings(ReplicationMode::Quorum, 2);
     assert_eq!(
-        choose("db-0", &running(), &one, &s2, None, &list)
-            .expect("choice")
-            .candidate,
+        choose(
+            "db-0",
+            &running(),
+            &one,
+            &s2,
+            None,
+            &Quorum {
+                k: 2,
+                standbys: list.clone()
+            }
+        )
+        .expect("choice")
+        .candidate,
         "db-1"
     );
 }
@@ -278,13 +341,13 @@ fn terminating_or_primary_members_are_never_candidates() {
         ("db-2", replica(50, false)),
     ]);
     assert_eq!(
-        choose("db-0", &members, &p, &s, None, &[])
+        choose("db-0", &members, &p, &s, None, &Quorum::default())
             .expect("choice")
             .candidate,
         "db-2"
     );
     let writable = probes([("db-0", down()), ("db-1", primary(100)), ("db-2", down())]);
-    assert!(choose("db-0", &running(), &writable, &s, None, &[]).is_err());
+    assert!(choose("db-0", &running(), &writable, &s, None, &Quorum::default()).is_err());
 }
 
 #[test]
@@ -363,6 +426,107 @@ fn a_primary_that_answers_is_never_lost_to_a_notready_node() {
         ("db-2", replica(90, true)),
     ]);
     assert!(
-        matches!(detect("db-0", &node, &answering, 0, 3), Detection::Suspect(w) if w.contains("answers as the primary"))
+        matches!(detect("db-0", &node, &answering, streak(0), 3), Detection::Suspect(w) if w.contains("answers as the primary"))
     );
+}
+
+#[test]
+fn a_hung_primary_is_lost_even_while_its_wal_senders_stream() {
+    let hung = || {
+        Err(ProbeError::new(
+            ProbeFailure::NoAnswer,
+            "connected, no answer",
+        ))
+    };
+    let p = probes([
+        ("db-0", hung()),
+        ("db-1", replica(100, true)),
+        ("db-2", replica(90, true)),
+    ]);
+    let streak = |failures, no_answer| FailureStreak {
+        failures,
+        no_answer,
+    };
+    assert!(matches!(
+        detect("db-0", &running(), &p, streak(2, 2), 3),
+        Detection::Suspect(_)
+    ));
+    assert!(matches!(
+        detect("db-0", &running(), &p, streak(3, 3), 3),
+        Detection::Lost(Loss::Hung(_))
+    ));
+    // Unreachable, not hung: the streaming replicas say it is alive.
+    assert!(matches!(
+        detect("db-0", &running(), &p, streak(3, 1), 3),
+        Detection::Suspect(w) if w.contains("still streams")
+    ));
+}
+
+#[test]
+fn a_replica_that_heard_nothing_lately_does_not_vouch_for_the_primary() {
+    let mut stale = replica(100, true).expect("probe");
+    stale.last_message_age = Some(30.0);
+    let p = probes([
+        ("db-0", down()),
+        ("db-1", Ok(stale)),
+        ("db-2", replica(90, false)),
+    ]);
+    assert!(matches!(
+        detect("db-0", &running(), &p, streak(3), 3),
+        Detection::Lost(Loss::Unreachable(_))
+    ));
+}
+
+#[test]
+fn a_synchronous_set_that_shrinks_is_counted_whole_until_caught_up() {
+    let names = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let old = ordinal_crds::SynchronousSet {
+        quorum: 1,
+        standbys: names(&["db-1", "db-2", "db-3", "db-4"]),
+        shrunk_at: None,
+    };
+    let flushed: BTreeMap<String, u64> = [("db-1".to_owned(), 90), ("db-2".to_owned(), 120)].into();
+    // 5 → 3 instances: db-3 and db-4 stay counted while db-1 is behind.
+    let next = next_synchronous_set(
+        Some(&old),
+        "db-0",
+        1,
+        &names(&["db-1", "db-2"]),
+        Some(100),
+        &flushed,
+    );
+    assert_eq!(next.standbys, names(&["db-1", "db-2", "db-3", "db-4"]));
+    assert_eq!(next.shrunk_at.as_deref(), Some("0/64"));
+    // Once both flushed past the shrink point, the set is the new one.
+    let caught: BTreeMap<String, u64> = [("db-1".to_owned(), 100), ("db-2".to_owned(), 120)].into();
+    let done = next_synchronous_set(
+        Some(&next),
+        "db-0",
+        1,
+        &names(&["db-1", "db-2"]),
+        Some(130),
+        &caught,
+    );
+    assert_eq!(done.standbys, names(&["db-1", "db-2"]));
+    assert_eq!(done.shrunk_at, None);
+    // The union is what the quorum rule counts over.
+    let s = settings(ReplicationMode::Quorum, 1);
+    let q = quorum_in_effect(Some(&next), "db", "db-0", &s);
+    assert_eq!(q.standbys.len(), 4);
+    assert_eq!(parse_lsn("1/10"), Some((1 << 32) + 0x10));
+    // After a failover to db-1, a set recorded under db-0 is not a shrink.
+    let before = ordinal_crds::SynchronousSet {
+        quorum: 1,
+        standbys: names(&["db-1", "db-2"]),
+        shrunk_at: None,
+    };
+    let after = next_synchronous_set(
+        Some(&before),
+        "db-1",
+        1,
+        &names(&["db-0", "db-2"]),
+        Some(10),
+        &BTreeMap::new(),
+    );
+    assert_eq!(after.standbys, names(&["db-0", "db-2"]));
 }

@@ -38,7 +38,51 @@ fn record(version: &str) -> Record {
         version: version.to_owned(),
         switchover_to: None,
         pending: None,
+        primary_lsn: None,
+        synchronous: None,
     }
+}
+
+fn intent(planned: bool) -> Intent {
+    Intent {
+        from: "db-0".to_owned(),
+        to: "db-1".to_owned(),
+        planned,
+        reason: "primary db-0 is not running".to_owned(),
+        old_primary_lsn: Some(0x3000148),
+        chosen_lsn: Some(0x3000100),
+        lost_bytes: Some(72),
+    }
+}
+
+/// A pod of the store with its instance (UID, IP, node) and its postgres
+/// container running or stopped.
+fn instance(name: &str, uid: &str, running: bool) -> Pod {
+    let state = if running {
+        json!({"running": {}})
+    } else {
+        json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ns", "uid": uid},
+        "spec": {"containers": [{"name": "postgres"}], "nodeName": "node-a"},
+        "status": {"phase": "Running", "podIP": "198.18.0.9", "containerStatuses": [{"name": "postgres", "image": "", "imageID": "", "ready": running, "restartCount": 0, "state": state}]}
+    }))
+    .expect("pod")
+}
+
+fn pod_json() -> Value {
+    serde_json::to_value(instance("db-0", "uid-0", true)).expect("pod")
+}
+
+fn ready_node() -> Exchange {
+    Exchange::get("/api/v1/nodes/node-a").answer(
+        200,
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+               "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+    )
 }
 
 fn get_cluster(pgc: &PostgresCluster) -> Exchange {
@@ -54,12 +98,13 @@ fn event(reason: &'static str, note: &'static str) -> Exchange {
 }
 
 #[tokio::test]
-async fn intent_is_recorded_with_the_version_it_was_read_at() {
+async fn intent_is_recorded_with_the_fresh_version_and_the_old_instance() {
     let mut pgc = cluster().primary("db-0", true).build();
     if let Some(status) = pgc.status.as_mut() {
         status.last_failover = Some(previous_failover());
+        status.epoch = 4;
     }
-    let (seam, server) = seam_with(vec![]);
+    let (seam, server) = seam_with(vec![instance("db-0", "uid-0", true)]);
     let server = server.run(vec![
         get_cluster(&pgc),
         Exchange::apply(STATUS, "ordinal-operator/primary")
@@ -68,24 +113,27 @@ async fn intent_is_recorded_with_the_version_it_was_read_at() {
                     body["status"]["lastFailover"]["to"], "db-0",
                     "the last failover is kept"
                 );
+                // The version just read, not the one the loop observed at:
+                // only who is primary must not have moved.
                 assert_eq!(body["metadata"]["resourceVersion"], "100");
                 assert_eq!(body["status"]["currentPrimary"], "db-0");
                 assert_eq!(body["status"]["targetPrimary"], "db-1");
                 assert_eq!(
                     body["status"]["pendingPromotion"],
-                    json!({"planned": false, "reason": "primary db-0 is not running"})
+                    json!({"planned": false, "reason": "primary db-0 is not running",
+                           "fromUid": "uid-0", "fromIp": "198.18.0.9",
+                           "oldPrimaryLsn": "0/3000148", "chosenLsn": "0/3000100", "lostBytes": 72})
                 );
                 assert_eq!(body["status"]["epoch"], 5);
             })
             .answer_with(with_status(&pgc)),
-        get_cluster(&pgc),
         event(
             "FailoverStarted",
             "promoting db-1 in place of db-0 (epoch 5)",
         ),
     ]);
     let written = seam
-        .record_intent(&record("100"), "db-1", "primary db-0 is not running", false)
+        .record_intent(&record("99"), &intent(false))
         .await
         .expect("intent");
     assert_eq!(
@@ -97,35 +145,52 @@ async fn intent_is_recorded_with_the_version_it_was_read_at() {
 }
 
 #[tokio::test]
-async fn a_stale_record_conflicts_instead_of_overwriting() {
-    let pgc = cluster().primary("db-0", true).build();
+async fn a_record_superseded_by_another_promotion_conflicts_instead_of_overwriting() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    if let Some(status) = pgc.status.as_mut() {
+        status.epoch = 5;
+    }
+    let mut older = pgc.clone();
+    if let Some(status) = older.status.as_mut() {
+        status.epoch = 4;
+    }
     let (seam, server) = seam_with(vec![]);
     let server = server.run(vec![
-        // Read at 99, the object is at 100 now: nothing is written.
+        // Read at epoch 4, the status is at epoch 5 now: nothing is written.
         get_cluster(&pgc),
-        // Read at 100, but someone writes first: the API server refuses.
-        get_cluster(&pgc),
+        // Epoch 4 still, but another writer wins the race: read again.
+        get_cluster(&older),
         Exchange::apply(STATUS, "ordinal-operator/primary")
             .answer(409, status_body(409, "Conflict")),
+        get_cluster(&pgc),
     ]);
     let err = seam
-        .record_intent(&record("99"), "db-1", "x", false)
+        .record_intent(&record("99"), &intent(false))
         .await
-        .expect_err("stale");
+        .expect_err("superseded");
     assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
     let err = seam
-        .record_intent(&record("100"), "db-1", "x", false)
+        .record_intent(&record("99"), &intent(false))
         .await
-        .expect_err("conflict");
+        .expect_err("superseded while retrying");
     assert!(matches!(err, SeamError::Conflict { .. }), "{err}");
     drop(seam);
     server.await.expect("server");
 }
 
+fn fence_request(planned: bool) -> FenceRequest {
+    FenceRequest {
+        pod: "db-0".to_owned(),
+        planned,
+        uid: Some("uid-0".to_owned()),
+        ip: None,
+        deadline: None,
+    }
+}
+
 #[tokio::test]
-async fn fencing_removes_the_route_then_deletes_the_pod_at_once() {
-    let (seam, server) = seam_with(vec![]);
-    let server = server.run(vec![
+async fn fencing_removes_the_route_then_stops_the_pod_and_waits_to_see_it_stopped() {
+    let unlabel = || {
         Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0")
             .check(|body| {
                 assert_eq!(
@@ -133,36 +198,64 @@ async fn fencing_removes_the_route_then_deletes_the_pod_at_once() {
                     &json!({"metadata": {"labels": {"ordinal.dev/role": null}}})
                 )
             })
-            .answer(
-                200,
-                serde_json::to_value(pod("db-0", true, None)).expect("pod"),
-            ),
+            .answer(200, pod_json())
+    };
+    let (seam, server) = seam_with(vec![instance("db-0", "uid-0", true)]);
+    let server = server.run(vec![
+        unlabel(),
+        // A short grace: a live postmaster shuts down, a hung one is killed.
         Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
-            .check(|body| assert_eq!(body["gracePeriodSeconds"], 0)),
+            .check(|body| assert_eq!(body["gracePeriodSeconds"], 1))
+            .answer(200, pod_json()),
+        ready_node(),
     ]);
-    seam.fence("db-0", false).await.expect("fence");
+    let state = seam.fence(&fence_request(false)).await.expect("fence");
+    assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
+    drop(seam);
+    server.await.expect("server");
+
+    // Its container stopped: fenced.
+    let (seam, server) = seam_with(vec![instance("db-0", "uid-0", false)]);
+    let server = server.run(vec![unlabel()]);
+    let state = seam.fence(&fence_request(false)).await.expect("fence");
+    assert!(matches!(state, FenceState::Stopped(_)), "{state:?}");
+    drop(seam);
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn a_force_deleted_primary_is_not_taken_as_stopped() {
+    // The pod object is gone (a force delete), and a new pod of the same
+    // name runs: the old server may still run, nothing proves it stopped.
+    let (seam, server) = seam_with(vec![instance("db-0", "uid-new", true)]);
+    let server = server.run(vec![
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0").answer(200, pod_json()),
+    ]);
+    let state = seam.fence(&fence_request(false)).await.expect("fence");
+    assert!(
+        matches!(&state, FenceState::Pending(why) if why.contains("may still run")),
+        "{state:?}"
+    );
     drop(seam);
     server.await.expect("server");
 }
 
 #[tokio::test]
 async fn a_planned_fence_lets_the_pod_shut_down_cleanly() {
-    let (seam, server) = seam_with(vec![]);
+    let mut deleting = instance("db-0", "uid-0", true);
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    deleting.metadata.deletion_grace_period_seconds = Some(30);
+    let (seam, server) = seam_with(vec![deleting]);
+    // No second delete: its own grace period runs.
     let server = server.run(vec![
-        // The pod is already gone: fenced, and never created again.
-        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0").not_found(),
-        Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
-            .check(|body| {
-                assert!(
-                    body.get("gracePeriodSeconds").is_none_or(Value::is_null),
-                    "{body}"
-                )
-            })
-            .not_found(),
+        Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0").answer(200, pod_json()),
+        ready_node(),
     ]);
-    seam.fence("db-0", true)
-        .await
-        .expect("an already deleted pod is fenced");
+    let state = seam.fence(&fence_request(true)).await.expect("fence");
+    assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
     drop(seam);
     server.await.expect("server");
 }

@@ -1,0 +1,552 @@
+//! The driver of the failover state machine: it observes, probes, asks
+//! [`machine::next`] what to do, does it, and looks again. Small on
+//! purpose: every decision is in the machine.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use ordinal_crds::{
+    FailoverPhases, FailoverRecord, InstanceStatus, ReplicationMode, SynchronousSet,
+};
+use tokio::sync::watch;
+
+use super::decide::{self, Probes};
+use super::machine::{self, Action, Intent, Memory, View};
+use super::pg;
+use super::seam::{
+    Credentials, FenceRequest, FenceState, Member, Observation, Report, Seam, SeamError,
+};
+use super::{FailoverError, Step, Tick};
+use crate::metrics::Metrics;
+
+/// Looks, and actions, in one tick at most: a promotion takes a handful.
+const MAX_STEPS: usize = 24;
+/// While a promotion waits (a fence, a final WAL record), how soon the
+/// loop looks again.
+const BUSY_POLL: Duration = Duration::from_millis(50);
+/// status.instances is written when what a person reads changes (role,
+/// readiness, lag or not), and at least this often so that lag figures
+/// and the recorded primary LSN stay current, without a status write per
+/// probe.
+const REPORT_REFRESH: Duration = Duration::from_secs(10);
+
+/// When each phase of the promotion under way began and ended.
+#[derive(Clone, Debug, Default)]
+struct Timing {
+    decided: Option<Instant>,
+    detect: Duration,
+    decide: Duration,
+    fence_started: Option<Instant>,
+    fence: Duration,
+    promote: Duration,
+    promoted_lsn: Option<u64>,
+}
+
+pub struct FailoverLoop<S> {
+    seam: S,
+    metrics: Option<Metrics>,
+    /// Test hook: fail with [`FailoverError::Injected`] right after a step.
+    pub crash_after: Option<Step>,
+    memory: Memory,
+    /// The recorded primary LSN was read into memory.
+    restored: bool,
+    timing: Timing,
+    interval: Duration,
+    probe_seconds: f64,
+    last_report: Option<(Vec<InstanceStatus>, Option<String>, Option<SynchronousSet>)>,
+    last_report_at: Option<Instant>,
+}
+
+impl<S: Seam> FailoverLoop<S> {
+    pub fn new(seam: S, metrics: Option<Metrics>) -> Self {
+        Self {
+            seam,
+            metrics,
+            crash_after: None,
+            memory: Memory::default(),
+            restored: false,
+            timing: Timing::default(),
+            interval: Duration::from_secs(1),
+            probe_seconds: 0.0,
+            last_report: None,
+            last_report_at: None,
+        }
+    }
+
+    pub fn seam(&self) -> &S {
+        &self.seam
+    }
+
+    /// Runs until `stop` flips to true or the cluster is gone.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), FailoverError> {
+        loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            let pause = match self.tick().await {
+                Ok(Tick::Busy(_)) => BUSY_POLL,
+                Ok(_) => self.interval,
+                Err(FailoverError::Seam(SeamError::Gone { cluster })) => {
+                    tracing::info!(%cluster, "cluster gone: failover loop stops");
+                    return Ok(());
+                }
+                Err(error @ FailoverError::Injected(_)) => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, "failover loop tick failed");
+                    self.interval.min(Duration::from_millis(500))
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.seam.changed() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    fn check(&self, step: Step) -> Result<(), FailoverError> {
+        if self.crash_after == Some(step) {
+            return Err(FailoverError::Injected(step));
+        }
+        Ok(())
+    }
+
+    /// Looks at the cluster and does what it calls for, step after step,
+    /// until it is steady or waits.
+    pub async fn tick(&mut self) -> Result<Tick, FailoverError> {
+        let mut promoted: Option<Box<FailoverRecord>> = None;
+        for _ in 0..MAX_STEPS {
+            let obs = self.seam.observe().await?;
+            self.interval = obs.settings.check_interval;
+            if !self.restored {
+                self.memory.last_primary_lsn = obs.record.primary_lsn;
+                self.restored = true;
+            }
+            let credentials = self.seam.credentials().await?;
+            let probing = Instant::now();
+            let probes = probe_all(&obs.members, &credentials).await;
+            self.probe_seconds = probing.elapsed().as_secs_f64();
+            let now = Instant::now();
+            self.memory.observe(&obs, &probes, self.interval, now);
+            let action = machine::next(&View {
+                obs: &obs,
+                probes: &probes,
+                memory: &self.memory,
+                now,
+            });
+            match action {
+                Action::Steady {
+                    blocked,
+                    primary_up,
+                } => {
+                    let synchronous = if primary_up {
+                        self.housekeeping(&obs, &probes, &credentials).await?
+                    } else {
+                        None
+                    };
+                    if let Some(why) = &blocked {
+                        tracing::info!(cluster = %obs.cluster, "{why}");
+                    }
+                    self.report(&obs, &probes, blocked.clone(), synchronous)
+                        .await?;
+                    if let Some(record) = promoted {
+                        return Ok(Tick::Promoted(record));
+                    }
+                    return Ok(match (blocked, obs.record.current_primary) {
+                        (Some(why), _) => Tick::Waiting(why),
+                        (None, None) => Tick::Idle,
+                        (None, Some(_)) => Tick::Healthy,
+                    });
+                }
+                Action::Detach { standbys } => {
+                    tracing::warn!(cluster = %obs.cluster, standbys = ?standbys, "detaching the standbys from the lost primary");
+                    self.timing.detect = self
+                        .memory
+                        .suspect_since
+                        .map(|t| now.duration_since(t))
+                        .unwrap_or_default();
+                    let detaching = standbys.iter().filter_map(|name| {
+                        let at = member(&obs, name).ok()?.probe_at.clone()?;
+                        let credentials = &credentials;
+                        Some(async move {
+                            if let Err(error) = pg::detach(&at, credentials).await {
+                                tracing::warn!(pod = %name, %error, "cannot detach");
+                            }
+                        })
+                    });
+                    join_all(detaching).await;
+                    self.memory.detached_at = Some(Instant::now());
+                }
+                Action::RecordIntent(intent) => {
+                    self.record_intent(&obs, &intent, now).await?;
+                    self.check(Step::Intent)?;
+                }
+                Action::Fence {
+                    pod,
+                    planned,
+                    deadline,
+                } => {
+                    let pending = obs.record.pending.clone().unwrap_or_default();
+                    let request = FenceRequest {
+                        pod: pod.clone(),
+                        planned,
+                        uid: pending.from_uid,
+                        ip: pending.from_ip,
+                        deadline,
+                    };
+                    let started = *self.timing.fence_started.get_or_insert(now);
+                    match self.seam.fence(&request).await? {
+                        FenceState::Stopped(how) => {
+                            tracing::info!(cluster = %obs.cluster, pod, how, "old primary fenced");
+                            self.memory.fenced_epoch = Some(obs.record.epoch);
+                            self.memory.fenced_at = Some(Instant::now());
+                            self.timing.fence = started.elapsed();
+                            self.check(Step::Fence)?;
+                        }
+                        FenceState::Pending(why) => {
+                            self.report(&obs, &probes, Some(why.clone()), None).await?;
+                            return Ok(Tick::Busy(why));
+                        }
+                    }
+                }
+                Action::Wait(why) => {
+                    self.report(&obs, &probes, Some(why.clone()), None).await?;
+                    return Ok(Tick::Busy(why));
+                }
+                Action::Promote { pod } => {
+                    let m = member(&obs, &pod)?;
+                    let at = m
+                        .probe_at
+                        .clone()
+                        .ok_or_else(|| FailoverError::NoAddress { pod: pod.clone() })?;
+                    self.timing.promoted_lsn = probes
+                        .get(&pod)
+                        .and_then(|p| p.as_ref().ok())
+                        .and_then(|p| p.wal_position());
+                    let started = Instant::now();
+                    pg::promote(&at, &credentials).await?;
+                    self.timing.promote = started.elapsed();
+                    tracing::info!(cluster = %obs.cluster, pod, "promoted");
+                    self.check(Step::Promote)?;
+                }
+                Action::Publish { pod } => {
+                    let outcome = self.outcome(&obs, &pod, &probes);
+                    let publishing = Instant::now();
+                    self.seam.publish(&obs.record, &outcome).await?;
+                    let mut outcome = outcome;
+                    outcome.phases.publish = publishing.elapsed().as_secs_f64();
+                    outcome.duration_seconds += outcome.phases.publish;
+                    self.check(Step::Publish)?;
+                    if let Some(metrics) = &self.metrics {
+                        metrics.record_failover(&obs.namespace, &obs.cluster, &outcome);
+                    }
+                    tracing::warn!(
+                        cluster = %obs.cluster,
+                        from = %outcome.from,
+                        to = %outcome.to,
+                        seconds = outcome.duration_seconds,
+                        lost_bytes = ?outcome.lost_bytes,
+                        "failover complete"
+                    );
+                    self.memory.promoted();
+                    self.memory.last_primary_lsn = self.timing.promoted_lsn;
+                    self.timing = Timing::default();
+                    promoted = Some(Box::new(outcome));
+                }
+                Action::PromoteRecorded { pod } => {
+                    let at = member(&obs, &pod)?
+                        .probe_at
+                        .clone()
+                        .ok_or_else(|| FailoverError::NoAddress { pod: pod.clone() })?;
+                    tracing::warn!(cluster = %obs.cluster, primary = %pod, "the recorded primary runs as a standby: promoting it");
+                    pg::promote(&at, &credentials).await?;
+                }
+                Action::Repoint { standbys } => {
+                    self.repoint(&obs, &standbys, &credentials).await;
+                }
+                Action::Rejoin { pod, why } => {
+                    tracing::warn!(cluster = %obs.cluster, pod, why, "restarting a standby that cannot follow");
+                    self.seam.restart(&pod, &why).await?;
+                    self.memory.not_following_since.remove(&pod);
+                    self.report(&obs, &probes, None, None).await?;
+                    return Ok(Tick::Healthy);
+                }
+            }
+        }
+        Ok(Tick::Busy(
+            "the promotion takes more steps than one look allows".to_owned(),
+        ))
+    }
+
+    async fn record_intent(
+        &mut self,
+        obs: &Observation,
+        intent: &Intent,
+        now: Instant,
+    ) -> Result<(), FailoverError> {
+        tracing::warn!(
+            cluster = %obs.cluster,
+            from = %intent.from,
+            to = %intent.to,
+            planned = intent.planned,
+            position = ?intent.chosen_lsn.map(pg::format_lsn),
+            reason = %intent.reason,
+            "failing over"
+        );
+        if self.timing.detect.is_zero() {
+            self.timing.detect = self
+                .memory
+                .suspect_since
+                .map(|t| now.duration_since(t))
+                .unwrap_or_default();
+        }
+        let decided = Instant::now();
+        self.seam.record_intent(&obs.record, intent).await?;
+        self.timing.decided = Some(decided);
+        self.timing.decide = decided.duration_since(now);
+        Ok(())
+    }
+
+    /// The record of a finished promotion: what was decided (from the
+    /// recorded intent) and how long each phase took.
+    fn outcome(&self, obs: &Observation, to: &str, probes: &Probes) -> FailoverRecord {
+        let pending = obs.record.pending.clone().unwrap_or_default();
+        let from = obs.record.current_primary.clone().unwrap_or_default();
+        let old_lsn = pending
+            .old_primary_lsn
+            .as_deref()
+            .and_then(decide::parse_lsn)
+            .or(self.memory.last_primary_lsn);
+        let promoted_lsn = self
+            .timing
+            .promoted_lsn
+            .or(pending.chosen_lsn.as_deref().and_then(decide::parse_lsn))
+            .or_else(|| {
+                probes
+                    .get(to)
+                    .and_then(|p| p.as_ref().ok())
+                    .and_then(|p| p.wal_position())
+            });
+        // What the promotion left behind, whatever the mode promised: an
+        // old primary seen further than the promoted position lost that WAL.
+        let lost_bytes = match (old_lsn, promoted_lsn) {
+            (Some(old), Some(new)) => Some(old.saturating_sub(new) as i64),
+            _ => pending.lost_bytes,
+        };
+        let elapsed = self.timing.decided.map(|t| t.elapsed()).unwrap_or_default();
+        let reason = if self.timing.decided.is_some() {
+            pending.reason.clone()
+        } else {
+            format!("{} (resumed after an operator restart)", pending.reason)
+        };
+        FailoverRecord {
+            time: Time(Timestamp::now()),
+            from,
+            to: to.to_owned(),
+            reason,
+            duration_seconds: (self.timing.detect + self.timing.decide + elapsed).as_secs_f64(),
+            old_primary_lsn: old_lsn.map(pg::format_lsn),
+            promoted_lsn: promoted_lsn.map(pg::format_lsn),
+            lost_bytes,
+            phases: FailoverPhases {
+                detect: self.timing.detect.as_secs_f64(),
+                decide: self.timing.decide.as_secs_f64(),
+                fence: self.timing.fence.as_secs_f64(),
+                promote: self.timing.promote.as_secs_f64(),
+                publish: 0.0,
+            },
+        }
+    }
+
+    async fn repoint(&self, obs: &Observation, standbys: &[String], credentials: &Credentials) {
+        let Some(primary) = obs
+            .record
+            .current_primary
+            .as_deref()
+            .and_then(|p| member(obs, p).ok())
+        else {
+            return;
+        };
+        let repoints = standbys.iter().filter_map(|name| {
+            let m = member(obs, name).ok()?;
+            let at = m.probe_at.clone()?;
+            Some(async move {
+                match pg::repoint(&at, &m.name, &primary.stable, credentials).await {
+                    Ok(()) => tracing::info!(pod = %m.name, primary = %primary.name, "re-pointed"),
+                    Err(error) => tracing::info!(pod = %m.name, %error, "not re-pointed now; ordinal-init re-points it at its next start"),
+                }
+            })
+        });
+        join_all(repoints).await;
+    }
+
+    /// Slots and synchronous standbys on the primary. Returns the
+    /// synchronous set to record when it changed. A set that grows is
+    /// recorded before the primary uses it: a commit acknowledged by a new
+    /// member alone must be counted by the failover rule at once.
+    async fn housekeeping(
+        &mut self,
+        obs: &Observation,
+        probes: &Probes,
+        credentials: &Credentials,
+    ) -> Result<Option<SynchronousSet>, FailoverError> {
+        let Some(primary) = obs.record.current_primary.as_deref() else {
+            return Ok(None);
+        };
+        let Some(at) = member(obs, primary).ok().and_then(|m| m.probe_at.clone()) else {
+            return Ok(None);
+        };
+        let Some(Ok(probe)) = probes.get(primary) else {
+            return Ok(None);
+        };
+        let quorum = obs.settings.mode == ReplicationMode::Quorum;
+        let expected = decide::expected_standbys(&obs.cluster, primary, obs.settings.replicas);
+        let wanted =
+            pg::synchronous_standby_names(quorum.then_some(obs.settings.quorum), &expected);
+        let recorded = obs.record.synchronous.clone();
+        if quorum && wanted != probe.synchronous_standby_names {
+            let covered = recorded.as_ref().is_some_and(|r| {
+                r.standbys.iter().all(|s| s != primary)
+                    && r.quorum <= obs.settings.quorum
+                    && expected.iter().all(|s| r.standbys.contains(s))
+            });
+            if !covered {
+                // Record the union first; apply on the next look.
+                let mut standbys: Vec<String> = recorded
+                    .as_ref()
+                    .map(|r| {
+                        r.standbys
+                            .iter()
+                            .filter(|s| *s != primary)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for s in &expected {
+                    if !standbys.contains(s) {
+                        standbys.push(s.clone());
+                    }
+                }
+                standbys.sort();
+                let union = SynchronousSet {
+                    quorum: recorded
+                        .as_ref()
+                        .map_or(obs.settings.quorum, |r| r.quorum.min(obs.settings.quorum)),
+                    standbys,
+                    shrunk_at: recorded.as_ref().and_then(|r| r.shrunk_at.clone()),
+                };
+                return Ok(Some(union));
+            }
+        }
+        let keep = decide::standbys(primary, &obs.members, obs.settings.replicas);
+        let gone: Vec<String> = (obs.settings.replicas..obs.settings.replicas + 64)
+            .map(|o| ordinal_crds::names::pod(&obs.cluster, o))
+            .filter(|p| !obs.members.iter().any(|m| m.name == *p))
+            .collect();
+        match pg::housekeeping(&at, credentials, &obs.cluster, &keep, &gone, &wanted).await {
+            Ok(changes) if !changes.is_empty() => {
+                tracing::info!(cluster = %obs.cluster, primary, changes = ?changes, "primary housekeeping");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(cluster = %obs.cluster, %error, "primary housekeeping failed")
+            }
+        }
+        if !quorum {
+            return Ok(None);
+        }
+        // The set in effect, as the primary says.
+        let (k, names) = pg::parse_synchronous_standby_names(&probe.synchronous_standby_names);
+        let Some(k) = k else {
+            return Ok(None);
+        };
+        let flushed = probe
+            .standbys
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.flush_lsn?)))
+            .collect();
+        let next = decide::next_synchronous_set(
+            recorded.as_ref(),
+            primary,
+            k,
+            &names,
+            probe.current_lsn,
+            &flushed,
+        );
+        Ok((recorded.as_ref() != Some(&next)).then_some(next))
+    }
+
+    /// Reports the instances (and why a failover waits) when they changed.
+    async fn report(
+        &mut self,
+        obs: &Observation,
+        probes: &Probes,
+        blocked: Option<String>,
+        synchronous: Option<SynchronousSet>,
+    ) -> Result<(), FailoverError> {
+        let instances = decide::instances(&obs.members, probes);
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_instances(
+                &obs.namespace,
+                &obs.cluster,
+                obs.settings.replicas,
+                self.probe_seconds,
+                &instances,
+            );
+        }
+        // Positions move with every write: compare what a person reads.
+        let summary: Vec<InstanceStatus> = instances
+            .iter()
+            .map(|i| InstanceStatus {
+                lsn: None,
+                lag_bytes: i.lag_bytes.map(|b| if b > 0 { 1 } else { 0 }),
+                lag_seconds: None,
+                ..i.clone()
+            })
+            .collect();
+        let key = (summary, blocked.clone(), synchronous.clone());
+        let fresh = self
+            .last_report_at
+            .is_some_and(|t| t.elapsed() < REPORT_REFRESH);
+        if synchronous.is_none() && self.last_report.as_ref() == Some(&key) && fresh {
+            return Ok(());
+        }
+        self.seam
+            .report(&Report {
+                instances,
+                blocked,
+                primary_lsn: self.memory.last_primary_lsn,
+                synchronous,
+            })
+            .await?;
+        self.last_report = Some(key);
+        self.last_report_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+pub(super) fn member<'a>(obs: &'a Observation, name: &str) -> Result<&'a Member, FailoverError> {
+    obs.members
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| FailoverError::NoAddress {
+            pod: name.to_owned(),
+        })
+}
+
+/// Probes every member at once.
+pub async fn probe_all(members: &[Member], credentials: &Credentials) -> Probes {
+    let probes = members.iter().map(|m| async move {
+        let result = match &m.probe_at {
+            Some(at) => pg::probe(at, credentials).await,
+            None => Err(pg::ProbeError::new(
+                pg::ProbeFailure::Unreachable,
+                "no address yet",
+            )),
+        };
+        (m.name.clone(), result)
+    });
+    join_all(probes).await.into_iter().collect()
+}

@@ -1,0 +1,470 @@
+//! The failover protocol as a state machine, in the shape of raft-rs: no
+//! I/O here. The state is what is recorded (who is primary, the promotion
+//! under way — in Kubernetes, the PostgresCluster's status) plus what the
+//! loop remembers between looks ([`Memory`]); the input is the latest
+//! observation (the members and their probes). [`next`] returns the one
+//! action to take now; the driver (`driver.rs`) performs it, looks again,
+//! and asks again.
+//!
+//! The rules, each one a unit test below and a real-cluster scenario:
+//!
+//! - **Detach before choosing.** After an unplanned loss the standbys that
+//!   answer are cut off from the old primary first (empty
+//!   `primary_conninfo`): it can collect no further acknowledgements, and
+//!   their positions stop moving, so the one chosen holds at least what
+//!   every other has and they can all follow it.
+//! - **A planned loss is not detached**: a deleted primary's fast shutdown
+//!   streams its final WAL to its standbys, and the target is promoted once
+//!   it has it.
+//! - **Record, then fence, then promote.** The intent (target, epoch) is
+//!   recorded before the old primary is stopped, so a pod restarted
+//!   meanwhile never starts writable; the target is promoted only once the
+//!   old primary is confirmed stopped (or, unreachable, past the deadline
+//!   at which it fenced itself).
+//! - **Every standby follows the primary**: one following another host (or
+//!   nobody) is re-pointed; one that cannot follow (a diverged timeline) is
+//!   restarted, so that ordinal-init rewinds or re-clones it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ordinal_crds::ReplicationMode;
+
+use super::decide::{self, Detection, FailureStreak, Loss, Probes};
+use super::pg::ProbeFailure;
+use super::seam::{Observation, PodState};
+
+/// How long a standby may fail to follow the primary before it is
+/// restarted (rewound or re-cloned by ordinal-init).
+pub const REJOIN_AFTER: Duration = Duration::from_secs(10);
+/// A planned promotion waits at most this long, once the old primary is
+/// stopped, for the target to have received its final WAL.
+pub const FINAL_WAL_WAIT: Duration = Duration::from_secs(5);
+/// Added to the isolation deadline: clocks and probe periods differ.
+pub const ISOLATION_MARGIN: Duration = Duration::from_secs(3);
+
+/// What the loop remembers between looks. Plain data: the driver updates
+/// it from each observation ([`Memory::observe`]).
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    pub streak: FailureStreak,
+    /// When a failed probe of the primary was last counted: failures count
+    /// once per check interval, however often pod events wake the loop.
+    pub last_failure_at: Option<Instant>,
+    /// When the primary first failed in the current streak.
+    pub suspect_since: Option<Instant>,
+    /// When the primary last answered.
+    pub last_contact: Option<Instant>,
+    /// Its last WAL position seen (also kept in the status).
+    pub last_primary_lsn: Option<u64>,
+    /// Standbys not following the primary, since when.
+    pub not_following_since: BTreeMap<String, Instant>,
+    /// When the standbys were detached from a lost primary.
+    pub detached_at: Option<Instant>,
+    /// The epoch whose old primary is confirmed stopped.
+    pub fenced_epoch: Option<i64>,
+    /// When the fence of the promotion under way was confirmed.
+    pub fenced_at: Option<Instant>,
+}
+
+impl Memory {
+    /// Takes in what the probes say of the recorded primary and the
+    /// standbys. `interval` is the check interval.
+    pub fn observe(
+        &mut self,
+        obs: &Observation,
+        probes: &Probes,
+        interval: Duration,
+        now: Instant,
+    ) {
+        let Some(primary) = obs.record.current_primary.as_deref() else {
+            return;
+        };
+        match probes.get(primary) {
+            Some(Ok(p)) if !p.in_recovery => {
+                self.streak = FailureStreak::default();
+                self.suspect_since = None;
+                self.last_failure_at = None;
+                self.last_contact = Some(now);
+                if p.current_lsn.is_some() {
+                    self.last_primary_lsn = p.current_lsn.max(self.last_primary_lsn);
+                }
+            }
+            result => {
+                if self
+                    .last_failure_at
+                    .is_none_or(|t| now.duration_since(t) >= interval.mul_f64(0.9))
+                {
+                    self.streak.failures += 1;
+                    self.streak.no_answer = match result {
+                        Some(Err(e)) if e.failure == ProbeFailure::NoAnswer => {
+                            self.streak.no_answer + 1
+                        }
+                        _ => 0,
+                    };
+                    self.last_failure_at = Some(now);
+                }
+                self.suspect_since.get_or_insert(now);
+            }
+        }
+        // Standbys that do not follow the primary, and since when.
+        let primary_at = obs
+            .members
+            .iter()
+            .find(|m| m.name == primary)
+            .map(|m| m.stable.clone());
+        let mut following = Vec::new();
+        for m in obs.members.iter().filter(|m| m.name != primary) {
+            let ok = match (probes.get(&m.name), &primary_at) {
+                (Some(Ok(p)), Some(at)) => p.streams_from(at),
+                _ => false,
+            };
+            if ok {
+                following.push(m.name.clone());
+            } else {
+                self.not_following_since
+                    .entry(m.name.clone())
+                    .or_insert(now);
+            }
+        }
+        self.not_following_since.retain(|name, _| {
+            !following.contains(name) && obs.members.iter().any(|m| m.name == *name)
+        });
+    }
+
+    /// Forgets what belonged to the old primary once a new one is published.
+    pub fn promoted(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// The promotion to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub from: String,
+    pub to: String,
+    pub planned: bool,
+    pub reason: String,
+    pub old_primary_lsn: Option<u64>,
+    pub chosen_lsn: Option<u64>,
+    pub lost_bytes: Option<i64>,
+}
+
+/// The one thing to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to change. `blocked`: why a failover that is needed cannot
+    /// proceed (reported in the status and an Event); `primary_up`: the
+    /// primary answers, so its housekeeping runs.
+    Steady {
+        blocked: Option<String>,
+        primary_up: bool,
+    },
+    /// Cut these standbys off from the lost primary.
+    Detach { standbys: Vec<String> },
+    /// Record the promotion.
+    RecordIntent(Intent),
+    /// Stop the old primary, and say when it is seen stopped. `deadline`:
+    /// past it, an old primary that cannot be reached has fenced itself.
+    Fence {
+        pod: String,
+        planned: bool,
+        deadline: Option<Instant>,
+    },
+    /// The promotion waits for something that takes a moment (a final WAL
+    /// record, a fence): look again soon.
+    Wait(String),
+    /// `pg_promote` the target.
+    Promote { pod: String },
+    /// Route to the promoted target and record it as primary.
+    Publish { pod: String },
+    /// The recorded primary runs as a standby (it restarted before its
+    /// promotion was published): promote it.
+    PromoteRecorded { pod: String },
+    /// Point these standbys at the primary.
+    Repoint { standbys: Vec<String> },
+    /// Restart a standby that cannot follow the primary.
+    Rejoin { pod: String, why: String },
+}
+
+/// What [`next`] looks at.
+pub struct View<'a> {
+    pub obs: &'a Observation,
+    pub probes: &'a Probes,
+    pub memory: &'a Memory,
+    pub now: Instant,
+}
+
+/// The next action.
+pub fn next(v: &View<'_>) -> Action {
+    let record = &v.obs.record;
+    if let Some(target) = record.target_primary.as_deref() {
+        return promotion(v, target);
+    }
+    let Some(primary) = record.current_primary.as_deref() else {
+        return Action::Steady {
+            blocked: None,
+            primary_up: false,
+        };
+    };
+    let detection = decide::detect(
+        primary,
+        &v.obs.members,
+        v.probes,
+        v.memory.streak,
+        v.obs.settings.failure_threshold,
+    );
+    match detection {
+        Detection::Healthy => healthy(v, primary),
+        Detection::RunsAsStandby => {
+            let writable: Vec<&str> = v
+                .probes
+                .iter()
+                .filter(|(name, p)| *name != primary && matches!(p, Ok(p) if !p.in_recovery))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if writable.is_empty() {
+                Action::PromoteRecorded {
+                    pod: primary.to_owned(),
+                }
+            } else {
+                Action::Steady {
+                    blocked: Some(format!(
+                        "recorded primary {primary} runs as a standby while {} accepts writes: not promoting",
+                        writable.join(", ")
+                    )),
+                    primary_up: false,
+                }
+            }
+        }
+        Detection::Suspect(why) => Action::Steady {
+            blocked: Some(why),
+            primary_up: false,
+        },
+        Detection::Lost(loss) => lost(v, primary, loss),
+    }
+}
+
+fn steady_blocked(why: String) -> Action {
+    Action::Steady {
+        blocked: Some(why),
+        primary_up: false,
+    }
+}
+
+/// The primary answers: standbys that do not follow it, a switchover asked
+/// for, a primary scaled away.
+fn healthy(v: &View<'_>, primary: &str) -> Action {
+    let obs = v.obs;
+    let Some(host) = obs
+        .members
+        .iter()
+        .find(|m| m.name == primary)
+        .map(|m| &m.stable)
+    else {
+        return Action::Steady {
+            blocked: None,
+            primary_up: true,
+        };
+    };
+    let primary_timeline = v
+        .probes
+        .get(primary)
+        .and_then(|p| p.as_ref().ok())
+        .and_then(|p| p.timeline);
+    let standbys = obs
+        .members
+        .iter()
+        .filter(|m| m.name != primary && m.state == PodState::Running)
+        .filter_map(|m| match v.probes.get(&m.name) {
+            Some(Ok(p)) if p.in_recovery => Some((m, p)),
+            _ => None,
+        });
+    let mut repoint = Vec::new();
+    for (m, p) in standbys {
+        if !p.follows(host) {
+            repoint.push(m.name.clone());
+            continue;
+        }
+        let stuck_for = v
+            .memory
+            .not_following_since
+            .get(&m.name)
+            .map(|t| v.now.duration_since(*t))
+            .unwrap_or_default();
+        // Streaming from the right host but on another timeline, or not
+        // streaming at all: it cannot follow (a fork before its position).
+        if stuck_for >= REJOIN_AFTER && (!p.streaming() || p.timeline != primary_timeline) {
+            return Action::Rejoin {
+                pod: m.name.clone(),
+                why: format!(
+                    "{} has not followed primary {primary} for {}s (WAL receiver {}, timeline {} where the primary is on {})",
+                    m.name,
+                    stuck_for.as_secs(),
+                    p.receiver.as_deref().unwrap_or("stopped"),
+                    p.timeline.map_or("unknown".to_owned(), |t| t.to_string()),
+                    primary_timeline.map_or("unknown".to_owned(), |t| t.to_string()),
+                ),
+            };
+        }
+    }
+    if !repoint.is_empty() {
+        return Action::Repoint { standbys: repoint };
+    }
+    let requested = obs.record.switchover_to.clone().filter(|to| to != primary);
+    let scaled_away =
+        || decide::scale_down_target(primary, &obs.members, v.probes, obs.settings.replicas);
+    if let Some(to) = requested.or_else(scaled_away) {
+        let ready = obs
+            .members
+            .iter()
+            .any(|m| m.name == to && m.state == PodState::Running)
+            && matches!(v.probes.get(&to), Some(Ok(p)) if p.streams_from(host));
+        if !ready {
+            return Action::Steady {
+                blocked: Some(format!(
+                    "switchover to {to} refused: it is not a streaming replica"
+                )),
+                primary_up: true,
+            };
+        }
+        return Action::RecordIntent(Intent {
+            from: primary.to_owned(),
+            to: to.clone(),
+            planned: true,
+            reason: format!("switchover from {primary} to {to}"),
+            old_primary_lsn: v.memory.last_primary_lsn,
+            chosen_lsn: None,
+            lost_bytes: Some(0),
+        });
+    }
+    Action::Steady {
+        blocked: None,
+        primary_up: true,
+    }
+}
+
+/// The primary is lost: detach (unplanned), choose, record.
+fn lost(v: &View<'_>, primary: &str, loss: Loss) -> Action {
+    let obs = v.obs;
+    if !obs.settings.enabled {
+        return steady_blocked(format!(
+            "{}; automatic failover is disabled (spec.failover.enabled=false)",
+            loss.reason()
+        ));
+    }
+    let quorum = decide::quorum_in_effect(
+        obs.record.synchronous.as_ref(),
+        &obs.cluster,
+        primary,
+        &obs.settings,
+    );
+    let choice = decide::choose(
+        primary,
+        &obs.members,
+        v.probes,
+        &obs.settings,
+        v.memory.last_primary_lsn,
+        &quorum,
+    );
+    let choice = match choice {
+        Ok(choice) => choice,
+        Err(why) => {
+            return steady_blocked(format!(
+                "{}, but no replica can be promoted: {why}",
+                loss.reason()
+            ));
+        }
+    };
+    let planned = loss == Loss::Planned;
+    if !planned {
+        // Standbys still attached to the lost primary: cut them off first,
+        // then choose among positions that no longer move.
+        let attached: Vec<String> = obs
+            .members
+            .iter()
+            .filter(|m| m.name != primary && m.state == PodState::Running)
+            .filter(|m| match v.probes.get(&m.name) {
+                Some(Ok(p)) => {
+                    p.in_recovery
+                        && (p.receiver.is_some()
+                            || p.upstream.as_deref().is_some_and(|u| !u.is_empty()))
+                }
+                _ => false,
+            })
+            .map(|m| m.name.clone())
+            .collect();
+        if !attached.is_empty() {
+            return Action::Detach { standbys: attached };
+        }
+    }
+    Action::RecordIntent(Intent {
+        from: primary.to_owned(),
+        to: choice.candidate,
+        planned,
+        reason: loss.reason(),
+        old_primary_lsn: v.memory.last_primary_lsn,
+        chosen_lsn: Some(choice.position),
+        lost_bytes: if obs.settings.mode == ReplicationMode::Quorum && planned {
+            Some(0)
+        } else {
+            choice.lost_bytes
+        },
+    })
+}
+
+/// A promotion is recorded: fence the old primary, promote, publish.
+fn promotion(v: &View<'_>, target: &str) -> Action {
+    let obs = v.obs;
+    let record = &obs.record;
+    let from = record.current_primary.clone().unwrap_or_default();
+    let planned = record.pending.as_ref().is_some_and(|p| p.planned);
+    if !from.is_empty() && from != target && v.memory.fenced_epoch != Some(record.epoch) {
+        // An old primary that cannot be reached may be promoted past once
+        // it has fenced itself: isolated from the API server and from its
+        // standbys (detached) for isolationSeconds.
+        let last_heard = v.memory.last_contact.max(v.memory.detached_at);
+        let deadline = last_heard.map(|t| t + obs.settings.isolation + ISOLATION_MARGIN);
+        return Action::Fence {
+            pod: from,
+            planned,
+            deadline,
+        };
+    }
+    match v.probes.get(target) {
+        Some(Ok(p)) if p.in_recovery => {
+            // A planned stop streams the final WAL: wait for it, briefly.
+            let old_host = obs
+                .members
+                .iter()
+                .find(|m| m.name == from)
+                .map(|m| &m.stable);
+            let behind = match (v.memory.last_primary_lsn, p.wal_position()) {
+                (Some(last), Some(have)) => have < last,
+                _ => false,
+            };
+            let still_receiving = old_host.is_some_and(|h| p.streams_from(h));
+            let waited = v
+                .memory
+                .fenced_at
+                .map(|t| v.now.duration_since(t))
+                .unwrap_or_default();
+            if planned && behind && still_receiving && waited < FINAL_WAL_WAIT {
+                return Action::Wait(format!(
+                    "{target} is still receiving the final WAL of {from}"
+                ));
+            }
+            Action::Promote {
+                pod: target.to_owned(),
+            }
+        }
+        Some(Ok(_)) => Action::Publish {
+            pod: target.to_owned(),
+        },
+        Some(Err(e)) => Action::Wait(format!("promotion target {target} does not answer: {e}")),
+        None => Action::Wait(format!("promotion target {target} has no pod")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,512 @@
+//! Every rule of the state machine, one test each: what it decides from a
+//! recorded state and an observation.
+
+use std::time::{Duration, Instant};
+
+use ordinal_crds::{PendingPromotion, ReplicationMode};
+
+use super::*;
+use crate::failover::pg::{InstanceProbe, ProbeError, ProbeFailure};
+use crate::failover::seam::{Endpoint, Member, Observation, PodState, Record, Settings};
+
+const HOST0: &str = "db-0.db-headless:5432";
+
+fn member(name: &str, state: PodState) -> Member {
+    Member {
+        name: name.to_owned(),
+        ordinal: name[3..].parse().unwrap_or(0),
+        state,
+        probe_at: Some(Endpoint {
+            host: "127.0.0.1".to_owned(),
+            port: 5432,
+        }),
+        stable: Endpoint {
+            host: format!("{name}.db-headless"),
+            port: 5432,
+        },
+    }
+}
+
+fn settings(mode: ReplicationMode) -> Settings {
+    Settings {
+        enabled: true,
+        check_interval: Duration::from_secs(1),
+        failure_threshold: 3,
+        max_lag_bytes: 1 << 20,
+        mode,
+        quorum: if mode == ReplicationMode::Quorum {
+            1
+        } else {
+            0
+        },
+        replicas: 3,
+        isolation: Duration::from_secs(10),
+    }
+}
+
+fn record(primary: &str) -> Record {
+    Record {
+        current_primary: Some(primary.to_owned()),
+        target_primary: None,
+        epoch: 3,
+        version: "1".to_owned(),
+        switchover_to: None,
+        pending: None,
+        primary_lsn: None,
+        synchronous: None,
+    }
+}
+
+fn observation(states: [PodState; 3], mode: ReplicationMode) -> Observation {
+    let [a, b, c] = states;
+    Observation {
+        namespace: "ns".to_owned(),
+        cluster: "db".to_owned(),
+        members: vec![member("db-0", a), member("db-1", b), member("db-2", c)],
+        record: record("db-0"),
+        settings: settings(mode),
+    }
+}
+
+fn running(mode: ReplicationMode) -> Observation {
+    observation(
+        [PodState::Running, PodState::Running, PodState::Running],
+        mode,
+    )
+}
+
+fn primary(lsn: u64) -> Result<InstanceProbe, ProbeError> {
+    Ok(InstanceProbe {
+        in_recovery: false,
+        current_lsn: Some(lsn),
+        timeline: Some(1),
+        ..InstanceProbe::default()
+    })
+}
+
+/// A standby at `lsn` streaming from db-0.
+fn streaming(lsn: u64) -> Result<InstanceProbe, ProbeError> {
+    Ok(InstanceProbe {
+        in_recovery: true,
+        receive_lsn: Some(lsn),
+        replay_lsn: Some(lsn),
+        timeline: Some(1),
+        receiver: Some("streaming".to_owned()),
+        upstream: Some(HOST0.to_owned()),
+        last_message_age: Some(0.2),
+        ..InstanceProbe::default()
+    })
+}
+
+/// A standby at `lsn` that follows nobody: detached.
+fn detached(lsn: u64) -> Result<InstanceProbe, ProbeError> {
+    Ok(InstanceProbe {
+        in_recovery: true,
+        receive_lsn: Some(lsn),
+        replay_lsn: Some(lsn),
+        timeline: Some(1),
+        upstream: Some(String::new()),
+        ..InstanceProbe::default()
+    })
+}
+
+fn down() -> Result<InstanceProbe, ProbeError> {
+    Err(ProbeError::new(ProbeFailure::Refused, "connection refused"))
+}
+
+fn probes(list: [Result<InstanceProbe, ProbeError>; 3]) -> Probes {
+    ["db-0", "db-1", "db-2"]
+        .into_iter()
+        .map(str::to_owned)
+        .zip(list)
+        .collect()
+}
+
+fn decide(obs: &Observation, probes: &Probes, memory: &Memory) -> Action {
+    next(&View {
+        obs,
+        probes,
+        memory,
+        now: Instant::now(),
+    })
+}
+
+fn intent_of(action: Action) -> Intent {
+    match action {
+        Action::RecordIntent(intent) => intent,
+        other => panic!("expected an intent, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_healthy_cluster_is_steady() {
+    let obs = running(ReplicationMode::Async);
+    let p = probes([primary(100), streaming(100), streaming(90)]);
+    assert_eq!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Steady {
+            blocked: None,
+            primary_up: true
+        }
+    );
+}
+
+#[test]
+fn a_standby_that_follows_nobody_or_another_host_is_repointed() {
+    let obs = running(ReplicationMode::Async);
+    let mut elsewhere = streaming(90).expect("probe");
+    elsewhere.upstream = Some("db-1.db-headless:5432".to_owned());
+    let p = probes([primary(100), detached(100), Ok(elsewhere)]);
+    assert_eq!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Repoint {
+            standbys: vec!["db-1".to_owned(), "db-2".to_owned()]
+        }
+    );
+}
+
+#[test]
+fn a_standby_that_cannot_follow_is_rejoined_after_a_while() {
+    let obs = running(ReplicationMode::Async);
+    // db-2 points at db-0 but its WAL receiver cannot stream (a timeline
+    // forked before its position): not streaming, on the old timeline.
+    let mut stuck = streaming(120).expect("probe");
+    stuck.receiver = None;
+    let mut p = probes([primary(100), streaming(100), Ok(stuck)]);
+    if let Some(Ok(primary)) = p.get_mut("db-0") {
+        primary.timeline = Some(2);
+    }
+    let now = Instant::now();
+    let mut memory = Memory::default();
+    memory.observe(&obs, &p, Duration::from_secs(1), now);
+    assert!(memory.not_following_since.contains_key("db-2"));
+    assert!(!memory.not_following_since.contains_key("db-1"));
+    // Not yet: a standby reconnecting takes a moment.
+    assert!(matches!(
+        decide(&obs, &p, &memory),
+        Action::Steady { blocked: None, .. }
+    ));
+    memory
+        .not_following_since
+        .insert("db-2".to_owned(), now - REJOIN_AFTER);
+    assert!(matches!(
+        decide(&obs, &p, &memory),
+        Action::Rejoin { pod, why } if pod == "db-2" && why.contains("timeline 1 where the primary is on 2")
+    ));
+}
+
+#[test]
+fn an_unplanned_loss_detaches_the_standbys_before_choosing() {
+    let obs = observation(
+        [
+            PodState::NotRunning("container postgres: Error".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Async,
+    );
+    // db-2 received more than db-1; both still have a WAL receiver.
+    let attached = probes([down(), streaming(100), streaming(120)]);
+    assert_eq!(
+        decide(&obs, &attached, &Memory::default()),
+        Action::Detach {
+            standbys: vec!["db-1".to_owned(), "db-2".to_owned()]
+        }
+    );
+    // Detached, their positions no longer move: the one ahead is chosen,
+    // so the other can follow it (never promoted behind another standby).
+    let frozen = probes([down(), detached(100), detached(120)]);
+    let memory = Memory {
+        last_primary_lsn: Some(130),
+        ..Memory::default()
+    };
+    let intent = intent_of(decide(&obs, &frozen, &memory));
+    assert_eq!(
+        (intent.to.as_str(), intent.planned, intent.chosen_lsn),
+        ("db-2", false, Some(120))
+    );
+    assert_eq!(intent.lost_bytes, Some(10));
+    assert_eq!(intent.old_primary_lsn, Some(130));
+}
+
+#[test]
+fn a_planned_loss_is_not_detached_its_final_wal_streams() {
+    let obs = observation(
+        [PodState::Terminating, PodState::Running, PodState::Running],
+        ReplicationMode::Async,
+    );
+    // Still shutting down: it answers, the standbys stream from it.
+    let p = probes([primary(100), streaming(100), streaming(95)]);
+    let intent = intent_of(decide(&obs, &p, &Memory::default()));
+    assert_eq!((intent.to.as_str(), intent.planned), ("db-1", true));
+}
+
+#[test]
+fn quorum_mode_does_not_detach_when_it_could_not_choose() {
+    let obs = observation(
+        [
+            PodState::NotRunning("pod phase Failed".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Quorum,
+    );
+    // ANY 1 of 2: both standbys must answer; db-2 does not.
+    let p = probes([down(), streaming(100), down()]);
+    assert!(matches!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Steady { blocked: Some(why), .. } if why.contains("only 1 of the synchronous standbys answer")
+    ));
+}
+
+#[test]
+fn quorum_mode_never_says_nothing_was_lost_below_the_last_position_seen() {
+    let obs = observation(
+        [
+            PodState::NotRunning("pod phase Failed".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Quorum,
+    );
+    let p = probes([down(), detached(100), detached(90)]);
+    let memory = Memory {
+        last_primary_lsn: Some(150),
+        ..Memory::default()
+    };
+    let intent = intent_of(decide(&obs, &p, &memory));
+    assert_eq!((intent.to.as_str(), intent.lost_bytes), ("db-1", Some(50)));
+}
+
+#[test]
+fn quorum_is_counted_over_the_recorded_set() {
+    let mut obs = observation(
+        [
+            PodState::NotRunning("pod phase Failed".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Quorum,
+    );
+    // Scaled down from 5: commits may rest on db-3 or db-4 alone until the
+    // remaining standbys caught up.
+    obs.record.synchronous = Some(ordinal_crds::SynchronousSet {
+        quorum: 1,
+        standbys: ["db-1", "db-2", "db-3", "db-4"].map(str::to_owned).to_vec(),
+        shrunk_at: Some("0/64".to_owned()),
+    });
+    let p = probes([down(), detached(100), detached(90)]);
+    assert!(matches!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Steady { blocked: Some(why), .. } if why.contains("ANY 1 of 4")
+    ));
+}
+
+#[test]
+fn a_hung_primary_is_failed_over_although_its_wal_senders_still_stream() {
+    let obs = running(ReplicationMode::Async);
+    let hung = || Err(ProbeError::new(ProbeFailure::NoAnswer, "no answer"));
+    let p = probes([hung(), streaming(100), streaming(100)]);
+    let mut memory = Memory::default();
+    let start = Instant::now();
+    for second in 0..3 {
+        memory.observe(
+            &obs,
+            &p,
+            Duration::from_secs(1),
+            start + Duration::from_secs(second),
+        );
+    }
+    assert_eq!(memory.streak.failures, 3);
+    assert_eq!(memory.streak.no_answer, 3);
+    assert!(matches!(decide(&obs, &p, &memory), Action::Detach { .. }));
+}
+
+#[test]
+fn failures_count_once_per_check_interval() {
+    let obs = running(ReplicationMode::Async);
+    let p = probes([down(), streaming(100), streaming(100)]);
+    let mut memory = Memory::default();
+    let start = Instant::now();
+    for ms in [0, 100, 200, 300] {
+        memory.observe(
+            &obs,
+            &p,
+            Duration::from_secs(1),
+            start + Duration::from_millis(ms),
+        );
+    }
+    assert_eq!(memory.streak.failures, 1);
+    memory.observe(
+        &obs,
+        &p,
+        Duration::from_secs(1),
+        start + Duration::from_millis(1000),
+    );
+    assert_eq!(memory.streak.failures, 2);
+    assert_eq!(memory.streak.no_answer, 0);
+    let ok = probes([primary(200), streaming(200), streaming(200)]);
+    memory.observe(
+        &obs,
+        &ok,
+        Duration::from_secs(1),
+        start + Duration::from_secs(2),
+    );
+    assert_eq!(memory.streak.failures, 0);
+    assert_eq!(memory.last_primary_lsn, Some(200));
+    assert!(memory.last_contact.is_some());
+}
+
+fn promoting(planned: bool) -> Observation {
+    let mut obs = running(ReplicationMode::Async);
+    obs.record.target_primary = Some("db-1".to_owned());
+    obs.record.epoch = 4;
+    obs.record.pending = Some(PendingPromotion {
+        planned,
+        reason: "test".to_owned(),
+        ..PendingPromotion::default()
+    });
+    obs
+}
+
+#[test]
+fn a_recorded_promotion_fences_then_promotes_then_publishes() {
+    let obs = promoting(false);
+    let contact = Instant::now();
+    let mut memory = Memory {
+        last_contact: Some(contact),
+        ..Memory::default()
+    };
+    let p = probes([down(), detached(100), detached(90)]);
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Fence {
+            pod: "db-0".to_owned(),
+            planned: false,
+            deadline: Some(contact + Duration::from_secs(10) + ISOLATION_MARGIN),
+        }
+    );
+    memory.fenced_epoch = Some(4);
+    memory.fenced_at = Some(Instant::now());
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Promote {
+            pod: "db-1".to_owned()
+        }
+    );
+    let promoted = probes([down(), primary(100), detached(90)]);
+    assert_eq!(
+        decide(&obs, &promoted, &memory),
+        Action::Publish {
+            pod: "db-1".to_owned()
+        }
+    );
+}
+
+#[test]
+fn the_fence_of_an_older_promotion_does_not_count() {
+    let obs = promoting(false);
+    let memory = Memory {
+        fenced_epoch: Some(3),
+        ..Memory::default()
+    };
+    let p = probes([down(), detached(100), detached(90)]);
+    assert!(matches!(decide(&obs, &p, &memory), Action::Fence { .. }));
+}
+
+#[test]
+fn a_planned_promotion_waits_briefly_for_the_final_wal() {
+    let obs = promoting(true);
+    let mut memory = Memory {
+        fenced_epoch: Some(4),
+        fenced_at: Some(Instant::now()),
+        last_primary_lsn: Some(120),
+        ..Memory::default()
+    };
+    // Still receiving from db-0, and behind what db-0 had.
+    let p = probes([down(), streaming(100), streaming(90)]);
+    assert!(matches!(decide(&obs, &p, &memory), Action::Wait(_)));
+    // Not for ever.
+    memory.fenced_at = Some(Instant::now() - FINAL_WAL_WAIT);
+    assert!(matches!(decide(&obs, &p, &memory), Action::Promote { .. }));
+    // Or it has it all.
+    memory.fenced_at = Some(Instant::now());
+    let caught_up = probes([down(), streaming(120), streaming(90)]);
+    assert!(matches!(
+        decide(&obs, &caught_up, &memory),
+        Action::Promote { .. }
+    ));
+}
+
+#[test]
+fn a_recorded_primary_running_as_standby_is_promoted_unless_another_writes() {
+    let obs = running(ReplicationMode::Async);
+    let p = probes([detached(100), streaming(100), streaming(90)]);
+    assert_eq!(
+        decide(&obs, &p, &Memory::default()),
+        Action::PromoteRecorded {
+            pod: "db-0".to_owned()
+        }
+    );
+    let two = probes([detached(100), primary(100), streaming(90)]);
+    assert!(matches!(
+        decide(&obs, &two, &Memory::default()),
+        Action::Steady { blocked: Some(why), .. } if why.contains("db-1 accepts writes")
+    ));
+}
+
+#[test]
+fn a_switchover_is_a_planned_promotion_to_a_streaming_replica() {
+    let mut obs = running(ReplicationMode::Async);
+    obs.record.switchover_to = Some("db-2".to_owned());
+    let p = probes([primary(100), streaming(100), streaming(100)]);
+    let intent = intent_of(decide(&obs, &p, &Memory::default()));
+    assert_eq!(
+        (intent.to.as_str(), intent.planned, intent.lost_bytes),
+        ("db-2", true, Some(0))
+    );
+    let lagging = probes([primary(100), streaming(100), detached(50)]);
+    assert!(matches!(
+        decide(&obs, &lagging, &Memory::default()),
+        Action::Repoint { .. }
+    ));
+}
+
+#[test]
+fn a_disabled_failover_only_says_why() {
+    let mut obs = observation(
+        [
+            PodState::NotRunning("pod phase Failed".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Async,
+    );
+    obs.settings.enabled = false;
+    let p = probes([down(), streaming(100), streaming(90)]);
+    assert!(matches!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Steady { blocked: Some(why), .. } if why.contains("disabled")
+    ));
+}
+
+#[test]
+fn the_operators_own_network_trouble_never_detaches_anything() {
+    // The operator reaches nobody: no evidence, no action.
+    let obs = running(ReplicationMode::Async);
+    let p = probes([down(), down(), down()]);
+    let memory = Memory {
+        streak: decide::FailureStreak {
+            failures: 10,
+            no_answer: 0,
+        },
+        ..Memory::default()
+    };
+    assert!(matches!(
+        decide(&obs, &p, &memory),
+        Action::Steady {
+            blocked: Some(_),
+            ..
+        }
+    ));
+}
