@@ -89,6 +89,7 @@ pub mod env {
     pub const SUPERUSER_DIR: &str = "ORDINAL_SUPERUSER_DIR";
     pub const REPLICATION_DIR: &str = "ORDINAL_REPLICATION_DIR";
     pub const MAX_READY_LAG_BYTES: &str = "ORDINAL_MAX_READY_LAG_BYTES";
+    pub const ISOLATION_SECONDS: &str = "ORDINAL_ISOLATION_SECONDS";
 }
 
 /// Keys of the ConfigMap.

@@ -434,6 +434,20 @@ impl Pod {
         }
     }
 
+    /// A second `ordinal-init run` for this pod, not waited for and not
+    /// this pod's server: a force-deleted pod's replacement starting while
+    /// the old container still runs.
+    pub fn spawn_run(&self) -> Child {
+        self.ordinal_init()
+            .args(self.run_args())
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ordinal-init run")
+    }
+
     /// The postgres server directly, bypassing the guard: what a buggy
     /// operator or a person with a shell might do.
     pub fn start_unguarded(&self) {

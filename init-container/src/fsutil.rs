@@ -112,3 +112,15 @@ pub fn touch(path: &Path) -> Result<(), FsError> {
         source,
     })
 }
+
+/// Removes a file; one already gone is fine.
+pub fn remove_file(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(FsError::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}

@@ -18,6 +18,7 @@ mod credentials;
 mod decide;
 mod fsutil;
 mod install;
+mod lock;
 mod pgdata;
 mod prepare;
 mod probe;
@@ -48,6 +49,8 @@ pub enum InitError {
     Fs(#[from] fsutil::FsError),
     #[error(transparent)]
     AutoConf(#[from] autoconf::AutoConfError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     #[error(
         "{pod} is the primary of {cluster} (status.currentPrimary) and the cluster was initialized before, \
          but {pgdata} is empty: the primary's data is gone. Refusing to initdb over a live cluster. \
@@ -137,11 +140,11 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string()),
         Command::Init => with_runtime(init()).map_err(|e| report(&e)),
         Command::Run { command } => with_runtime(prepare_run())
-            .map_err(|e| report(&e))
-            .and_then(|settings| {
-                let error = exec(&settings, command);
-                Err(report(&error))
-            }),
+            .and_then(|(settings, lock)| {
+                lock.keep_across_exec(&settings)?;
+                Err(exec(&settings, command))
+            })
+            .map_err(|e| report(&e)),
         Command::Stop => with_runtime(stop()).map_err(|e| report(&e)),
         Command::Probe { probe } => return run_probe(probe),
     };
@@ -181,27 +184,34 @@ fn report(error: &InitError) -> String {
 
 async fn init() -> Result<(), InitError> {
     let settings = Settings::from_env()?;
+    let _lock = lock::acquire(&settings).await?;
     prepare::prepare(&settings).await?;
     Ok(())
 }
 
+/// Asks for a fast shutdown and returns at once: the container ends when
+/// postgres has exited, and a hook still waiting then would be killed with
+/// it (the kubelet's "PreStopHook failed", exit 137, at every deletion).
 async fn stop() -> Result<(), InitError> {
     let settings = Settings::from_env()?;
     let pgdata = settings.pgdata.to_string_lossy().into_owned();
     tools::run(
         &settings.tool("pg_ctl"),
-        &["stop", "-D", &pgdata, "-m", "fast", "-w", "-t", "50"],
+        &["stop", "-D", &pgdata, "-m", "fast", "-W"],
         None,
     )
     .await?;
     Ok(())
 }
 
-async fn prepare_run() -> Result<Settings, InitError> {
+/// The guard of every container start: the data volume's lock, then the
+/// same checks as the init container.
+async fn prepare_run() -> Result<(Settings, lock::DataLock), InitError> {
     let settings = Settings::from_env()?;
     let _preparing = prepare::Preparing::mark(&settings);
+    let lock = lock::acquire(&settings).await?;
     prepare::prepare(&settings).await?;
-    Ok(settings)
+    Ok((settings, lock))
 }
 
 /// Replaces this process with `command`, so that postgres is the

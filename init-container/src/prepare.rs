@@ -46,6 +46,14 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
     let source = StateSource::new(settings).await?;
     let state = source.read().await?;
     let credentials = Credentials::read(&settings.superuser_dir, &settings.replication_dir)?;
+    let marker = replica::rewind_marker(settings);
+    if marker.exists() {
+        // pg_rewind was interrupted: the directory is not a valid one.
+        if settings.pgdata.exists() {
+            fsutil::set_aside(&settings.pgdata, "pg_rewind was interrupted")?;
+        }
+        fsutil::remove_file(&marker)?;
+    }
     let data = pgdata::inspect(settings)?;
     let server_major = tools::server_major(&settings.pg_bin).await?;
     let me = settings.pod.as_str();

@@ -1,7 +1,8 @@
 //! Readiness and liveness, run by the kubelet in the postgres container.
 //! Readiness: a primary accepts connections; a replica streams and its
-//! replay lag is under maxReadyLagBytes. Liveness fails only for a server
-//! that does not answer at all, never for lag.
+//! replay lag is under maxReadyLagBytes. Liveness fails for a server
+//! that does not answer at all, never for lag — and it is where a primary
+//! fences itself (see [`isolation`]).
 
 use tokio_postgres::error::SqlState;
 
@@ -49,11 +50,155 @@ pub async fn probe(settings: &Settings, probe: Probe) -> Verdict {
         Err(error) => return verdict(false, format!("{error}: {}", source_text(&error))),
     };
     match probe {
-        Probe::Live => match conn.query_one("SELECT 1", &[]).await {
-            Ok(_) => verdict(true, "server answers"),
-            Err(error) => verdict(false, error.to_string()),
-        },
+        Probe::Live => live(settings, &conn).await,
         Probe::Ready => ready(settings, &conn).await,
+    }
+}
+
+async fn live(settings: &Settings, conn: &sql::Conn) -> Verdict {
+    let row = conn
+        .query_one(
+            "SELECT pg_is_in_recovery(), \
+                    (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'), \
+                    (SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'physical')",
+            &[],
+        )
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        Err(error) => return verdict(false, error.to_string()),
+    };
+    let in_recovery: bool = row.get(0);
+    let streaming: i64 = row.get(1);
+    let slots: i64 = row.get(2);
+    // A primary with standbys to keep (their slots) and none streaming from
+    // it checks that it still is the primary.
+    if in_recovery || streaming > 0 || slots == 0 {
+        isolation::clear(settings);
+        return verdict(true, "server answers");
+    }
+    isolation::check(settings).await
+}
+
+/// A primary that can tell it is not the primary any more (the status names
+/// another), or that can reach neither the API server nor any standby for
+/// `isolationSeconds`, stops at once: the operator may be promoting a
+/// replica, and it promotes past an unreachable primary only after that
+/// deadline (CloudNativePG's isolation check is the model).
+pub mod isolation {
+    use std::path::PathBuf;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::{Verdict, verdict};
+    use crate::settings::Settings;
+    use crate::state::StateSource;
+    use crate::tools;
+
+    /// How long the probe waits for the API server.
+    const API_TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn marker(settings: &Settings) -> PathBuf {
+        settings.socket_dir.join("ordinal-isolated-since")
+    }
+
+    pub fn clear(settings: &Settings) {
+        let _ = std::fs::remove_file(marker(settings));
+    }
+
+    fn now() -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        u64::try_from(now).unwrap_or(u64::MAX)
+    }
+
+    /// Since when (unix milliseconds) this primary has been isolated, recorded
+    /// at the first probe that saw it.
+    fn isolated_since(settings: &Settings) -> u64 {
+        let path = marker(settings);
+        if let Some(since) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return since;
+        }
+        let since = now();
+        let _ = std::fs::write(&path, since.to_string());
+        since
+    }
+
+    pub async fn check(settings: &Settings) -> Verdict {
+        let read = async {
+            let source = StateSource::new(settings).await?;
+            source.read_once().await
+        };
+        match tokio::time::timeout(API_TIMEOUT, read).await {
+            Ok(Ok(state)) => {
+                clear(settings);
+                let me = settings.pod.as_str();
+                if state.target_primary.as_deref().is_some_and(|t| t != me) {
+                    let target = state.target_primary.unwrap_or_default();
+                    return fence(settings, &format!("the operator is promoting {target}")).await;
+                }
+                if state.current_primary != me && state.target_primary.as_deref() != Some(me) {
+                    return fence(
+                        settings,
+                        &format!("the status names {} as the primary", state.current_primary),
+                    )
+                    .await;
+                }
+                verdict(
+                    true,
+                    "primary (no standby streams; the status confirms the role)",
+                )
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => format!("no answer within {API_TIMEOUT:?}"),
+                };
+                let since = isolated_since(settings);
+                let isolated = Duration::from_millis(now().saturating_sub(since));
+                if isolated >= settings.isolation {
+                    fence(
+                        settings,
+                        &format!(
+                            "isolated for {}s: no standby streams and the API server cannot be reached ({why})",
+                            isolated.as_secs()
+                        ),
+                    )
+                    .await
+                } else {
+                    verdict(
+                        true,
+                        format!(
+                            "primary isolated for {}s of {}s: no standby streams and the API server cannot be reached ({why})",
+                            isolated.as_secs(),
+                            settings.isolation.as_secs()
+                        ),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Stops the server now (immediate shutdown: no new write is accepted
+    /// from this moment); the container ends with it and its guard decides
+    /// the role again at the next start.
+    async fn fence(settings: &Settings, why: &str) -> Verdict {
+        tracing::error!(why, "this primary stops accepting writes");
+        let pgdata = settings.pgdata.to_string_lossy().into_owned();
+        let stopped = tools::run(
+            &settings.tool("pg_ctl"),
+            &["stop", "-D", &pgdata, "-m", "immediate", "-W"],
+            None,
+        )
+        .await;
+        match stopped {
+            Ok(_) => verdict(false, format!("fenced: {why}")),
+            Err(error) => verdict(false, format!("fencing ({why}) failed: {error}")),
+        }
     }
 }
 

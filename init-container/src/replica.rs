@@ -190,6 +190,7 @@ pub async fn rewind(
         Err(error) => {
             tracing::warn!(error = %error, "pg_rewind failed: setting PGDATA aside and cloning afresh");
             fsutil::set_aside(&settings.pgdata, "pg_rewind failed")?;
+            fsutil::remove_file(&rewind_marker(settings))?;
             clone(settings, primary, credentials).await
         }
     }
@@ -249,13 +250,24 @@ async fn try_rewind(
     );
     let target = format!("--target-pgdata={}", settings.pgdata.display());
     let source_arg = format!("--source-server={source}");
+    // pg_rewind changes PGDATA in place: one interrupted half way leaves a
+    // directory that looks valid and is not. The marker says so to the next
+    // start, which sets it aside and clones afresh.
+    let marker = rewind_marker(settings);
+    fsutil::touch(&marker)?;
     tools::run(
         &settings.tool("pg_rewind"),
         &[&target, &source_arg],
         Some(&credentials.superuser_password),
     )
     .await?;
+    fsutil::remove_file(&marker)?;
     Ok(())
+}
+
+/// Present while pg_rewind runs (and after it failed or was interrupted).
+pub fn rewind_marker(settings: &Settings) -> std::path::PathBuf {
+    settings.data_mount().join(".ordinal-rewinding")
 }
 
 /// Points PGDATA at `dir` at the primary: standby.signal, primary_conninfo

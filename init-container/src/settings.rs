@@ -51,6 +51,9 @@ pub struct Settings {
     /// How long a replica waits for its primary to accept connections.
     pub primary_wait: Duration,
     pub max_ready_lag_bytes: Option<i64>,
+    /// A primary that reaches neither the API server nor any standby for
+    /// this long stops (spec.failover.isolationSeconds).
+    pub isolation: Duration,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -114,6 +117,9 @@ impl Settings {
             )?
             .map(Duration::from_secs),
             max_ready_lag_bytes: parsed(e::MAX_READY_LAG_BYTES, "not a number of bytes")?,
+            isolation: Duration::from_secs(
+                parsed(e::ISOLATION_SECONDS, "not a number of seconds")?.unwrap_or(10),
+            ),
             primary_wait: Duration::from_secs(
                 parsed("ORDINAL_PRIMARY_WAIT_SECONDS", "not a number of seconds")?.unwrap_or(300),
             ),

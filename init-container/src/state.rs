@@ -238,6 +238,7 @@ mod tests {
             state_timeout: Some(Duration::from_secs(1)),
             primary_wait: Duration::from_secs(1),
             max_ready_lag_bytes: None,
+            isolation: Duration::from_secs(10),
         }
     }
 

@@ -40,8 +40,10 @@ pub const REJOIN_AFTER: Duration = Duration::from_secs(10);
 /// A planned promotion waits at most this long, once the old primary is
 /// stopped, for the target to have received its final WAL.
 pub const FINAL_WAL_WAIT: Duration = Duration::from_secs(5);
-/// Added to the isolation deadline: clocks and probe periods differ.
-pub const ISOLATION_MARGIN: Duration = Duration::from_secs(3);
+/// Added to the isolation deadline: an isolated primary stops at the first
+/// liveness probe (every 2 s) past isolationSeconds, whose read of the API
+/// gives up after 2 s; one more second for clocks.
+pub const ISOLATION_MARGIN: Duration = Duration::from_secs(5);
 
 /// What the loop remembers between looks. Plain data: the driver updates
 /// it from each observation ([`Memory::observe`]).

@@ -235,6 +235,32 @@ fn is_parameter_name(k: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
 }
 
+/// The bytes a valid quantity (`10Gi`, `500M`, `1e9`) stands for.
+pub fn quantity_bytes(s: &str) -> Option<f64> {
+    const SUFFIXES: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    if !is_positive_quantity(s) {
+        return None;
+    }
+    let (number, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, f)| s.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((s, 1.0));
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
 /// A Kubernetes quantity (`10Gi`, `500M`, `1.5Ti`, `1073741824`) above zero.
 fn is_positive_quantity(s: &str) -> bool {
     const SUFFIXES: &[&str] = &[

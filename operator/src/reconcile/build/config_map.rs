@@ -16,8 +16,12 @@ use crate::reconcile::validate::ValidCluster;
 /// between pods until each restarted (and change the pod template at every
 /// scale). 128 covers the 99 instances the CRD allows plus the
 /// pg_basebackup/pg_rewind connections beside them.
-fn default_parameters() -> BTreeMap<&'static str, String> {
+fn default_parameters(cluster: &ValidCluster) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
+        (
+            "max_slot_wal_keep_size",
+            max_slot_wal_keep_size(&cluster.spec.storage.size),
+        ),
         ("max_wal_senders", "128".to_owned()),
         ("max_replication_slots", "128".to_owned()),
         ("hot_standby_feedback", "on".to_owned()),
@@ -35,6 +39,15 @@ fn default_parameters() -> BTreeMap<&'static str, String> {
         ("shared_buffers", "128MB".to_owned()),
         ("max_connections", "100".to_owned()),
     ])
+}
+
+/// A slot may hold back at most a quarter of the volume (at least 256MB):
+/// a standby gone for long is cut loose (and re-cloned when it returns)
+/// rather than filling the primary's disk, which would stop every write.
+fn max_slot_wal_keep_size(size: &str) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let quarter = crate::reconcile::validate::quantity_bytes(size).map_or(0.0, |b| b / 4.0);
+    format!("{}MB", ((quarter / MIB) as u64).max(256))
 }
 
 /// Settings replication and failover depend on; users cannot change them.
@@ -60,7 +73,7 @@ fn quote(value: &str) -> String {
 
 /// The whole postgresql.conf. Deterministic: same spec, same bytes.
 pub fn postgresql_conf(cluster: &ValidCluster) -> String {
-    let mut merged: BTreeMap<String, String> = default_parameters()
+    let mut merged: BTreeMap<String, String> = default_parameters(cluster)
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
@@ -143,6 +156,22 @@ mod tests {
         ] {
             assert!(lines(&conf).contains(&line), "{line} missing from\n{conf}");
         }
+    }
+
+    #[test]
+    fn slots_may_hold_back_a_quarter_of_the_volume() {
+        assert_eq!(max_slot_wal_keep_size("20Gi"), "5120MB");
+        assert_eq!(max_slot_wal_keep_size("10G"), "2384MB");
+        assert_eq!(max_slot_wal_keep_size("1Gi"), "256MB");
+        assert_eq!(max_slot_wal_keep_size("1e12"), "238418MB");
+        assert_eq!(max_slot_wal_keep_size("nonsense"), "256MB");
+        let conf = postgresql_conf(&valid(cluster().build()));
+        assert!(
+            lines(&conf)
+                .iter()
+                .any(|l| l.starts_with("max_slot_wal_keep_size = '")),
+            "{conf}"
+        );
     }
 
     #[test]

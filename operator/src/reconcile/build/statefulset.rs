@@ -103,6 +103,9 @@ fn volume_claim_template(cluster: &ValidCluster) -> PersistentVolumeClaim {
     }
 }
 
+/// The liveness probe's period (see the failover loop's isolation margin).
+pub const LIVENESS_PERIOD_SECONDS: i32 = 2;
+
 fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec {
     let conf_hash = config_hash(&postgresql_conf(cluster));
     PodTemplateSpec {
@@ -208,6 +211,10 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
         env(e::PGPORT, &names::POSTGRES_PORT.to_string()),
         env(e::SUPERUSER_DIR, paths::SUPERUSER_SECRET_DIR),
         env(e::REPLICATION_DIR, paths::REPLICATION_SECRET_DIR),
+        env(
+            e::ISOLATION_SECONDS,
+            &cluster.spec.failover.isolation_seconds.to_string(),
+        ),
         env(
             e::MAX_READY_LAG_BYTES,
             &cluster
@@ -317,11 +324,14 @@ fn postgres_container(cluster: &ValidCluster) -> Container {
             failure_threshold: Some(360),
             ..Probe::default()
         }),
+        // Every 2 s: the liveness probe is also where an isolated or
+        // deposed primary stops itself (ordinal-init's probe.rs), and the
+        // failover loop's isolation deadline counts on that period.
         liveness_probe: Some(Probe {
             exec: exec_ordinal_init(&["probe", "live"]),
-            period_seconds: Some(10),
+            period_seconds: Some(LIVENESS_PERIOD_SECONDS),
             timeout_seconds: Some(5),
-            failure_threshold: Some(6),
+            failure_threshold: Some(15),
             ..Probe::default()
         }),
         // The kubelet's SIGTERM would be a smart shutdown (it waits for

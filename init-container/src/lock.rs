@@ -1,0 +1,105 @@
+//! One postgres per PGDATA, whatever the kubelet does. A force-deleted pod's
+//! container may still run while its replacement (same name, same volume)
+//! starts on the same node; postgres' own `postmaster.pid` check cannot see
+//! a postmaster in another PID and IPC namespace. An exclusive `flock` on a
+//! file of the volume can: the kernel holds it for the open file, across
+//! namespaces. The guard takes it before it looks at PGDATA and keeps it
+//! through the `exec` of postgres (the descriptor is inherited), so the lock
+//! is released only when that postmaster exits.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, FdFlag, Flock, FlockArg, fcntl};
+
+use crate::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot open the data volume's lock file {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot keep the lock on {path} across exec")]
+    Inherit {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The held lock; dropping it releases the lock, unless it was handed to
+/// postgres by [`DataLock::keep_across_exec`].
+pub struct DataLock(Flock<File>);
+
+pub fn path(settings: &Settings) -> PathBuf {
+    settings.data_mount().join(".ordinal.lock")
+}
+
+/// Takes the lock, waiting as long as another process (an old container of
+/// this pod) holds it.
+pub async fn acquire(settings: &Settings) -> Result<DataLock, LockError> {
+    let path = path(settings);
+    let started = Instant::now();
+    let mut warned = Duration::ZERO;
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| LockError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                if started.elapsed() > Duration::from_millis(500) {
+                    tracing::info!(waited = ?started.elapsed(), "took the data volume's lock");
+                }
+                return Ok(DataLock(lock));
+            }
+            Err((_, nix::Error::EWOULDBLOCK)) => {
+                if started.elapsed() >= warned {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "another postgres of this pod still holds the data volume (an old container the kubelet has not stopped yet): waiting"
+                    );
+                    warned += Duration::from_secs(10);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err((_, source)) => {
+                return Err(LockError::Lock {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+impl DataLock {
+    /// Lets the process `exec`ed next (postgres) inherit the lock, which it
+    /// then holds until it exits.
+    pub fn keep_across_exec(self, settings: &Settings) -> Result<(), LockError> {
+        fcntl(&*self.0, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| {
+            LockError::Inherit {
+                path: path(settings),
+                source,
+            }
+        })?;
+        // Not dropped: dropping would unlock.
+        std::mem::forget(self);
+        Ok(())
+    }
+}
