@@ -127,9 +127,9 @@ kubectl=("$BIN/kubectl")
 "${kubectl[@]}" -n ordinal-system rollout restart deployment/ordinal-operator >/dev/null
 "${kubectl[@]}" -n ordinal-system rollout status deployment/ordinal-operator --timeout=180s
 
-step "the real-cluster suite (e2e/tests/cluster.rs)"
+step "the real-cluster suite (e2e/tests/cluster.rs, e2e/tests/failover.rs)"
 ORDINAL_E2E_OPERATOR=external \
   ORDINAL_E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE \
   ORDINAL_E2E_IMAGE=$ORDINAL_IMAGE \
   ORDINAL_E2E_CONTAINERD_STATE=/run/ordinal-cluster/containerd \
-  cargo test -p ordinal-e2e --features cluster --test cluster --locked -- --test-threads=1 --nocapture "${filter[@]}"
+  cargo test -p ordinal-e2e --features cluster --test cluster --test failover --locked -- --test-threads=1 --nocapture "${filter[@]}"

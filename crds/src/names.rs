@@ -92,6 +92,10 @@ pub mod env {
     pub const ISOLATION_SECONDS: &str = "ORDINAL_ISOLATION_SECONDS";
 }
 
+/// The pod's first init container: it copies ordinal-init and waits for
+/// the data volume's lock.
+pub const INSTALL_CONTAINER: &str = "install";
+
 /// Keys of the ConfigMap.
 pub const CONFIG_POSTGRESQL_CONF: &str = "postgresql.conf";
 pub const CONFIG_PG_HBA: &str = "pg_hba.conf";

@@ -204,11 +204,12 @@ pub struct FailoverRecord {
     /// LSN of the promoted replica when it was promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_lsn: Option<String>,
-    /// WAL bytes lost by the promotion as far as the operator knows: 0 in
-    /// quorum mode (a guarantee) and for switchovers; in async mode the gap
-    /// between the old primary's last position the operator saw and the
-    /// promoted one — commits after the operator's last probe of a crashed
-    /// primary may be lost too.
+    /// WAL lost by the promotion: the bytes the old primary was seen to
+    /// have and the promoted one lacks, when there are any; else 0 when
+    /// nothing acknowledged can be lost (a planned stop whose final WAL was
+    /// received, or quorum mode); absent when unknown (an unplanned loss in
+    /// async mode: what the old primary wrote after the operator last saw
+    /// it may be lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_bytes: Option<i64>,
     /// Seconds spent in each phase: detect, decide, fence, promote, publish.

@@ -5,7 +5,13 @@
 //! file of the volume can: the kernel holds it for the open file, across
 //! namespaces. The guard takes it before it looks at PGDATA and keeps it
 //! through the `exec` of postgres (the descriptor is inherited), so the lock
-//! is released only when that postmaster exits.
+//! is released only when that postmaster and every process it started
+//! have exited (they all share the open file).
+//!
+//! The pod's first init container (`install --wait-for-volume`) takes the
+//! lock too, and lets it go: its completion tells the operator that every
+//! process of an earlier instance on this node is gone — how a force
+//! deletion is confirmed before a replica is promoted.
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
@@ -42,13 +48,23 @@ pub enum LockError {
 pub struct DataLock(Flock<File>);
 
 pub fn path(settings: &Settings) -> PathBuf {
-    settings.data_mount().join(".ordinal.lock")
+    settings.data_mount().join(LOCK_FILE)
 }
 
 /// Takes the lock, waiting as long as another process (an old container of
 /// this pod) holds it.
 pub async fn acquire(settings: &Settings) -> Result<DataLock, LockError> {
-    let path = path(settings);
+    acquire_at(path(settings)).await
+}
+
+/// Takes the lock on the data volume mounted at `mount`.
+pub async fn acquire_in(mount: &std::path::Path) -> Result<DataLock, LockError> {
+    acquire_at(mount.join(LOCK_FILE)).await
+}
+
+const LOCK_FILE: &str = ".ordinal.lock";
+
+async fn acquire_at(path: PathBuf) -> Result<DataLock, LockError> {
     let started = Instant::now();
     let mut warned = Duration::ZERO;
     loop {

@@ -101,7 +101,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Copy this binary into DIR (the emptyDir shared with postgres containers).
-    Install { dir: PathBuf },
+    Install {
+        dir: PathBuf,
+        /// First wait until no earlier instance of this pod holds the data
+        /// volume mounted here (its lock).
+        #[arg(long)]
+        wait_for_volume: Option<PathBuf>,
+    },
     /// Prepare PGDATA for this pod's role.
     Init,
     /// Re-check the role, then exec the command (postgres and its arguments).
@@ -133,11 +139,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Install { dir } => install::install(&dir)
-            .map(|path| {
-                tracing::info!(path = %path.display(), "installed");
-            })
-            .map_err(|e| e.to_string()),
+        Command::Install {
+            dir,
+            wait_for_volume,
+        } => install_after(&dir, wait_for_volume.as_deref()),
         Command::Init => with_runtime(init()).map_err(|e| report(&e)),
         Command::Run { command } => with_runtime(prepare_run())
             .and_then(|(settings, lock)| {
@@ -155,6 +160,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn install_after(dir: &std::path::Path, volume: Option<&std::path::Path>) -> Result<(), String> {
+    if let Some(mount) = volume {
+        // Taken and let go: no earlier instance of this pod still runs.
+        with_runtime(async { Ok(lock::acquire_in(mount).await?) }).map_err(|e| report(&e))?;
+        tracing::info!(volume = %mount.display(), "no earlier instance holds the data volume");
+    }
+    let path = install::install(dir).map_err(|e| e.to_string())?;
+    tracing::info!(path = %path.display(), "installed");
+    Ok(())
 }
 
 fn with_runtime<T>(

@@ -1,11 +1,16 @@
 //! The split-brain sampler: asks every member of a cluster
-//! `pg_is_in_recovery()` several times a second, through sessions it keeps
-//! open, and records every moment at which two of them accepted writes.
+//! `pg_is_in_recovery()` every 100 ms, through sessions it keeps open, and
+//! records every moment at which two of them accepted writes.
 //!
-//! A member's answer holds for [`FRESH`] after it was given: two members
-//! whose answers "writable" overlap in that sense were writable at the same
-//! moment, as far as anyone could tell from outside. A member that does not
-//! answer (stopped, hung, restarting) counts as unknown, never as safe.
+//! An answer is true of some moment between the query's sending and its
+//! answer's arrival. Two members whose "writable" answers have overlapping
+//! windows were writable at once, as far as anyone outside can tell: that
+//! is a split brain. A handover (the old primary stopped, then the new one
+//! promoted) gives disjoint windows — the windows are milliseconds wide on
+//! the pod network, the fence confirmation between stop and promotion
+//! takes longer. A member that does not answer (stopped, hung, restarting)
+//! counts as unknown, never as safe; an answer slower than [`FRESH`] is
+//! not counted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,7 @@ pub const FRESH: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
 struct Answer {
+    sent: Instant,
     at: Instant,
     writable: bool,
     /// The pod's UID and address: a recreated pod is another instance.
@@ -41,12 +47,43 @@ pub struct SplitBrain {
 
 #[derive(Default)]
 struct Shared {
-    latest: BTreeMap<String, Answer>,
-    /// Every member's answers in order: (at, writable), for the report.
-    history: BTreeMap<String, Vec<(Instant, bool)>>,
+    /// Every member's answers in order.
+    history: BTreeMap<String, Vec<Answer>>,
     split: Vec<SplitBrain>,
     /// Answers in all.
     answers: u64,
+}
+
+impl Shared {
+    /// Records `answer` of `pod`; a writable one whose window overlaps a
+    /// writable answer of another member is a split brain.
+    fn record(&mut self, pod: &str, answer: Answer) {
+        self.answers += 1;
+        if answer.writable {
+            let mut others: Vec<String> = self
+                .history
+                .iter()
+                .filter(|(other, _)| *other != pod)
+                .filter_map(|(other, answers)| {
+                    answers
+                        .iter()
+                        .rev()
+                        .take_while(|a| a.at + Duration::from_secs(1) >= answer.sent)
+                        .find(|a| a.writable && a.sent <= answer.at && answer.sent <= a.at)
+                        .map(|a| format!("{other} ({})", a.instance))
+                })
+                .collect();
+            if !others.is_empty() {
+                others.push(format!("{pod} ({})", answer.instance));
+                eprintln!("ordinal-e2e: SPLIT BRAIN: writable at once: {others:?}");
+                self.split.push(SplitBrain {
+                    at: answer.at,
+                    writable: others,
+                });
+            }
+        }
+        self.history.entry(pod.to_owned()).or_default().push(answer);
+    }
 }
 
 pub struct Sampler {
@@ -90,9 +127,7 @@ impl Sampler {
                 ))
             })
             .collect();
-        let checker = tokio::spawn(check_overlaps(Arc::clone(&shared), stopped));
-        let mut tasks: Vec<_> = tasks;
-        tasks.push(checker);
+        drop(stopped);
         eprintln!(
             "ordinal-e2e [{}] sampling {} every {EVERY:?} ({})",
             h.namespace,
@@ -157,10 +192,10 @@ impl SamplerReport {
 }
 
 /// Writable spans: consecutive writable answers, from the first to the last.
-fn spans(started: Instant, answers: &[(Instant, bool)]) -> Vec<(f64, f64)> {
+fn spans(started: Instant, answers: &[Answer]) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
     let mut open: Option<(f64, f64)> = None;
-    for (at, writable) in answers {
+    for Answer { at, writable, .. } in answers {
         let t = at.duration_since(started).as_secs_f64();
         match (writable, open.as_mut()) {
             (true, Some(span)) => span.1 = t,
@@ -171,36 +206,6 @@ fn spans(started: Instant, answers: &[(Instant, bool)]) -> Vec<(f64, f64)> {
     }
     out.extend(open);
     out
-}
-
-async fn check_overlaps(shared: Arc<Mutex<Shared>>, mut stop: watch::Receiver<bool>) {
-    let mut last_reported: Option<Vec<String>> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = stop.changed() => return,
-        }
-        let now = Instant::now();
-        let mut s = shared.lock().unwrap();
-        let writable: Vec<String> = s
-            .latest
-            .iter()
-            .filter(|(_, a)| a.writable && now.duration_since(a.at) <= FRESH)
-            .map(|(pod, a)| format!("{pod} ({})", a.instance))
-            .collect();
-        if writable.len() > 1 {
-            if last_reported.as_ref() != Some(&writable) {
-                eprintln!("ordinal-e2e: SPLIT BRAIN: writable at once: {writable:?}");
-            }
-            s.split.push(SplitBrain {
-                at: now,
-                writable: writable.clone(),
-            });
-            last_reported = Some(writable);
-        } else {
-            last_reported = None;
-        }
-    }
 }
 
 async fn sample_member(
@@ -248,6 +253,7 @@ async fn sample_member(
                     }
                 }
                 if let Some((_, c)) = session.as_ref() {
+                    let sent = Instant::now();
                     match tokio::time::timeout(
                         FRESH,
                         c.query_one("SELECT NOT pg_is_in_recovery()", &[]),
@@ -257,17 +263,12 @@ async fn sample_member(
                         Ok(Ok(row)) => {
                             let writable: bool = row.get(0);
                             let answer = Answer {
+                                sent,
                                 at: Instant::now(),
                                 writable,
                                 instance: id,
                             };
-                            let mut s = shared.lock().unwrap();
-                            s.answers += 1;
-                            s.history
-                                .entry(pod.clone())
-                                .or_default()
-                                .push((answer.at, writable));
-                            s.latest.insert(pod.clone(), answer);
+                            shared.lock().unwrap().record(&pod, answer);
                         }
                         Ok(Err(_)) => session = None,
                         // Hung: keep the session, it may answer later.
@@ -333,5 +334,35 @@ impl Harness {
             return matches!(reached, Ok(Ok(_)));
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(base: Instant, from_ms: u64, to_ms: u64, writable: bool) -> Answer {
+        Answer {
+            sent: base + Duration::from_millis(from_ms),
+            at: base + Duration::from_millis(to_ms),
+            writable,
+            instance: "uid@ip".to_owned(),
+        }
+    }
+
+    #[test]
+    fn overlapping_writable_windows_are_a_split_brain_and_a_handover_is_not() {
+        let t = Instant::now();
+        let mut s = Shared::default();
+        // Handover: db-0 writable until 105 ms, db-1 writable from 150 ms.
+        s.record("db-0", answer(t, 100, 105, true));
+        s.record("db-1", answer(t, 100, 104, false));
+        s.record("db-1", answer(t, 150, 152, true));
+        assert!(s.split.is_empty());
+        // db-0 comes back writable beside db-1.
+        s.record("db-0", answer(t, 200, 210, true));
+        s.record("db-1", answer(t, 205, 206, true));
+        assert_eq!(s.split.len(), 1, "{:?}", s.split);
+        assert_eq!(s.answers, 5);
     }
 }

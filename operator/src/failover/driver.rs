@@ -57,6 +57,8 @@ pub struct FailoverLoop<S> {
     probe_seconds: f64,
     last_report: Option<(Vec<InstanceStatus>, Option<String>, Option<SynchronousSet>)>,
     last_report_at: Option<Instant>,
+    /// Why the loop was last blocked (logged when it changes).
+    last_blocked: Option<String>,
 }
 
 impl<S: Seam> FailoverLoop<S> {
@@ -72,6 +74,7 @@ impl<S: Seam> FailoverLoop<S> {
             probe_seconds: 0.0,
             last_report: None,
             last_report_at: None,
+            last_blocked: None,
         }
     }
 
@@ -87,7 +90,11 @@ impl<S: Seam> FailoverLoop<S> {
             }
             let pause = match self.tick().await {
                 Ok(Tick::Busy(_)) => BUSY_POLL,
-                Ok(_) => self.interval,
+                // Looks start an interval apart: a probe that waited for a
+                // hung primary's answer already took part of it.
+                Ok(_) => self
+                    .interval
+                    .saturating_sub(Duration::from_secs_f64(self.probe_seconds)),
                 Err(FailoverError::Seam(SeamError::Gone { cluster })) => {
                     tracing::info!(%cluster, "cluster gone: failover loop stops");
                     return Ok(());
@@ -126,7 +133,18 @@ impl<S: Seam> FailoverLoop<S> {
             }
             let credentials = self.seam.credentials().await?;
             let probing = Instant::now();
-            let probes = probe_all(&obs.members, &credentials).await;
+            // Once fenced, the old primary is not waited for: a gone
+            // address costs a probe its whole timeout.
+            let fenced = obs.record.target_primary.is_some()
+                && self.memory.fenced_epoch == Some(obs.record.epoch);
+            let old = obs.record.current_primary.as_deref();
+            let to_probe: Vec<Member> = obs
+                .members
+                .iter()
+                .filter(|m| !(fenced && Some(m.name.as_str()) == old))
+                .cloned()
+                .collect();
+            let probes = probe_all(&to_probe, &credentials).await;
             self.probe_seconds = probing.elapsed().as_secs_f64();
             let now = Instant::now();
             self.memory.observe(&obs, &probes, self.interval, now);
@@ -146,9 +164,12 @@ impl<S: Seam> FailoverLoop<S> {
                     } else {
                         None
                     };
-                    if let Some(why) = &blocked {
-                        tracing::info!(cluster = %obs.cluster, "{why}");
+                    if let Some(why) = &blocked
+                        && self.last_blocked.as_ref() != Some(why)
+                    {
+                        tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, "{why}");
                     }
+                    self.last_blocked = blocked.clone();
                     self.report(&obs, &probes, blocked.clone(), synchronous)
                         .await?;
                     if let Some(record) = promoted {
@@ -161,7 +182,7 @@ impl<S: Seam> FailoverLoop<S> {
                     });
                 }
                 Action::Detach { standbys } => {
-                    tracing::warn!(cluster = %obs.cluster, standbys = ?standbys, "detaching the standbys from the lost primary");
+                    tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, standbys = ?standbys, "detaching the standbys from the lost primary");
                     self.timing.detect = self
                         .memory
                         .suspect_since
@@ -195,11 +216,12 @@ impl<S: Seam> FailoverLoop<S> {
                         uid: pending.from_uid,
                         ip: pending.from_ip,
                         deadline,
+                        last_answer: self.memory.last_contact,
                     };
                     let started = *self.timing.fence_started.get_or_insert(now);
                     match self.seam.fence(&request).await? {
                         FenceState::Stopped(how) => {
-                            tracing::info!(cluster = %obs.cluster, pod, how, "old primary fenced");
+                            tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod, how, "old primary fenced");
                             self.memory.fenced_epoch = Some(obs.record.epoch);
                             self.memory.fenced_at = Some(Instant::now());
                             self.timing.fence = started.elapsed();
@@ -228,7 +250,7 @@ impl<S: Seam> FailoverLoop<S> {
                     let started = Instant::now();
                     pg::promote(&at, &credentials).await?;
                     self.timing.promote = started.elapsed();
-                    tracing::info!(cluster = %obs.cluster, pod, "promoted");
+                    tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod, "promoted");
                     self.check(Step::Promote)?;
                 }
                 Action::Publish { pod } => {
@@ -260,14 +282,14 @@ impl<S: Seam> FailoverLoop<S> {
                         .probe_at
                         .clone()
                         .ok_or_else(|| FailoverError::NoAddress { pod: pod.clone() })?;
-                    tracing::warn!(cluster = %obs.cluster, primary = %pod, "the recorded primary runs as a standby: promoting it");
+                    tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, primary = %pod, "the recorded primary runs as a standby: promoting it");
                     pg::promote(&at, &credentials).await?;
                 }
                 Action::Repoint { standbys } => {
                     self.repoint(&obs, &standbys, &credentials).await;
                 }
                 Action::Rejoin { pod, why } => {
-                    tracing::warn!(cluster = %obs.cluster, pod, why, "restarting a standby that cannot follow");
+                    tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod, why, "restarting a standby that cannot follow");
                     self.seam.restart(&pod, &why).await?;
                     self.memory.not_following_since.remove(&pod);
                     self.report(&obs, &probes, None, None).await?;
@@ -330,10 +352,20 @@ impl<S: Seam> FailoverLoop<S> {
                     .and_then(|p| p.wal_position())
             });
         // What the promotion left behind, whatever the mode promised: an
-        // old primary seen further than the promoted position lost that WAL.
-        let lost_bytes = match (old_lsn, promoted_lsn) {
+        // old primary seen further than the promoted position lost that
+        // WAL. Otherwise nothing acknowledged is lost after a planned stop
+        // (the final WAL was waited for) or in quorum mode; after an
+        // unplanned loss in async mode what the old primary wrote after it
+        // was last seen is unknown, and said so.
+        let seen_lost = match (old_lsn, promoted_lsn) {
             (Some(old), Some(new)) => Some(old.saturating_sub(new) as i64),
-            _ => pending.lost_bytes,
+            _ => None,
+        };
+        let guaranteed = pending.planned || obs.settings.mode == ReplicationMode::Quorum;
+        let lost_bytes = match seen_lost {
+            Some(n) if n > 0 => Some(n),
+            _ if guaranteed => Some(0),
+            _ => None,
         };
         let elapsed = self.timing.decided.map(|t| t.elapsed()).unwrap_or_default();
         let reason = if self.timing.decided.is_some() {
@@ -447,11 +479,11 @@ impl<S: Seam> FailoverLoop<S> {
             .collect();
         match pg::housekeeping(&at, credentials, &obs.cluster, &keep, &gone, &wanted).await {
             Ok(changes) if !changes.is_empty() => {
-                tracing::info!(cluster = %obs.cluster, primary, changes = ?changes, "primary housekeeping");
+                tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, primary, changes = ?changes, "primary housekeeping");
             }
             Ok(_) => {}
             Err(error) => {
-                tracing::warn!(cluster = %obs.cluster, %error, "primary housekeeping failed")
+                tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "primary housekeeping failed")
             }
         }
         if !quorum {

@@ -286,28 +286,48 @@ pub fn pod_stopped(pod: &Pod) -> bool {
         .is_some_and(|state| state.running.is_none() && state.terminated.is_some())
 }
 
+/// The pod's install container has finished: it took the data volume's
+/// lock (and let it go), so no earlier instance of the pod on its node runs.
+pub fn volume_lock_taken(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == names::INSTALL_CONTAINER))
+        .is_some_and(|c| {
+            let done = |s: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+                s.and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.exit_code == 0)
+            };
+            done(c.state.as_ref()) || done(c.last_state.as_ref())
+        })
+}
+
 enum Address {
-    /// Nothing answers there any more; says how it was seen.
-    Closed(&'static str),
+    /// Nothing listens there: the host answers, the port is closed.
+    Refused,
+    /// No route to it: gone, or on the other side of a partition.
+    Unreachable,
     /// Something may still listen (it connects, or it does not say).
     Open,
 }
+
+/// A planned stop is confirmed by a closed address only if the primary
+/// answered this recently (it was serving, not restarting).
+const PLANNED_STOP_SEEN_WITHIN: Duration = Duration::from_secs(5);
 
 /// Whether anything still listens on PostgreSQL's port at `ip`.
 async fn address_state(ip: &str) -> Address {
     let connect = tokio::net::TcpStream::connect((ip, names::POSTGRES_PORT as u16));
     match tokio::time::timeout(Duration::from_millis(500), connect).await {
         Ok(Ok(_)) | Err(_) => Address::Open,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            Address::Closed("refuses connections")
-        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Address::Refused,
         Ok(Err(e))
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable
             ) =>
         {
-            Address::Closed("is unreachable")
+            Address::Unreachable
         }
         Ok(Err(_)) => Address::Open,
     }
@@ -572,6 +592,23 @@ impl Seam for KubeSeam {
                 )
                 .await?;
             }
+            // A primary being deleted that was serving a moment ago, whose
+            // address now refuses connections: its postmaster has stopped
+            // listening (fast shutdown), and the kubelet starts no container
+            // in a terminating pod. Seen well before the kubelet reports the
+            // container stopped (its relist runs once a second).
+            if request.planned
+                && pod.metadata.deletion_timestamp.is_some()
+                && request
+                    .last_answer
+                    .is_some_and(|t| t.elapsed() < PLANNED_STOP_SEEN_WITHIN)
+                && let Some(ip) = &request.ip
+                && let Address::Refused = address_state(ip).await
+            {
+                return Ok(FenceState::Stopped(format!(
+                    "it is being deleted and its address {ip} refuses connections"
+                )));
+            }
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
             if let Some(node) = node
                 && self.node_ready(&node).await == Some(false)
@@ -608,12 +645,38 @@ impl Seam for KubeSeam {
                 "its pod was deleted once its containers had stopped".to_owned(),
             ));
         }
-        if let Some(ip) = &request.ip
-            && let Address::Closed(how) = address_state(ip).await
+        // Its replacement on the same node got the data volume's lock,
+        // which every process of the old instance held until it exited.
+        let old_node = last
+            .as_ref()
+            .and_then(|(p, _)| p.spec.as_ref())
+            .and_then(|s| s.node_name.clone());
+        if let (Some(node), Some(replacement)) = (old_node, self.pod(&request.pod))
+            && replacement.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+            && volume_lock_taken(&replacement)
         {
             return Ok(FenceState::Stopped(format!(
-                "its pod is gone and its address {ip} {how}"
+                "its replacement on node {node} took the data volume's lock, which the old instance held until its last process exited"
             )));
+        }
+        if let Some(ip) = &request.ip {
+            match address_state(ip).await {
+                Address::Refused => {
+                    return Ok(FenceState::Stopped(format!(
+                        "its pod is gone and its address {ip} refuses connections"
+                    )));
+                }
+                // No route to it: gone from this node's network, or on a node
+                // cut off from this one, where it fences itself by the deadline.
+                Address::Unreachable
+                    if request.deadline.is_some_and(|d| Instant::now() >= d) =>
+                {
+                    return Ok(FenceState::Stopped(format!(
+                        "its pod is gone, its address {ip} is unreachable and the isolation deadline has passed"
+                    )));
+                }
+                Address::Unreachable | Address::Open => {}
+            }
         }
         match last {
             Some((_, since)) if since.elapsed() >= FORCE_DELETE_GRACE => Ok(FenceState::Stopped(
@@ -683,9 +746,9 @@ impl Seam for KubeSeam {
             }
         }
         let lost = match outcome.lost_bytes {
-            Some(0) => "no WAL lost".to_owned(),
-            Some(bytes) => format!("{bytes} bytes of WAL known lost"),
-            None => "WAL lost unknown".to_owned(),
+            Some(0) => "no acknowledged commit lost".to_owned(),
+            Some(bytes) => format!("at least {bytes} bytes of WAL lost"),
+            None => "unknown WAL lost: what the old primary wrote after it was last seen did not reach the new one (async mode)".to_owned(),
         };
         self.publish_event(
             &pgc,

@@ -106,6 +106,8 @@ pub struct FenceRequest {
     pub ip: Option<String>,
     /// Past this, an old primary that cannot be reached has fenced itself.
     pub deadline: Option<Instant>,
+    /// When the old primary last answered the loop's probe.
+    pub last_answer: Option<Instant>,
 }
 
 /// Where a fence stands.

@@ -185,6 +185,7 @@ fn fence_request(planned: bool) -> FenceRequest {
         uid: Some("uid-0".to_owned()),
         ip: None,
         deadline: None,
+        last_answer: None,
     }
 }
 

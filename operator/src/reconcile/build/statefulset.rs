@@ -242,15 +242,24 @@ fn postgres_mounts() -> Vec<VolumeMount> {
 
 fn install_container(config: &BuildConfig) -> Container {
     Container {
-        name: "install".to_owned(),
+        name: names::INSTALL_CONTAINER.to_owned(),
         image: Some(config.init_image.clone()),
         image_pull_policy: config.init_image_pull_policy.clone(),
+        // It waits for the data volume's lock first: its completion proves
+        // to the failover loop that an earlier instance of this pod (one
+        // force-deleted, whose containers may have outlived it in the API)
+        // has stopped.
         command: Some(vec![
             IMAGE_ORDINAL_INIT.to_owned(),
             "install".to_owned(),
             paths::ORDINAL_DIR.to_owned(),
+            "--wait-for-volume".to_owned(),
+            paths::DATA_MOUNT.to_owned(),
         ]),
-        volume_mounts: Some(vec![mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, false)]),
+        volume_mounts: Some(vec![
+            mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, false),
+            mount(names::VOLUME_DATA, paths::DATA_MOUNT, false),
+        ]),
         security_context: Some(restricted()),
         ..Container::default()
     }

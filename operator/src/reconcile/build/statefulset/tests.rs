@@ -117,7 +117,21 @@ fn three_containers_run_ordinal_init() {
     );
     assert_eq!(
         command(&init[0]),
-        ["/usr/local/bin/ordinal-init", "install", "/ordinal"]
+        [
+            "/usr/local/bin/ordinal-init",
+            "install",
+            "/ordinal",
+            "--wait-for-volume",
+            "/var/lib/postgresql/data"
+        ]
+    );
+    // The install container holds the data volume, for its lock.
+    assert!(
+        init[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "data" && m.mount_path == "/var/lib/postgresql/data")
     );
     assert_eq!(init[1].name, "init");
     assert_eq!(init[1].image.as_deref(), Some("postgres:17"));
