@@ -280,6 +280,7 @@ impl Seam for LocalSeam {
                     host: "127.0.0.1".to_owned(),
                     port: pod.port,
                 },
+                instance: Some(pod.name.clone()),
             })
             .collect();
         Ok(Observation {

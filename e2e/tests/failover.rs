@@ -144,11 +144,17 @@ async fn failover_case(test: &str, mode: ReplicationMode, how: Loss) {
         (record.from.as_str(), record.to.as_str()),
         (old.as_str(), new.as_str())
     );
+    let p = &record.phases;
     println!(
-        "ordinal-e2e: lastFailover {} → {} in {:.2}s ({}); old primary at {:?}, promoted at {:?}, lost bytes {:?}",
+        "ordinal-e2e: lastFailover {} → {} in {:.2}s (detect {:.2}, decide {:.2}, fence {:.2}, promote {:.2}, publish {:.2}; {}); old primary at {:?}, promoted at {:?}, lost bytes {:?}",
         record.from,
         record.to,
         record.duration_seconds,
+        p.detect,
+        p.decide,
+        p.fence,
+        p.promote,
+        p.publish,
         record.reason,
         record.old_primary_lsn,
         record.promoted_lsn,

@@ -61,6 +61,9 @@ pub struct FailoverLoop<S> {
     last_blocked: Option<String>,
 }
 
+/// How long after detaching its standbys a lost primary is not probed.
+const GIVE_UP_AFTER_DETACH: Duration = Duration::from_secs(5);
+
 impl<S: Seam> FailoverLoop<S> {
     pub fn new(seam: S, metrics: Option<Metrics>) -> Self {
         Self {
@@ -133,15 +136,24 @@ impl<S: Seam> FailoverLoop<S> {
             }
             let credentials = self.seam.credentials().await?;
             let probing = Instant::now();
-            // Once fenced, the old primary is not waited for: a gone
-            // address costs a probe its whole timeout.
-            let fenced = obs.record.target_primary.is_some()
-                && self.memory.fenced_epoch == Some(obs.record.epoch);
+            // A primary given up for lost is not waited for (a hung one
+            // costs every look its probe's whole timeout): once its standbys
+            // are detached, during an unplanned promotion, once fenced.
+            let planned = obs.record.pending.as_ref().is_some_and(|p| p.planned);
+            let given_up = match obs.record.target_primary {
+                Some(_) => !planned || self.memory.fenced_epoch == Some(obs.record.epoch),
+                // For a while: a failover that cannot go on after all
+                // looks at the primary again.
+                None => self
+                    .memory
+                    .detached_at
+                    .is_some_and(|t| t.elapsed() < GIVE_UP_AFTER_DETACH),
+            };
             let old = obs.record.current_primary.as_deref();
             let to_probe: Vec<Member> = obs
                 .members
                 .iter()
-                .filter(|m| !(fenced && Some(m.name.as_str()) == old))
+                .filter(|m| !(given_up && Some(m.name.as_str()) == old))
                 .cloned()
                 .collect();
             let probes = probe_all(&to_probe, &credentials).await;

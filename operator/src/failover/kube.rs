@@ -217,14 +217,33 @@ impl KubeSeam {
 
     /// Deletes a pod, with the given grace period (None: the pod's own).
     async fn delete_pod(&self, pod: &str, grace: Option<i64>) -> Result<(), SeamError> {
+        self.delete_instance(pod, None, grace).await
+    }
+
+    /// Deletes pod `pod`, only if it still is instance `uid` when given: a
+    /// replacement under the same name is never deleted for its predecessor.
+    async fn delete_instance(
+        &self,
+        pod: &str,
+        uid: Option<&str>,
+        grace: Option<i64>,
+    ) -> Result<(), SeamError> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut params = DeleteParams::default();
         if let Some(seconds) = grace.and_then(|g| u32::try_from(g).ok()) {
             params = params.grace_period(seconds);
         }
+        if let Some(uid) = uid {
+            params.preconditions = Some(kube::api::Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            });
+        }
         match api.delete(pod, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            // The precondition failed: that instance is gone already.
+            Err(kube::Error::Api(e)) if e.code == 409 && uid.is_some() => Ok(()),
             Err(e) => Err(self.failed("delete a pod", e)),
         }
     }
@@ -284,6 +303,21 @@ pub fn pod_stopped(pod: &Pod) -> bool {
         .and_then(|c| c.iter().find(|c| c.name == "postgres"))
         .and_then(|c| c.state.as_ref())
         .is_some_and(|state| state.running.is_none() && state.terminated.is_some())
+}
+
+/// The pod's postgres container has run, or runs.
+fn postgres_ever_started(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "postgres"))
+        .is_some_and(|c| {
+            let state = c.state.as_ref();
+            state.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                || c.last_state
+                    .as_ref()
+                    .is_some_and(|s| s.terminated.is_some())
+        })
 }
 
 /// The pod's install container has finished: it took the data volume's
@@ -463,6 +497,7 @@ impl Seam for KubeSeam {
                         host: names::pod_dns(&name, &service, &self.namespace),
                         port: names::POSTGRES_PORT as u16,
                     },
+                    instance: pod.uid(),
                     name,
                 }
             })
@@ -511,7 +546,6 @@ impl Seam for KubeSeam {
     }
 
     async fn record_intent(&self, record: &Record, intent: &Intent) -> Result<Record, SeamError> {
-        let old = self.pod(&intent.from);
         let primary = PrimaryStatus {
             current_primary: intent.from.clone(),
             target_primary: Some(intent.to.clone()),
@@ -520,8 +554,10 @@ impl Seam for KubeSeam {
             pending: Some(ordinal_crds::PendingPromotion {
                 planned: intent.planned,
                 reason: intent.reason.clone(),
-                from_uid: old.as_ref().and_then(|p| p.uid()),
-                from_ip: old.as_ref().and_then(|p| p.status.as_ref()?.pod_ip.clone()),
+                // The instance that was observed, not whatever pod has its
+                // name now (a force-deleted pod's replacement appears at once).
+                from_uid: intent.from_uid.clone(),
+                from_ip: intent.from_ip.clone(),
                 old_primary_lsn: intent.old_primary_lsn.map(pg::format_lsn),
                 chosen_lsn: intent.chosen_lsn.map(pg::format_lsn),
                 lost_bytes: intent.lost_bytes,
@@ -574,10 +610,15 @@ impl Seam for KubeSeam {
         // First stop routing clients to it, then stop it.
         self.label(&request.pod, None).await?;
         let now = self.pod(&request.pod);
+        // An intent that did not name the instance (recorded by an older
+        // operator) takes the pod there now for it.
         let same_instance = now
             .as_ref()
             .is_some_and(|p| request.uid.is_none() || p.uid().as_deref() == request.uid.as_deref());
-        if let Some(pod) = now.filter(|_| same_instance) {
+        // A pod whose postgres never started is no instance to stop (the
+        // replacement of a force-deleted one, named by an intent recorded
+        // without its UID): never delete it, look for the old one below.
+        if let Some(pod) = now.filter(|p| same_instance && postgres_ever_started(p)) {
             if pod_stopped(&pod) {
                 return Ok(FenceState::Stopped(
                     "its postgres container has stopped".to_owned(),
@@ -586,8 +627,9 @@ impl Seam for KubeSeam {
             let grace = pod.metadata.deletion_grace_period_seconds;
             let shorten = !request.planned && grace.is_none_or(|g| g > FENCE_GRACE_SECONDS);
             if pod.metadata.deletion_timestamp.is_none() || shorten {
-                self.delete_pod(
+                self.delete_instance(
                     &request.pod,
+                    pod.uid().as_deref(),
                     (!request.planned).then_some(FENCE_GRACE_SECONDS),
                 )
                 .await?;
@@ -652,7 +694,11 @@ impl Seam for KubeSeam {
             .and_then(|(p, _)| p.spec.as_ref())
             .and_then(|s| s.node_name.clone());
         if let (Some(node), Some(replacement)) = (old_node, self.pod(&request.pod))
-            && replacement.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+            && replacement
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                == Some(node.as_str())
             && volume_lock_taken(&replacement)
         {
             return Ok(FenceState::Stopped(format!(
@@ -668,9 +714,7 @@ impl Seam for KubeSeam {
                 }
                 // No route to it: gone from this node's network, or on a node
                 // cut off from this one, where it fences itself by the deadline.
-                Address::Unreachable
-                    if request.deadline.is_some_and(|d| Instant::now() >= d) =>
-                {
+                Address::Unreachable if request.deadline.is_some_and(|d| Instant::now() >= d) => {
                     return Ok(FenceState::Stopped(format!(
                         "its pod is gone, its address {ip} is unreachable and the isolation deadline has passed"
                     )));

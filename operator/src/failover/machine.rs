@@ -57,6 +57,11 @@ pub struct Memory {
     pub suspect_since: Option<Instant>,
     /// When the primary last answered.
     pub last_contact: Option<Instant>,
+    /// Its last failed probe, said again while it is no longer probed.
+    pub last_error: Option<super::pg::ProbeError>,
+    /// The instance (pod UID, address) last seen serving as the primary:
+    /// the one to fence, whatever pod carries its name by then.
+    pub primary_instance: Option<(Option<String>, Option<String>)>,
     /// Its last WAL position seen (also kept in the status).
     pub last_primary_lsn: Option<u64>,
     /// Standbys not following the primary, since when.
@@ -83,7 +88,15 @@ impl Memory {
             return;
         };
         match probes.get(primary) {
+            // Not probed (given up for lost): the streak stands.
+            None => {}
             Some(Ok(p)) if !p.in_recovery => {
+                if let Some(m) = obs.members.iter().find(|m| m.name == primary) {
+                    self.primary_instance = Some((
+                        m.instance.clone(),
+                        m.probe_at.as_ref().map(|e| e.host.clone()),
+                    ));
+                }
                 self.streak = FailureStreak::default();
                 self.suspect_since = None;
                 self.last_failure_at = None;
@@ -93,6 +106,9 @@ impl Memory {
                 }
             }
             result => {
+                if let Some(Err(e)) = result {
+                    self.last_error = Some(e.clone());
+                }
                 if self
                     .last_failure_at
                     .is_none_or(|t| now.duration_since(t) >= interval.mul_f64(0.9))
@@ -144,6 +160,9 @@ impl Memory {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Intent {
     pub from: String,
+    /// The old primary's instance (pod UID) and address, as observed.
+    pub from_uid: Option<String>,
+    pub from_ip: Option<String>,
     pub to: String,
     pub planned: bool,
     pub reason: String,
@@ -209,10 +228,21 @@ pub fn next(v: &View<'_>) -> Action {
             primary_up: false,
         };
     };
+    // A primary given up for lost is not probed: its last failure stands.
+    let remembered;
+    let probes = match (&v.memory.last_error, v.probes.contains_key(primary)) {
+        (Some(error), false) => {
+            let mut with = v.probes.clone();
+            with.insert(primary.to_owned(), Err(error.clone()));
+            remembered = with;
+            &remembered
+        }
+        _ => v.probes,
+    };
     let detection = decide::detect(
         primary,
         &v.obs.members,
-        v.probes,
+        probes,
         v.memory.streak,
         v.obs.settings.failure_threshold,
     );
@@ -330,8 +360,11 @@ fn healthy(v: &View<'_>, primary: &str) -> Action {
                 primary_up: true,
             };
         }
+        let (from_uid, from_ip) = old_instance(v, primary);
         return Action::RecordIntent(Intent {
             from: primary.to_owned(),
+            from_uid,
+            from_ip,
             to: to.clone(),
             planned: true,
             reason: format!("switchover from {primary} to {to}"),
@@ -344,6 +377,18 @@ fn healthy(v: &View<'_>, primary: &str) -> Action {
         blocked: None,
         primary_up: true,
     }
+}
+
+/// The old primary's instance to fence: the one last seen serving, else
+/// the pod there now.
+fn old_instance(v: &View<'_>, primary: &str) -> (Option<String>, Option<String>) {
+    v.memory.primary_instance.clone().unwrap_or_else(|| {
+        let m = v.obs.members.iter().find(|m| m.name == primary);
+        (
+            m.and_then(|m| m.instance.clone()),
+            m.and_then(|m| m.probe_at.as_ref()).map(|e| e.host.clone()),
+        )
+    })
 }
 
 /// The primary is lost: detach (unplanned), choose, record.
@@ -400,8 +445,11 @@ fn lost(v: &View<'_>, primary: &str, loss: Loss) -> Action {
             return Action::Detach { standbys: attached };
         }
     }
+    let (from_uid, from_ip) = old_instance(v, primary);
     Action::RecordIntent(Intent {
         from: primary.to_owned(),
+        from_uid,
+        from_ip,
         to: choice.candidate,
         planned,
         reason: loss.reason(),

@@ -50,6 +50,9 @@ pub struct Member {
     pub probe_at: Option<Endpoint>,
     /// Where replicas stream from it (the stable DNS name in Kubernetes).
     pub stable: Endpoint,
+    /// Which instance this is (the pod's UID): a pod recreated under the
+    /// same name is another one.
+    pub instance: Option<String>,
 }
 
 /// What the failover loop reads of the spec.

@@ -21,6 +21,7 @@ fn member(name: &str, state: PodState) -> Member {
             host: format!("{name}.db-headless"),
             port: 5432,
         },
+        instance: Some(format!("uid-{name}")),
     }
 }
 

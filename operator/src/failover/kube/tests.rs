@@ -46,6 +46,8 @@ fn record(version: &str) -> Record {
 fn intent(planned: bool) -> Intent {
     Intent {
         from: "db-0".to_owned(),
+        from_uid: Some("uid-0".to_owned()),
+        from_ip: Some("198.18.0.9".to_owned()),
         to: "db-1".to_owned(),
         planned,
         reason: "primary db-0 is not running".to_owned(),

@@ -24,6 +24,7 @@ fn member(name: &str, state: PodState) -> Member {
             host: format!("{name}.db-headless"),
             port: 5432,
         },
+        instance: Some(format!("uid-{name}")),
     }
 }
 
@@ -320,6 +321,75 @@ fn a_hung_primary_is_failed_over_although_its_wal_senders_still_stream() {
     assert_eq!(memory.streak.failures, 3);
     assert_eq!(memory.streak.no_answer, 3);
     assert!(matches!(decide(&obs, &p, &memory), Action::Detach { .. }));
+}
+
+#[test]
+fn a_primary_given_up_for_lost_and_no_longer_probed_stays_lost_for_the_same_reason() {
+    let obs = running(ReplicationMode::Async);
+    let hung = || {
+        Err(ProbeError::new(
+            ProbeFailure::NoAnswer,
+            "did not answer within 1.5s",
+        ))
+    };
+    let p = probes([hung(), streaming(100), streaming(100)]);
+    let mut memory = Memory::default();
+    let start = Instant::now();
+    for second in 0..3 {
+        memory.observe(
+            &obs,
+            &p,
+            Duration::from_secs(1),
+            start + Duration::from_secs(second),
+        );
+    }
+    // Detached; the driver stops probing the primary.
+    let mut unprobed = probes([hung(), detached(100), detached(100)]);
+    unprobed.remove("db-0");
+    memory.observe(
+        &obs,
+        &unprobed,
+        Duration::from_secs(1),
+        start + Duration::from_secs(4),
+    );
+    assert_eq!(memory.streak.no_answer, 3, "the streak stands");
+    let intent = intent_of(decide(&obs, &unprobed, &memory));
+    assert!(
+        intent.reason.contains("did not answer within 1.5s"),
+        "{}",
+        intent.reason
+    );
+    assert!(!intent.planned);
+}
+
+#[test]
+fn the_intent_names_the_instance_last_seen_serving_not_its_replacement() {
+    let obs = running(ReplicationMode::Async);
+    let mut memory = Memory::default();
+    let start = Instant::now();
+    let ok = probes([primary(100), streaming(100), streaming(100)]);
+    memory.observe(&obs, &ok, Duration::from_secs(1), start);
+    // Force-deleted: a replacement pod under the same name, Pending.
+    let mut after = observation(
+        [
+            PodState::NotRunning("pod phase Pending".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Async,
+    );
+    after.members[0].instance = Some("uid-replacement".to_owned());
+    after.members[0].probe_at = None;
+    let p = probes([down(), detached(100), detached(100)]);
+    memory.observe(
+        &after,
+        &p,
+        Duration::from_secs(1),
+        start + Duration::from_secs(1),
+    );
+    let intent = intent_of(decide(&after, &p, &memory));
+    assert_eq!(intent.from_uid.as_deref(), Some("uid-db-0"));
+    assert_eq!(intent.from_ip.as_deref(), Some("127.0.0.1"));
 }
 
 #[test]
