@@ -574,7 +574,6 @@ async fn failover_round(h: &Harness, writer: &Writer, old: &str, how: Disruption
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "10: fails about one run in two on the real cluster — a graceful delete of the primary loses the race between the intent and the status write (\"record changed since it was read\"), and the recreated pod comes back as primary with no promotion; a kill -9 that the kubelet restarts in place is not failed over"]
 async fn deleting_db0_promotes_a_replica_under_write_load() {
     let h = Harness::new("deleting_db0_promotes_a_replica_under_write_load").await;
     let mut spec = h.spec(3);

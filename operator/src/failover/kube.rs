@@ -296,6 +296,28 @@ impl KubeSeam {
 
 /// Whether the postgres container of `pod` has stopped (it ran, and runs
 /// no more).
+/// The pod's postgres container stopped after its deletion was asked for:
+/// a terminated state from before (a crash the kubelet is restarting in
+/// place) proves nothing, since a container may have started since that the
+/// status does not show yet. Container timestamps have whole seconds: the
+/// stop must fall in a later second than the request.
+pub fn pod_stopped_after_deletion(pod: &Pod) -> bool {
+    let Some(deleted) = pod.metadata.deletion_timestamp.as_ref() else {
+        return false;
+    };
+    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+    let requested = deleted.0.as_second() - grace;
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == "postgres"))
+        .and_then(|c| c.state.as_ref())
+        .filter(|state| state.running.is_none())
+        .and_then(|state| state.terminated.as_ref())
+        .and_then(|t| t.finished_at.as_ref())
+        .is_some_and(|finished| finished.0.as_second() > requested)
+}
+
 pub fn pod_stopped(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -619,9 +641,9 @@ impl Seam for KubeSeam {
         // replacement of a force-deleted one, named by an intent recorded
         // without its UID): never delete it, look for the old one below.
         if let Some(pod) = now.filter(|p| same_instance && postgres_ever_started(p)) {
-            if pod_stopped(&pod) {
+            if pod_stopped_after_deletion(&pod) {
                 return Ok(FenceState::Stopped(
-                    "its postgres container has stopped".to_owned(),
+                    "its postgres container stopped after its pod was deleted".to_owned(),
                 ));
             }
             let grace = pod.metadata.deletion_grace_period_seconds;
@@ -681,7 +703,7 @@ impl Seam for KubeSeam {
                 .cloned()
         });
         if let Some((pod, _)) = &last
-            && pod_stopped(pod)
+            && pod_stopped_after_deletion(pod)
         {
             return Ok(FenceState::Stopped(
                 "its pod was deleted once its containers had stopped".to_owned(),

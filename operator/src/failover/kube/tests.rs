@@ -217,13 +217,60 @@ async fn fencing_removes_the_route_then_stops_the_pod_and_waits_to_see_it_stoppe
     drop(seam);
     server.await.expect("server");
 
-    // Its container stopped: fenced.
+    // A stopped container in a pod nobody deleted (a crash the kubelet
+    // restarts in place) proves nothing: it is deleted, and waited for.
     let (seam, server) = seam_with(vec![instance("db-0", "uid-0", false)]);
+    let server = server.run(vec![
+        unlabel(),
+        Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
+            .check(|body| assert_eq!(body["preconditions"]["uid"], "uid-0"))
+            .answer(200, pod_json()),
+        ready_node(),
+    ]);
+    let state = seam.fence(&fence_request(false)).await.expect("fence");
+    assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
+    drop(seam);
+    server.await.expect("server");
+
+    // Deleted, but the stop the status shows is from before the deletion.
+    let (seam, server) = seam_with(vec![stopped_after(1_000, 999)]);
+    let server = server.run(vec![unlabel(), ready_node()]);
+    let state = seam.fence(&fence_request(false)).await.expect("fence");
+    assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
+    drop(seam);
+    server.await.expect("server");
+
+    // Its container stopped after the deletion: fenced.
+    let (seam, server) = seam_with(vec![stopped_after(1_000, 1_001)]);
     let server = server.run(vec![unlabel()]);
     let state = seam.fence(&fence_request(false)).await.expect("fence");
     assert!(matches!(state, FenceState::Stopped(_)), "{state:?}");
     drop(seam);
     server.await.expect("server");
+}
+
+/// db-0 deleted (1 s grace) at `deleted` (unix seconds), its postgres
+/// container terminated at `finished`.
+fn stopped_after(deleted: i64, finished: i64) -> Pod {
+    let at = |s: i64| {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(s).expect("time"),
+        )
+    };
+    let mut pod = instance("db-0", "uid-0", false);
+    pod.metadata.deletion_timestamp = Some(at(deleted + 1));
+    pod.metadata.deletion_grace_period_seconds = Some(1);
+    if let Some(t) = pod
+        .status
+        .as_mut()
+        .and_then(|s| s.container_statuses.as_mut())
+        .and_then(|c| c.first_mut())
+        .and_then(|c| c.state.as_mut())
+        .and_then(|s| s.terminated.as_mut())
+    {
+        t.finished_at = Some(at(finished));
+    }
+    pod
 }
 
 #[tokio::test]
