@@ -307,10 +307,7 @@ pub fn pod_stopped_after_deletion(pod: &Pod) -> bool {
     };
     let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
     let requested = deleted.0.as_second() - grace;
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.iter().find(|c| c.name == "postgres"))
+    postgres_status(pod)
         .and_then(|c| c.state.as_ref())
         .filter(|state| state.running.is_none())
         .and_then(|state| state.terminated.as_ref())
@@ -318,28 +315,31 @@ pub fn pod_stopped_after_deletion(pod: &Pod) -> bool {
         .is_some_and(|finished| finished.0.as_second() > requested)
 }
 
-pub fn pod_stopped(pod: &Pod) -> bool {
+/// The status of the pod's postgres container.
+fn postgres_status(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStatus> {
     pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.iter().find(|c| c.name == "postgres"))
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "postgres")
+}
+
+pub fn pod_stopped(pod: &Pod) -> bool {
+    postgres_status(pod)
         .and_then(|c| c.state.as_ref())
         .is_some_and(|state| state.running.is_none() && state.terminated.is_some())
 }
 
 /// The pod's postgres container has run, or runs.
 fn postgres_ever_started(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.iter().find(|c| c.name == "postgres"))
-        .is_some_and(|c| {
-            let state = c.state.as_ref();
-            state.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
-                || c.last_state
-                    .as_ref()
-                    .is_some_and(|s| s.terminated.is_some())
-        })
+    postgres_status(pod).is_some_and(|c| {
+        let state = c.state.as_ref();
+        state.is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            || c.last_state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some())
+    })
 }
 
 /// The pod's install container has finished: it took the data volume's

@@ -461,14 +461,24 @@ async fn repoint_unbounded(
     primary: &Endpoint,
     credentials: &Credentials,
 ) -> Result<(), PgError> {
-    let client = connect(replica_at, &credentials.superuser_password).await?;
     let conninfo = primary_conninfo(primary, replica, credentials);
+    set_primary_conninfo(replica_at, credentials, &conninfo).await
+}
+
+/// `ALTER SYSTEM SET primary_conninfo` and a reload: the standby's WAL
+/// receiver restarts on the new value (stops on an empty one).
+async fn set_primary_conninfo(
+    replica_at: &Endpoint,
+    credentials: &Credentials,
+    conninfo: &str,
+) -> Result<(), PgError> {
+    let client = connect(replica_at, &credentials.superuser_password).await?;
     // Separate statements: ALTER SYSTEM cannot run in the implicit
     // transaction of a multi-statement query.
     client
         .batch_execute(&format!(
             "ALTER SYSTEM SET primary_conninfo = {}",
-            quote_literal(&conninfo)
+            quote_literal(conninfo)
         ))
         .await
         .map_err(query_err(replica_at, "ALTER SYSTEM SET primary_conninfo"))?;
@@ -482,17 +492,11 @@ async fn repoint_unbounded(
 /// reload, so that its WAL receiver stops and its position stops moving.
 /// It follows a primary again when re-pointed.
 pub async fn detach(replica_at: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
-    bounded(replica_at, Duration::from_secs(5), async {
-        let client = connect(replica_at, &credentials.superuser_password).await?;
-        client
-            .batch_execute("ALTER SYSTEM SET primary_conninfo = ''")
-            .await
-            .map_err(query_err(replica_at, "ALTER SYSTEM SET primary_conninfo"))?;
-        client
-            .batch_execute("SELECT pg_reload_conf()")
-            .await
-            .map_err(query_err(replica_at, "pg_reload_conf"))
-    })
+    bounded(
+        replica_at,
+        Duration::from_secs(5),
+        set_primary_conninfo(replica_at, credentials, ""),
+    )
     .await
 }
 
