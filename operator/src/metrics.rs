@@ -309,10 +309,17 @@ impl Metrics {
                 .with_label_values(&[namespace, cluster, phase])
                 .observe(seconds);
         }
-        if let Some(lost) = record.lost_bytes {
-            self.failover_lost_bytes
+        // Unknown (an unplanned loss in async mode with nothing seen
+        // beyond the promoted position): no series, rather than a value
+        // left from an earlier failover or a 0 that claims nothing was lost.
+        match record.lost_bytes {
+            Some(lost) => self
+                .failover_lost_bytes
                 .with_label_values(&labels)
-                .set(lost);
+                .set(lost),
+            None => {
+                let _ = self.failover_lost_bytes.remove_label_values(&labels);
+            }
         }
     }
 

@@ -298,7 +298,24 @@ impl<S: Seam> FailoverLoop<S> {
                     pg::promote(&at, &credentials).await?;
                 }
                 Action::Repoint { standbys } => {
-                    self.repoint(&obs, &standbys, &credentials).await;
+                    if let Some(primary) = obs.record.current_primary.as_deref() {
+                        self.repoint(&obs, &standbys, primary, &credentials).await;
+                    }
+                }
+                Action::Prepare {
+                    target,
+                    synchronous_standby_names,
+                    standbys,
+                } => {
+                    self.prepare(
+                        &obs,
+                        &target,
+                        &synchronous_standby_names,
+                        &standbys,
+                        &probes,
+                        &credentials,
+                    )
+                    .await?;
                 }
                 Action::Rejoin { pod, why } => {
                     tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod, why, "restarting a standby that cannot follow");
@@ -404,13 +421,16 @@ impl<S: Seam> FailoverLoop<S> {
         }
     }
 
-    async fn repoint(&self, obs: &Observation, standbys: &[String], credentials: &Credentials) {
-        let Some(primary) = obs
-            .record
-            .current_primary
-            .as_deref()
-            .and_then(|p| member(obs, p).ok())
-        else {
+    /// Points `standbys` at `primary` (the primary, or the promotion
+    /// target about to be one).
+    async fn repoint(
+        &self,
+        obs: &Observation,
+        standbys: &[String],
+        primary: &str,
+        credentials: &Credentials,
+    ) {
+        let Ok(primary) = member(obs, primary) else {
             return;
         };
         let repoints = standbys.iter().filter_map(|name| {
@@ -424,6 +444,70 @@ impl<S: Seam> FailoverLoop<S> {
             })
         });
         join_all(repoints).await;
+    }
+
+    /// Readies the promotion target (see [`Action::Prepare`]): in quorum
+    /// mode the synchronous set it will use is recorded first (the union
+    /// with the set in effect, so that the next failover counts every
+    /// member that may acknowledge), then set on it; the other standbys
+    /// are pointed at it. Once per promotion: what did not work is done
+    /// again by the housekeeping and re-pointing of the new primary.
+    async fn prepare(
+        &mut self,
+        obs: &Observation,
+        target: &str,
+        synchronous_standby_names: &str,
+        standbys: &[String],
+        probes: &Probes,
+        credentials: &Credentials,
+    ) -> Result<(), FailoverError> {
+        self.memory.prepared_epoch = Some(obs.record.epoch);
+        let at = member(obs, target)?
+            .probe_at
+            .clone()
+            .ok_or_else(|| FailoverError::NoAddress {
+                pod: target.to_owned(),
+            })?;
+        let quorum = obs.settings.mode == ReplicationMode::Quorum;
+        if quorum {
+            let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
+            let recorded = obs.record.synchronous.as_ref();
+            let mut union: Vec<String> = recorded.map(|r| r.standbys.clone()).unwrap_or_default();
+            for s in expected {
+                if !union.contains(&s) {
+                    union.push(s);
+                }
+            }
+            union.sort();
+            let set = SynchronousSet {
+                quorum: recorded.map_or(obs.settings.quorum, |r| r.quorum.min(obs.settings.quorum)),
+                standbys: union,
+                shrunk_at: recorded.and_then(|r| r.shrunk_at.clone()),
+            };
+            if recorded != Some(&set) {
+                self.seam
+                    .report(&Report {
+                        instances: decide::instances(&obs.members, probes),
+                        blocked: Some(format!("promoting {target}")),
+                        primary_lsn: self.memory.last_primary_lsn,
+                        synchronous: Some(set),
+                    })
+                    .await?;
+            }
+        }
+        let (set, ()) = tokio::join!(
+            pg::set_synchronous_standby_names(&at, credentials, synchronous_standby_names),
+            self.repoint(obs, standbys, target, credentials),
+        );
+        match set {
+            Ok(()) => {
+                tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, synchronous_standby_names, standbys = ?standbys, "promotion target prepared")
+            }
+            Err(error) => {
+                tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot set the promotion target's synchronous standbys")
+            }
+        }
+        Ok(())
     }
 
     /// Slots and synchronous standbys on the primary. Returns the

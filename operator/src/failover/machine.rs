@@ -21,6 +21,12 @@
 //!   meanwhile never starts writable; the target is promoted only once the
 //!   old primary is confirmed stopped (or, unreachable, past the deadline
 //!   at which it fenced itself).
+//! - **Ready the target, then promote.** Before `pg_promote` the target
+//!   is given the synchronous standbys it needs as primary (quorum mode:
+//!   none of its commits is acknowledged by fewer than the quorum), and
+//!   the other standbys are pointed at it, streaming from it as a standby:
+//!   they follow its promotion on the same connection, so that the first
+//!   commit on the new primary has its quorum at once.
 //! - **Every standby follows the primary**: one following another host (or
 //!   nobody) is re-pointed; one that cannot follow (a diverged timeline) is
 //!   restarted, so that ordinal-init rewinds or re-clones it.
@@ -72,6 +78,8 @@ pub struct Memory {
     pub fenced_epoch: Option<i64>,
     /// When the fence of the promotion under way was confirmed.
     pub fenced_at: Option<Instant>,
+    /// The epoch whose target was prepared for its promotion.
+    pub prepared_epoch: Option<i64>,
 }
 
 impl Memory {
@@ -195,6 +203,18 @@ pub enum Action {
     /// The promotion waits for something that takes a moment (a final WAL
     /// record, a fence): look again soon.
     Wait(String),
+    /// Before `pg_promote`: give the target the synchronous standbys it
+    /// will need as primary (in effect from its first commit, so that no
+    /// commit is acknowledged by fewer than the quorum), and point the
+    /// other standbys at it, streaming from it as a standby (cascading):
+    /// they follow its promotion on their connection, without a re-point
+    /// after it. `synchronous`: recorded before the target uses it, as
+    /// the union with the set in effect.
+    Prepare {
+        target: String,
+        synchronous_standby_names: String,
+        standbys: Vec<String>,
+    },
     /// `pg_promote` the target.
     Promote { pod: String },
     /// Route to the promoted target and record it as primary.
@@ -504,6 +524,17 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
                     "{target} is still receiving the final WAL of {from}"
                 ));
             }
+            if v.memory.prepared_epoch != Some(record.epoch) {
+                let wanted = target_synchronous_standby_names(obs, target);
+                let standbys = cascade(v, target, &from);
+                if p.synchronous_standby_names != wanted || !standbys.is_empty() {
+                    return Action::Prepare {
+                        target: target.to_owned(),
+                        synchronous_standby_names: wanted,
+                        standbys,
+                    };
+                }
+            }
             Action::Promote {
                 pod: target.to_owned(),
             }
@@ -514,6 +545,38 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
         Some(Err(e)) => Action::Wait(format!("promotion target {target} does not answer: {e}")),
         None => Action::Wait(format!("promotion target {target} has no pod")),
     }
+}
+
+/// `synchronous_standby_names` for `target` as the primary: in quorum
+/// mode `ANY k` of every other member (the old primary too: it returns as
+/// a standby), else none.
+pub fn target_synchronous_standby_names(obs: &Observation, target: &str) -> String {
+    let quorum = obs.settings.mode == ReplicationMode::Quorum;
+    let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
+    super::pg::synchronous_standby_names(quorum.then_some(obs.settings.quorum), &expected)
+}
+
+/// The standbys to point at the promotion target before it is promoted:
+/// running, answering, not the old primary, not already following it.
+fn cascade(v: &View<'_>, target: &str, from: &str) -> Vec<String> {
+    let Some(host) = v
+        .obs
+        .members
+        .iter()
+        .find(|m| m.name == target)
+        .map(|m| &m.stable)
+    else {
+        return Vec::new();
+    };
+    v.obs
+        .members
+        .iter()
+        .filter(|m| m.name != target && m.name != from && m.state == PodState::Running)
+        .filter(
+            |m| matches!(v.probes.get(&m.name), Some(Ok(p)) if p.in_recovery && !p.follows(host)),
+        )
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

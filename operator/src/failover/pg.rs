@@ -500,6 +500,38 @@ pub async fn detach(replica_at: &Endpoint, credentials: &Credentials) -> Result<
     .await
 }
 
+/// Sets `synchronous_standby_names` on an instance (a standby keeps it
+/// for when it is promoted).
+pub async fn set_synchronous_standby_names(
+    at: &Endpoint,
+    credentials: &Credentials,
+    value: &str,
+) -> Result<(), PgError> {
+    bounded(at, Duration::from_secs(5), async {
+        let client = connect(at, &credentials.superuser_password).await?;
+        alter_synchronous_standby_names(&client, at, value).await
+    })
+    .await
+}
+
+async fn alter_synchronous_standby_names(
+    client: &tokio_postgres::Client,
+    at: &Endpoint,
+    value: &str,
+) -> Result<(), PgError> {
+    client
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = {}",
+            quote_literal(value)
+        ))
+        .await
+        .map_err(query_err(at, "ALTER SYSTEM SET synchronous_standby_names"))?;
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .map_err(query_err(at, "pg_reload_conf"))
+}
+
 /// `ANY k ("db-1", "db-2")`, or '' in async mode or without standbys.
 pub fn synchronous_standby_names(quorum: Option<i32>, standbys: &[String]) -> String {
     match quorum {
@@ -576,20 +608,7 @@ async fn housekeeping_unbounded(
         .map_err(query_err(primary_at, "SHOW synchronous_standby_names"))?
         .get(0);
     if current != wanted_sync {
-        client
-            .batch_execute(&format!(
-                "ALTER SYSTEM SET synchronous_standby_names = {}",
-                quote_literal(wanted_sync)
-            ))
-            .await
-            .map_err(query_err(
-                primary_at,
-                "ALTER SYSTEM SET synchronous_standby_names",
-            ))?;
-        client
-            .batch_execute("SELECT pg_reload_conf()")
-            .await
-            .map_err(query_err(primary_at, "pg_reload_conf"))?;
+        alter_synchronous_standby_names(&client, primary_at, wanted_sync).await?;
         changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
     }
 

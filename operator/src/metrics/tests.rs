@@ -157,3 +157,21 @@ fn an_unknown_instance_is_down_without_lag_series() {
     );
     assert!(page.contains("ordinal_cluster_replicas_ready{cluster=\"db\",namespace=\"ns\"} 1"));
 }
+
+#[test]
+fn an_unknown_loss_leaves_no_lost_bytes_series() {
+    let m = fed();
+    let series = "ordinal_failover_lost_bytes{cluster=\"db\",namespace=\"ns\"}";
+    assert!(m.render().contains(&format!("{series} 0")));
+    let unknown = FailoverRecord {
+        lost_bytes: None,
+        ..record()
+    };
+    m.record_failover("ns", "db", &unknown);
+    let page = m.render();
+    assert!(
+        !page.contains(series),
+        "no stale 0 after an unknown loss: {page}"
+    );
+    assert!(page.contains("ordinal_failovers_total{cluster=\"db\",namespace=\"ns\"} 2"));
+}

@@ -458,6 +458,16 @@ fn a_recorded_promotion_fences_then_promotes_then_publishes() {
     );
     memory.fenced_epoch = Some(4);
     memory.fenced_at = Some(Instant::now());
+    // db-2, detached, is pointed at db-1 before the promotion.
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Prepare {
+            target: "db-1".to_owned(),
+            synchronous_standby_names: String::new(),
+            standbys: vec!["db-2".to_owned()],
+        }
+    );
+    memory.prepared_epoch = Some(4);
     assert_eq!(
         decide(&obs, &p, &memory),
         Action::Promote {
@@ -490,6 +500,7 @@ fn a_planned_promotion_waits_briefly_for_the_final_wal() {
     let mut memory = Memory {
         fenced_epoch: Some(4),
         fenced_at: Some(Instant::now()),
+        prepared_epoch: Some(4),
         last_primary_lsn: Some(120),
         ..Memory::default()
     };
@@ -579,4 +590,86 @@ fn the_operators_own_network_trouble_never_detaches_anything() {
             ..
         }
     ));
+}
+
+/// A standby at `lsn` streaming from db-1 (cascading, before its promotion).
+fn streaming_from_db1(lsn: u64) -> Result<InstanceProbe, ProbeError> {
+    let mut p = streaming(lsn)?;
+    p.upstream = Some("db-1.db-headless:5432".to_owned());
+    Ok(p)
+}
+
+#[test]
+fn the_target_gets_its_quorum_before_it_is_promoted() {
+    let mut obs = promoting(false);
+    obs.settings = settings(ReplicationMode::Quorum);
+    let memory = Memory {
+        fenced_epoch: Some(4),
+        fenced_at: Some(Instant::now()),
+        ..Memory::default()
+    };
+    // db-2 already streams from db-1; db-1 has no synchronous standbys yet:
+    // promoted so, it would acknowledge commits that no standby has.
+    let p = probes([down(), detached(100), streaming_from_db1(90)]);
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Prepare {
+            target: "db-1".to_owned(),
+            synchronous_standby_names: r#"ANY 1 ("db-0", "db-2")"#.to_owned(),
+            standbys: Vec::new(),
+        }
+    );
+    // Ready: promote.
+    let mut ready = p.clone();
+    if let Some(Ok(target)) = ready.get_mut("db-1") {
+        target.synchronous_standby_names = r#"ANY 1 ("db-0", "db-2")"#.to_owned();
+    }
+    assert_eq!(
+        decide(&obs, &ready, &memory),
+        Action::Promote {
+            pod: "db-1".to_owned()
+        }
+    );
+}
+
+#[test]
+fn the_target_is_prepared_once_per_promotion() {
+    let mut obs = promoting(false);
+    obs.settings = settings(ReplicationMode::Quorum);
+    let memory = Memory {
+        fenced_epoch: Some(4),
+        fenced_at: Some(Instant::now()),
+        prepared_epoch: Some(4),
+        ..Memory::default()
+    };
+    // Whatever did not take (a standby that refused the re-point), the
+    // promotion goes on: the new primary's housekeeping does it again.
+    let p = probes([down(), detached(100), detached(90)]);
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Promote {
+            pod: "db-1".to_owned()
+        }
+    );
+}
+
+#[test]
+fn the_old_primary_is_not_pointed_at_the_target_before_the_promotion() {
+    let obs = promoting(true);
+    let memory = Memory {
+        fenced_epoch: Some(4),
+        fenced_at: Some(Instant::now()),
+        ..Memory::default()
+    };
+    // db-0 answers as a standby (restarted): it is fenced, and ordinal-init
+    // points it at the new primary; only db-2 is prepared.
+    let p = probes([detached(100), streaming(100), streaming(100)]);
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Prepare {
+            target: "db-1".to_owned(),
+            synchronous_standby_names: String::new(),
+            standbys: vec!["db-2".to_owned()],
+        }
+    );
 }
