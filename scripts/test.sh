@@ -67,7 +67,7 @@ on_exit() {
     echo "==> the end of the cluster's logs (scripts/cluster.sh logs)"
     scripts/cluster.sh logs || true
     echo "==> the operator's log (last 300 lines)"
-    "$BIN/kubectl" --kubeconfig "$KUBECONFIG" -n ordinal-system logs deploy/ordinal-operator --tail 300 2>&1 || true
+    "$BIN/kubectl" --kubeconfig "$KUBECONFIG" -n ordinal-system logs -l app.kubernetes.io/name=ordinal-operator --prefix --tail 300 2>&1 || true
   fi
   rm -f "$CACHE_DIR/cluster-suite.started"
   if [ "$cluster_started" = true ]; then

@@ -1132,3 +1132,105 @@ async fn deleting_the_cluster_removes_owned_objects_and_keeps_pvcs_by_policy() {
         );
     }
 }
+
+/// The operator's replicas: the holder of the Lease leads; delete it
+/// (gracefully, then by force) and the standby takes over within 15 s,
+/// and works: a new cluster comes up. Needs the operator of `deploy/`
+/// (`ORDINAL_E2E_OPERATOR=external`, as scripts/test.sh runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_standby_operator_takes_over_within_15_seconds() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    const OPERATOR_NAMESPACE: &str = "ordinal-system";
+    const LEASE: &str = "ordinal-operator-leader";
+    const TAKE_OVER_WITHIN: Duration = Duration::from_secs(15);
+    let h = Harness::new("the_standby_operator_takes_over_within_15_seconds").await;
+    if h.config.operator == OperatorMode::Spawn {
+        eprintln!(
+            "ordinal-e2e: a spawned operator runs alone, without leader election: nothing to hand over (run with ORDINAL_E2E_OPERATOR=external)"
+        );
+        return;
+    }
+    let leases: kube::Api<Lease> = kube::Api::namespaced(h.client.clone(), OPERATOR_NAMESPACE);
+    let pods: kube::Api<Pod> = kube::Api::namespaced(h.client.clone(), OPERATOR_NAMESPACE);
+    let selector = "app.kubernetes.io/name=ordinal-operator";
+    // The holder, once it is one of two Ready replicas (not terminating).
+    let leader = async || -> Result<String, String> {
+        let lease = leases.get(LEASE).await.map_err(|e| e.to_string())?;
+        let holder = lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .ok_or("the Lease has no holder")?;
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready: Vec<String> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+            .map(|p| p.name_any())
+            .collect();
+        if !ready.contains(&holder) {
+            return Err(format!(
+                "holder {holder} is not a Ready replica ({ready:?})"
+            ));
+        }
+        Ok(holder)
+    };
+
+    for force in [false, true] {
+        let old = h
+            .wait_until("an operator replica leads", async || leader().await)
+            .await;
+        h.wait_until("two operator replicas are Ready", async || {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(selector))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
+                .count();
+            (ready == 2)
+                .then_some(())
+                .ok_or(format!("{ready} Ready replicas"))
+        })
+        .await;
+        let params = if force {
+            DeleteParams::default().grace_period(0)
+        } else {
+            DeleteParams::default()
+        };
+        let t0 = Instant::now();
+        pods.delete(&old, &params)
+            .await
+            .unwrap_or_else(|e| panic!("deleting the leader {old}: {e}"));
+        let new = h
+            .wait_until("another replica takes the Lease", async || {
+                let lease = leases.get(LEASE).await.map_err(|e| e.to_string())?;
+                match lease.spec.and_then(|s| s.holder_identity) {
+                    Some(holder) if holder != old => Ok(holder),
+                    other => Err(format!("holder {other:?}")),
+                }
+            })
+            .await;
+        let took = t0.elapsed();
+        println!(
+            "ordinal-e2e: operator leader {old} → {new} in {:.1}s ({})",
+            took.as_secs_f64(),
+            if force {
+                "force delete"
+            } else {
+                "graceful delete"
+            }
+        );
+        assert!(
+            took <= TAKE_OVER_WITHIN,
+            "the standby took {took:?} to take over from {old}"
+        );
+    }
+    // The new leader works.
+    h.apply(CLUSTER, &h.spec(1)).await;
+    h.wait_ready(CLUSTER, 1).await;
+}

@@ -79,6 +79,10 @@ async fn failover_case(test: &str, mode: ReplicationMode, how: Loss) {
     writer.wait_more_acks(&h, 100).await;
 
     let t0 = Instant::now();
+    eprintln!(
+        "ordinal-e2e: {how:?} of {old} at {}",
+        k8s_openapi::jiff::Timestamp::now()
+    );
     disrupt(&h, &old, how).await;
     let new = h
         .wait_until(

@@ -9,6 +9,7 @@ pub mod controller;
 mod error;
 pub mod failover;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 

@@ -11,6 +11,7 @@ use ordinal_crds::names;
 use ordinal_operator::Context;
 use ordinal_operator::controller;
 use ordinal_operator::http::{self, HttpState};
+use ordinal_operator::leader::{self, Election};
 use ordinal_operator::metrics::Metrics;
 use ordinal_operator::reconcile::build::BuildConfig;
 use tracing_subscriber::EnvFilter;
@@ -53,9 +54,17 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "ORDINAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Name reported in Events (the operator pod's name when in a cluster).
+    /// Name reported in Events (the operator pod's name when in a cluster),
+    /// and this replica's identity in the leader election.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// Namespace of the leader-election Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ordinal-system")]
+    lease_namespace: String,
+    /// Run without leader election (one replica only: two would act on the
+    /// same clusters).
+    #[arg(long, env = "ORDINAL_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,6 +104,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let client = Client::try_default().await?;
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("ordinal-operator-{}", std::process::id()));
     let reporter = Reporter {
         controller: names::CONTROLLER_NAME.to_owned(),
         instance: args.pod_name,
@@ -118,11 +131,70 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let server = tokio::spawn(http::serve(args.metrics_addr, state, async {
         let _ = http_stopped.await;
     }));
-    let result = controller::run(ctx.clone(), ready).await;
+    let result = if args.no_leader_election {
+        controller::run(ctx.clone(), ready)
+            .await
+            .map_err(Into::into)
+    } else {
+        lead(&ctx, ready, &args.lease_namespace, &identity).await
+    };
     ctx.stop_failover_loops().await;
     let _ = stop_http.send(());
     if let Ok(Err(error)) = server.await {
         tracing::warn!(%error, "metrics server failed");
     }
-    result.map_err(Into::into)
+    result
+}
+
+/// Waits for the Lease, then runs the controller until a signal or until
+/// the Lease is lost (the process then exits, and is restarted as a
+/// candidate). A standby is ready (its endpoints serve) while it waits.
+async fn lead(
+    ctx: &Arc<Context>,
+    ready: Arc<AtomicBool>,
+    namespace: &str,
+    identity: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut election = Election::join(ctx.client.clone(), namespace, identity).await?;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        namespace,
+        lease = leader::LEASE_NAME,
+        identity,
+        "waiting to lead"
+    );
+    tokio::select! {
+        led = election.lead() => led?,
+        _ = shutdown_signal() => {
+            election.leave().await;
+            return Ok(());
+        }
+    }
+    tracing::info!(namespace, lease = leader::LEASE_NAME, identity, "leading");
+    let outcome = tokio::select! {
+        result = controller::run(ctx.clone(), ready) => result.map_err(Into::into),
+        () = election.lost() => Err(leader::LeaderError::Lost {
+            namespace: namespace.to_owned(),
+        }
+        .into()),
+    };
+    ctx.stop_failover_loops().await;
+    election.leave().await;
+    outcome
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }

@@ -78,7 +78,7 @@ pub use config::{Config, OperatorMode};
 pub use harness::Harness;
 pub use pods::{ExecOutput, pod_ready, pod_revision, postgres_restarts};
 pub use sampler::{Sampler, SamplerReport, SplitBrain};
-pub use sql::{connect_pod, routed_pods};
+pub use sql::{connect_pod, routed_endpoints, routed_pods};
 pub use writer::Writer;
 
 /// Field manager of every server-side apply the tests send.
@@ -92,7 +92,6 @@ const POLL: Duration = Duration::from_millis(500);
 /// Longest a single check of a wait may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 const PG_PORT: u16 = 5432;
 
 fn error_text(e: &kube::Error) -> String {

@@ -97,6 +97,8 @@ impl OperatorLease {
                 .env("ORDINAL_INIT_IMAGE", &config.ordinal_image)
                 .env("ORDINAL_METRICS_ADDR", addr.to_string())
                 .env("ORDINAL_LOG_FORMAT", "text")
+                // One spawned operator, beside no other (checked above).
+                .env("ORDINAL_NO_LEADER_ELECTION", "true")
                 .env(
                     "RUST_LOG",
                     std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".to_owned()),

@@ -201,7 +201,32 @@ fi"#;
             .trim()
             .parse()
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        let pid = postmaster_of(pid).ok_or_else(|| {
+            format!("{pod}: no postmaster in the postgres container (first process {pid})")
+        })?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
             .map_err(|e| format!("kill -{signal} {pid} ({pod}): {e}"))
     }
+}
+
+/// The postmaster of a container whose first process is `init`: `init`
+/// itself when it is postgres (Ordinal's pods), else its child named
+/// postgres (a supervisor's, such as Patroni's).
+fn postmaster_of(init: i32) -> Option<i32> {
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    if comm(init).is_some_and(|c| c.trim() == "postgres") {
+        return Some(init);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            // `pid (comm) state ppid …`: comm may hold spaces, so after ')'.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<i32>().ok());
+            ppid == Some(init) && comm(*pid).is_some_and(|c| c.trim() == "postgres")
+        })
 }

@@ -110,9 +110,16 @@ impl Sampler {
             .superuser_password(cluster)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        let direct = h.pod_network_reachable(cluster).await;
+        Self::start_on(h, members, &password, direct).await
+    }
+
+    /// Starts sampling the pods `members` (any PostgreSQL) as `postgres`
+    /// with `password`; `direct`: at their IPs, else through port-forwards.
+    pub async fn start_on(h: &Harness, members: &[String], password: &str, direct: bool) -> Self {
+        let password = password.to_owned();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (stop, stopped) = watch::channel(false);
-        let direct = h.pod_network_reachable(cluster).await;
         let tasks = members
             .iter()
             .map(|pod| {
@@ -291,7 +298,7 @@ fn short_uid(pod: &Pod) -> String {
 
 /// A session straight to a pod's address (the test machine is on the pod
 /// network, as on the local cluster).
-async fn connect_ip(ip: &str, password: &str) -> Result<tokio_postgres::Client, String> {
+pub(super) async fn connect_ip(ip: &str, password: &str) -> Result<tokio_postgres::Client, String> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(ip)

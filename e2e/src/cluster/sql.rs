@@ -60,20 +60,30 @@ impl Harness {
 
     /// The one pod db-rw routes to, and a SQL session with it.
     pub async fn sql_rw(&self, cluster: &str) -> (String, tokio_postgres::Client) {
-        self.wait_until(
-            &format!("SQL session through {}", names::rw_service(cluster)),
-            async || {
-                let routed = self.rw_pods(cluster).await?;
-                let [pod] = routed.as_slice() else {
-                    return Err(format!(
-                        "{} routes to {routed:?}",
-                        names::rw_service(cluster)
-                    ));
-                };
-                let client = self.try_sql(cluster, pod).await?;
-                Ok((pod.clone(), client))
-            },
-        )
+        let password = self
+            .superuser_password(cluster)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.sql_service(&names::rw_service(cluster), &password)
+            .await
+    }
+
+    /// The one pod Service `service` routes to, and a SQL session with it
+    /// as `postgres` with `password` (any PostgreSQL behind a Service: an
+    /// Ordinal cluster's db-rw, or a peer's leader Service).
+    pub async fn sql_service(
+        &self,
+        service: &str,
+        password: &str,
+    ) -> (String, tokio_postgres::Client) {
+        self.wait_until(&format!("SQL session through {service}"), async || {
+            let routed = routed_pods(&self.client, &self.namespace, service).await?;
+            let [pod] = routed.as_slice() else {
+                return Err(format!("{service} routes to {routed:?}"));
+            };
+            let client = connect_pod(&self.client, &self.namespace, pod, password).await?;
+            Ok((pod.clone(), client))
+        })
         .await
     }
 
@@ -188,7 +198,23 @@ impl Harness {
     /// The ids of `acked` missing from [`WRITES_TABLE`] on the pod db-rw
     /// routes to, and that pod.
     pub async fn missing_acked_rows(&self, cluster: &str, acked: &[i64]) -> (String, Vec<i64>) {
-        let (pod, client) = self.sql_rw(cluster).await;
+        let password = self
+            .superuser_password(cluster)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.missing_rows_on(&names::rw_service(cluster), &password, acked)
+            .await
+    }
+
+    /// The ids of `acked` missing from [`WRITES_TABLE`] on the pod
+    /// `service` routes to, and that pod.
+    pub async fn missing_rows_on(
+        &self,
+        service: &str,
+        password: &str,
+        acked: &[i64],
+    ) -> (String, Vec<i64>) {
+        let (pod, client) = self.sql_service(service, password).await;
         let rows = client
             .query(&format!("SELECT id FROM {WRITES_TABLE}"), &[])
             .await
@@ -279,12 +305,22 @@ pub async fn routed_pods(
     namespace: &str,
     service: &str,
 ) -> Result<Vec<String>, String> {
+    let routed = routed_endpoints(client, namespace, service).await?;
+    Ok(routed.into_keys().collect())
+}
+
+/// As [`routed_pods`], with each pod's address in the EndpointSlices.
+pub async fn routed_endpoints(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+) -> Result<BTreeMap<String, Option<String>>, String> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
     let list = slices
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
         .await
         .map_err(|e| error_text(&e))?;
-    let pods: BTreeSet<String> = list
+    Ok(list
         .items
         .iter()
         .flat_map(|slice| slice.endpoints.iter())
@@ -294,10 +330,10 @@ pub async fn routed_pods(
         })
         .filter_map(|ep| {
             let target = ep.target_ref.as_ref()?;
-            (target.kind.as_deref() == Some("Pod"))
+            let name = (target.kind.as_deref() == Some("Pod"))
                 .then(|| target.name.clone())
-                .flatten()
+                .flatten()?;
+            Some((name, ep.addresses.first().cloned()))
         })
-        .collect();
-    Ok(pods.into_iter().collect())
+        .collect())
 }

@@ -8,7 +8,14 @@ use kube::Client;
 use ordinal_crds::names;
 use tokio::sync::watch;
 
-use super::{Harness, STATEMENT_TIMEOUT, WRITES_TABLE, connect_pod, routed_pods};
+use super::sampler::connect_ip;
+use super::{Harness, WRITES_TABLE, connect_pod, routed_endpoints};
+
+/// A client's patience, as in the measurements the failover issue
+/// reports: a connection (TCP and startup) within 1 s, a commit within 2 s;
+/// past that, the write is not acknowledged and the next one starts afresh.
+const WRITE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::workload::Acks;
 
 /// Commits numbered rows (`INSERT INTO e2e_writes`) one transaction at a
@@ -36,7 +43,17 @@ fn copy_acks(a: &Acks) -> Acks {
 impl Writer {
     /// Creates the table through db-rw and starts writing.
     pub async fn start(h: &Harness, cluster: &str) -> Self {
-        let (pod, session) = h.sql_rw(cluster).await;
+        let password = h
+            .superuser_password(cluster)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self::start_on(h, &names::rw_service(cluster), &password).await
+    }
+
+    /// Creates the table and starts writing through Service `service`
+    /// (the pod it routes to), as `postgres` with `password`.
+    pub async fn start_on(h: &Harness, service: &str, password: &str) -> Self {
+        let (pod, session) = h.sql_service(service, password).await;
         session
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {WRITES_TABLE} \
@@ -52,21 +69,35 @@ impl Writer {
             .await
             .unwrap_or_else(|e| panic!("reading {WRITES_TABLE} on {pod}: {e}"))
             .get(0);
-        let password = h
-            .superuser_password(cluster)
+        let password = password.to_owned();
+        // Whether this machine reaches pod addresses (the local cluster).
+        let address = routed_endpoints(&h.client, &h.namespace, service)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .ok()
+            .and_then(|r| r.get(&pod).cloned().flatten());
+        let direct = match address {
+            Some(ip) => matches!(
+                tokio::time::timeout(
+                    WRITE_CONNECT_TIMEOUT,
+                    tokio::net::TcpStream::connect((ip.as_str(), super::PG_PORT)),
+                )
+                .await,
+                Ok(Ok(_))
+            ),
+            None => false,
+        };
         let acks = Arc::new(Mutex::new(Acks::default()));
         let split_routes = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(write_loop(
             h.client.clone(),
             h.namespace.clone(),
-            names::rw_service(cluster),
+            service.to_owned(),
             password,
             next,
             Arc::clone(&acks),
             Arc::clone(&split_routes),
+            direct,
             stopped,
         ));
         Self {
@@ -155,12 +186,25 @@ async fn write_loop(
     mut next: i64,
     acks: Arc<Mutex<Acks>>,
     split_routes: Arc<Mutex<Vec<Vec<String>>>>,
+    direct: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     const RESOLVE_EVERY: Duration = Duration::from_secs(1);
     let statement = format!("INSERT INTO {WRITES_TABLE} (id, pod) VALUES ($1, $2)");
     let mut session: Option<(String, tokio_postgres::Client)> = None;
     let mut resolved_at: Option<Instant> = None;
+    // ORDINAL_E2E_WRITER_TRACE=1: each failed step, and the first
+    // acknowledgement after failures, on stderr (where an outage goes).
+    let tracing = std::env::var_os("ORDINAL_E2E_WRITER_TRACE").is_some();
+    let mut failing = false;
+    let trace = |what: String| {
+        if tracing {
+            eprintln!(
+                "ordinal-e2e writer {} {what}",
+                k8s_openapi::jiff::Timestamp::now()
+            );
+        }
+    };
     let pause = async |stop: &mut watch::Receiver<bool>, ms: u64| {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
@@ -170,9 +214,11 @@ async fn write_loop(
     while !*stop.borrow() {
         let stale = resolved_at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY);
         if session.is_none() || stale {
-            let routed = match routed_pods(&client, &namespace, &service).await {
+            let routed = match routed_endpoints(&client, &namespace, &service).await {
                 Ok(routed) => routed,
-                Err(_) => {
+                Err(e) => {
+                    trace(format!("resolving {service}: {e}"));
+                    failing = true;
                     acks.lock().unwrap().errors += 1;
                     pause(&mut stop, 200).await;
                     continue;
@@ -180,17 +226,41 @@ async fn write_loop(
             };
             resolved_at = Some(Instant::now());
             if routed.len() > 1 {
-                split_routes.lock().unwrap().push(routed.clone());
+                split_routes
+                    .lock()
+                    .unwrap()
+                    .push(routed.keys().cloned().collect());
             }
-            let [pod] = routed.as_slice() else {
+            if routed.len() != 1 {
+                trace(format!("{service} routes to {:?}", routed.keys()));
+                failing = true;
                 session = None;
                 pause(&mut stop, 100).await;
                 continue;
+            }
+            let Some((pod, ip)) = routed.into_iter().next() else {
+                continue;
             };
-            if session.as_ref().is_none_or(|(p, _)| p != pod) {
-                session = match connect_pod(&client, &namespace, pod, &password).await {
-                    Ok(s) => Some((pod.clone(), s)),
-                    Err(_) => {
+            if session.as_ref().is_none_or(|(p, _)| *p != pod) {
+                // Straight to the pod's address where this machine reaches
+                // it (the local cluster), else through a port-forward.
+                let connecting = async {
+                    match (&ip, direct) {
+                        (Some(ip), true) => connect_ip(ip, &password).await,
+                        _ => connect_pod(&client, &namespace, &pod, &password).await,
+                    }
+                };
+                session = match tokio::time::timeout(WRITE_CONNECT_TIMEOUT, connecting).await {
+                    Ok(Ok(s)) => Some((pod.clone(), s)),
+                    other => {
+                        trace(format!(
+                            "connecting to {pod}: {}",
+                            match other {
+                                Ok(Err(e)) => e,
+                                _ => "timed out".to_owned(),
+                            }
+                        ));
+                        failing = true;
                         acks.lock().unwrap().errors += 1;
                         pause(&mut stop, 200).await;
                         continue;
@@ -206,18 +276,30 @@ async fn write_loop(
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&id, pod];
         let insert = db.execute(&statement, &params);
         let outcome = tokio::select! {
-            r = tokio::time::timeout(STATEMENT_TIMEOUT, insert) => r,
+            r = tokio::time::timeout(WRITE_TIMEOUT, insert) => r,
             _ = stop.changed() => break,
         };
         match outcome {
             Ok(Ok(_)) => {
+                if failing {
+                    trace(format!("acknowledged by {pod}"));
+                    failing = false;
+                }
                 let mut a = acks.lock().unwrap();
                 a.ids.push(id);
                 a.at.push(Instant::now());
                 a.by.push(pod.clone());
             }
             // Not acknowledged: it may or may not have committed.
-            _ => {
+            other => {
+                trace(format!(
+                    "insert on {pod}: {}",
+                    match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_owned(),
+                    }
+                ));
+                failing = true;
                 acks.lock().unwrap().errors += 1;
                 session = None;
                 pause(&mut stop, 100).await;

@@ -42,6 +42,8 @@ struct Timing {
     fence: Duration,
     promote: Duration,
     promoted_lsn: Option<u64>,
+    /// When this loop recorded the intent (wall clock).
+    intent_at: Option<std::time::SystemTime>,
 }
 
 pub struct FailoverLoop<S> {
@@ -229,6 +231,7 @@ impl<S: Seam> FailoverLoop<S> {
                         ip: pending.from_ip,
                         deadline,
                         last_answer: self.memory.last_contact,
+                        intent_at: self.timing.intent_at,
                     };
                     let started = *self.timing.fence_started.get_or_insert(now);
                     match self.seam.fence(&request).await? {
@@ -249,7 +252,11 @@ impl<S: Seam> FailoverLoop<S> {
                     self.report(&obs, &probes, Some(why.clone()), None).await?;
                     return Ok(Tick::Busy(why));
                 }
-                Action::Promote { pod } => {
+                Action::Promote {
+                    pod,
+                    synchronous_standby_names,
+                    standbys,
+                } => {
                     let m = member(&obs, &pod)?;
                     let at = m
                         .probe_at
@@ -260,34 +267,25 @@ impl<S: Seam> FailoverLoop<S> {
                         .and_then(|p| p.as_ref().ok())
                         .and_then(|p| p.wal_position());
                     let started = Instant::now();
+                    self.ready_target(
+                        &obs,
+                        &pod,
+                        &synchronous_standby_names,
+                        &standbys,
+                        &probes,
+                        &credentials,
+                    )
+                    .await?;
                     pg::promote(&at, &credentials).await?;
                     self.timing.promote = started.elapsed();
                     tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod, "promoted");
                     self.check(Step::Promote)?;
+                    // pg_promote(wait => true) returned true: the target
+                    // has left recovery, what the next look would see.
+                    promoted = Some(Box::new(self.publish(&obs, &pod, &probes).await?));
                 }
                 Action::Publish { pod } => {
-                    let outcome = self.outcome(&obs, &pod, &probes);
-                    let publishing = Instant::now();
-                    self.seam.publish(&obs.record, &outcome).await?;
-                    let mut outcome = outcome;
-                    outcome.phases.publish = publishing.elapsed().as_secs_f64();
-                    outcome.duration_seconds += outcome.phases.publish;
-                    self.check(Step::Publish)?;
-                    if let Some(metrics) = &self.metrics {
-                        metrics.record_failover(&obs.namespace, &obs.cluster, &outcome);
-                    }
-                    tracing::warn!(
-                        cluster = %obs.cluster,
-                        from = %outcome.from,
-                        to = %outcome.to,
-                        seconds = outcome.duration_seconds,
-                        lost_bytes = ?outcome.lost_bytes,
-                        "failover complete"
-                    );
-                    self.memory.promoted();
-                    self.memory.last_primary_lsn = self.timing.promoted_lsn;
-                    self.timing = Timing::default();
-                    promoted = Some(Box::new(outcome));
+                    promoted = Some(Box::new(self.publish(&obs, &pod, &probes).await?));
                 }
                 Action::PromoteRecorded { pod } => {
                     let at = member(&obs, &pod)?
@@ -301,21 +299,6 @@ impl<S: Seam> FailoverLoop<S> {
                     if let Some(primary) = obs.record.current_primary.as_deref() {
                         self.repoint(&obs, &standbys, primary, &credentials).await;
                     }
-                }
-                Action::Prepare {
-                    target,
-                    synchronous_standby_names,
-                    standbys,
-                } => {
-                    self.prepare(
-                        &obs,
-                        &target,
-                        &synchronous_standby_names,
-                        &standbys,
-                        &probes,
-                        &credentials,
-                    )
-                    .await?;
                 }
                 Action::Rejoin { pod, why } => {
                     tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod, why, "restarting a standby that cannot follow");
@@ -355,6 +338,7 @@ impl<S: Seam> FailoverLoop<S> {
         }
         let decided = Instant::now();
         self.seam.record_intent(&obs.record, intent).await?;
+        self.timing.intent_at = Some(std::time::SystemTime::now());
         self.timing.decided = Some(decided);
         self.timing.decide = decided.duration_since(now);
         Ok(())
@@ -446,13 +430,43 @@ impl<S: Seam> FailoverLoop<S> {
         join_all(repoints).await;
     }
 
-    /// Readies the promotion target (see [`Action::Prepare`]): in quorum
+    /// Publishes the promoted target, and returns the failover's record.
+    async fn publish(
+        &mut self,
+        obs: &Observation,
+        pod: &str,
+        probes: &Probes,
+    ) -> Result<FailoverRecord, FailoverError> {
+        let mut outcome = self.outcome(obs, pod, probes);
+        let publishing = Instant::now();
+        self.seam.publish(&obs.record, &outcome).await?;
+        outcome.phases.publish = publishing.elapsed().as_secs_f64();
+        outcome.duration_seconds += outcome.phases.publish;
+        self.check(Step::Publish)?;
+        if let Some(metrics) = &self.metrics {
+            metrics.record_failover(&obs.namespace, &obs.cluster, &outcome);
+        }
+        tracing::warn!(
+            cluster = %obs.cluster,
+            from = %outcome.from,
+            to = %outcome.to,
+            seconds = outcome.duration_seconds,
+            lost_bytes = ?outcome.lost_bytes,
+            "failover complete"
+        );
+        self.memory.promoted();
+        self.memory.last_primary_lsn = self.timing.promoted_lsn;
+        self.timing = Timing::default();
+        Ok(outcome)
+    }
+
+    /// Readies the promotion target (see [`Action::Promote`]): in quorum
     /// mode the synchronous set it will use is recorded first (the union
     /// with the set in effect, so that the next failover counts every
     /// member that may acknowledge), then set on it; the other standbys
-    /// are pointed at it. Once per promotion: what did not work is done
-    /// again by the housekeeping and re-pointing of the new primary.
-    async fn prepare(
+    /// are pointed at it. What does not work here is done again by the
+    /// housekeeping and re-pointing of the new primary.
+    async fn ready_target(
         &mut self,
         obs: &Observation,
         target: &str,
@@ -461,7 +475,6 @@ impl<S: Seam> FailoverLoop<S> {
         probes: &Probes,
         credentials: &Credentials,
     ) -> Result<(), FailoverError> {
-        self.memory.prepared_epoch = Some(obs.record.epoch);
         let at = member(obs, target)?
             .probe_at
             .clone()
@@ -495,13 +508,20 @@ impl<S: Seam> FailoverLoop<S> {
                     .await?;
             }
         }
-        let (set, ()) = tokio::join!(
-            pg::set_synchronous_standby_names(&at, credentials, synchronous_standby_names),
-            self.repoint(obs, standbys, target, credentials),
-        );
+        let has = probes
+            .get(target)
+            .and_then(|p| p.as_ref().ok())
+            .is_some_and(|p| p.synchronous_standby_names == synchronous_standby_names);
+        let setting = async {
+            if has {
+                return Ok(());
+            }
+            pg::set_synchronous_standby_names(&at, credentials, synchronous_standby_names).await
+        };
+        let (set, ()) = tokio::join!(setting, self.repoint(obs, standbys, target, credentials));
         match set {
             Ok(()) => {
-                tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, synchronous_standby_names, standbys = ?standbys, "promotion target prepared")
+                tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, synchronous_standby_names, standbys = ?standbys, "promotion target readied")
             }
             Err(error) => {
                 tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot set the promotion target's synchronous standbys")

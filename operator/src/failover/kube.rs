@@ -43,7 +43,28 @@ pub struct KubeSeam {
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// Pods seen deleted, by UID: their last state, and when.
     deleted: DeletedPods,
+    /// Addresses of deleted primaries watched for their postmaster to stop
+    /// listening, by address: when it was first refused.
+    stops: Stops,
 }
+
+/// See [`KubeSeam::watch_for_stop`].
+type Stops = Arc<
+    Mutex<
+        HashMap<
+            String,
+            (
+                Arc<std::sync::OnceLock<Instant>>,
+                tokio::task::JoinHandle<()>,
+            ),
+        >,
+    >,
+>;
+/// How often, and how long, the address of a primary being deleted is
+/// tried: its postmaster stops listening a moment before the kubelet tears
+/// its network down (the window is tens of milliseconds to a second).
+const STOP_WATCH_EVERY: Duration = Duration::from_millis(10);
+const STOP_WATCH_FOR: Duration = Duration::from_secs(60);
 
 /// Pods seen deleted from the API, by UID: their last state, and when.
 type DeletedPods = Arc<Mutex<HashMap<String, (Arc<Pod>, Instant)>>>;
@@ -59,6 +80,14 @@ const FENCE_GRACE_SECONDS: i64 = 1;
 impl Drop for KubeSeam {
     fn drop(&mut self) {
         if let Some(task) = &self.watcher {
+            task.abort();
+        }
+        for (_, task) in self
+            .stops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
             task.abort();
         }
     }
@@ -100,7 +129,37 @@ impl KubeSeam {
             recorder,
             watcher: Some(watcher),
             deleted,
+            stops: Stops::default(),
         }
+    }
+
+    /// Starts trying `ip` (the address of a primary being deleted) every
+    /// few milliseconds, and returns when it first refused connections, if
+    /// it has. A postmaster that stopped listening has finished its fast
+    /// shutdown: its backends are gone and it accepts nothing; the kubelet
+    /// then tears the pod's network down within moments, after which the
+    /// address only times out — so a look now and then would miss it.
+    fn watch_for_stop(&self, ip: &str) -> Option<Instant> {
+        let mut stops = self.stops.lock().unwrap_or_else(PoisonError::into_inner);
+        stops.retain(|_, (_, task)| !task.is_finished());
+        if let Some((refused, _)) = stops.get(ip) {
+            return refused.get().copied();
+        }
+        let refused = Arc::new(std::sync::OnceLock::new());
+        let seen = Arc::clone(&refused);
+        let address = ip.to_owned();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < STOP_WATCH_FOR {
+                if let Address::Refused = address_state(&address).await {
+                    let _ = seen.set(Instant::now());
+                    return;
+                }
+                tokio::time::sleep(STOP_WATCH_EVERY).await;
+            }
+        });
+        stops.insert(ip.to_owned(), (refused, task));
+        None
     }
 
     /// A seam over a given pod store (tests).
@@ -120,6 +179,7 @@ impl KubeSeam {
             recorder,
             watcher: None,
             deleted: Arc::default(),
+            stops: Stops::default(),
         }
     }
 
@@ -313,6 +373,40 @@ pub fn pod_stopped_after_deletion(pod: &Pod) -> bool {
         .and_then(|state| state.terminated.as_ref())
         .and_then(|t| t.finished_at.as_ref())
         .is_some_and(|finished| finished.0.as_second() > requested)
+}
+
+/// Whether the pod's postgres container, as it is now, started after
+/// `intent_at` (whole seconds, as the kubelet reports them): its
+/// ordinal-init then found the promotion recorded and refused to start it
+/// as primary; every earlier instance of the container has exited (a
+/// container restarts only once the last one exited, and the processes of
+/// a container end with its first). The crash of a primary restarted in
+/// place is so confirmed without waiting for the kubelet to kill it.
+pub fn restarted_after(pod: &Pod, intent_at: std::time::SystemTime) -> bool {
+    let Ok(since) = intent_at.duration_since(std::time::UNIX_EPOCH) else {
+        return false;
+    };
+    // The first whole second at or after the intent.
+    let after =
+        i64::try_from(since.as_secs()).unwrap_or(i64::MAX) + i64::from(since.subsec_nanos() > 0);
+    let Some(c) = postgres_status(pod) else {
+        return false;
+    };
+    let Some(state) = c.state.as_ref() else {
+        return false;
+    };
+    let started = if let Some(running) = &state.running {
+        running.started_at.as_ref()
+    } else if let Some(terminated) = &state.terminated {
+        terminated.started_at.as_ref()
+    } else {
+        // Waiting to be restarted: the last instance that ran.
+        c.last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.started_at.as_ref())
+    };
+    started.is_some_and(|t| t.0.as_second() >= after)
 }
 
 /// The status of the pod's postgres container.
@@ -646,6 +740,14 @@ impl Seam for KubeSeam {
                     "its postgres container stopped after its pod was deleted".to_owned(),
                 ));
             }
+            if !request.planned
+                && let Some(at) = request.intent_at
+                && restarted_after(&pod, at)
+            {
+                return Ok(FenceState::Stopped(
+                    "its postgres container restarted after the promotion was recorded: ordinal-init found it and does not start it as primary".to_owned(),
+                ));
+            }
             let grace = pod.metadata.deletion_grace_period_seconds;
             let shorten = !request.planned && grace.is_none_or(|g| g > FENCE_GRACE_SECONDS);
             if pod.metadata.deletion_timestamp.is_none() || shorten {
@@ -667,7 +769,7 @@ impl Seam for KubeSeam {
                     .last_answer
                     .is_some_and(|t| t.elapsed() < PLANNED_STOP_SEEN_WITHIN)
                 && let Some(ip) = &request.ip
-                && let Address::Refused = address_state(ip).await
+                && self.watch_for_stop(ip).is_some()
             {
                 return Ok(FenceState::Stopped(format!(
                     "it is being deleted and its address {ip} refuses connections"
@@ -725,6 +827,17 @@ impl Seam for KubeSeam {
         {
             return Ok(FenceState::Stopped(format!(
                 "its replacement on node {node} took the data volume's lock, which the old instance held until its last process exited"
+            )));
+        }
+        // Its address was watched while it was being deleted (above), and
+        // refused connections before the pod went.
+        if request.planned
+            && let Some(ip) = &request.ip
+            && let Some(at) = self.watch_for_stop(ip)
+            && last.as_ref().is_some_and(|(_, gone)| at <= *gone)
+        {
+            return Ok(FenceState::Stopped(format!(
+                "its address {ip} refused connections while it was being deleted"
             )));
         }
         if let Some(ip) = &request.ip {

@@ -78,8 +78,6 @@ pub struct Memory {
     pub fenced_epoch: Option<i64>,
     /// When the fence of the promotion under way was confirmed.
     pub fenced_at: Option<Instant>,
-    /// The epoch whose target was prepared for its promotion.
-    pub prepared_epoch: Option<i64>,
 }
 
 impl Memory {
@@ -203,20 +201,18 @@ pub enum Action {
     /// The promotion waits for something that takes a moment (a final WAL
     /// record, a fence): look again soon.
     Wait(String),
-    /// Before `pg_promote`: give the target the synchronous standbys it
-    /// will need as primary (in effect from its first commit, so that no
-    /// commit is acknowledged by fewer than the quorum), and point the
-    /// other standbys at it, streaming from it as a standby (cascading):
-    /// they follow its promotion on their connection, without a re-point
-    /// after it. `synchronous`: recorded before the target uses it, as
-    /// the union with the set in effect.
-    Prepare {
-        target: String,
+    /// Ready the target, then `pg_promote` it. Readied: it is given the
+    /// `synchronous_standby_names` it needs as primary while still a
+    /// standby (in effect from its first commit, so that no commit is
+    /// acknowledged by fewer than the quorum; recorded first, as the union
+    /// with the set in effect), and the `standbys` not following it yet are
+    /// pointed at it, streaming from it as a standby (cascading): they
+    /// follow its promotion on their connection, without a re-point after.
+    Promote {
+        pod: String,
         synchronous_standby_names: String,
         standbys: Vec<String>,
     },
-    /// `pg_promote` the target.
-    Promote { pod: String },
     /// Route to the promoted target and record it as primary.
     Publish { pod: String },
     /// The recorded primary runs as a standby (it restarted before its
@@ -524,19 +520,10 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
                     "{target} is still receiving the final WAL of {from}"
                 ));
             }
-            if v.memory.prepared_epoch != Some(record.epoch) {
-                let wanted = target_synchronous_standby_names(obs, target);
-                let standbys = cascade(v, target, &from);
-                if p.synchronous_standby_names != wanted || !standbys.is_empty() {
-                    return Action::Prepare {
-                        target: target.to_owned(),
-                        synchronous_standby_names: wanted,
-                        standbys,
-                    };
-                }
-            }
             Action::Promote {
                 pod: target.to_owned(),
+                synchronous_standby_names: target_synchronous_standby_names(obs, target),
+                standbys: cascade(v, target, &from),
             }
         }
         Some(Ok(_)) => Action::Publish {

@@ -111,6 +111,8 @@ pub struct FenceRequest {
     pub deadline: Option<Instant>,
     /// When the old primary last answered the loop's probe.
     pub last_answer: Option<Instant>,
+    /// When the promotion was recorded (wall clock), if this loop did it.
+    pub intent_at: Option<std::time::SystemTime>,
 }
 
 /// Where a fence stands.

@@ -188,6 +188,7 @@ fn fence_request(planned: bool) -> FenceRequest {
         ip: None,
         deadline: None,
         last_answer: None,
+        intent_at: None,
     }
 }
 
@@ -481,4 +482,46 @@ fn pod_states() {
         pod_state(&pending, None),
         PodState::NotRunning("pod phase Pending".to_owned())
     );
+}
+
+#[test]
+fn a_container_restarted_after_the_intent_confirms_the_fence() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let with_state = |state: Value, last: Option<Value>| -> Pod {
+        let mut status = json!({"name": "postgres", "image": "", "imageID": "", "ready": false, "restartCount": 1, "state": state});
+        if let Some(last) = last {
+            status["lastState"] = last;
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": "db-0", "uid": "uid-0"},
+            "spec": {"containers": [], "nodeName": "node-a"},
+            "status": {"phase": "Running", "containerStatuses": [status]}
+        }))
+        .expect("pod")
+    };
+    let second = |s: i64| {
+        k8s_openapi::jiff::Timestamp::from_second(s)
+            .expect("time")
+            .to_string()
+    };
+    // The intent was written at 100.4 s.
+    let intent = UNIX_EPOCH + Duration::from_millis(100_400);
+    // Started in the intent's second: maybe before it, when its
+    // ordinal-init may have started it as primary.
+    let same = with_state(json!({"running": {"startedAt": second(100)}}), None);
+    assert!(!restarted_after(&same, intent));
+    // The next second: after it.
+    let after = with_state(json!({"running": {"startedAt": second(101)}}), None);
+    assert!(restarted_after(&after, intent));
+    // Refused and exited, waiting to be restarted: the last run counts.
+    let waiting = with_state(
+        json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+        Some(json!({"terminated": {"exitCode": 1, "startedAt": second(101)}})),
+    );
+    assert!(restarted_after(&waiting, intent));
+    let earlier = with_state(
+        json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+        Some(json!({"terminated": {"exitCode": 1, "startedAt": second(99)}})),
+    );
+    assert!(!restarted_after(&earlier, intent));
 }

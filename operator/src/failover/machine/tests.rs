@@ -461,17 +461,10 @@ fn a_recorded_promotion_fences_then_promotes_then_publishes() {
     // db-2, detached, is pointed at db-1 before the promotion.
     assert_eq!(
         decide(&obs, &p, &memory),
-        Action::Prepare {
-            target: "db-1".to_owned(),
+        Action::Promote {
+            pod: "db-1".to_owned(),
             synchronous_standby_names: String::new(),
             standbys: vec!["db-2".to_owned()],
-        }
-    );
-    memory.prepared_epoch = Some(4);
-    assert_eq!(
-        decide(&obs, &p, &memory),
-        Action::Promote {
-            pod: "db-1".to_owned()
         }
     );
     let promoted = probes([down(), primary(100), detached(90)]);
@@ -500,7 +493,6 @@ fn a_planned_promotion_waits_briefly_for_the_final_wal() {
     let mut memory = Memory {
         fenced_epoch: Some(4),
         fenced_at: Some(Instant::now()),
-        prepared_epoch: Some(4),
         last_primary_lsn: Some(120),
         ..Memory::default()
     };
@@ -613,42 +605,10 @@ fn the_target_gets_its_quorum_before_it_is_promoted() {
     let p = probes([down(), detached(100), streaming_from_db1(90)]);
     assert_eq!(
         decide(&obs, &p, &memory),
-        Action::Prepare {
-            target: "db-1".to_owned(),
+        Action::Promote {
+            pod: "db-1".to_owned(),
             synchronous_standby_names: r#"ANY 1 ("db-0", "db-2")"#.to_owned(),
             standbys: Vec::new(),
-        }
-    );
-    // Ready: promote.
-    let mut ready = p.clone();
-    if let Some(Ok(target)) = ready.get_mut("db-1") {
-        target.synchronous_standby_names = r#"ANY 1 ("db-0", "db-2")"#.to_owned();
-    }
-    assert_eq!(
-        decide(&obs, &ready, &memory),
-        Action::Promote {
-            pod: "db-1".to_owned()
-        }
-    );
-}
-
-#[test]
-fn the_target_is_prepared_once_per_promotion() {
-    let mut obs = promoting(false);
-    obs.settings = settings(ReplicationMode::Quorum);
-    let memory = Memory {
-        fenced_epoch: Some(4),
-        fenced_at: Some(Instant::now()),
-        prepared_epoch: Some(4),
-        ..Memory::default()
-    };
-    // Whatever did not take (a standby that refused the re-point), the
-    // promotion goes on: the new primary's housekeeping does it again.
-    let p = probes([down(), detached(100), detached(90)]);
-    assert_eq!(
-        decide(&obs, &p, &memory),
-        Action::Promote {
-            pod: "db-1".to_owned()
         }
     );
 }
@@ -662,12 +622,12 @@ fn the_old_primary_is_not_pointed_at_the_target_before_the_promotion() {
         ..Memory::default()
     };
     // db-0 answers as a standby (restarted): it is fenced, and ordinal-init
-    // points it at the new primary; only db-2 is prepared.
+    // points it at the new primary; only db-2 is readied.
     let p = probes([detached(100), streaming(100), streaming(100)]);
     assert_eq!(
         decide(&obs, &p, &memory),
-        Action::Prepare {
-            target: "db-1".to_owned(),
+        Action::Promote {
+            pod: "db-1".to_owned(),
             synchronous_standby_names: String::new(),
             standbys: vec!["db-2".to_owned()],
         }
