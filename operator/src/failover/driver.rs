@@ -232,6 +232,12 @@ impl<S: Seam> FailoverLoop<S> {
                         deadline,
                         last_answer: self.memory.last_contact,
                         intent_at: self.timing.intent_at,
+                        hung: !planned
+                            && self
+                                .memory
+                                .last_error
+                                .as_ref()
+                                .is_some_and(|e| e.failure == pg::ProbeFailure::NoAnswer),
                     };
                     let started = *self.timing.fence_started.get_or_insert(now);
                     match self.seam.fence(&request).await? {

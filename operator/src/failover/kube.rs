@@ -49,21 +49,19 @@ pub struct KubeSeam {
 }
 
 /// See [`KubeSeam::watch_for_stop`].
-type Stops = Arc<
-    Mutex<
-        HashMap<
-            String,
-            (
-                Arc<std::sync::OnceLock<Instant>>,
-                tokio::task::JoinHandle<()>,
-            ),
-        >,
-    >,
->;
+type Stops = Arc<Mutex<HashMap<String, StopWatch>>>;
+/// When the address first refused, the task trying it, when it started.
+type StopWatch = (
+    Arc<std::sync::OnceLock<Instant>>,
+    tokio::task::JoinHandle<()>,
+    Instant,
+);
 /// How often, and how long, the address of a primary being deleted is
 /// tried: its postmaster stops listening a moment before the kubelet tears
 /// its network down (the window is tens of milliseconds to a second).
-const STOP_WATCH_EVERY: Duration = Duration::from_millis(10);
+/// Each try of an address that takes connections costs the postmaster a
+/// fork (it forks to answer), hence not more often.
+const STOP_WATCH_EVERY: Duration = Duration::from_millis(25);
 const STOP_WATCH_FOR: Duration = Duration::from_secs(60);
 
 /// Pods seen deleted from the API, by UID: their last state, and when.
@@ -82,7 +80,7 @@ impl Drop for KubeSeam {
         if let Some(task) = &self.watcher {
             task.abort();
         }
-        for (_, task) in self
+        for (_, task, _) in self
             .stops
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -104,10 +102,22 @@ impl KubeSeam {
         let notify = Arc::clone(&changed);
         let deleted = DeletedPods::default();
         let seen_deleted = Arc::clone(&deleted);
+        let stops = Stops::default();
+        let watched = Arc::clone(&stops);
         let watcher = tokio::spawn(async move {
             let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
+                // The primary's pod is being deleted: watch its address
+                // for its postmaster to stop, from this moment on.
+                if let Ok(watcher::Event::Apply(pod)) = &event
+                    && pod.metadata.deletion_timestamp.is_some()
+                    && pod.labels().get(names::LABEL_ROLE).map(String::as_str)
+                        == Some(names::ROLE_PRIMARY)
+                    && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+                {
+                    watch_for_stop(&watched, ip);
+                }
                 if let Ok(watcher::Event::Delete(pod)) = &event
                     && let Some(uid) = pod.uid()
                 {
@@ -129,37 +139,13 @@ impl KubeSeam {
             recorder,
             watcher: Some(watcher),
             deleted,
-            stops: Stops::default(),
+            stops,
         }
     }
 
-    /// Starts trying `ip` (the address of a primary being deleted) every
-    /// few milliseconds, and returns when it first refused connections, if
-    /// it has. A postmaster that stopped listening has finished its fast
-    /// shutdown: its backends are gone and it accepts nothing; the kubelet
-    /// then tears the pod's network down within moments, after which the
-    /// address only times out — so a look now and then would miss it.
+    /// See [`watch_for_stop`].
     fn watch_for_stop(&self, ip: &str) -> Option<Instant> {
-        let mut stops = self.stops.lock().unwrap_or_else(PoisonError::into_inner);
-        stops.retain(|_, (_, task)| !task.is_finished());
-        if let Some((refused, _)) = stops.get(ip) {
-            return refused.get().copied();
-        }
-        let refused = Arc::new(std::sync::OnceLock::new());
-        let seen = Arc::clone(&refused);
-        let address = ip.to_owned();
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            while started.elapsed() < STOP_WATCH_FOR {
-                if let Address::Refused = address_state(&address).await {
-                    let _ = seen.set(Instant::now());
-                    return;
-                }
-                tokio::time::sleep(STOP_WATCH_EVERY).await;
-            }
-        });
-        stops.insert(ip.to_owned(), (refused, task));
-        None
+        watch_for_stop(&self.stops, ip)
     }
 
     /// A seam over a given pod store (tests).
@@ -373,6 +359,50 @@ pub fn pod_stopped_after_deletion(pod: &Pod) -> bool {
         .and_then(|state| state.terminated.as_ref())
         .and_then(|t| t.finished_at.as_ref())
         .is_some_and(|finished| finished.0.as_second() > requested)
+}
+
+/// Starts trying `ip` (the address of a primary being deleted) every few
+/// milliseconds, unless it is tried already, and returns when it first
+/// refused connections, if it has. A postmaster that stopped listening has
+/// finished its fast shutdown: its backends are gone and it accepts
+/// nothing; the kubelet then tears the pod's network down within moments,
+/// after which the address only times out — so a look now and then would
+/// miss it. Started as soon as the pod is seen terminating.
+fn watch_for_stop(stops: &Stops, ip: &str) -> Option<Instant> {
+    let mut stops = stops.lock().unwrap_or_else(PoisonError::into_inner);
+    // Forget watches long over (what they saw is of no use by then).
+    stops.retain(|_, (_, task, started)| {
+        !task.is_finished() || started.elapsed() < 2 * STOP_WATCH_FOR
+    });
+    if let Some((refused, _, _)) = stops.get(ip) {
+        return refused.get().copied();
+    }
+    let refused = Arc::new(std::sync::OnceLock::new());
+    let seen = Arc::clone(&refused);
+    let address = ip.to_owned();
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        while started.elapsed() < STOP_WATCH_FOR {
+            if let Address::Refused = address_state(&address).await {
+                let _ = seen.set(Instant::now());
+                return;
+            }
+            tokio::time::sleep(STOP_WATCH_EVERY).await;
+        }
+    });
+    stops.insert(ip.to_owned(), (refused, task, Instant::now()));
+    None
+}
+
+/// Whether the fence may take the old primary's address refusing
+/// connections, once its pod is being deleted, for its stop: planned (it
+/// was serving a moment ago), or hung (see [`FenceRequest::hung`]).
+fn watches_for_stop(request: &FenceRequest) -> bool {
+    (request.planned
+        && request
+            .last_answer
+            .is_some_and(|t| t.elapsed() < PLANNED_STOP_SEEN_WITHIN))
+        || (!request.planned && request.hung)
 }
 
 /// Whether the pod's postgres container, as it is now, started after
@@ -762,17 +792,17 @@ impl Seam for KubeSeam {
             // address now refuses connections: its postmaster has stopped
             // listening (fast shutdown), and the kubelet starts no container
             // in a terminating pod. Seen well before the kubelet reports the
-            // container stopped (its relist runs once a second).
-            if request.planned
+            // container stopped (its relist runs once a second). Likewise a
+            // hung one once the kubelet has killed it: it was alive when the
+            // promotion was recorded, so a container started since finds it
+            // and does not start as primary.
+            if watches_for_stop(request)
                 && pod.metadata.deletion_timestamp.is_some()
-                && request
-                    .last_answer
-                    .is_some_and(|t| t.elapsed() < PLANNED_STOP_SEEN_WITHIN)
                 && let Some(ip) = &request.ip
                 && self.watch_for_stop(ip).is_some()
             {
                 return Ok(FenceState::Stopped(format!(
-                    "it is being deleted and its address {ip} refuses connections"
+                    "it is being deleted and its address {ip} refused connections"
                 )));
             }
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -831,7 +861,7 @@ impl Seam for KubeSeam {
         }
         // Its address was watched while it was being deleted (above), and
         // refused connections before the pod went.
-        if request.planned
+        if watches_for_stop(request)
             && let Some(ip) = &request.ip
             && let Some(at) = self.watch_for_stop(ip)
             && last.as_ref().is_some_and(|(_, gone)| at <= *gone)

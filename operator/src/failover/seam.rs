@@ -113,6 +113,10 @@ pub struct FenceRequest {
     pub last_answer: Option<Instant>,
     /// When the promotion was recorded (wall clock), if this loop did it.
     pub intent_at: Option<std::time::SystemTime>,
+    /// It was lost hung: its address took connections that PostgreSQL
+    /// never answered. The instance seen then was alive when the promotion
+    /// was recorded, so any container started after it finds the promotion.
+    pub hung: bool,
 }
 
 /// Where a fence stands.

@@ -189,6 +189,7 @@ fn fence_request(planned: bool) -> FenceRequest {
         deadline: None,
         last_answer: None,
         intent_at: None,
+        hung: false,
     }
 }
 
