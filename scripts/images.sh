@@ -6,7 +6,7 @@
 #   scripts/images.sh build  [IMAGE...]   build the archives (when stale)
 #   scripts/images.sh import [IMAGE...]   build, then import into the running cluster
 #
-# Images (all by default):
+# Images (all but patroni by default):
 #   pause     the sandbox image: e2e/kube/pause, a static binary
 #   postgres  PostgreSQL $POSTGRES_MAJOR from Debian's packages, laid out like the
 #             official `postgres` image: user postgres (uid/gid 999), the server
@@ -14,6 +14,9 @@
 #   ordinal   the release binaries of this workspace (ordinal-operator and
 #             ordinal-init) on a small glibc base, user 65532, like
 #             deploy/Dockerfile's distroless image
+#   patroni   only when named: the postgres image plus Debian's patroni, run as
+#             uid 999 by e2e/patroni/entrypoint.sh, for the failover benchmark
+#             beside Patroni (e2e/patroni/patroni.yaml, e2e/benches/patroni.rs)
 #
 # Real clusters use the official images (postgres:17, and the Ordinal image
 # that deploy/Dockerfile builds); these stand in for them where no registry
@@ -25,6 +28,8 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 
 CONTAINERD_SOCK=/run/ordinal-cluster/containerd/containerd.sock
 ALL_IMAGES=(pause postgres ordinal)
+# Built only when named: not part of the default set (nor of CI's).
+EXTRA_IMAGES=(patroni)
 # The Debian release the PostgreSQL image is built from: the one whose
 # postgresql package is $POSTGRES_MAJOR, as the official image is.
 POSTGRES_SUITE=trixie
@@ -81,31 +86,44 @@ build_pause() {
   echo "$key" >"$IMAGES_DIR/pause.key"
 }
 
-build_postgres() {
-  local key
-  key=$(content_hash "$0" "$POSTGRES_IMAGE" "$POSTGRES_SUITE")
-  fresh postgres "$key" && return 0
+# debian_postgres ROOT LOG: a Debian $POSTGRES_SUITE root filesystem at ROOT
+# with postgresql-$POSTGRES_MAJOR, laid out like the official image: user
+# postgres (uid/gid 999), no cluster created, an empty PGDATA, the socket
+# directory. Images built on it install more packages with debian_install,
+# then call debian_clean before writing the archive.
+debian_postgres() {
+  local root=$1 log=$2 mirror
   command -v debootstrap >/dev/null || apt_install debootstrap
-  local root mirror
   mirror=$(debian_mirror)
-  root=$(mktemp -d "$IMAGES_DIR/.postgres.XXXXXX")
   mkdir -p "$CACHE_DIR/debs/$POSTGRES_SUITE"
-  log "image $POSTGRES_IMAGE: Debian $POSTGRES_SUITE with postgresql-$POSTGRES_MAJOR (about a minute)"
   debootstrap --variant=minbase --cache-dir="$CACHE_DIR/debs/$POSTGRES_SUITE" \
-    "$POSTGRES_SUITE" "$root" "$mirror" >"$IMAGES_DIR/postgres.debootstrap.log" 2>&1 ||
-    { tail -20 "$IMAGES_DIR/postgres.debootstrap.log" >&2; die "debootstrap failed"; }
+    "$POSTGRES_SUITE" "$root" "$mirror" >"$log" 2>&1 ||
+    { tail -20 "$log" >&2; die "debootstrap failed"; }
   # As the official image does: the user first, so that it gets uid 999,
   # and no cluster created by the package (PGDATA starts empty).
   chroot "$root" groupadd -r -g 999 postgres
   chroot "$root" useradd -r -g postgres -u 999 --home-dir=/var/lib/postgresql --shell=/bin/bash postgres
   mkdir -p "$root/var/lib/postgresql"
   chroot "$root" chown postgres:postgres /var/lib/postgresql
-  chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-common \
-    >>"$IMAGES_DIR/postgres.debootstrap.log" 2>&1 || die "installing postgresql-common failed"
+  debian_install "$root" "$log" postgresql-common
   sed -ri 's/#(create_main_cluster) .*$/\1 = false/' "$root/etc/postgresql-common/createcluster.conf"
-  chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-    "postgresql-$POSTGRES_MAJOR" >>"$IMAGES_DIR/postgres.debootstrap.log" 2>&1 ||
-    die "installing postgresql-$POSTGRES_MAJOR failed"
+  debian_install "$root" "$log" "postgresql-$POSTGRES_MAJOR"
+  [ -x "$root$(postgres_bin)/postgres" ] || die "no $(postgres_bin)/postgres in the image"
+}
+
+# debian_install ROOT LOG PACKAGE...: Debian packages into ROOT, without
+# their recommendations.
+debian_install() {
+  local root=$1 log=$2
+  shift 2
+  chroot "$root" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
+    >>"$log" 2>&1 || { tail -20 "$log" >&2; die "installing $* failed"; }
+}
+
+# debian_clean ROOT: drops what a container does not need from ROOT, then
+# makes the directories postgres runs in.
+debian_clean() {
+  local root=$1
   chroot "$root" apt-get clean
   # What a container does not need: package lists, docs, the runtime's mounts.
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
@@ -116,13 +134,57 @@ build_postgres() {
   chroot "$root" chown postgres:postgres /run/postgresql /var/lib/postgresql/data
   chmod 3777 "$root/run/postgresql"
   chmod 1777 "$root/var/lib/postgresql/data"
-  local bin=/usr/lib/postgresql/$POSTGRES_MAJOR/bin
-  [ -x "$root$bin/postgres" ] || die "no $bin/postgres in the image"
+}
+
+# The server binaries' directory in the PostgreSQL images.
+postgres_bin() { echo "/usr/lib/postgresql/$POSTGRES_MAJOR/bin"; }
+
+# The environment of the PostgreSQL images (JSON strings, comma-separated).
+postgres_env() {
+  printf '"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:%s","PG_MAJOR=%s","PGDATA=/var/lib/postgresql/data","LANG=C.UTF-8"' \
+    "$(postgres_bin)" "$POSTGRES_MAJOR"
+}
+
+build_postgres() {
+  local key
+  key=$(content_hash "$0" "$POSTGRES_IMAGE" "$POSTGRES_SUITE")
+  fresh postgres "$key" && return 0
+  local root
+  root=$(mktemp -d "$IMAGES_DIR/.postgres.XXXXXX")
+  log "image $POSTGRES_IMAGE: Debian $POSTGRES_SUITE with postgresql-$POSTGRES_MAJOR (about a minute)"
+  debian_postgres "$root" "$IMAGES_DIR/postgres.debootstrap.log"
+  debian_clean "$root"
   write_archive "$POSTGRES_IMAGE" "$root" \
-    "{\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$bin\",\"PG_MAJOR=$POSTGRES_MAJOR\",\"PGDATA=/var/lib/postgresql/data\",\"LANG=C.UTF-8\"],\"Cmd\":[\"postgres\"],\"StopSignal\":\"SIGINT\",\"Volumes\":{\"/var/lib/postgresql/data\":{}}}" \
+    "{\"Env\":[$(postgres_env)],\"Cmd\":[\"postgres\"],\"StopSignal\":\"SIGINT\",\"Volumes\":{\"/var/lib/postgresql/data\":{}}}" \
     "$IMAGES_DIR/postgres.tar"
   rm -rf "$root"
   echo "$key" >"$IMAGES_DIR/postgres.key"
+}
+
+# The postgres image's root filesystem, plus Debian's patroni package and
+# e2e/patroni/entrypoint.sh, which writes Patroni's configuration from the
+# environment and execs patroni (PID 1 of the container; the postmaster is
+# its child). Patroni's Kubernetes DCS needs no Python package beyond the
+# package's own dependencies (it talks to the API server with urllib3).
+build_patroni() {
+  local entrypoint=$REPO/e2e/patroni/entrypoint.sh key
+  key=$(content_hash "$0" "$entrypoint" "$PATRONI_IMAGE" "$POSTGRES_SUITE")
+  fresh patroni "$key" && return 0
+  local root log=$IMAGES_DIR/patroni.debootstrap.log
+  root=$(mktemp -d "$IMAGES_DIR/.patroni.XXXXXX")
+  log "image $PATRONI_IMAGE: Debian $POSTGRES_SUITE with postgresql-$POSTGRES_MAJOR and patroni (a minute or two)"
+  debian_postgres "$root" "$log"
+  debian_install "$root" "$log" patroni
+  chroot "$root" patroni --version >>"$log" 2>&1 || die "patroni does not run in the image"
+  sed -n 's/^patroni /Patroni /p' "$log" | tail -1 >&2
+  debian_clean "$root"
+  install -D -m 0755 "$entrypoint" "$root/usr/local/bin/patroni-entrypoint"
+  # The configuration is written at start to the postgres user's home.
+  write_archive "$PATRONI_IMAGE" "$root" \
+    "{\"User\":\"999:999\",\"Env\":[$(postgres_env),\"HOME=/var/lib/postgresql\"],\"WorkingDir\":\"/var/lib/postgresql\",\"Entrypoint\":[\"/usr/local/bin/patroni-entrypoint\"],\"ExposedPorts\":{\"5432/tcp\":{},\"8008/tcp\":{}},\"Volumes\":{\"/var/lib/postgresql/data\":{}}}" \
+    "$IMAGES_DIR/patroni.tar"
+  rm -rf "$root"
+  echo "$key" >"$IMAGES_DIR/patroni.key"
 }
 
 build_ordinal() {
@@ -179,6 +241,7 @@ import_image() {
     pause) ref=$PAUSE_IMAGE ;;
     postgres) ref=$POSTGRES_IMAGE ;;
     ordinal) ref=$ORDINAL_IMAGE ;;
+    patroni) ref=$PATRONI_IMAGE ;;
   esac
   local key
   key=$(cat "$IMAGES_DIR/$name.key")
@@ -197,7 +260,10 @@ shift || true
 images=("$@")
 [ ${#images[@]} -gt 0 ] || images=("${ALL_IMAGES[@]}")
 for name in "${images[@]}"; do
-  case " ${ALL_IMAGES[*]} " in *" $name "*) ;; *) die "no image $name (images: ${ALL_IMAGES[*]})" ;; esac
+  case " ${ALL_IMAGES[*]} ${EXTRA_IMAGES[*]} " in
+    *" $name "*) ;;
+    *) die "no image $name (images: ${ALL_IMAGES[*]} ${EXTRA_IMAGES[*]})" ;;
+  esac
 done
 mkdir -p "$IMAGES_DIR"
 case "$cmd" in

@@ -16,6 +16,9 @@ ORDINAL_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head 
 ORDINAL_IMAGE=ghcr.io/ordinal-dev/ordinal:$ORDINAL_VERSION
 POSTGRES_MAJOR=17
 POSTGRES_IMAGE=ordinal.local/postgres:$POSTGRES_MAJOR
+# The postgres image plus Debian's patroni, for the failover benchmark
+# (e2e/patroni/); built only when named (scripts/images.sh import patroni).
+PATRONI_IMAGE=ordinal.local/patroni:$POSTGRES_MAJOR
 PAUSE_IMAGE=ordinal.local/pause:3.10
 PROVISIONER=ordinal.dev/local-path
 

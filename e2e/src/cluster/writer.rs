@@ -126,6 +126,17 @@ impl Writer {
             .map(|(at, by)| (*at, by.clone()))
     }
 
+    /// The write outage around `t`: the longest gap between consecutive
+    /// acknowledgements from the last one before `t` to the last so far.
+    pub fn longest_gap_since(&self, t: Instant) -> Option<Duration> {
+        let a = self.acks.lock().unwrap();
+        let from = a.at.iter().rposition(|at| *at <= t)?;
+        a.at[from..]
+            .windows(2)
+            .map(|pair| pair[1].duration_since(pair[0]))
+            .max()
+    }
+
     /// Acknowledgements after `t` by `by`.
     pub fn acks_after_by(&self, t: Instant, by: &str) -> usize {
         let a = self.acks.lock().unwrap();

@@ -77,6 +77,20 @@ pub fn detect(
                 "primary {primary_name} is not running: {why}"
             )));
         }
+        // A crashed postmaster restarts in place: back in a second or two
+        // with its data (crash recovery), nothing lost, no promotion. It
+        // is given the probes a failure would be given before it is lost.
+        PodState::Restarting(why) if streak.failures < threshold => {
+            return Detection::Suspect(format!(
+                "primary {primary_name} is restarting in place ({why}): {} of {threshold} probes failed",
+                streak.failures
+            ));
+        }
+        PodState::Restarting(why) => {
+            return Detection::Lost(Loss::PodDown(format!(
+                "primary {primary_name} did not come back from a restart in place within {threshold} probes: {why}"
+            )));
+        }
         PodState::NodeNotReady(node) if matches!(probes.get(primary_name), Some(Ok(p)) if !p.in_recovery) =>
         {
             // The node's kubelet is unreachable but postgres answers as the

@@ -566,7 +566,12 @@ pub fn pod_state(pod: &Pod, node_ready: Option<bool>) -> PodState {
                 .and_then(|w| w.reason.clone())
                 .or_else(|| state.terminated.as_ref().and_then(|t| t.reason.clone()))
                 .unwrap_or_else(|| "not running".to_owned());
-            PodState::NotRunning(format!("container postgres: {why}"))
+            // Crash looping: the kubelet waits before each restart.
+            if why == "CrashLoopBackOff" {
+                PodState::NotRunning(format!("container postgres: {why}"))
+            } else {
+                PodState::Restarting(format!("container postgres: {why}"))
+            }
         }
         None => PodState::NotRunning("container postgres has no state yet".to_owned()),
     }

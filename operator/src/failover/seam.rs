@@ -29,9 +29,13 @@ impl Endpoint {
 pub enum PodState {
     /// The postgres container runs.
     Running,
-    /// The pod exists but postgres does not run (crashed, restarting,
-    /// pending, failed). The string says why.
+    /// The pod exists but postgres does not run (pending, failed, crash
+    /// looping). The string says why.
     NotRunning(String),
+    /// The pod runs but its postgres container has just stopped (a crash):
+    /// the kubelet restarts it in place, and it comes back as the same
+    /// instance with its data. The string says why it stopped.
+    Restarting(String),
     /// The pod is being deleted (drain, `kubectl delete pod`): a planned
     /// loss, its fast shutdown streams the final WAL to the standbys.
     Terminating,

@@ -143,6 +143,30 @@ fn pod_evidence_is_enough() {
 }
 
 #[test]
+fn a_primary_restarting_in_place_gets_the_threshold_before_it_is_lost() {
+    let p = probes([
+        ("db-0", down()),
+        ("db-1", replica(100, false)),
+        ("db-2", replica(90, false)),
+    ]);
+    let restarting = three([
+        PodState::Restarting("container postgres: Error".into()),
+        PodState::Running,
+        PodState::Running,
+    ]);
+    // The kubelet brings it back with its data: no promotion meanwhile.
+    assert!(matches!(
+        detect("db-0", &restarting, &p, streak(2), 3),
+        Detection::Suspect(w) if w.contains("restarting in place")
+    ));
+    // Not back within the threshold: lost.
+    assert!(matches!(
+        detect("db-0", &restarting, &p, streak(3), 3),
+        Detection::Lost(Loss::PodDown(w)) if w.contains("did not come back")
+    ));
+}
+
+#[test]
 fn probe_failures_need_the_threshold_and_the_replicas_confirmation() {
     let lost = probes([
         ("db-0", down()),

@@ -471,6 +471,20 @@ fn pod_states() {
         pod_state(&crashed, None),
         PodState::NotRunning("container postgres: CrashLoopBackOff".to_owned())
     );
+    let mut restarting = running.clone();
+    restarting
+        .status
+        .as_mut()
+        .expect("status")
+        .container_statuses
+        .as_mut()
+        .expect("statuses")[0]
+        .state =
+        serde_json::from_value(json!({"terminated": {"exitCode": 137, "reason": "Error"}})).ok();
+    assert_eq!(
+        pod_state(&restarting, None),
+        PodState::Restarting("container postgres: Error".to_owned())
+    );
     let mut deleted = running.clone();
     deleted.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

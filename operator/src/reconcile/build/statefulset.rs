@@ -325,12 +325,14 @@ fn postgres_container(cluster: &ValidCluster) -> Container {
         volume_mounts: Some(mounts),
         security_context: Some(restricted()),
         // Crash recovery after an unclean stop can take minutes: the
-        // startup probe holds liveness off until the server answers.
+        // startup probe holds liveness off until the server answers (30
+        // minutes at most). Every second: a primary restarted in place
+        // after a crash serves again once it passes, and readiness follows.
         startup_probe: Some(Probe {
             exec: exec_ordinal_init(&["probe", "live"]),
-            period_seconds: Some(5),
+            period_seconds: Some(1),
             timeout_seconds: Some(5),
-            failure_threshold: Some(360),
+            failure_threshold: Some(1800),
             ..Probe::default()
         }),
         // Every 2 s: the liveness probe is also where an isolated or
