@@ -309,7 +309,10 @@ fn outage_since(at: &[Instant], t0: Instant) -> Option<(f64, bool)> {
 async fn run_once(h: &Harness, d: &Deployed, case: Case, cap: Duration) -> Run {
     let primary = wait_whole(h, d).await;
     let sampler = Sampler::start_on(h, &d.members, &d.password, true).await;
-    let writer = Writer::start_on(h, &d.service, &d.password).await;
+    // A fresh connection for every write, as a client pool that reconnects
+    // would: a session kept from before the failure could go on committing
+    // on a hung primary (its backends run; its postmaster takes nothing new).
+    let writer = Writer::start_with(h, &d.service, &d.password, true).await;
     writer.wait_more_acks(h, 30).await;
     let t0 = Instant::now();
     disrupt(h, &primary, case).await;
@@ -351,13 +354,21 @@ fn summarize(runs: &[Run]) -> Summary {
     let mut outages: Vec<f64> = runs.iter().filter_map(|r| r.outage).collect();
     outages.sort_by(f64::total_cmp);
     let none = runs.len() - outages.len();
-    // A run with no write within the cap ranks above every measured one.
-    let ranked = |p: f64| -> Option<f64> {
-        let rank = ((p / 100.0) * (runs.len() as f64 - 1.0)).round() as usize;
-        outages.get(rank).copied()
+    // The median; a run with no write within the cap ranks above every
+    // measured one (so a median that falls on it is "none within").
+    let n = runs.len();
+    let p50 = if n == 0 {
+        None
+    } else if n % 2 == 1 {
+        outages.get(n / 2).copied()
+    } else {
+        match (outages.get(n / 2 - 1), outages.get(n / 2)) {
+            (Some(a), Some(b)) => Some((a + b) / 2.0),
+            _ => None,
+        }
     };
     Summary {
-        p50: ranked(50.0),
+        p50,
         max: if none > 0 {
             None
         } else {

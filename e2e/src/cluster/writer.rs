@@ -51,8 +51,17 @@ impl Writer {
     }
 
     /// Creates the table and starts writing through Service `service`
-    /// (the pod it routes to), as `postgres` with `password`.
+    /// (the pod it routes to), as `postgres` with `password`, on one session
+    /// kept while it works.
     pub async fn start_on(h: &Harness, service: &str, password: &str) -> Self {
+        Self::start_with(h, service, password, false).await
+    }
+
+    /// As [`Writer::start_on`]; `fresh`: a new connection for every write,
+    /// as the clients of the failover measurements do (a session opened
+    /// before a failure may go on committing on a hung primary whose
+    /// postmaster takes no new connection).
+    pub async fn start_with(h: &Harness, service: &str, password: &str, fresh: bool) -> Self {
         let (pod, session) = h.sql_service(service, password).await;
         session
             .batch_execute(&format!(
@@ -98,6 +107,7 @@ impl Writer {
             Arc::clone(&acks),
             Arc::clone(&split_routes),
             direct,
+            fresh,
             stopped,
         ));
         Self {
@@ -198,12 +208,16 @@ async fn write_loop(
     acks: Arc<Mutex<Acks>>,
     split_routes: Arc<Mutex<Vec<Vec<String>>>>,
     direct: bool,
+    fresh: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     const RESOLVE_EVERY: Duration = Duration::from_secs(1);
     let statement = format!("INSERT INTO {WRITES_TABLE} (id, pod) VALUES ($1, $2)");
     let mut session: Option<(String, tokio_postgres::Client)> = None;
     let mut resolved_at: Option<Instant> = None;
+    // The pod the Service routes to (and its address), re-read every
+    // second and after every failure.
+    let mut route: Option<(String, Option<String>)> = None;
     // ORDINAL_E2E_WRITER_TRACE=1: each failed step, and the first
     // acknowledgement after failures, on stderr (where an outage goes).
     let tracing = std::env::var_os("ORDINAL_E2E_WRITER_TRACE").is_some();
@@ -224,12 +238,13 @@ async fn write_loop(
     };
     while !*stop.borrow() {
         let stale = resolved_at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY);
-        if session.is_none() || stale {
+        if route.is_none() || stale {
             let routed = match routed_endpoints(&client, &namespace, &service).await {
                 Ok(routed) => routed,
                 Err(e) => {
                     trace(format!("resolving {service}: {e}"));
                     failing = true;
+                    route = None;
                     acks.lock().unwrap().errors += 1;
                     pause(&mut stop, 200).await;
                     continue;
@@ -246,38 +261,41 @@ async fn write_loop(
                 trace(format!("{service} routes to {:?}", routed.keys()));
                 failing = true;
                 session = None;
+                route = None;
                 pause(&mut stop, 100).await;
                 continue;
             }
-            let Some((pod, ip)) = routed.into_iter().next() else {
-                continue;
+            route = routed.into_iter().next();
+        }
+        let Some((pod, ip)) = route.clone() else {
+            continue;
+        };
+        if session.as_ref().is_none_or(|(p, _)| *p != pod) {
+            // Straight to the pod's address where this machine reaches it
+            // (the local cluster), else through a port-forward.
+            let connecting = async {
+                match (&ip, direct) {
+                    (Some(ip), true) => connect_ip(ip, &password).await,
+                    _ => connect_pod(&client, &namespace, &pod, &password).await,
+                }
             };
-            if session.as_ref().is_none_or(|(p, _)| *p != pod) {
-                // Straight to the pod's address where this machine reaches
-                // it (the local cluster), else through a port-forward.
-                let connecting = async {
-                    match (&ip, direct) {
-                        (Some(ip), true) => connect_ip(ip, &password).await,
-                        _ => connect_pod(&client, &namespace, &pod, &password).await,
-                    }
-                };
-                session = match tokio::time::timeout(WRITE_CONNECT_TIMEOUT, connecting).await {
-                    Ok(Ok(s)) => Some((pod.clone(), s)),
-                    other => {
-                        trace(format!(
-                            "connecting to {pod}: {}",
-                            match other {
-                                Ok(Err(e)) => e,
-                                _ => "timed out".to_owned(),
-                            }
-                        ));
-                        failing = true;
-                        acks.lock().unwrap().errors += 1;
-                        pause(&mut stop, 200).await;
-                        continue;
-                    }
-                };
-            }
+            session = match tokio::time::timeout(WRITE_CONNECT_TIMEOUT, connecting).await {
+                Ok(Ok(s)) => Some((pod.clone(), s)),
+                other => {
+                    trace(format!(
+                        "connecting to {pod}: {}",
+                        match other {
+                            Ok(Err(e)) => e,
+                            _ => "timed out".to_owned(),
+                        }
+                    ));
+                    failing = true;
+                    route = None;
+                    acks.lock().unwrap().errors += 1;
+                    pause(&mut stop, 200).await;
+                    continue;
+                }
+            };
         }
         let Some((pod, db)) = session.as_ref() else {
             continue;
@@ -300,6 +318,10 @@ async fn write_loop(
                 a.ids.push(id);
                 a.at.push(Instant::now());
                 a.by.push(pod.clone());
+                drop(a);
+                if fresh {
+                    session = None;
+                }
             }
             // Not acknowledged: it may or may not have committed.
             other => {
@@ -313,6 +335,7 @@ async fn write_loop(
                 failing = true;
                 acks.lock().unwrap().errors += 1;
                 session = None;
+                route = None;
                 pause(&mut stop, 100).await;
             }
         }
