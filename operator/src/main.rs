@@ -132,13 +132,13 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let _ = http_stopped.await;
     }));
     let result = if args.no_leader_election {
-        controller::run(ctx.clone(), ready)
-            .await
-            .map_err(Into::into)
+        let result = controller::run(ctx.clone(), ready).await;
+        ctx.stop_failover_loops().await;
+        result.map_err(Into::into)
     } else {
+        // Stops the failover loops itself, before it releases the Lease.
         lead(&ctx, ready, &args.lease_namespace, &identity).await
     };
-    ctx.stop_failover_loops().await;
     let _ = stop_http.send(());
     if let Ok(Err(error)) = server.await {
         tracing::warn!(%error, "metrics server failed");

@@ -395,6 +395,39 @@ pub fn standbys(primary_name: &str, members: &[Member], replicas: i32) -> Vec<St
     names.into_iter().map(|(_, n)| n).collect()
 }
 
+/// The synchronous set to record before a new one (`expected`, `ANY
+/// quorum`) is put in effect: the union with the set `recorded`, less
+/// `without` (a primary, which is no standby of itself), and the smaller
+/// k, so that a failover counts every member that may have acknowledged
+/// a commit under either.
+pub fn union_synchronous_set(
+    recorded: Option<&ordinal_crds::SynchronousSet>,
+    without: Option<&str>,
+    expected: &[String],
+    quorum: i32,
+) -> ordinal_crds::SynchronousSet {
+    let mut standbys: Vec<String> = recorded
+        .map(|r| {
+            r.standbys
+                .iter()
+                .filter(|s| Some(s.as_str()) != without)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for s in expected {
+        if !standbys.contains(s) {
+            standbys.push(s.clone());
+        }
+    }
+    standbys.sort();
+    ordinal_crds::SynchronousSet {
+        quorum: recorded.map_or(quorum, |r| r.quorum.min(quorum)),
+        standbys,
+        shrunk_at: recorded.and_then(|r| r.shrunk_at.clone()),
+    }
+}
+
 /// Every pod name of ordinal < replicas except the primary: the standbys
 /// the quorum is counted over, whether or not their pods exist right now.
 pub fn expected_standbys(cluster: &str, primary_name: &str, replicas: i32) -> Vec<String> {

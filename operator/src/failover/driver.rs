@@ -491,18 +491,7 @@ impl<S: Seam> FailoverLoop<S> {
         if quorum {
             let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
             let recorded = obs.record.synchronous.as_ref();
-            let mut union: Vec<String> = recorded.map(|r| r.standbys.clone()).unwrap_or_default();
-            for s in expected {
-                if !union.contains(&s) {
-                    union.push(s);
-                }
-            }
-            union.sort();
-            let set = SynchronousSet {
-                quorum: recorded.map_or(obs.settings.quorum, |r| r.quorum.min(obs.settings.quorum)),
-                standbys: union,
-                shrunk_at: recorded.and_then(|r| r.shrunk_at.clone()),
-            };
+            let set = decide::union_synchronous_set(recorded, None, &expected, obs.settings.quorum);
             if recorded != Some(&set) {
                 self.seam
                     .report(&Report {
@@ -568,29 +557,12 @@ impl<S: Seam> FailoverLoop<S> {
             });
             if !covered {
                 // Record the union first; apply on the next look.
-                let mut standbys: Vec<String> = recorded
-                    .as_ref()
-                    .map(|r| {
-                        r.standbys
-                            .iter()
-                            .filter(|s| *s != primary)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for s in &expected {
-                    if !standbys.contains(s) {
-                        standbys.push(s.clone());
-                    }
-                }
-                standbys.sort();
-                let union = SynchronousSet {
-                    quorum: recorded
-                        .as_ref()
-                        .map_or(obs.settings.quorum, |r| r.quorum.min(obs.settings.quorum)),
-                    standbys,
-                    shrunk_at: recorded.as_ref().and_then(|r| r.shrunk_at.clone()),
-                };
+                let union = decide::union_synchronous_set(
+                    recorded.as_ref(),
+                    Some(primary),
+                    &expected,
+                    obs.settings.quorum,
+                );
                 return Ok(Some(union));
             }
         }

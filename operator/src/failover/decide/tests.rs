@@ -555,3 +555,21 @@ fn a_synchronous_set_that_shrinks_is_counted_whole_until_caught_up() {
     );
     assert_eq!(after.standbys, names(&["db-0", "db-2"]));
 }
+
+#[test]
+fn the_recorded_union_keeps_every_member_that_may_acknowledge() {
+    let recorded = ordinal_crds::SynchronousSet {
+        quorum: 1,
+        standbys: vec!["db-1".to_owned(), "db-2".to_owned()],
+        shrunk_at: None,
+    };
+    let expected = vec!["db-0".to_owned(), "db-2".to_owned()];
+    // db-1 becomes primary: no standby of itself.
+    let set = union_synchronous_set(Some(&recorded), Some("db-1"), &expected, 2);
+    assert_eq!(set.standbys, ["db-0", "db-2"]);
+    assert_eq!(set.quorum, 1, "the smaller k of the two");
+    let kept = union_synchronous_set(Some(&recorded), None, &expected, 1);
+    assert_eq!(kept.standbys, ["db-0", "db-1", "db-2"]);
+    let fresh = union_synchronous_set(None, None, &expected, 1);
+    assert_eq!(fresh.standbys, ["db-0", "db-2"]);
+}
