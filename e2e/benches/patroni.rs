@@ -43,7 +43,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
 use nix::sys::signal::Signal;
 use ordinal_crds::{ReplicationMode, names};
-use ordinal_e2e::cluster::{Harness, Sampler, Writer, connect_pod, pod_ready, routed_pods};
+use ordinal_e2e::cluster::{Harness, Loss, Sampler, Writer, connect_pod, pod_ready, routed_pods};
 
 const ORDINAL_CLUSTER: &str = "db";
 const PATRONI_CLUSTER: &str = "pt";
@@ -57,32 +57,22 @@ enum System {
     Patroni,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Case {
-    Delete,
-    Force,
-    Kill,
-    Hang,
+fn parse_case(s: &str) -> Option<Loss> {
+    match s {
+        "delete" => Some(Loss::Delete),
+        "force" => Some(Loss::ForceDelete),
+        "kill" => Some(Loss::Kill),
+        "hang" => Some(Loss::Hang),
+        _ => None,
+    }
 }
 
-impl Case {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "delete" => Some(Self::Delete),
-            "force" => Some(Self::Force),
-            "kill" => Some(Self::Kill),
-            "hang" => Some(Self::Hang),
-            _ => None,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Delete => "`kubectl delete pod`",
-            Self::Force => "`--grace-period=0 --force`",
-            Self::Kill => "postmaster `kill -9`",
-            Self::Hang => "postmaster hung (`kill -STOP`)",
-        }
+fn label(case: Loss) -> &'static str {
+    match case {
+        Loss::Delete => "`kubectl delete pod`",
+        Loss::ForceDelete => "`--grace-period=0 --force`",
+        Loss::Kill => "postmaster `kill -9`",
+        Loss::Hang => "postmaster hung (`kill -STOP`)",
     }
 }
 
@@ -264,21 +254,6 @@ async fn wait_whole(h: &Harness, d: &Deployed) -> String {
     }
 }
 
-async fn disrupt(h: &Harness, pod: &str, case: Case) {
-    match case {
-        Case::Delete => h.delete_pod(pod).await,
-        Case::Force => h.force_delete_pod(pod).await,
-        Case::Kill => h
-            .signal_postgres(pod, Signal::SIGKILL)
-            .await
-            .unwrap_or_else(|why| panic!("kill -9 of {pod}: {why}")),
-        Case::Hang => h
-            .signal_postgres(pod, Signal::SIGSTOP)
-            .await
-            .unwrap_or_else(|why| panic!("kill -STOP of {pod}: {why}")),
-    }
-}
-
 /// The write outage around `t0`: the longest gap between consecutive
 /// acknowledgements from the last one before `t0` on, and whether writes
 /// were acknowledged again after it (false: the gap is still open, counted
@@ -306,7 +281,7 @@ fn outage_since(at: &[Instant], t0: Instant) -> Option<(f64, bool)> {
     Some((longest, closed && disrupted))
 }
 
-async fn run_once(h: &Harness, d: &Deployed, case: Case, cap: Duration) -> Run {
+async fn run_once(h: &Harness, d: &Deployed, case: Loss, cap: Duration) -> Run {
     let primary = wait_whole(h, d).await;
     let sampler = Sampler::start_on(h, &d.members, &d.password, true).await;
     // A fresh connection for every write, as a client pool that reconnects
@@ -315,7 +290,7 @@ async fn run_once(h: &Harness, d: &Deployed, case: Case, cap: Duration) -> Run {
     let writer = Writer::start_with(h, &d.service, &d.password, true).await;
     writer.wait_more_acks(h, 30).await;
     let t0 = Instant::now();
-    disrupt(h, &primary, case).await;
+    h.lose(&primary, case).await;
     // Until a write is acknowledged again after the writes stopped, or the
     // cap: the old primary may acknowledge a few more first.
     let mut resumed = false;
@@ -323,7 +298,7 @@ async fn run_once(h: &Harness, d: &Deployed, case: Case, cap: Duration) -> Run {
         tokio::time::sleep(Duration::from_millis(50)).await;
         resumed = outage_since(&writer.acks().at, t0).is_some_and(|(_, back)| back);
     }
-    if case == Case::Hang {
+    if case == Loss::Hang {
         let _ = h.signal_postgres(&primary, Signal::SIGCONT).await;
     }
     wait_whole(h, d).await;
@@ -393,9 +368,9 @@ async fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let runs = env_number("ORDINAL_BENCH_RUNS", 5) as usize;
     let cap = Duration::from_secs(env_number("ORDINAL_BENCH_CAP_SECONDS", 60));
-    let cases: Vec<Case> = env_list("ORDINAL_BENCH_CASES", "delete,force,kill,hang")
+    let cases: Vec<Loss> = env_list("ORDINAL_BENCH_CASES", "delete,force,kill,hang")
         .iter()
-        .map(|c| Case::parse(c).unwrap_or_else(|| panic!("unknown case {c}")))
+        .map(|c| parse_case(c).unwrap_or_else(|| panic!("unknown case {c}")))
         .collect();
     let modes: Vec<ReplicationMode> = env_list("ORDINAL_BENCH_MODES", "async,quorum")
         .iter()
@@ -414,7 +389,7 @@ async fn main() {
         })
         .collect();
 
-    let mut results: BTreeMap<(String, Case, System), Vec<Run>> = BTreeMap::new();
+    let mut results: BTreeMap<(String, Loss, System), Vec<Run>> = BTreeMap::new();
     for &mode in &modes {
         for &system in &systems {
             let h = Harness::new(&format!("bench-{system:?}-{mode:?}").to_lowercase()).await;
@@ -478,7 +453,7 @@ async fn main() {
             };
             println!(
                 "| {mode} | {} | {} | {} | {ratio} | {} / {} | {} / {} |",
-                case.label(),
+                label(case),
                 cell(&o),
                 cell(&p),
                 count(&o, |s| s.lost),

@@ -26,47 +26,24 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use ordinal_crds::{ReplicationMode, names};
-use ordinal_e2e::cluster::{Harness, Sampler, Writer};
+use ordinal_e2e::cluster::{Harness, Loss, Sampler, Writer};
 
 const CLUSTER: &str = "db";
 /// How long a standby may take to follow a new primary.
 const FOLLOW_WITHIN: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Loss {
-    /// `kubectl delete pod`: the pod's graceful termination.
-    Delete,
-    /// `kubectl delete pod --grace-period=0 --force`.
-    ForceDelete,
-    /// `kill -9` of the postmaster from the node: the container restarts in
-    /// place (see [`restart_case`]).
-    Kill,
-    /// `kill -STOP` of the postmaster: it hangs, connections hang.
-    Hang,
+/// A 3-instance cluster in `mode` (quorum: ANY 1), Ready, sampled, with
+/// the writer's first 100 commits acknowledged.
+struct Running {
+    h: Harness,
+    status: ordinal_crds::PostgresClusterStatus,
+    old: String,
+    members: Vec<String>,
+    sampler: Sampler,
+    writer: Writer,
 }
 
-impl Loss {
-    fn planned(self) -> bool {
-        self == Self::Delete
-    }
-}
-
-async fn disrupt(h: &Harness, pod: &str, how: Loss) {
-    match how {
-        Loss::Delete => h.delete_pod(pod).await,
-        Loss::ForceDelete => h.force_delete_pod(pod).await,
-        Loss::Kill => h
-            .signal_postgres(pod, Signal::SIGKILL)
-            .await
-            .unwrap_or_else(|why| panic!("kill -9 of {pod}: {why}")),
-        Loss::Hang => h
-            .signal_postgres(pod, Signal::SIGSTOP)
-            .await
-            .unwrap_or_else(|why| panic!("kill -STOP of {pod}: {why}")),
-    }
-}
-
-async fn failover_case(test: &str, mode: ReplicationMode, how: Loss) {
+async fn running(test: &str, mode: ReplicationMode) -> Running {
     let h = Harness::new(test).await;
     let mut spec = h.spec(3);
     spec.replication.mode = mode;
@@ -83,13 +60,32 @@ async fn failover_case(test: &str, mode: ReplicationMode, how: Loss) {
     let sampler = Sampler::start(&h, CLUSTER, &members).await;
     let writer = Writer::start(&h, CLUSTER).await;
     writer.wait_more_acks(&h, 100).await;
+    Running {
+        h,
+        status,
+        old,
+        members,
+        sampler,
+        writer,
+    }
+}
+
+async fn failover_case(test: &str, mode: ReplicationMode, how: Loss) {
+    let Running {
+        h,
+        status,
+        old,
+        members,
+        sampler,
+        writer,
+    } = running(test, mode).await;
 
     let t0 = Instant::now();
     eprintln!(
         "ordinal-e2e: {how:?} of {old} at {}",
         k8s_openapi::jiff::Timestamp::now()
     );
-    disrupt(&h, &old, how).await;
+    h.lose(&old, how).await;
     let new = h
         .wait_until(
             &format!("a replica is published as primary in place of {old} ({how:?})"),
@@ -211,30 +207,22 @@ async fn failover_case(test: &str, mode: ReplicationMode, how: Loss) {
 /// promotion, never beside another writable instance; the standbys follow
 /// it again.
 async fn restart_case(test: &str, mode: ReplicationMode) {
-    let h = Harness::new(test).await;
-    let mut spec = h.spec(3);
-    spec.replication.mode = mode;
-    if mode == ReplicationMode::Quorum {
-        spec.replication.quorum = 1;
-    }
-    h.apply(CLUSTER, &spec).await;
-    let status = h.wait_ready(CLUSTER, 3).await;
-    let old = status.current_primary.clone().expect("a primary");
-    if mode == ReplicationMode::Quorum {
-        h.wait_quorum_active(CLUSTER, &old, 1).await;
-    }
-    let members: Vec<String> = (0..3).map(|o| names::pod(CLUSTER, o)).collect();
+    let Running {
+        h,
+        status,
+        old,
+        members,
+        sampler,
+        writer,
+    } = running(test, mode).await;
     let restarts = ordinal_e2e::cluster::postgres_restarts(&h.pods().get(&old).await.expect("pod"));
-    let sampler = Sampler::start(&h, CLUSTER, &members).await;
-    let writer = Writer::start(&h, CLUSTER).await;
-    writer.wait_more_acks(&h, 100).await;
 
     let t0 = Instant::now();
     eprintln!(
         "ordinal-e2e: Kill of {old} at {}",
         k8s_openapi::jiff::Timestamp::now()
     );
-    disrupt(&h, &old, Loss::Kill).await;
+    h.lose(&old, Loss::Kill).await;
     h.wait_until(
         &format!("{old} restarts in place and acknowledges writes again"),
         async || {

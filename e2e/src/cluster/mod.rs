@@ -76,7 +76,7 @@ use std::time::Duration;
 
 pub use config::{Config, OperatorMode};
 pub use harness::Harness;
-pub use pods::{ExecOutput, pod_ready, pod_revision, postgres_restarts};
+pub use pods::{ExecOutput, Loss, pod_ready, pod_revision, postgres_restarts};
 pub use sampler::{Sampler, SamplerReport, SplitBrain};
 pub use sql::{connect_pod, routed_endpoints, routed_pods};
 pub use writer::Writer;

@@ -59,7 +59,46 @@ pub fn pod_revision(pod: &Pod) -> Option<String> {
     pod.labels().get("controller-revision-hash").cloned()
 }
 
+/// The ways a primary is lost, in the failover scenarios and the failover
+/// benchmark ([`Harness::lose`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Loss {
+    /// `kubectl delete pod`: the pod's graceful termination.
+    Delete,
+    /// `kubectl delete pod --grace-period=0 --force`.
+    ForceDelete,
+    /// `kill -9` of the postmaster from the node: the container restarts in
+    /// place.
+    Kill,
+    /// `kill -STOP` of the postmaster: it hangs, connections hang.
+    Hang,
+}
+
+impl Loss {
+    /// A planned loss: the pod's graceful termination.
+    pub fn planned(self) -> bool {
+        self == Self::Delete
+    }
+}
+
 impl Harness {
+    /// Loses the primary `pod` the way `how` says (see [`Loss`]); the
+    /// signals need the node's containerd state ([`Harness::signal_postgres`]).
+    pub async fn lose(&self, pod: &str, how: Loss) {
+        match how {
+            Loss::Delete => self.delete_pod(pod).await,
+            Loss::ForceDelete => self.force_delete_pod(pod).await,
+            Loss::Kill => self
+                .signal_postgres(pod, Signal::SIGKILL)
+                .await
+                .unwrap_or_else(|why| panic!("kill -9 of {pod}: {why}")),
+            Loss::Hang => self
+                .signal_postgres(pod, Signal::SIGSTOP)
+                .await
+                .unwrap_or_else(|why| panic!("kill -STOP of {pod}: {why}")),
+        }
+    }
+
     /// Runs `command` in `container` of `pod` (kubectl exec).
     pub async fn exec(
         &self,
