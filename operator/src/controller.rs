@@ -63,6 +63,8 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
             },
         )
         .shutdown_on_signal();
+    // The failover loops read their cluster from the controller's cache.
+    let _ = ctx.clusters.set(controller.store());
     ready.store(true, Ordering::Relaxed);
     tracing::info!("controller started");
     controller

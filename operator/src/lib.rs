@@ -45,6 +45,9 @@ pub struct Context {
     /// Whether reconciles start failover loops (tests of the reconciler
     /// alone turn it off).
     pub run_failover_loops: bool,
+    /// The controller's cache of PostgresClusters, once it runs: the
+    /// failover loops read their cluster from it.
+    pub clusters: std::sync::OnceLock<kube::runtime::reflector::Store<PostgresCluster>>,
 }
 
 /// A running failover loop.
@@ -67,6 +70,7 @@ impl Context {
             failures: Mutex::default(),
             loops: Mutex::default(),
             run_failover_loops: true,
+            clusters: std::sync::OnceLock::new(),
         }
     }
 
@@ -92,6 +96,7 @@ impl Context {
             self.recorder.clone(),
             namespace,
             name,
+            self.clusters.get().cloned(),
         );
         let failover = failover::FailoverLoop::new(seam, Some(self.metrics.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -218,6 +218,21 @@ impl<S: Seam> FailoverLoop<S> {
                     self.record_intent(&obs, &intent, now).await?;
                     self.check(Step::Intent)?;
                 }
+                Action::Retarget(intent) => {
+                    tracing::warn!(
+                        namespace = %obs.namespace,
+                        cluster = %obs.cluster,
+                        from = ?obs.record.target_primary,
+                        to = %intent.to,
+                        position = ?intent.chosen_lsn.map(pg::format_lsn),
+                        "another standby holds more WAL than the promotion target: promoting it instead"
+                    );
+                    let written = self.seam.record_intent(&obs.record, &intent).await?;
+                    // The same old primary, already stopped: the fence holds.
+                    if self.memory.fenced_epoch == Some(obs.record.epoch) {
+                        self.memory.fenced_epoch = Some(written.epoch);
+                    }
+                }
                 Action::Fence {
                     pod,
                     planned,
@@ -240,6 +255,13 @@ impl<S: Seam> FailoverLoop<S> {
                                 .is_some_and(|e| e.failure == pg::ProbeFailure::NoAnswer),
                     };
                     let started = *self.timing.fence_started.get_or_insert(now);
+                    if self
+                        .memory
+                        .fence_started
+                        .is_none_or(|(e, _)| e != obs.record.epoch)
+                    {
+                        self.memory.fence_started = Some((obs.record.epoch, now));
+                    }
                     match self.seam.fence(&request).await? {
                         FenceState::Stopped(how) => {
                             tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod, how, "old primary fenced");

@@ -46,7 +46,24 @@ pub struct KubeSeam {
     /// Addresses of deleted primaries watched for their postmaster to stop
     /// listening, by address: when it was first refused.
     stops: Stops,
+    /// The controller's cache of PostgresClusters: a steady look reads the
+    /// cluster from it, not from the API server.
+    cached: Option<Store<PostgresCluster>>,
+    /// The record this seam last wrote (epoch, targetPrimary): a cached
+    /// copy older than that is not used.
+    written: Mutex<Option<(i64, Option<String>)>>,
+    /// The credentials, and when they were read.
+    credentials: Mutex<Option<(Credentials, Instant)>>,
+    /// The primary's node, whether it was Ready, and when that was read.
+    node: Mutex<Option<(String, Option<bool>, Instant)>>,
 }
+
+/// How long the credentials read from the Secrets are used before they
+/// are read again (at once after a probe is refused for them).
+const CREDENTIALS_FOR: Duration = Duration::from_secs(30);
+/// How long a steady look trusts the Ready condition of the primary's
+/// node (the node lifecycle controller takes 40 s to mark a node lost).
+const NODE_READY_FOR: Duration = Duration::from_secs(2);
 
 /// See [`KubeSeam::watch_for_stop`].
 type Stops = Arc<Mutex<HashMap<String, StopWatch>>>;
@@ -93,7 +110,14 @@ impl Drop for KubeSeam {
 
 impl KubeSeam {
     /// Watches the pods of `namespace/cluster` in the background.
-    pub fn new(client: Client, recorder: Recorder, namespace: &str, cluster: &str) -> Self {
+    /// `cached`: the controller's cache of PostgresClusters, if any.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        namespace: &str,
+        cluster: &str,
+        cached: Option<Store<PostgresCluster>>,
+    ) -> Self {
         let (store, writer) = reflector::store();
         let changed = Arc::new(Notify::new());
         let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -140,6 +164,10 @@ impl KubeSeam {
             watcher: Some(watcher),
             deleted,
             stops,
+            cached,
+            written: Mutex::default(),
+            credentials: Mutex::default(),
+            node: Mutex::default(),
         }
     }
 
@@ -166,6 +194,10 @@ impl KubeSeam {
             watcher: None,
             deleted: Arc::default(),
             stops: Stops::default(),
+            cached: None,
+            written: Mutex::default(),
+            credentials: Mutex::default(),
+            node: Mutex::default(),
         }
     }
 
@@ -179,6 +211,91 @@ impl KubeSeam {
 
     fn clusters(&self) -> Api<PostgresCluster> {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The cluster for a look: the controller's cached copy when it is at
+    /// least as new as what this seam wrote and no promotion is under way
+    /// (then every read is fresh), else read from the API server.
+    async fn cluster_for_look(&self) -> Result<PostgresCluster, SeamError> {
+        let cached = self.cached.as_ref().and_then(|store| {
+            store.get(&reflector::ObjectRef::new(&self.cluster).within(&self.namespace))
+        });
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(pgc) = cached {
+            let status = pgc.status.clone().unwrap_or_default();
+            let current = match &written {
+                Some((epoch, target)) => {
+                    status.epoch > *epoch
+                        || (status.epoch == *epoch && status.target_primary == *target)
+                }
+                None => true,
+            };
+            if current && status.target_primary.is_none() {
+                return Ok((*pgc).clone());
+            }
+        }
+        self.cluster_object().await
+    }
+
+    fn wrote(&self, epoch: i64, target: Option<String>) {
+        *self.written.lock().unwrap_or_else(PoisonError::into_inner) = Some((epoch, target));
+    }
+
+    /// [`KubeSeam::node_ready`], read again only every [`NODE_READY_FOR`].
+    async fn node_ready_recently(&self, node: &str) -> Option<bool> {
+        if let Some((name, ready, at)) = self
+            .node
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            && name == node
+            && at.elapsed() < NODE_READY_FOR
+        {
+            return ready;
+        }
+        let ready = self.node_ready(node).await;
+        *self.node.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((node.to_owned(), ready, Instant::now()));
+        ready
+    }
+
+    /// Reads the passwords from the cluster's Secrets.
+    async fn read_credentials(&self) -> Result<Credentials, SeamError> {
+        let pgc = self.cluster_for_look().await?;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let read = |secret: Secret, key: &str| -> Option<String> {
+            let bytes = secret.data?.get(key)?.0.clone();
+            String::from_utf8(bytes)
+                .ok()
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        };
+        let superuser = api
+            .get(&pgc.superuser_secret_name())
+            .await
+            .map_err(|e| self.failed("read the superuser Secret", e))?;
+        let replication = api
+            .get(&pgc.replication_secret_name())
+            .await
+            .map_err(|e| self.failed("read the replication Secret", e))?;
+        let missing = |what| {
+            self.failed(
+                "read credentials",
+                format!("the {what} Secret has no password"),
+            )
+        };
+        Ok(Credentials {
+            superuser_password: read(superuser, names::SECRET_PASSWORD_KEY)
+                .ok_or_else(|| missing("superuser"))?,
+            replication_user: read(replication.clone(), names::SECRET_USERNAME_KEY)
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| names::REPLICATION_USER_NAME.to_owned()),
+            replication_password: read(replication, names::SECRET_PASSWORD_KEY)
+                .ok_or_else(|| missing("replication"))?,
+        })
     }
 
     async fn cluster_object(&self) -> Result<PostgresCluster, SeamError> {
@@ -593,7 +710,7 @@ impl Seam for KubeSeam {
                 "the pod watch has not listed the pods yet",
             ));
         }
-        let pgc = self.cluster_object().await?;
+        let pgc = self.cluster_for_look().await?;
         let status = pgc.status.clone().unwrap_or_default();
         let record = Record {
             current_primary: status.current_primary.clone(),
@@ -624,6 +741,7 @@ impl Seam for KubeSeam {
             .find(|p| Some(p.name_any()) == record.current_primary)
             .and_then(|p| p.spec.as_ref()?.node_name.clone());
         let primary_node_ready = match &primary_node {
+            Some(node) if record.target_primary.is_none() => self.node_ready_recently(node).await,
             Some(node) => self.node_ready(node).await,
             None => None,
         };
@@ -663,37 +781,28 @@ impl Seam for KubeSeam {
     }
 
     async fn credentials(&self) -> Result<Credentials, SeamError> {
-        let pgc = self.cluster_object().await?;
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let read = |secret: Secret, key: &str| -> Option<String> {
-            let bytes = secret.data?.get(key)?.0.clone();
-            String::from_utf8(bytes)
-                .ok()
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-        };
-        let superuser = api
-            .get(&pgc.superuser_secret_name())
-            .await
-            .map_err(|e| self.failed("read the superuser Secret", e))?;
-        let replication = api
-            .get(&pgc.replication_secret_name())
-            .await
-            .map_err(|e| self.failed("read the replication Secret", e))?;
-        let missing = |what| {
-            self.failed(
-                "read credentials",
-                format!("the {what} Secret has no password"),
-            )
-        };
-        Ok(Credentials {
-            superuser_password: read(superuser, names::SECRET_PASSWORD_KEY)
-                .ok_or_else(|| missing("superuser"))?,
-            replication_user: read(replication.clone(), names::SECRET_USERNAME_KEY)
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| names::REPLICATION_USER_NAME.to_owned()),
-            replication_password: read(replication, names::SECRET_PASSWORD_KEY)
-                .ok_or_else(|| missing("replication"))?,
-        })
+        if let Some((credentials, at)) = self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            && at.elapsed() < CREDENTIALS_FOR
+        {
+            return Ok(credentials);
+        }
+        let credentials = self.read_credentials().await?;
+        *self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((credentials.clone(), Instant::now()));
+        Ok(credentials)
+    }
+
+    fn forget_credentials(&self) {
+        *self
+            .credentials
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     async fn record_intent(&self, record: &Record, intent: &Intent) -> Result<Record, SeamError> {
@@ -735,6 +844,7 @@ impl Seam for KubeSeam {
                 Ok(()) => break fresh,
             }
         };
+        self.wrote(primary.epoch, primary.target_primary.clone());
         self.publish_event(
             &written,
             EventType::Warning,
@@ -947,6 +1057,7 @@ impl Seam for KubeSeam {
                 other => break other?,
             }
         }
+        self.wrote(primary.epoch, None);
         let pgc = self.cluster_object().await?;
         if record.switchover_to.as_deref() == Some(outcome.to.as_str()) {
             let body =

@@ -46,6 +46,10 @@ pub const REJOIN_AFTER: Duration = Duration::from_secs(10);
 /// A planned promotion waits at most this long, once the old primary is
 /// stopped, for the target to have received its final WAL.
 pub const FINAL_WAL_WAIT: Duration = Duration::from_secs(5);
+/// An unplanned promotion whose old primary was not detached (a hung one)
+/// detaches its standbys if the stop is not confirmed within this long:
+/// then the isolation deadline applies.
+pub const DETACH_AFTER_FENCING: Duration = Duration::from_secs(5);
 /// Added to the isolation deadline: an isolated primary stops at the first
 /// liveness probe (every 2 s) past isolationSeconds, whose read of the API
 /// gives up after 2 s; one more second for clocks.
@@ -78,6 +82,8 @@ pub struct Memory {
     pub fenced_epoch: Option<i64>,
     /// When the fence of the promotion under way was confirmed.
     pub fenced_at: Option<Instant>,
+    /// The epoch whose old primary is being fenced, since when.
+    pub fence_started: Option<(i64, Instant)>,
 }
 
 impl Memory {
@@ -191,6 +197,10 @@ pub enum Action {
     Detach { standbys: Vec<String> },
     /// Record the promotion.
     RecordIntent(Intent),
+    /// Move the recorded promotion to another target (a new epoch, the
+    /// same old primary, still fenced): once the old primary is stopped
+    /// and no position moves, a standby further ahead than the target.
+    Retarget(Intent),
     /// Stop the old primary, and say when it is seen stopped. `deadline`:
     /// past it, an old primary that cannot be reached has fenced itself.
     Fence {
@@ -440,7 +450,21 @@ fn lost(v: &View<'_>, primary: &str, loss: Loss) -> Action {
         }
     };
     let planned = loss == Loss::Planned;
-    if !planned {
+    // A hung primary whose WAL senders still stream: its sessions may still
+    // commit, and its standbys still receive those commits. Cutting them
+    // off now would lose (async) what it commits until it is stopped; it is
+    // stopped first instead (the fence is positive: its container is
+    // killed), and the standby furthest ahead once no position moves is
+    // promoted (see [`Action::Retarget`]).
+    let streaming = obs
+        .members
+        .iter()
+        .find(|m| m.name == primary)
+        .is_some_and(|old| {
+            standbys_answering(v, primary).any(|(_, p)| p.streams_from(&old.stable))
+        });
+    let fence_first = matches!(loss, Loss::Hung(_)) && streaming;
+    if !planned && !fence_first {
         // Standbys still attached to the lost primary: cut them off first,
         // then choose among positions that no longer move.
         let attached: Vec<String> = obs
@@ -486,11 +510,40 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
     let from = record.current_primary.clone().unwrap_or_default();
     let planned = record.pending.as_ref().is_some_and(|p| p.planned);
     if !from.is_empty() && from != target && v.memory.fenced_epoch != Some(record.epoch) {
+        // An old primary stopped before its standbys are detached (a hung
+        // one, see `lost`) is fenced only by a confirmed stop: it could
+        // still reach its standbys, so it does not fence itself. Should
+        // the stop not be confirmed soon, they are detached after all.
+        let attached = standbys_answering(v, &from)
+            .filter(|(_, p)| {
+                p.receiver.is_some() || p.upstream.as_deref().is_some_and(|u| !u.is_empty())
+            })
+            .filter(|(name, _)| {
+                obs.members
+                    .iter()
+                    .any(|m| m.name == *name && m.state == PodState::Running)
+            })
+            .map(|(name, _)| name.to_owned())
+            .collect::<Vec<_>>();
+        let fencing_for = v
+            .memory
+            .fence_started
+            .filter(|(epoch, _)| *epoch == record.epoch)
+            .map(|(_, t)| v.now.duration_since(t))
+            .unwrap_or_default();
+        let not_detached = !planned && v.memory.detached_at.is_none();
+        if not_detached && fencing_for >= DETACH_AFTER_FENCING && !attached.is_empty() {
+            return Action::Detach { standbys: attached };
+        }
         // An old primary that cannot be reached may be promoted past once
         // it has fenced itself: isolated from the API server and from its
         // standbys (detached) for isolationSeconds.
-        let last_heard = v.memory.last_contact.max(v.memory.detached_at);
-        let deadline = last_heard.map(|t| t + obs.settings.isolation + ISOLATION_MARGIN);
+        let deadline = if not_detached {
+            None
+        } else {
+            let last_heard = v.memory.last_contact.max(v.memory.detached_at);
+            last_heard.map(|t| t + obs.settings.isolation + ISOLATION_MARGIN)
+        };
         return Action::Fence {
             pod: from,
             planned,
@@ -499,26 +552,36 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
     }
     match v.probes.get(target) {
         Some(Ok(p)) if p.in_recovery => {
-            // A planned stop streams the final WAL: wait for it, briefly.
+            // The old primary is stopped, but its WAL senders may still be
+            // sending what it wrote last (a fast shutdown sends everything
+            // to its standbys before it ends): wait for them, briefly.
             let old_host = obs
                 .members
                 .iter()
                 .find(|m| m.name == from)
                 .map(|m| &m.stable);
-            let behind = match (v.memory.last_primary_lsn, p.wal_position()) {
-                (Some(last), Some(have)) => have < last,
-                _ => false,
-            };
-            let still_receiving = old_host.is_some_and(|h| p.streams_from(h));
+            let receiving: Vec<&str> = standbys_answering(v, &from)
+                .filter(|(_, q)| old_host.is_some_and(|h| q.streams_from(h)))
+                .map(|(name, _)| name)
+                .collect();
             let waited = v
                 .memory
                 .fenced_at
                 .map(|t| v.now.duration_since(t))
                 .unwrap_or_default();
-            if planned && behind && still_receiving && waited < FINAL_WAL_WAIT {
+            if !receiving.is_empty() && waited < FINAL_WAL_WAIT {
                 return Action::Wait(format!(
-                    "{target} is still receiving the final WAL of {from}"
+                    "{} still receiving the final WAL of {from}",
+                    receiving.join(", ")
                 ));
+            }
+            // Now that no position moves, the target must hold at least
+            // what every other standby has: one further ahead could not
+            // follow it (its timeline forks before that standby's
+            // position), and in quorum mode may hold the only copy of an
+            // acknowledged commit. The furthest is promoted instead.
+            if let Some(retarget) = retarget(v, target, p, &from) {
+                return retarget;
             }
             Action::Promote {
                 pod: target.to_owned(),
@@ -532,6 +595,67 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
         Some(Err(e)) => Action::Wait(format!("promotion target {target} does not answer: {e}")),
         None => Action::Wait(format!("promotion target {target} has no pod")),
     }
+}
+
+/// The standbys that answer as standbys (any but the old primary), with
+/// their probes.
+fn standbys_answering<'a>(
+    v: &'a View<'_>,
+    from: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a super::pg::InstanceProbe)> {
+    v.obs
+        .members
+        .iter()
+        .filter(move |m| m.name != from)
+        .filter_map(|m| match v.probes.get(&m.name) {
+            Some(Ok(p)) if p.in_recovery => Some((m.name.as_str(), p)),
+            _ => None,
+        })
+}
+
+/// A promotion moved to the standby furthest ahead, when it is further
+/// than the target (see [`Action::Retarget`]).
+fn retarget(
+    v: &View<'_>,
+    target: &str,
+    probe: &super::pg::InstanceProbe,
+    from: &str,
+) -> Option<Action> {
+    let have = probe.wal_position()?;
+    let (name, position) = standbys_answering(v, from)
+        .filter(|(name, _)| *name != target)
+        .filter_map(|(name, p)| Some((name, p.wal_position()?)))
+        .max_by_key(|(_, position)| *position)?;
+    if position <= have {
+        return None;
+    }
+    let pending = v.obs.record.pending.clone().unwrap_or_default();
+    let old = pending
+        .old_primary_lsn
+        .as_deref()
+        .and_then(decide::parse_lsn)
+        .or(v.memory.last_primary_lsn);
+    let lost_bytes = match (old, pending.lost_bytes) {
+        (Some(old), _) => Some(old.saturating_sub(position) as i64),
+        (None, known) => known,
+    };
+    let reason = format!(
+        "{}; {name} holds more WAL than {target} ({} > {})",
+        pending.reason,
+        super::pg::format_lsn(position),
+        super::pg::format_lsn(have)
+    );
+    Some(Action::Retarget(Intent {
+        from: from.to_owned(),
+        from_uid: pending.from_uid,
+        from_ip: pending.from_ip,
+        to: name.to_owned(),
+        planned: pending.planned,
+        reason,
+        old_primary_lsn: old,
+        chosen_lsn: Some(position),
+        lost_bytes,
+    }))
 }
 
 /// `synchronous_standby_names` for `target` as the primary: in quorum

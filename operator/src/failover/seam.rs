@@ -185,6 +185,10 @@ pub trait Seam: Send + Sync {
 
     fn credentials(&self) -> impl Future<Output = Result<Credentials, SeamError>> + Send;
 
+    /// The credentials were refused: read them again at the next look
+    /// (for seams that keep them).
+    fn forget_credentials(&self) {}
+
     /// Records the promotion (`targetPrimary`, `epoch + 1`, how and why,
     /// the old primary's instance, phase FailingOver), only if who is
     /// primary did not change since `record` was read. Returns the record
@@ -232,6 +236,9 @@ impl<T: Seam> Seam for std::sync::Arc<T> {
     }
     fn credentials(&self) -> impl Future<Output = Result<Credentials, SeamError>> + Send {
         T::credentials(self)
+    }
+    fn forget_credentials(&self) {
+        T::forget_credentials(self)
     }
     fn record_intent(
         &self,

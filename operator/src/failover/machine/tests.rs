@@ -320,7 +320,125 @@ fn a_hung_primary_is_failed_over_although_its_wal_senders_still_stream() {
     }
     assert_eq!(memory.streak.failures, 3);
     assert_eq!(memory.streak.no_answer, 3);
-    assert!(matches!(decide(&obs, &p, &memory), Action::Detach { .. }));
+    // Its sessions may still commit, and the standbys still receive that:
+    // it is stopped first, not cut off (what it committed meanwhile would
+    // be lost), and the intent is recorded at once.
+    let intent = intent_of(decide(&obs, &p, &memory));
+    assert!(!intent.planned);
+    assert!(
+        intent.reason.contains("has not answered 3 probes"),
+        "{}",
+        intent.reason
+    );
+    // Once no standby streams from it, the rule is the usual one.
+    let p = probes([hung(), detached(100), streaming(100)]);
+    let mut stale = streaming(100);
+    if let Ok(s) = &mut stale {
+        s.last_message_age = Some(30.0);
+    }
+    let p2 = probes([hung(), stale, detached(90)]);
+    assert!(matches!(decide(&obs, &p2, &memory), Action::Detach { .. }));
+    assert!(matches!(decide(&obs, &p, &memory), Action::RecordIntent(_)));
+}
+
+#[test]
+fn a_hung_primary_not_seen_stopped_soon_is_cut_off_after_all() {
+    let obs = promoting(false);
+    let now = Instant::now();
+    let mut memory = Memory {
+        last_contact: Some(now - Duration::from_secs(4)),
+        fence_started: Some((4, now)),
+        ..Memory::default()
+    };
+    let p = probes([down(), streaming(100), streaming(90)]);
+    // Not detached: the stop must be confirmed, no deadline stands in.
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Fence {
+            pod: "db-0".to_owned(),
+            planned: false,
+            deadline: None,
+        }
+    );
+    // Not confirmed within DETACH_AFTER_FENCING: the standbys are detached,
+    // and then the isolation deadline applies.
+    memory.fence_started = Some((4, now - DETACH_AFTER_FENCING));
+    assert_eq!(
+        decide(&obs, &p, &memory),
+        Action::Detach {
+            standbys: vec!["db-1".to_owned(), "db-2".to_owned()]
+        }
+    );
+    memory.detached_at = Some(now);
+    let detached_probes = probes([down(), detached(100), detached(90)]);
+    assert_eq!(
+        decide(&obs, &detached_probes, &memory),
+        Action::Fence {
+            pod: "db-0".to_owned(),
+            planned: false,
+            deadline: Some(now + Duration::from_secs(10) + ISOLATION_MARGIN),
+        }
+    );
+}
+
+#[test]
+fn a_standby_further_ahead_than_the_target_is_promoted_instead() {
+    for mode in [ReplicationMode::Async, ReplicationMode::Quorum] {
+        let mut obs = promoting(true);
+        obs.settings = settings(mode);
+        obs.record.pending = Some(PendingPromotion {
+            planned: true,
+            reason: "the primary's pod is being deleted (planned)".to_owned(),
+            from_uid: Some("uid-db-0".to_owned()),
+            from_ip: Some("198.18.0.9".to_owned()),
+            old_primary_lsn: Some("0/64".to_owned()),
+            chosen_lsn: Some("0/5A".to_owned()),
+            lost_bytes: Some(0),
+        });
+        let memory = Memory {
+            fenced_epoch: Some(4),
+            fenced_at: Some(Instant::now() - FINAL_WAL_WAIT),
+            ..Memory::default()
+        };
+        // The old primary's last WAL reached db-2, not db-1: promoted, db-1
+        // would fork before db-2's position (db-2 could not follow it) and,
+        // in quorum mode, a commit only db-2 acknowledged would be lost.
+        let p = probes([down(), detached(0x90), detached(0xA0)]);
+        let Action::Retarget(intent) = decide(&obs, &p, &memory) else {
+            panic!("expected a retarget");
+        };
+        assert_eq!(intent.to, "db-2");
+        assert_eq!(intent.from, "db-0");
+        assert_eq!(intent.from_uid.as_deref(), Some("uid-db-0"));
+        assert_eq!(intent.chosen_lsn, Some(0xA0));
+        assert!(intent.planned);
+        assert!(
+            intent
+                .reason
+                .contains("db-2 holds more WAL than db-1 (0/A0 > 0/90)"),
+            "{}",
+            intent.reason
+        );
+        // Equal or behind: no change.
+        let p = probes([down(), detached(0xA0), detached(0xA0)]);
+        assert!(matches!(decide(&obs, &p, &memory), Action::Promote { .. }));
+    }
+}
+
+#[test]
+fn no_promotion_while_a_standby_still_receives_the_old_primarys_last_wal() {
+    let obs = promoting(false);
+    let mut memory = Memory {
+        fenced_epoch: Some(4),
+        fenced_at: Some(Instant::now()),
+        ..Memory::default()
+    };
+    // The target has it all, but db-2 still streams from db-0: its position
+    // may still pass the target's.
+    let p = probes([down(), detached(100), streaming(90)]);
+    assert!(matches!(decide(&obs, &p, &memory), Action::Wait(why) if why.contains("db-2")));
+    memory.fenced_at = Some(Instant::now() - FINAL_WAL_WAIT);
+    assert!(matches!(decide(&obs, &p, &memory), Action::Promote { .. }));
 }
 
 #[test]
@@ -445,6 +563,7 @@ fn a_recorded_promotion_fences_then_promotes_then_publishes() {
     let contact = Instant::now();
     let mut memory = Memory {
         last_contact: Some(contact),
+        detached_at: Some(contact),
         ..Memory::default()
     };
     let p = probes([down(), detached(100), detached(90)]);
@@ -502,9 +621,9 @@ fn a_planned_promotion_waits_briefly_for_the_final_wal() {
     // Not for ever.
     memory.fenced_at = Some(Instant::now() - FINAL_WAL_WAIT);
     assert!(matches!(decide(&obs, &p, &memory), Action::Promote { .. }));
-    // Or it has it all.
+    // Or the old primary's WAL senders are done.
     memory.fenced_at = Some(Instant::now());
-    let caught_up = probes([down(), streaming(120), streaming(90)]);
+    let caught_up = probes([down(), detached(120), detached(120)]);
     assert!(matches!(
         decide(&obs, &caught_up, &memory),
         Action::Promote { .. }
@@ -623,7 +742,7 @@ fn the_old_primary_is_not_pointed_at_the_target_before_the_promotion() {
     };
     // db-0 answers as a standby (restarted): it is fenced, and ordinal-init
     // points it at the new primary; only db-2 is readied.
-    let p = probes([detached(100), streaming(100), streaming(100)]);
+    let p = probes([detached(100), detached(100), detached(100)]);
     assert_eq!(
         decide(&obs, &p, &memory),
         Action::Promote {
