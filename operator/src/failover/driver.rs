@@ -61,6 +61,8 @@ pub struct FailoverLoop<S> {
     last_report_at: Option<Instant>,
     /// Why the loop was last blocked (logged when it changes).
     last_blocked: Option<String>,
+    /// The probes' sessions, kept between looks.
+    sessions: pg::Sessions,
 }
 
 /// How long after detaching its standbys a lost primary is not probed.
@@ -80,6 +82,7 @@ impl<S: Seam> FailoverLoop<S> {
             last_report: None,
             last_report_at: None,
             last_blocked: None,
+            sessions: pg::Sessions::default(),
         }
     }
 
@@ -158,7 +161,20 @@ impl<S: Seam> FailoverLoop<S> {
                 .filter(|m| !(given_up && Some(m.name.as_str()) == old))
                 .cloned()
                 .collect();
-            let probes = probe_all(&to_probe, &credentials).await;
+            self.sessions.retain(
+                &to_probe
+                    .iter()
+                    .filter_map(|m| m.probe_at.as_ref())
+                    .map(|at| format!("{}:{}", at.host, at.port))
+                    .collect::<Vec<_>>(),
+            );
+            let probes = probe_kept(&to_probe, &credentials, &self.sessions, old).await;
+            if probes.values().any(|p| {
+                p.as_ref()
+                    .is_err_and(|e| e.message.contains("password authentication failed"))
+            }) {
+                self.seam.forget_credentials();
+            }
             self.probe_seconds = probing.elapsed().as_secs_f64();
             let now = Instant::now();
             self.memory.observe(&obs, &probes, self.interval, now);
@@ -684,11 +700,24 @@ pub(super) fn member<'a>(obs: &'a Observation, name: &str) -> Result<&'a Member,
         })
 }
 
-/// Probes every member at once.
+/// Probes every member at once, each on a fresh session.
 pub async fn probe_all(members: &[Member], credentials: &Credentials) -> Probes {
+    probe_kept(members, credentials, &pg::Sessions::default(), None).await
+}
+
+/// Probes every member at once on the sessions kept in `sessions`; the
+/// postmaster of `primary` is also asked for a new connection.
+async fn probe_kept(
+    members: &[Member],
+    credentials: &Credentials,
+    sessions: &pg::Sessions,
+    primary: Option<&str>,
+) -> Probes {
     let probes = members.iter().map(|m| async move {
         let result = match &m.probe_at {
-            Some(at) => pg::probe(at, credentials).await,
+            Some(at) => {
+                pg::probe_kept(sessions, at, credentials, primary == Some(m.name.as_str())).await
+            }
             None => Err(pg::ProbeError::new(
                 pg::ProbeFailure::Unreachable,
                 "no address yet",

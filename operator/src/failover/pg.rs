@@ -3,6 +3,8 @@
 //! re-point replicas. Short timeouts everywhere: one dead instance never
 //! slows the loop down.
 
+use std::collections::HashMap;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use ordinal_crds::names;
@@ -205,37 +207,46 @@ async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError>
     Ok(client)
 }
 
-/// A session for a probe, with the failure classified: TCP first (refused,
-/// unreachable), then PostgreSQL's startup (no answer, error).
-async fn connect_classified(endpoint: &Endpoint, password: &str) -> Result<Client, ProbeError> {
+/// A TCP connection to an instance, with the failure classified.
+async fn tcp_classified(endpoint: &Endpoint) -> Result<tokio::net::TcpStream, ProbeError> {
     let target = format!("{}:{}", endpoint.host, endpoint.port);
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
     )
     .await;
-    let stream = match tcp {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Err(ProbeError::new(
-                ProbeFailure::Refused,
-                format!("{target}: connection refused"),
-            ));
+    match tcp {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
         }
-        Ok(Err(e)) => {
-            return Err(ProbeError::new(
-                ProbeFailure::Unreachable,
-                format!("{target}: {e}"),
-            ));
-        }
-        Err(_) => {
-            return Err(ProbeError::new(
-                ProbeFailure::Unreachable,
-                format!("{target}: no TCP connection within {CONNECT_TIMEOUT:?}"),
-            ));
-        }
-    };
-    let _ = stream.set_nodelay(true);
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(ProbeError::new(
+            ProbeFailure::Refused,
+            format!("{target}: connection refused"),
+        )),
+        Ok(Err(e)) => Err(ProbeError::new(
+            ProbeFailure::Unreachable,
+            format!("{target}: {e}"),
+        )),
+        Err(_) => Err(ProbeError::new(
+            ProbeFailure::Unreachable,
+            format!("{target}: no TCP connection within {CONNECT_TIMEOUT:?}"),
+        )),
+    }
+}
+
+fn no_answer(target: &str) -> ProbeError {
+    ProbeError::new(
+        ProbeFailure::NoAnswer,
+        format!("{target}: connected, but PostgreSQL did not answer within {STARTUP_TIMEOUT:?}"),
+    )
+}
+
+/// A session for a probe, with the failure classified: TCP first (refused,
+/// unreachable), then PostgreSQL's startup (no answer, error).
+async fn connect_classified(endpoint: &Endpoint, password: &str) -> Result<Client, ProbeError> {
+    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let stream = tcp_classified(endpoint).await?;
     let startup = tokio::time::timeout(
         STARTUP_TIMEOUT,
         config(endpoint, password).connect_raw(stream, NoTls),
@@ -252,12 +263,97 @@ async fn connect_classified(endpoint: &Endpoint, password: &str) -> Result<Clien
             ProbeFailure::Error,
             format!("{target}: {}", detail(&source)),
         )),
-        Err(_) => Err(ProbeError::new(
-            ProbeFailure::NoAnswer,
-            format!(
-                "{target}: connected, but PostgreSQL did not answer within {STARTUP_TIMEOUT:?}"
-            ),
+        Err(_) => Err(no_answer(&target)),
+    }
+}
+
+/// The startup message of the protocol (3.0) for the superuser on
+/// database postgres.
+fn startup_message() -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&196_608_i32.to_be_bytes());
+    for (key, value) in [
+        ("user", names::SUPERUSER_NAME),
+        ("database", "postgres"),
+        ("application_name", "ordinal-operator-ping"),
+    ] {
+        body.extend_from_slice(key.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    message.extend_from_slice(&body);
+    message
+}
+
+/// Whether the postmaster takes new connections: it forks a backend for
+/// a startup message, which asks for authentication (or refuses). A
+/// stopped or stuck postmaster leaves the message unanswered, while the
+/// sessions it forked before may still serve queries. The connection is
+/// closed before authenticating: PostgreSQL logs nothing for that (psql
+/// does the same before it prompts for a password), and no password is
+/// hashed on either side.
+pub async fn ping_postmaster(endpoint: &Endpoint) -> Result<(), ProbeError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let mut stream = tcp_classified(endpoint).await?;
+    let exchange = async {
+        stream.write_all(&startup_message()).await?;
+        let mut first = [0_u8; 1];
+        stream.read(&mut first).await
+    };
+    match tokio::time::timeout(STARTUP_TIMEOUT, exchange).await {
+        Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(0)) => Err(ProbeError::new(
+            ProbeFailure::Error,
+            format!("{target}: the server closed the connection before answering"),
         )),
+        Ok(Err(e)) => Err(ProbeError::new(
+            ProbeFailure::Error,
+            format!("{target}: {e}"),
+        )),
+        Err(_) => Err(no_answer(&target)),
+    }
+}
+
+/// Probe sessions kept open between looks, by address: a look costs each
+/// instance one query, not a connection (a fork and a password hash).
+#[derive(Default)]
+pub struct Sessions(std::sync::Mutex<HashMap<String, Client>>);
+
+impl Sessions {
+    fn take(&self, key: &str) -> Option<Client> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .filter(|c| !c.is_closed())
+    }
+
+    fn keep(&self, key: String, client: Client) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, client);
+    }
+
+    /// Closes the sessions to addresses not in `keep`.
+    pub fn retain(&self, keep: &[String]) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| keep.contains(k));
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -348,31 +444,36 @@ pub async fn probe(
     endpoint: &Endpoint,
     credentials: &Credentials,
 ) -> Result<InstanceProbe, ProbeError> {
+    probe_kept(&Sessions::default(), endpoint, credentials, false).await
+}
+
+/// [`probe`] on the session kept for `endpoint` in `sessions` (opened,
+/// and kept, when there is none). `postmaster`: also check that the
+/// postmaster takes new connections ([`ping_postmaster`]), which a kept
+/// session does not show — the primary's clients need it.
+pub async fn probe_kept(
+    sessions: &Sessions,
+    endpoint: &Endpoint,
+    credentials: &Credentials,
+    postmaster: bool,
+) -> Result<InstanceProbe, ProbeError> {
     let target = format!("{}:{}", endpoint.host, endpoint.port);
     let run = async {
+        let kept = sessions.take(&target);
+        if kept.is_some() && postmaster {
+            ping_postmaster(endpoint).await?;
+        }
+        if let Some(client) = kept
+            && let Ok(probe) = query_probe(&client, &target).await
+        {
+            sessions.keep(target.clone(), client);
+            return Ok(probe);
+        }
+        // No session, or the kept one failed: a fresh one says why.
         let client = connect_classified(endpoint, &credentials.superuser_password).await?;
-        let row = client.query_one(PROBE_SQL, &[]).await.map_err(|e| {
-            ProbeError::new(
-                ProbeFailure::Error,
-                format!("probe on {target} failed: {}", detail(&e)),
-            )
-        })?;
-        let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
-        Ok(InstanceProbe {
-            in_recovery: row.get(0),
-            current_lsn: lsn(1),
-            receive_lsn: lsn(2),
-            replay_lsn: lsn(3),
-            timeline: row.get(4),
-            receiver: row.get(5),
-            replay_delay_seconds: row.get(6),
-            synchronous_standby_names: row.get(7),
-            upstream: row
-                .get::<_, Option<String>>(8)
-                .map(|c| conninfo_address(&c)),
-            last_message_age: row.get(9),
-            standbys: parse_standbys(row.get(10)),
-        })
+        let probe = query_probe(&client, &target).await?;
+        sessions.keep(target.clone(), client);
+        Ok(probe)
     };
     tokio::time::timeout(PROBE_TIMEOUT, run)
         .await
@@ -382,6 +483,31 @@ pub async fn probe(
                 format!("{target}: the probe did not finish within {PROBE_TIMEOUT:?}"),
             ))
         })
+}
+
+async fn query_probe(client: &Client, target: &str) -> Result<InstanceProbe, ProbeError> {
+    let row = client.query_one(PROBE_SQL, &[]).await.map_err(|e| {
+        ProbeError::new(
+            ProbeFailure::Error,
+            format!("probe on {target} failed: {}", detail(&e)),
+        )
+    })?;
+    let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
+    Ok(InstanceProbe {
+        in_recovery: row.get(0),
+        current_lsn: lsn(1),
+        receive_lsn: lsn(2),
+        replay_lsn: lsn(3),
+        timeline: row.get(4),
+        receiver: row.get(5),
+        replay_delay_seconds: row.get(6),
+        synchronous_standby_names: row.get(7),
+        upstream: row
+            .get::<_, Option<String>>(8)
+            .map(|c| conninfo_address(&c)),
+        last_message_age: row.get(9),
+        standbys: parse_standbys(row.get(10)),
+    })
 }
 
 /// Promotes a standby and waits until it accepts writes. Idempotent: an
