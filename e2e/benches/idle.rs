@@ -1,8 +1,8 @@
 //! The idle cost of the operator on the real cluster: N PostgresClusters
 //! of I instances each, every instance probed every second by the failover
 //! loops, nothing failing. Measured on the node, from the leader's
-//! process: CPU time over a window (`/proc/PID/schedstat`, as a share of
-//! one core) and resident memory (`VmRSS`, the highest sample). The
+//! process: CPU time over a window (the `schedstat` of each of its
+//! threads, as a share of one core) and resident memory (`VmRSS`, the highest sample). The
 //! standby replica (leader election) is measured too: it only waits for
 //! the Lease. A benchmark that prints figures, not a timed test.
 //!
@@ -55,12 +55,23 @@ fn operator_pid(uid: &str) -> Option<u32> {
     None
 }
 
-/// Nanoseconds on CPU so far.
+/// Nanoseconds on CPU so far, of every thread (each thread's
+/// `schedstat`: the process's own file counts its main thread only).
 fn cpu_ns(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 /// Resident memory, KiB.
