@@ -472,11 +472,7 @@ fn lost(v: &View<'_>, primary: &str, loss: Loss) -> Action {
             .iter()
             .filter(|m| m.name != primary && m.state == PodState::Running)
             .filter(|m| match v.probes.get(&m.name) {
-                Some(Ok(p)) => {
-                    p.in_recovery
-                        && (p.receiver.is_some()
-                            || p.upstream.as_deref().is_some_and(|u| !u.is_empty()))
-                }
+                Some(Ok(p)) => p.in_recovery && still_attached(p),
                 _ => false,
             })
             .map(|m| m.name.clone())
@@ -515,9 +511,7 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
         // still reach its standbys, so it does not fence itself. Should
         // the stop not be confirmed soon, they are detached after all.
         let attached = standbys_answering(v, &from)
-            .filter(|(_, p)| {
-                p.receiver.is_some() || p.upstream.as_deref().is_some_and(|u| !u.is_empty())
-            })
+            .filter(|(_, p)| still_attached(p))
             .filter(|(name, _)| {
                 obs.members
                     .iter()
@@ -594,6 +588,16 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
         },
         Some(Err(e)) => Action::Wait(format!("promotion target {target} does not answer: {e}")),
         None => Action::Wait(format!("promotion target {target} has no pod")),
+    }
+}
+
+/// Whether a standby may still take WAL from an upstream: one is set, or
+/// none is known and its WAL receiver runs. A detached one (its upstream
+/// emptied) whose receiver is still winding down is not detached again.
+fn still_attached(p: &super::pg::InstanceProbe) -> bool {
+    match p.upstream.as_deref() {
+        Some(u) => !u.is_empty(),
+        None => p.receiver.is_some(),
     }
 }
 
