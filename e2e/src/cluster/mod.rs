@@ -81,6 +81,16 @@ pub use sampler::{Sampler, SamplerReport, SplitBrain};
 pub use sql::{connect_pod, routed_endpoints, routed_pods};
 pub use writer::Writer;
 
+/// The epoch after one failover from `before`: one more, and one more
+/// again when its intent moved, the old primary stopped, to a standby
+/// that held more WAL than the target (said in `lastFailover.reason`).
+pub fn epoch_after_one_failover(before: i64, record: &ordinal_crds::FailoverRecord) -> i64 {
+    let retargeted = record
+        .reason
+        .contains(ordinal_operator::failover::machine::RETARGETED);
+    before + 1 + i64::from(retargeted)
+}
+
 /// Field manager of every server-side apply the tests send.
 pub const FIELD_MANAGER: &str = "ordinal-e2e";
 /// The table the [`Writer`] fills.

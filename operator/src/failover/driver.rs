@@ -38,7 +38,6 @@ struct Timing {
     decided: Option<Instant>,
     detect: Duration,
     decide: Duration,
-    fence_started: Option<Instant>,
     fence: Duration,
     promote: Duration,
     promoted_lsn: Option<u64>,
@@ -164,8 +163,7 @@ impl<S: Seam> FailoverLoop<S> {
             self.sessions.retain(
                 &to_probe
                     .iter()
-                    .filter_map(|m| m.probe_at.as_ref())
-                    .map(|at| format!("{}:{}", at.host, at.port))
+                    .filter_map(|m| Some(m.probe_at.as_ref()?.address()))
                     .collect::<Vec<_>>(),
             );
             let probes = probe_kept(&to_probe, &credentials, &self.sessions, old).await;
@@ -270,14 +268,13 @@ impl<S: Seam> FailoverLoop<S> {
                                 .as_ref()
                                 .is_some_and(|e| e.failure == pg::ProbeFailure::NoAnswer),
                     };
-                    let started = *self.timing.fence_started.get_or_insert(now);
-                    if self
-                        .memory
-                        .fence_started
-                        .is_none_or(|(e, _)| e != obs.record.epoch)
-                    {
-                        self.memory.fence_started = Some((obs.record.epoch, now));
-                    }
+                    let started = match self.memory.fence_started {
+                        Some((epoch, since)) if epoch == obs.record.epoch => since,
+                        _ => {
+                            self.memory.fence_started = Some((obs.record.epoch, now));
+                            now
+                        }
+                    };
                     match self.seam.fence(&request).await? {
                         FenceState::Stopped(how) => {
                             tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod, how, "old primary fenced");

@@ -50,6 +50,9 @@ pub const FINAL_WAL_WAIT: Duration = Duration::from_secs(5);
 /// detaches its standbys if the stop is not confirmed within this long:
 /// then the isolation deadline applies.
 pub const DETACH_AFTER_FENCING: Duration = Duration::from_secs(5);
+/// Said in the reason of a promotion moved to a standby further ahead
+/// (see [`Action::Retarget`]): `<standby> holds more WAL than <target>`.
+pub const RETARGETED: &str = "holds more WAL than";
 /// Added to the isolation deadline: an isolated primary stops at the first
 /// liveness probe (every 2 s) past isolationSeconds, whose read of the API
 /// gives up after 2 s; one more second for clocks.
@@ -456,27 +459,11 @@ fn lost(v: &View<'_>, primary: &str, loss: Loss) -> Action {
     // stopped first instead (the fence is positive: its container is
     // killed), and the standby furthest ahead once no position moves is
     // promoted (see [`Action::Retarget`]).
-    let streaming = obs
-        .members
-        .iter()
-        .find(|m| m.name == primary)
-        .is_some_and(|old| {
-            standbys_answering(v, primary).any(|(_, p)| p.streams_from(&old.stable))
-        });
-    let fence_first = matches!(loss, Loss::Hung(_)) && streaming;
+    let fence_first = matches!(loss, Loss::Hung(_)) && !streaming_from(v, primary).is_empty();
     if !planned && !fence_first {
         // Standbys still attached to the lost primary: cut them off first,
         // then choose among positions that no longer move.
-        let attached: Vec<String> = obs
-            .members
-            .iter()
-            .filter(|m| m.name != primary && m.state == PodState::Running)
-            .filter(|m| match v.probes.get(&m.name) {
-                Some(Ok(p)) => p.in_recovery && still_attached(p),
-                _ => false,
-            })
-            .map(|m| m.name.clone())
-            .collect();
+        let attached = attached_standbys(v, primary);
         if !attached.is_empty() {
             return Action::Detach { standbys: attached };
         }
@@ -510,15 +497,7 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
         // one, see `lost`) is fenced only by a confirmed stop: it could
         // still reach its standbys, so it does not fence itself. Should
         // the stop not be confirmed soon, they are detached after all.
-        let attached = standbys_answering(v, &from)
-            .filter(|(_, p)| still_attached(p))
-            .filter(|(name, _)| {
-                obs.members
-                    .iter()
-                    .any(|m| m.name == *name && m.state == PodState::Running)
-            })
-            .map(|(name, _)| name.to_owned())
-            .collect::<Vec<_>>();
+        let attached = attached_standbys(v, &from);
         let fencing_for = v
             .memory
             .fence_started
@@ -549,15 +528,7 @@ fn promotion(v: &View<'_>, target: &str) -> Action {
             // The old primary is stopped, but its WAL senders may still be
             // sending what it wrote last (a fast shutdown sends everything
             // to its standbys before it ends): wait for them, briefly.
-            let old_host = obs
-                .members
-                .iter()
-                .find(|m| m.name == from)
-                .map(|m| &m.stable);
-            let receiving: Vec<&str> = standbys_answering(v, &from)
-                .filter(|(_, q)| old_host.is_some_and(|h| q.streams_from(h)))
-                .map(|(name, _)| name)
-                .collect();
+            let receiving = streaming_from(v, &from);
             let waited = v
                 .memory
                 .fenced_at
@@ -599,6 +570,38 @@ fn still_attached(p: &super::pg::InstanceProbe) -> bool {
         Some(u) => !u.is_empty(),
         None => p.receiver.is_some(),
     }
+}
+
+/// The running standbys that may still take WAL from `from` (see
+/// [`still_attached`]): the ones to detach from it.
+fn attached_standbys(v: &View<'_>, from: &str) -> Vec<String> {
+    standbys_answering(v, from)
+        .filter(|(_, p)| still_attached(p))
+        .filter(|(name, _)| {
+            v.obs
+                .members
+                .iter()
+                .any(|m| m.name == *name && m.state == PodState::Running)
+        })
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// The standbys that still stream from `from` (and heard from it lately).
+fn streaming_from<'a>(v: &'a View<'_>, from: &'a str) -> Vec<&'a str> {
+    let Some(host) = v
+        .obs
+        .members
+        .iter()
+        .find(|m| m.name == from)
+        .map(|m| &m.stable)
+    else {
+        return Vec::new();
+    };
+    standbys_answering(v, from)
+        .filter(|(_, p)| p.streams_from(host))
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// The standbys that answer as standbys (any but the old primary), with
@@ -644,7 +647,7 @@ fn retarget(
         (None, known) => known,
     };
     let reason = format!(
-        "{}; {name} holds more WAL than {target} ({} > {})",
+        "{}; {name} {RETARGETED} {target} ({} > {})",
         pending.reason,
         super::pg::format_lsn(position),
         super::pg::format_lsn(have)

@@ -209,7 +209,7 @@ async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError>
 
 /// A TCP connection to an instance, with the failure classified.
 async fn tcp_classified(endpoint: &Endpoint) -> Result<tokio::net::TcpStream, ProbeError> {
-    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let target = endpoint.address();
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
@@ -245,7 +245,7 @@ fn no_answer(target: &str) -> ProbeError {
 /// A session for a probe, with the failure classified: TCP first (refused,
 /// unreachable), then PostgreSQL's startup (no answer, error).
 async fn connect_classified(endpoint: &Endpoint, password: &str) -> Result<Client, ProbeError> {
-    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let target = endpoint.address();
     let stream = tcp_classified(endpoint).await?;
     let startup = tokio::time::timeout(
         STARTUP_TIMEOUT,
@@ -297,7 +297,7 @@ fn startup_message() -> Vec<u8> {
 /// hashed on either side.
 pub async fn ping_postmaster(endpoint: &Endpoint) -> Result<(), ProbeError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let target = endpoint.address();
     let mut stream = tcp_classified(endpoint).await?;
     let exchange = async {
         stream.write_all(&startup_message()).await?;
@@ -345,15 +345,6 @@ impl Sessions {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|k, _| keep.contains(k));
-    }
-
-    /// How many are open.
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -457,7 +448,7 @@ pub async fn probe_kept(
     credentials: &Credentials,
     postmaster: bool,
 ) -> Result<InstanceProbe, ProbeError> {
-    let target = format!("{}:{}", endpoint.host, endpoint.port);
+    let target = endpoint.address();
     let run = async {
         let kept = sessions.take(&target);
         if kept.is_some() && postmaster {
