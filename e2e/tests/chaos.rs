@@ -164,10 +164,17 @@ async fn a_loop_crashing_after_any_step_promotes_exactly_once() {
         let epoch = seam.state.lock().unwrap().epoch;
         let promotions = seam.state.lock().unwrap().promotions.len();
         let crashing = Running::start(Arc::clone(&seam), Some(step));
+        // The old primary stays down until the crashing loop has stopped:
+        // restarted in place before the intent is recorded (the local
+        // kubelet restarts it after 500 ms), it would rightly not be failed
+        // over, and this test is about the crash after each step, not that
+        // race (`cluster.rs` covers the restart in place).
+        seam.hold_down(&old, true);
         seam.pod(&old).kill9();
         let result = tokio::time::timeout(Duration::from_secs(30), crashing.failover)
             .await
             .expect("the crashing loop ends");
+        seam.hold_down(&old, false);
         assert!(
             matches!(result, Ok(Err(ordinal_operator::failover::FailoverError::Injected(s))) if s == step),
             "{step:?}: {result:?}"
