@@ -58,6 +58,9 @@ pub struct FailoverLoop<S> {
     probe_seconds: f64,
     last_report: Option<(Vec<InstanceStatus>, Option<String>, Option<SynchronousSet>)>,
     last_report_at: Option<Instant>,
+    /// The figures last written (positions, lags): an idle cluster's do
+    /// not move, and are not written again.
+    last_figures: Option<(Vec<InstanceStatus>, Option<u64>)>,
     /// Why the loop was last blocked (logged when it changes).
     last_blocked: Option<String>,
     /// The probes' sessions, kept between looks.
@@ -80,6 +83,7 @@ impl<S: Seam> FailoverLoop<S> {
             probe_seconds: 0.0,
             last_report: None,
             last_report_at: None,
+            last_figures: None,
             last_blocked: None,
             sessions: pg::Sessions::default(),
         }
@@ -668,9 +672,12 @@ impl<S: Seam> FailoverLoop<S> {
             })
             .collect();
         let key = (summary, blocked.clone(), synchronous.clone());
+        let figures = (instances.clone(), self.memory.last_primary_lsn);
+        // The figures are refreshed every REPORT_REFRESH while they move.
         let fresh = self
             .last_report_at
-            .is_some_and(|t| t.elapsed() < REPORT_REFRESH);
+            .is_some_and(|t| t.elapsed() < REPORT_REFRESH)
+            || self.last_figures.as_ref() == Some(&figures);
         if synchronous.is_none() && self.last_report.as_ref() == Some(&key) && fresh {
             return Ok(());
         }
@@ -684,6 +691,7 @@ impl<S: Seam> FailoverLoop<S> {
             .await?;
         self.last_report = Some(key);
         self.last_report_at = Some(Instant::now());
+        self.last_figures = Some(figures);
         Ok(())
     }
 }
