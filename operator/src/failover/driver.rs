@@ -552,7 +552,16 @@ impl<S: Seam> FailoverLoop<S> {
             }
             pg::set_synchronous_standby_names(&at, credentials, synchronous_standby_names).await
         };
-        let (set, ()) = tokio::join!(setting, self.repoint(obs, standbys, target, credentials));
+        // The slots first, then the standbys: each streams through its slot
+        // from its first connection.
+        let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
+        let slots_then_standbys = async {
+            if let Err(error) = pg::ensure_slots(&at, credentials, &expected).await {
+                tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot create the promotion target's slots");
+            }
+            self.repoint(obs, standbys, target, credentials).await;
+        };
+        let (set, ()) = tokio::join!(setting, slots_then_standbys);
         match set {
             Ok(()) => {
                 tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, synchronous_standby_names, standbys = ?standbys, "promotion target readied")

@@ -79,6 +79,9 @@ type StopWatch = (
 /// Each try of an address that takes connections costs the postmaster a
 /// fork (it forks to answer), hence not more often.
 const STOP_WATCH_EVERY: Duration = Duration::from_millis(25);
+/// How long a postmaster that took the connection has to answer a startup
+/// message in a stop watch (it is tried again 25 ms later).
+const STARTUP_ANSWER_WITHIN: Duration = Duration::from_millis(200);
 const STOP_WATCH_FOR: Duration = Duration::from_secs(60);
 
 /// Pods seen deleted from the API, by UID: their last state, and when.
@@ -480,11 +483,12 @@ pub fn pod_stopped_after_deletion(pod: &Pod) -> bool {
 
 /// Starts trying `ip` (the address of a primary being deleted) every few
 /// milliseconds, unless it is tried already, and returns when it first
-/// refused connections, if it has. A postmaster that stopped listening has
-/// finished its fast shutdown: its backends are gone and it accepts
-/// nothing; the kubelet then tears the pod's network down within moments,
-/// after which the address only times out — so a look now and then would
-/// miss it. Started as soon as the pod is seen terminating.
+/// said its postmaster is shutting down or refused connections, if it has.
+/// A postmaster shutting down has ended its sessions and accepts no
+/// connection again; one that stopped listening has finished its
+/// shutdown. The kubelet tears the pod's network down within moments of
+/// the exit, after which the address only times out — so a look now and
+/// then would miss it. Started as soon as the pod is seen terminating.
 fn watch_for_stop(stops: &Stops, ip: &str) -> Option<Instant> {
     let mut stops = stops.lock().unwrap_or_else(PoisonError::into_inner);
     // Forget watches long over (what they saw is of no use by then).
@@ -500,7 +504,7 @@ fn watch_for_stop(stops: &Stops, ip: &str) -> Option<Instant> {
     let task = tokio::spawn(async move {
         let started = Instant::now();
         while started.elapsed() < STOP_WATCH_FOR {
-            if let Address::Refused = address_state(&address).await {
+            if let Address::Refused | Address::ShuttingDown = address_state(&address).await {
                 let _ = seen.set(Instant::now());
                 return;
             }
@@ -602,6 +606,8 @@ pub fn volume_lock_taken(pod: &Pod) -> bool {
 enum Address {
     /// Nothing listens there: the host answers, the port is closed.
     Refused,
+    /// Its postmaster is shutting down: it accepts no connection again.
+    ShuttingDown,
     /// No route to it: gone, or on the other side of a partition.
     Unreachable,
     /// Something may still listen (it connects, or it does not say).
@@ -612,11 +618,20 @@ enum Address {
 /// answered this recently (it was serving, not restarting).
 const PLANNED_STOP_SEEN_WITHIN: Duration = Duration::from_secs(5);
 
-/// Whether anything still listens on PostgreSQL's port at `ip`.
+/// Whether anything still listens on PostgreSQL's port at `ip`, and
+/// whether that is a postmaster shutting down.
 async fn address_state(ip: &str) -> Address {
     let connect = tokio::net::TcpStream::connect((ip, names::POSTGRES_PORT as u16));
     match tokio::time::timeout(Duration::from_millis(500), connect).await {
-        Ok(Ok(_)) | Err(_) => Address::Open,
+        Ok(Ok(mut stream)) => {
+            let answer =
+                tokio::time::timeout(STARTUP_ANSWER_WITHIN, pg::startup_exchange(&mut stream));
+            match answer.await {
+                Ok(Ok(pg::StartupAnswer::ShuttingDown)) => Address::ShuttingDown,
+                _ => Address::Open,
+            }
+        }
+        Err(_) => Address::Open,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Address::Refused,
         Ok(Err(e))
             if matches!(
@@ -904,10 +919,12 @@ impl Seam for KubeSeam {
                 .await?;
             }
             // A primary being deleted that was serving a moment ago, whose
-            // address now refuses connections: its postmaster has stopped
-            // listening (fast shutdown), and the kubelet starts no container
-            // in a terminating pod. Seen well before the kubelet reports the
-            // container stopped (its relist runs once a second). Likewise a
+            // postmaster now says it is shutting down (a fast shutdown has
+            // begun: it accepts no connection again and exits) or whose
+            // address refuses connections (it has exited); the kubelet starts
+            // no container in a terminating pod. Seen well before the kubelet
+            // reports the container stopped (its relist runs once a second).
+            // Its final WAL is waited for before the promotion (machine.rs). Likewise a
             // hung one once the kubelet has killed it: it was alive when the
             // promotion was recorded, so a container started since finds it
             // and does not start as primary.
@@ -917,7 +934,7 @@ impl Seam for KubeSeam {
                 && self.watch_for_stop(ip).is_some()
             {
                 return Ok(FenceState::Stopped(format!(
-                    "it is being deleted and its address {ip} refused connections"
+                    "it is being deleted and its address {ip} refused connections, or said its postmaster is shutting down"
                 )));
             }
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -982,7 +999,7 @@ impl Seam for KubeSeam {
             && last.as_ref().is_some_and(|(_, gone)| at <= *gone)
         {
             return Ok(FenceState::Stopped(format!(
-                "its address {ip} refused connections while it was being deleted"
+                "its address {ip} refused connections, or said its postmaster is shutting down, while it was being deleted"
             )));
         }
         if let Some(ip) = &request.ip {
@@ -990,6 +1007,11 @@ impl Seam for KubeSeam {
                 Address::Refused => {
                     return Ok(FenceState::Stopped(format!(
                         "its pod is gone and its address {ip} refuses connections"
+                    )));
+                }
+                Address::ShuttingDown => {
+                    return Ok(FenceState::Stopped(format!(
+                        "its pod is gone and the postmaster at {ip} is shutting down"
                     )));
                 }
                 // No route to it: gone from this node's network, or on a node

@@ -291,22 +291,13 @@ fn startup_message() -> Vec<u8> {
 /// Whether the postmaster takes new connections: it forks a backend for
 /// a startup message, which asks for authentication (or refuses). A
 /// stopped or stuck postmaster leaves the message unanswered, while the
-/// sessions it forked before may still serve queries. The connection is
-/// closed before authenticating: PostgreSQL logs nothing for that (psql
-/// does the same before it prompts for a password), and no password is
-/// hashed on either side.
+/// sessions it forked before may still serve queries.
 pub async fn ping_postmaster(endpoint: &Endpoint) -> Result<(), ProbeError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let target = endpoint.address();
     let mut stream = tcp_classified(endpoint).await?;
-    let exchange = async {
-        stream.write_all(&startup_message()).await?;
-        let mut first = [0_u8; 1];
-        stream.read(&mut first).await
-    };
-    match tokio::time::timeout(STARTUP_TIMEOUT, exchange).await {
-        Ok(Ok(1..)) => Ok(()),
-        Ok(Ok(0)) => Err(ProbeError::new(
+    match tokio::time::timeout(STARTUP_TIMEOUT, startup_exchange(&mut stream)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProbeError::new(
             ProbeFailure::Error,
             format!("{target}: the server closed the connection before answering"),
         )),
@@ -316,6 +307,63 @@ pub async fn ping_postmaster(endpoint: &Endpoint) -> Result<(), ProbeError> {
         )),
         Err(_) => Err(no_answer(&target)),
     }
+}
+
+/// What a postmaster's backend answers to a startup message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartupAnswer {
+    /// It asks for authentication, or refuses for another reason.
+    Answered,
+    /// "the database system is shutting down": a postmaster in that state
+    /// accepts no connection again and exits once it has stopped.
+    ShuttingDown,
+}
+
+/// Sends a startup message on `stream` and reads the answer whole, then
+/// closes the connection before authenticating: PostgreSQL logs nothing
+/// for a client that leaves at that point (psql does the same before it
+/// prompts for a password), and no password is hashed on either side.
+/// (Closed with unread bytes, the socket would be reset, and the server
+/// log "could not receive data from client" at every look.)
+pub async fn startup_exchange(
+    stream: &mut tokio::net::TcpStream,
+) -> std::io::Result<StartupAnswer> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(&startup_message()).await?;
+    // One message: its type, its length (itself included), its body.
+    let mut header = [0_u8; 5];
+    stream.read_exact(&mut header).await?;
+    let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let mut body = vec![0_u8; (length.saturating_sub(4) as usize).min(MAX_ANSWER)];
+    stream.read_exact(&mut body).await?;
+    stream.shutdown().await?;
+    Ok(if header[0] == b'E' && is_shutting_down(&body) {
+        StartupAnswer::ShuttingDown
+    } else {
+        StartupAnswer::Answered
+    })
+}
+
+/// The longest answer to a startup message read whole: an authentication
+/// request is a few dozen bytes, an error a few hundred.
+const MAX_ANSWER: usize = 8192;
+
+/// Whether an ErrorResponse's fields say "the database system is shutting
+/// down" (SQLSTATE 57P03, which is also "starting up" and "not yet
+/// accepting connections": the message tells them apart; a server whose
+/// messages are translated is simply not recognized).
+fn is_shutting_down(fields: &[u8]) -> bool {
+    let mut code = None;
+    let mut message = None;
+    for field in fields.split(|b| *b == 0) {
+        match field.split_first() {
+            Some((b'C', value)) => code = Some(value),
+            Some((b'M', value)) => message = Some(value),
+            _ => {}
+        }
+    }
+    code == Some(b"57P03".as_slice())
+        && message.is_some_and(|m| m.windows(13).any(|w| w == b"shutting down"))
 }
 
 /// Probe sessions kept open between looks, by address: a look costs each
@@ -729,29 +777,8 @@ async fn housekeeping_unbounded(
         changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
     }
 
-    let existing: Vec<(String, bool)> = client
-        .query(
-            "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
-            &[],
-        )
-        .await
-        .map_err(query_err(primary_at, "list slots"))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    for pod in keep_slots_for {
-        let slot = names::slot_name(pod);
-        if !existing.iter().any(|(s, _)| *s == slot) {
-            client
-                .execute(
-                    "SELECT pg_create_physical_replication_slot($1, true)",
-                    &[&slot],
-                )
-                .await
-                .map_err(query_err(primary_at, "create slot"))?;
-            changes.push(format!("created slot {slot}"));
-        }
-    }
+    let existing = physical_slots(&client, primary_at).await?;
+    changes.extend(create_missing_slots(&client, primary_at, &existing, keep_slots_for).await?);
     let prefix = names::slot_name(&format!("{cluster}-"));
     for pod in drop_slots_of {
         let slot = names::slot_name(pod);
@@ -772,9 +799,93 @@ async fn housekeeping_unbounded(
     Ok(changes)
 }
 
+/// The physical replication slots of an instance, and whether each is in
+/// use.
+async fn physical_slots(
+    client: &tokio_postgres::Client,
+    at: &Endpoint,
+) -> Result<Vec<(String, bool)>, PgError> {
+    Ok(client
+        .query(
+            "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
+            &[],
+        )
+        .await
+        .map_err(query_err(at, "list slots"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Creates the slot of each of `pods` that `existing` lacks; says which.
+async fn create_missing_slots(
+    client: &tokio_postgres::Client,
+    at: &Endpoint,
+    existing: &[(String, bool)],
+    pods: &[String],
+) -> Result<Vec<String>, PgError> {
+    let mut created = Vec::new();
+    for pod in pods {
+        let slot = names::slot_name(pod);
+        if !existing.iter().any(|(s, _)| *s == slot) {
+            client
+                .execute(
+                    "SELECT pg_create_physical_replication_slot($1, true)",
+                    &[&slot],
+                )
+                .await
+                .map_err(query_err(at, "create slot"))?;
+            created.push(format!("created slot {slot}"));
+        }
+    }
+    Ok(created)
+}
+
+/// Gives a promotion target, still a standby, the slots of the standbys
+/// that will follow it: a standby pointed at it streams through its slot
+/// at once (slots survive the promotion), instead of failing on a missing
+/// slot and retrying a wal_retrieve_retry_interval later — which, in
+/// quorum mode, the new primary's first commits would wait for.
+pub async fn ensure_slots(
+    at: &Endpoint,
+    credentials: &Credentials,
+    pods: &[String],
+) -> Result<Vec<String>, PgError> {
+    bounded(at, Duration::from_secs(5), async {
+        let client = connect(at, &credentials.superuser_password).await?;
+        let existing = physical_slots(&client, at).await?;
+        create_missing_slots(&client, at, &existing, pods).await
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shutting_down_is_told_from_the_other_refusals() {
+        let error = |code: &str, message: &str| {
+            format!("SFATAL\0VFATAL\0C{code}\0M{message}\0Fpostmaster.c\0\0").into_bytes()
+        };
+        assert!(is_shutting_down(&error(
+            "57P03",
+            "the database system is shutting down"
+        )));
+        assert!(!is_shutting_down(&error(
+            "57P03",
+            "the database system is starting up"
+        )));
+        assert!(!is_shutting_down(&error(
+            "57P03",
+            "the database system is not yet accepting connections"
+        )));
+        assert!(!is_shutting_down(&error(
+            "28P01",
+            "password authentication failed: shutting down"
+        )));
+        assert!(!is_shutting_down(b""));
+    }
 
     #[test]
     fn lsn_formatting() {
