@@ -7,18 +7,32 @@ pub fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// `host=… port=…`, and `hostaddr=…` when the address is known: libpq
+/// then connects to that address without looking the name up (and still
+/// checks a server certificate against the name). A pod's DNS name through
+/// the headless Service is cached for 30 s by the cluster's DNS (CoreDNS'
+/// `cache 30`, as kubeadm sets it): for that long after a pod is
+/// recreated, its name can still give the old pod's address.
+pub fn server(host: &str, hostaddr: Option<&str>, port: u16) -> String {
+    match hostaddr {
+        Some(addr) => format!("host={} hostaddr={} port={port}", quote(host), quote(addr)),
+        None => format!("host={} port={port}", quote(host)),
+    }
+}
+
 /// `primary_conninfo` of standby `application_name` streaming from
-/// `host:port` as `user`.
+/// `host:port` (at `hostaddr`, when known) as `user`.
 pub fn primary_conninfo(
     host: &str,
+    hostaddr: Option<&str>,
     port: u16,
     user: &str,
     password: &str,
     application_name: &str,
 ) -> String {
     format!(
-        "host={} port={port} user={} password={} application_name={} connect_timeout=5",
-        quote(host),
+        "{} user={} password={} application_name={} connect_timeout=5",
+        server(host, hostaddr, port),
         quote(user),
         quote(password),
         quote(application_name),
@@ -35,12 +49,24 @@ mod tests {
         assert_eq!(
             primary_conninfo(
                 "db-1.db-headless.ns.svc",
+                None,
                 5432,
                 "streaming_replica",
                 "p'w",
                 "db-2"
             ),
             "host='db-1.db-headless.ns.svc' port=5432 user='streaming_replica' password='p\\'w' application_name='db-2' connect_timeout=5"
+        );
+        assert_eq!(
+            primary_conninfo(
+                "db-1.db-headless.ns.svc",
+                Some("198.18.0.7"),
+                5432,
+                "streaming_replica",
+                "pw",
+                "db-2"
+            ),
+            "host='db-1.db-headless.ns.svc' hostaddr='198.18.0.7' port=5432 user='streaming_replica' password='pw' application_name='db-2' connect_timeout=5"
         );
     }
 }

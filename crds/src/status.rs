@@ -145,6 +145,13 @@ pub struct InstanceStatus {
     pub lag_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<i64>,
+    /// The pod's IP address as the operator last saw it: replicas connect
+    /// to their primary at this address rather than through its DNS name,
+    /// which the cluster's DNS may serve stale for 30 s after the pod is
+    /// recreated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub ip: Option<String>,
 }
 
 /// A promotion recorded but not published yet: the failover's state, from

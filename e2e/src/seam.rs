@@ -275,10 +275,12 @@ impl Seam for LocalSeam {
                     } else {
                         pod.port
                     },
+                    hostaddr: None,
                 }),
                 stable: Endpoint {
                     host: "127.0.0.1".to_owned(),
                     port: pod.port,
+                    hostaddr: None,
                 },
                 instance: Some(pod.name.clone()),
             })

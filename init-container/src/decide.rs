@@ -139,6 +139,7 @@ mod tests {
             target_primary: None,
             bootstrapped,
             epoch: 1,
+            primary_address: None,
         }
     }
 

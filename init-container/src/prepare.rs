@@ -57,9 +57,11 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
     let data = pgdata::inspect(settings)?;
     let server_major = tools::server_major(&settings.pg_bin).await?;
     let me = settings.pod.as_str();
+    let mut endpoint = source.endpoint(&state.current_primary)?;
+    endpoint.hostaddr = state.primary_address.clone();
     let primary = Primary {
         name: &state.current_primary,
-        endpoint: source.endpoint(&state.current_primary)?,
+        endpoint,
     };
     // A pod that is not the primary but holds data compares it with the
     // primary's (timeline, system identifier).

@@ -140,16 +140,18 @@ pub async fn clone(
     let staging = settings.staging_dir("clone");
     fsutil::remove_staging(&staging)?;
     let staging_str = staging.to_string_lossy();
-    let port = primary.endpoint.port.to_string();
+    let server = ordinal_crds::conninfo::server(
+        &primary.endpoint.host,
+        primary.endpoint.hostaddr.as_deref(),
+        primary.endpoint.port,
+    );
     tools::run(
         &settings.tool("pg_basebackup"),
         &[
             "-D",
             &staging_str,
-            "-h",
-            &primary.endpoint.host,
-            "-p",
-            &port,
+            "-d",
+            &server,
             "-U",
             &credentials.replication_user,
             "--no-password",
@@ -243,9 +245,12 @@ async fn try_rewind(
     conn.execute("CHECKPOINT", &[]).await?;
     drop(conn);
     let source = format!(
-        "host={} port={} user={} dbname=postgres connect_timeout=10",
-        ordinal_crds::conninfo::quote(&primary.endpoint.host),
-        primary.endpoint.port,
+        "{} user={} dbname=postgres connect_timeout=10",
+        ordinal_crds::conninfo::server(
+            &primary.endpoint.host,
+            primary.endpoint.hostaddr.as_deref(),
+            primary.endpoint.port
+        ),
         ordinal_crds::conninfo::quote(sql::SUPERUSER)
     );
     let target = format!("--target-pgdata={}", settings.pgdata.display());
@@ -271,7 +276,8 @@ pub fn rewind_marker(settings: &Settings) -> std::path::PathBuf {
 }
 
 /// Points PGDATA at `dir` at the primary: standby.signal, primary_conninfo
-/// (application_name = pod name, host = the primary's stable DNS name) and
+/// (application_name = pod name, host = the primary's stable DNS name, at
+/// its pod IP when the status gives it) and
 /// primary_slot_name.
 pub fn configure_standby(
     settings: &Settings,
@@ -281,6 +287,7 @@ pub fn configure_standby(
 ) -> Result<(), InitError> {
     let conninfo = ordinal_crds::conninfo::primary_conninfo(
         &primary.endpoint.host,
+        primary.endpoint.hostaddr.as_deref(),
         primary.endpoint.port,
         &credentials.replication_user,
         &credentials.replication_password,

@@ -66,8 +66,15 @@ pub async fn local(socket_dir: &Path, port: u16) -> Result<Conn, SqlError> {
 /// A remote server, as `user` with `password`.
 pub async fn remote(endpoint: &Endpoint, user: &str, password: &str) -> Result<Conn, SqlError> {
     let mut config = Config::new();
+    config.host(&endpoint.host);
+    if let Some(addr) = endpoint
+        .hostaddr
+        .as_deref()
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+    {
+        config.hostaddr(addr);
+    }
     config
-        .host(&endpoint.host)
         .port(endpoint.port)
         .user(user)
         .password(password)

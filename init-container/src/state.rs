@@ -23,6 +23,10 @@ pub struct ClusterState {
     /// True once the first primary was initialized.
     pub bootstrapped: bool,
     pub epoch: i64,
+    /// The primary's pod IP as the operator last saw it
+    /// (`status.instances[].ip`): connected to without a DNS lookup, which
+    /// the cluster's DNS cache can answer with a recreated pod's old address.
+    pub primary_address: Option<String>,
 }
 
 /// How to reach a pod's PostgreSQL server.
@@ -30,6 +34,8 @@ pub struct ClusterState {
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// The address `host` stands for, when known: libpq's `hostaddr`.
+    pub hostaddr: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +132,19 @@ impl StateSource {
                         source,
                     })?;
                 let status = pgc.status.unwrap_or_default();
+                let current_primary = status.current_primary.ok_or_else(no_primary)?;
+                let primary_address = status
+                    .instances
+                    .iter()
+                    .find(|i| i.pod == current_primary)
+                    .and_then(|i| i.ip.clone())
+                    .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok());
                 Ok(ClusterState {
-                    current_primary: status.current_primary.ok_or_else(no_primary)?,
+                    current_primary,
                     target_primary: status.target_primary,
                     bootstrapped: status.bootstrapped,
                     epoch: status.epoch,
+                    primary_address,
                 })
             }
             Backend::File(path) => {
@@ -140,6 +154,7 @@ impl StateSource {
                     target_primary: file.target_primary,
                     bootstrapped: file.bootstrapped,
                     epoch: file.epoch,
+                    primary_address: None,
                 })
             }
         }
@@ -183,6 +198,7 @@ impl StateSource {
             Backend::Kubernetes(_) => Ok(Endpoint {
                 host: names::pod_dns(pod, &self.settings.service, &self.settings.namespace),
                 port: names::POSTGRES_PORT as u16,
+                hostaddr: None,
             }),
             Backend::File(path) => {
                 let file = read_file(path)?;
@@ -195,6 +211,7 @@ impl StateSource {
                         host.to_owned()
                     },
                     port: port.parse().unwrap_or(names::POSTGRES_PORT as u16),
+                    hostaddr: None,
                 })
             }
         }
@@ -294,9 +311,34 @@ mod tests {
                 current_primary: "db-2".to_owned(),
                 target_primary: None,
                 bootstrapped: true,
-                epoch: 4
+                epoch: 4,
+                primary_address: None,
             }
         );
+    }
+
+    #[tokio::test]
+    async fn reads_the_primary_address_from_its_instance() {
+        let instances = json!([
+            {"pod": "db-1", "role": "Replica", "ready": true, "ip": "198.18.0.5"},
+            {"pod": "db-2", "role": "Primary", "ready": true, "ip": "198.18.0.9"},
+        ]);
+        let state = read_with(
+            200,
+            cluster(json!({"currentPrimary": "db-2", "epoch": 4, "instances": instances})),
+        )
+        .await
+        .expect("state");
+        assert_eq!(state.primary_address.as_deref(), Some("198.18.0.9"));
+        // Anything but an IP address is not taken for one.
+        let garbled = json!([{"pod": "db-2", "role": "Primary", "ready": true, "ip": "db-2 x"}]);
+        let state = read_with(
+            200,
+            cluster(json!({"currentPrimary": "db-2", "instances": garbled})),
+        )
+        .await
+        .expect("state");
+        assert_eq!(state.primary_address, None);
     }
 
     #[tokio::test]
@@ -329,7 +371,8 @@ mod tests {
             source.endpoint("db-0").expect("endpoint"),
             Endpoint {
                 host: "db-0.db-headless.test.svc".to_owned(),
-                port: 5432
+                port: 5432,
+                hostaddr: None,
             }
         );
     }

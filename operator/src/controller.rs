@@ -190,6 +190,7 @@ mod tests {
             lag_bytes: Some(lag_bytes),
             lag_seconds: Some(0.0),
             timeline: Some(1),
+            ip: None,
         }
     }
 

@@ -472,6 +472,7 @@ pub fn instances(members: &[Member], probes: &Probes) -> Vec<InstanceStatus> {
                     Some(0.0)
                 },
                 timeline: p.timeline,
+                ip: m.stable.hostaddr.clone(),
             },
             _ => InstanceStatus {
                 pod: m.name.clone(),
@@ -481,6 +482,7 @@ pub fn instances(members: &[Member], probes: &Probes) -> Vec<InstanceStatus> {
                 lag_bytes: None,
                 lag_seconds: None,
                 timeline: None,
+                ip: m.stable.hostaddr.clone(),
             },
         })
         .collect();

@@ -776,10 +776,12 @@ impl Seam for KubeSeam {
                         .map(|ip| Endpoint {
                             host: ip,
                             port: names::POSTGRES_PORT as u16,
+                            hostaddr: None,
                         }),
                     stable: Endpoint {
                         host: names::pod_dns(&name, &service, &self.namespace),
                         port: names::POSTGRES_PORT as u16,
+                        hostaddr: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
                     },
                     instance: pod.uid(),
                     name,

@@ -116,6 +116,8 @@ pub struct InstanceProbe {
     /// Replica: the `host:port` of its `primary_conninfo` ("" when it
     /// follows nobody: detached).
     pub upstream: Option<String>,
+    /// Replica: the `hostaddr` of its `primary_conninfo`, when it names one.
+    pub upstream_addr: Option<String>,
     /// Replica: seconds since its WAL receiver last heard from the primary.
     pub last_message_age: Option<f64>,
     /// Primary: its standbys.
@@ -147,8 +149,14 @@ impl InstanceProbe {
 
 impl InstanceProbe {
     /// Whether this replica's primary_conninfo points at `primary`.
+    /// When both name an address, it must be the same: a standby pointed
+    /// at a pod recreated since (a new address) follows nobody.
     pub fn follows(&self, primary: &Endpoint) -> bool {
         self.upstream.as_deref() == Some(primary.address().as_str())
+            && match (&self.upstream_addr, &primary.hostaddr) {
+                (Some(theirs), Some(now)) => theirs == now,
+                _ => true,
+            }
     }
 }
 
@@ -433,21 +441,7 @@ SELECT pg_is_in_recovery(),
 /// The `host:port` a libpq conninfo string points at (port 5432 when it
 /// names none), "" when it names no host.
 pub fn conninfo_address(conninfo: &str) -> String {
-    let value = |key: &str| -> Option<String> {
-        let start = conninfo
-            .match_indices(&format!("{key}="))
-            .find(|(i, _)| *i == 0 || conninfo.as_bytes()[i - 1] == b' ')?
-            .0;
-        let rest = &conninfo[start + key.len() + 1..];
-        Some(match rest.strip_prefix('\'') {
-            Some(quoted) => quoted.split('\'').next().unwrap_or_default().to_owned(),
-            None => rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        })
-    };
+    let value = |key: &str| conninfo_value(conninfo, key);
     match value("host").filter(|h| !h.is_empty()) {
         Some(host) => format!(
             "{host}:{}",
@@ -455,6 +449,24 @@ pub fn conninfo_address(conninfo: &str) -> String {
         ),
         None => String::new(),
     }
+}
+
+/// The value of `key` in a libpq conninfo string of the shape Ordinal
+/// writes (single-quoted values hold no quote: names and addresses).
+pub fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
+    let start = conninfo
+        .match_indices(&format!("{key}="))
+        .find(|(i, _)| *i == 0 || conninfo.as_bytes()[i - 1] == b' ')?
+        .0;
+    let rest = &conninfo[start + key.len() + 1..];
+    Some(match rest.strip_prefix('\'') {
+        Some(quoted) => quoted.split('\'').next().unwrap_or_default().to_owned(),
+        None => rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    })
 }
 
 fn parse_standbys(list: Option<String>) -> Vec<StandbyReport> {
@@ -532,6 +544,7 @@ async fn query_probe(client: &Client, target: &str) -> Result<InstanceProbe, Pro
         )
     })?;
     let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
+    let conninfo: Option<String> = row.get(8);
     Ok(InstanceProbe {
         in_recovery: row.get(0),
         current_lsn: lsn(1),
@@ -541,9 +554,10 @@ async fn query_probe(client: &Client, target: &str) -> Result<InstanceProbe, Pro
         receiver: row.get(5),
         replay_delay_seconds: row.get(6),
         synchronous_standby_names: row.get(7),
-        upstream: row
-            .get::<_, Option<String>>(8)
-            .map(|c| conninfo_address(&c)),
+        upstream: conninfo.as_deref().map(conninfo_address),
+        upstream_addr: conninfo
+            .as_deref()
+            .and_then(|c| conninfo_value(c, "hostaddr")),
         last_message_age: row.get(9),
         standbys: parse_standbys(row.get(10)),
     })
@@ -597,6 +611,7 @@ fn quote_literal(s: &str) -> String {
 pub fn primary_conninfo(primary: &Endpoint, replica: &str, credentials: &Credentials) -> String {
     ordinal_crds::conninfo::primary_conninfo(
         &primary.host,
+        primary.hostaddr.as_deref(),
         primary.port,
         &credentials.replication_user,
         &credentials.replication_password,
@@ -888,6 +903,33 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_pointed_at_a_recreated_pod_follows_nobody() {
+        let primary = |addr: Option<&str>| Endpoint {
+            host: "db-1.db-headless.ns.svc".to_owned(),
+            port: 5432,
+            hostaddr: addr.map(str::to_owned),
+        };
+        let standby = |conninfo: &str| InstanceProbe {
+            in_recovery: true,
+            upstream: Some(conninfo_address(conninfo)),
+            upstream_addr: conninfo_value(conninfo, "hostaddr"),
+            ..InstanceProbe::default()
+        };
+        let by_address = standby("host='db-1.db-headless.ns.svc' hostaddr='198.18.0.7' port=5432");
+        assert!(by_address.follows(&primary(Some("198.18.0.7"))));
+        assert!(!by_address.follows(&primary(Some("198.18.0.9"))));
+        assert!(by_address.follows(&primary(None)));
+        // By name only (written before addresses were known): the name decides.
+        let by_name = standby("host='db-1.db-headless.ns.svc' port=5432");
+        assert!(by_name.follows(&primary(Some("198.18.0.9"))));
+        assert!(!by_name.follows(&Endpoint {
+            host: "db-2.db-headless.ns.svc".to_owned(),
+            port: 5432,
+            hostaddr: None,
+        }));
+    }
+
+    #[test]
     fn lsn_formatting() {
         assert_eq!(format_lsn(0x3000148), "0/3000148");
         assert_eq!(format_lsn((1 << 32) + 0x10), "1/10");
@@ -924,6 +966,11 @@ mod tests {
         assert_eq!(conninfo_address("host=h"), "h:5432");
         assert_eq!(conninfo_address("passfile=/x"), "");
         assert_eq!(conninfo_address(""), "");
+        assert_eq!(
+            conninfo_value("host='h' hostaddr='198.18.0.7' port=5432", "hostaddr").as_deref(),
+            Some("198.18.0.7")
+        );
+        assert_eq!(conninfo_value("host='h' port=5432", "hostaddr"), None);
     }
 
     #[test]
@@ -956,10 +1003,11 @@ mod tests {
         let endpoint = Endpoint {
             host: "db-1.db-headless.ns.svc".to_owned(),
             port: 5432,
+            hostaddr: Some("198.18.0.7".to_owned()),
         };
         assert_eq!(
             primary_conninfo(&endpoint, "db-2", &creds),
-            "host='db-1.db-headless.ns.svc' port=5432 user='streaming_replica' password='p\\'w' application_name='db-2' connect_timeout=5"
+            "host='db-1.db-headless.ns.svc' hostaddr='198.18.0.7' port=5432 user='streaming_replica' password='p\\'w' application_name='db-2' connect_timeout=5"
         );
     }
 }

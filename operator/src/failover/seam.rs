@@ -15,6 +15,9 @@ use super::machine::Intent;
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
+    /// The address `host` stands for, when known: connected to without a
+    /// name lookup (see `ordinal_crds::conninfo::server`).
+    pub hostaddr: Option<String>,
 }
 
 impl Endpoint {

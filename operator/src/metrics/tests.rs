@@ -13,6 +13,7 @@ fn instance(pod: &str, role: Role) -> InstanceStatus {
         lag_bytes: Some(if role == Role::Primary { 0 } else { 128 }),
         lag_seconds: Some(0.0),
         timeline: Some(2),
+        ip: None,
     }
 }
 

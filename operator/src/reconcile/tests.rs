@@ -460,6 +460,7 @@ fn rolling_cluster(primary: &str) -> PostgresCluster {
                 lag_bytes: Some(0),
                 lag_seconds: Some(0.0),
                 timeline: Some(1),
+                ip: None,
             })
             .collect();
     }

@@ -16,10 +16,12 @@ fn member(name: &str, state: PodState) -> Member {
         probe_at: Some(Endpoint {
             host: "127.0.0.1".to_owned(),
             port: 5432,
+            hostaddr: None,
         }),
         stable: Endpoint {
             host: format!("{name}.db-headless"),
             port: 5432,
+            hostaddr: None,
         },
         instance: Some(format!("uid-{name}")),
     }
@@ -50,6 +52,7 @@ fn replica(received: u64, streaming: bool) -> Result<InstanceProbe, ProbeError> 
         replay_delay_seconds: Some(0.0),
         synchronous_standby_names: String::new(),
         upstream: Some("db-0.db-headless:5432".to_owned()),
+        upstream_addr: None,
         last_message_age: Some(0.5),
         standbys: Vec::new(),
     })

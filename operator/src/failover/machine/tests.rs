@@ -19,10 +19,12 @@ fn member(name: &str, state: PodState) -> Member {
         probe_at: Some(Endpoint {
             host: "127.0.0.1".to_owned(),
             port: 5432,
+            hostaddr: None,
         }),
         stable: Endpoint {
             host: format!("{name}.db-headless"),
             port: 5432,
+            hostaddr: None,
         },
         instance: Some(format!("uid-{name}")),
     }
