@@ -152,6 +152,15 @@ impl KubeSeam {
                     deleted.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(600));
                     deleted.insert(uid, (Arc::new(pod.clone()), Instant::now()));
                 }
+                // Or gone at once (a force delete): from the moment it is
+                // recorded gone on (the fence compares the two).
+                if let Ok(watcher::Event::Delete(pod)) = &event
+                    && pod.labels().get(names::LABEL_ROLE).map(String::as_str)
+                        == Some(names::ROLE_PRIMARY)
+                    && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+                {
+                    watch_for_stop(&watched, ip);
+                }
                 if event.is_ok() {
                     notify.notify_one();
                 }
@@ -994,15 +1003,23 @@ impl Seam for KubeSeam {
             )));
         }
         // Its address was watched while it was being deleted (above), and
-        // refused connections before the pod went.
-        if watches_for_stop(request)
-            && let Some(ip) = &request.ip
+        // refused connections before the pod went; or, watched from when
+        // its pod was seen gone (a force delete: the kubelet stops its
+        // containers and starts none), after.
+        if let Some(ip) = &request.ip
             && let Some(at) = self.watch_for_stop(ip)
-            && last.as_ref().is_some_and(|(_, gone)| at <= *gone)
         {
-            return Ok(FenceState::Stopped(format!(
-                "its address {ip} refused connections, or said its postmaster is shutting down, while it was being deleted"
-            )));
+            let gone = last.as_ref().map(|(_, gone)| *gone);
+            if watches_for_stop(request) && gone.is_some_and(|gone| at <= gone) {
+                return Ok(FenceState::Stopped(format!(
+                    "its address {ip} refused connections, or said its postmaster is shutting down, while it was being deleted"
+                )));
+            }
+            if gone.is_some_and(|gone| at > gone) {
+                return Ok(FenceState::Stopped(format!(
+                    "its pod is gone and its address {ip} then refused connections, or said its postmaster is shutting down"
+                )));
+            }
         }
         if let Some(ip) = &request.ip {
             match address_state(ip).await {

@@ -34,13 +34,19 @@ pub fn build_headless_service(cluster: &ValidCluster) -> Service {
     }
 }
 
-fn role_service(cluster: &ValidCluster, name: String, role: &str) -> Service {
+fn role_service(
+    cluster: &ValidCluster,
+    name: String,
+    role: &str,
+    publish_not_ready: bool,
+) -> Service {
     let mut selector = selector_labels(&cluster.name);
     selector.insert(names::LABEL_ROLE.to_owned(), role.to_owned());
     Service {
         metadata: child_meta(cluster, name),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
+            publish_not_ready_addresses: publish_not_ready.then_some(true),
             selector: Some(selector),
             ports: Some(vec![postgres_port()]),
             ..ServiceSpec::default()
@@ -49,21 +55,30 @@ fn role_service(cluster: &ValidCluster, name: String, role: &str) -> Service {
     }
 }
 
-/// Read-write: the pod labelled primary by the operator.
+/// Read-write: the pod labelled primary by the operator, whether Ready or
+/// not. The label alone routes: the operator removes it before it fences
+/// the pod and promotes another, and gives it only to a promoted pod.
+/// Readiness would add nothing but its delay — a primary restarted in
+/// place after a crash serves again as soon as its postgres listens, not a
+/// readiness probe and an endpoint update later; and clients of a primary
+/// that is down get the same refusal either way.
 pub fn build_rw_service(cluster: &ValidCluster) -> Service {
     role_service(
         cluster,
         names::rw_service(&cluster.name),
         names::ROLE_PRIMARY,
+        true,
     )
 }
 
-/// Read-only: the pods labelled replica by the operator.
+/// Read-only: the pods labelled replica by the operator, once Ready (a
+/// replica is Ready when it streams and is not too far behind).
 pub fn build_ro_service(cluster: &ValidCluster) -> Service {
     role_service(
         cluster,
         names::ro_service(&cluster.name),
         names::ROLE_REPLICA,
+        false,
     )
 }
 
@@ -101,6 +116,13 @@ mod tests {
                 .and_then(|s| s.selector)
                 .and_then(|s| s.get(names::LABEL_ROLE).cloned())
         };
+        let not_ready = |s: &Service| s.spec.as_ref().and_then(|s| s.publish_not_ready_addresses);
+        assert_eq!(
+            not_ready(&rw),
+            Some(true),
+            "db-rw routes by the label alone"
+        );
+        assert_eq!(not_ready(&ro), None, "db-ro routes to Ready replicas only");
         assert_eq!(role(rw).as_deref(), Some("primary"));
         assert_eq!(role(ro).as_deref(), Some("replica"));
     }
