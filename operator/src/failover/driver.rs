@@ -312,16 +312,16 @@ impl<S: Seam> FailoverLoop<S> {
                         .and_then(|p| p.as_ref().ok())
                         .and_then(|p| p.wal_position());
                     let started = Instant::now();
-                    self.ready_target(
+                    self.ready_and_promote(
                         &obs,
                         &pod,
+                        &at,
                         &synchronous_standby_names,
                         &standbys,
                         &probes,
                         &credentials,
                     )
                     .await?;
-                    pg::promote(&at, &credentials).await?;
                     self.timing.promote = started.elapsed();
                     tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod, "promoted");
                     self.check(Step::Promote)?;
@@ -505,27 +505,27 @@ impl<S: Seam> FailoverLoop<S> {
         Ok(outcome)
     }
 
-    /// Readies the promotion target (see [`Action::Promote`]): in quorum
-    /// mode the synchronous set it will use is recorded first (the union
-    /// with the set in effect, so that the next failover counts every
-    /// member that may acknowledge), then set on it; the other standbys
-    /// are pointed at it. What does not work here is done again by the
-    /// housekeeping and re-pointing of the new primary.
-    async fn ready_target(
+    /// Readies the promotion target and promotes it (see
+    /// [`Action::Promote`]). In quorum mode the synchronous set it will use
+    /// is recorded first (the union with the set in effect, so that the
+    /// next failover counts every member that may acknowledge), then set on
+    /// it before `pg_promote` — a target that cannot be given it is not
+    /// promoted. Beside that, the target gets the other standbys' slots and
+    /// they are pointed at it: they follow it from before or just after its
+    /// promotion, and nothing waits for them but the first quorum commit.
+    /// What does not work here is done again by the housekeeping and
+    /// re-pointing of the new primary.
+    #[allow(clippy::too_many_arguments)]
+    async fn ready_and_promote(
         &mut self,
         obs: &Observation,
         target: &str,
+        at: &super::seam::Endpoint,
         synchronous_standby_names: &str,
         standbys: &[String],
         probes: &Probes,
         credentials: &Credentials,
     ) -> Result<(), FailoverError> {
-        let at = member(obs, target)?
-            .probe_at
-            .clone()
-            .ok_or_else(|| FailoverError::NoAddress {
-                pod: target.to_owned(),
-            })?;
         let quorum = obs.settings.mode == ReplicationMode::Quorum;
         if quorum {
             let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
@@ -546,30 +546,34 @@ impl<S: Seam> FailoverLoop<S> {
             .get(target)
             .and_then(|p| p.as_ref().ok())
             .is_some_and(|p| p.synchronous_standby_names == synchronous_standby_names);
-        let setting = async {
-            if has {
-                return Ok(());
+        let promoting = async {
+            if !has
+                && let Err(error) =
+                    pg::set_synchronous_standby_names(at, credentials, synchronous_standby_names)
+                        .await
+            {
+                if quorum {
+                    // Promoted without it, its commits would be acknowledged
+                    // by fewer than the quorum.
+                    return Err(FailoverError::from(error));
+                }
+                tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot set the promotion target's synchronous standbys");
             }
-            pg::set_synchronous_standby_names(&at, credentials, synchronous_standby_names).await
+            pg::promote(at, credentials).await?;
+            Ok(())
         };
         // The slots first, then the standbys: each streams through its slot
         // from its first connection.
         let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
-        let slots_then_standbys = async {
-            if let Err(error) = pg::ensure_slots(&at, credentials, &expected).await {
+        let following = async {
+            if let Err(error) = pg::ensure_slots(at, credentials, &expected).await {
                 tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot create the promotion target's slots");
             }
             self.repoint(obs, standbys, target, credentials).await;
         };
-        let (set, ()) = tokio::join!(setting, slots_then_standbys);
-        match set {
-            Ok(()) => {
-                tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, synchronous_standby_names, standbys = ?standbys, "promotion target readied")
-            }
-            Err(error) => {
-                tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot set the promotion target's synchronous standbys")
-            }
-        }
+        let (promoted, ()) = tokio::join!(promoting, following);
+        promoted?;
+        tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, synchronous_standby_names, standbys = ?standbys, "promotion target readied and promoted");
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::PoisonError;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ordinal_crds::names;
 use tokio_postgres::{Client, Config, NoTls};
@@ -563,10 +563,13 @@ async fn query_probe(client: &Client, target: &str) -> Result<InstanceProbe, Pro
     })
 }
 
+/// How long a promotion may take to end recovery.
+const PROMOTE_WITHIN: Duration = Duration::from_secs(60);
+
 /// Promotes a standby and waits until it accepts writes. Idempotent: an
 /// instance that is no longer in recovery is left as it is.
 pub async fn promote(endpoint: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
-    // pg_promote waits up to 60 s itself.
+    // Waits up to 60 s for the promotion itself.
     bounded(
         endpoint,
         Duration::from_secs(90),
@@ -585,21 +588,28 @@ async fn promote_unbounded(endpoint: &Endpoint, credentials: &Credentials) -> Re
     if !in_recovery {
         return Ok(());
     }
-    client
-        .batch_execute("SET statement_timeout = 0")
-        .await
-        .map_err(query_err(endpoint, "SET statement_timeout"))?;
-    let promoted: bool = client
-        .query_one("SELECT pg_promote(wait => true, wait_seconds => 60)", &[])
+    // pg_promote(wait => true) looks every 100 ms; this session looks
+    // every 10, on a connection already made.
+    let signalled: bool = client
+        .query_one("SELECT pg_promote(wait => false)", &[])
         .await
         .map_err(query_err(endpoint, "pg_promote"))?
         .get(0);
-    if !promoted {
-        return Err(PgError::NotPromoted {
-            target: format!("{}:{}", endpoint.host, endpoint.port),
-        });
+    let started = Instant::now();
+    while signalled && started.elapsed() < PROMOTE_WITHIN {
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(query_err(endpoint, "pg_is_in_recovery"))?
+            .get(0);
+        if !in_recovery {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok(())
+    Err(PgError::NotPromoted {
+        target: format!("{}:{}", endpoint.host, endpoint.port),
+    })
 }
 
 fn quote_literal(s: &str) -> String {
