@@ -2,11 +2,13 @@
 //!
 //! Two kinds, one crate:
 //! - local chaos tests against real PostgreSQL servers started on
-//!   127.0.0.1, run in every CI run;
-//! - cluster scenarios against the cluster of `KUBECONFIG`, `#[ignore]`d and
-//!   run with `cargo test -p ordinal-e2e -- --ignored`.
+//!   127.0.0.1 (`tests/chaos.rs`, `tests/monitoring.rs`);
+//! - the real-cluster suite against the cluster of `KUBECONFIG`
+//!   (`tests/cluster.rs`, `tests/failover.rs`, behind the `cluster`
+//!   feature), which `scripts/test.sh` runs on the local cluster that
+//!   `scripts/cluster.sh` starts;
 //!
-//! Both grow with the failover loop and the install issues.
+//! and the benchmarks of `benches/`. Both kinds run in every CI run.
 
 pub mod cluster;
 pub mod local;

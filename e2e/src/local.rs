@@ -392,9 +392,11 @@ impl Pod {
         // either no process or this one, never a process it misses.
         {
             let mut server = self.server.lock().expect("server");
+            // In a process group of its own, which a kill -9 takes whole.
             let child = self
                 .ordinal_init()
                 .args(self.run_args())
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(file.try_clone().expect("log"))
                 .stderr(file)
@@ -459,6 +461,7 @@ impl Pod {
         let child = self
             .command(&postgres)
             .args(args)
+            .process_group(0)
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
             .spawn()
@@ -471,12 +474,18 @@ impl Pod {
         );
     }
 
+    /// Signals the server: `ordinal-init run`, which passes a stop on to
+    /// postgres, or for SIGKILL its whole process group — the guard and its
+    /// postmaster, as a container's end takes every process in it (the
+    /// backends end once their postmaster is gone).
     fn signal(&self, signal: Signal) -> bool {
         let mut server = self.server.lock().expect("server");
         let Some(child) = server.as_mut() else {
             return false;
         };
-        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let pid = child.id() as i32;
+        let target = if signal == Signal::SIGKILL { -pid } else { pid };
+        let _ = kill(Pid::from_raw(target), signal);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -488,14 +497,14 @@ impl Pod {
         false
     }
 
-    /// Fast shutdown (SIGINT), as the kubelet's SIGTERM → postgres would.
+    /// The kubelet's stop: ordinal-init turns it into a fast shutdown.
     pub fn stop(&self) {
         if !self.signal(Signal::SIGINT) {
             self.signal(Signal::SIGKILL);
         }
     }
 
-    /// kill -9 of the postmaster.
+    /// kill -9 of the instance: the guard and its postmaster at once.
     pub fn kill9(&self) {
         self.signal(Signal::SIGKILL);
     }

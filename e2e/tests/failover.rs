@@ -206,10 +206,10 @@ async fn failover_case(test: &str, mode: ReplicationMode, how: Loss) {
     }
 }
 
-/// A killed postmaster: its container restarts in place and serves again
-/// as the same primary, with every acknowledged commit (its own WAL), no
-/// promotion, never beside another writable instance; the standbys follow
-/// it again.
+/// A killed postmaster: ordinal-init starts it again in place and it serves
+/// again as the same primary, with every acknowledged commit (its own WAL),
+/// no promotion, never beside another writable instance; the standbys
+/// follow it again.
 async fn restart_case(test: &str, mode: ReplicationMode) {
     let Running {
         h,
@@ -219,7 +219,11 @@ async fn restart_case(test: &str, mode: ReplicationMode) {
         sampler,
         writer,
     } = running(test, mode).await;
-    let restarts = ordinal_e2e::cluster::postgres_restarts(&h.pods().get(&old).await.expect("pod"));
+    let before = h
+        .postgres_instance(&old)
+        .await
+        .expect("the postgres of the primary");
+    assert!(before.1.is_some(), "{old}: no postmaster.pid: {before:?}");
 
     let t0 = Instant::now();
     eprintln!(
@@ -230,21 +234,28 @@ async fn restart_case(test: &str, mode: ReplicationMode) {
     h.wait_until(
         &format!("{old} restarts in place and acknowledges writes again"),
         async || {
-            let pod = h.pods().get(&old).await.map_err(|e| e.to_string())?;
-            let now = ordinal_e2e::cluster::postgres_restarts(&pod);
-            if now <= restarts {
-                return Err(format!("restartCount {now}"));
+            let now = h.postgres_instance(&old).await?;
+            if now == before || now.1.is_none() {
+                return Err(format!("postgres {now:?}, {before:?} before the kill"));
             }
             let gap = writer.longest_gap_since(t0).unwrap_or_default();
             let back = writer.acks_after_by(t0 + gap, &old);
             (back > 0 && gap >= Duration::from_millis(100))
                 .then_some(())
                 .ok_or(format!(
-                    "restartCount {now}, no write acknowledged by {old} since"
+                    "postgres {now:?}, no write acknowledged by {old} since"
                 ))
         },
     )
     .await;
+    let restarted = h
+        .postgres_instance(&old)
+        .await
+        .expect("the postgres of the primary");
+    assert_eq!(
+        restarted.0, before.0,
+        "{old}: postgres was started again by the kubelet (a new container), not by ordinal-init in place"
+    );
     let outage = writer.longest_gap_since(t0).unwrap_or_default();
     println!(
         "ordinal-e2e: {mode:?} Kill of {old}: restarted in place, write outage {:.2}s (the longest gap between acknowledged writes)",

@@ -3,10 +3,11 @@
 //! starts on the same node; postgres' own `postmaster.pid` check cannot see
 //! a postmaster in another PID and IPC namespace. An exclusive `flock` on a
 //! file of the volume can: the kernel holds it for the open file, across
-//! namespaces. The guard takes it before it looks at PGDATA and keeps it
-//! through the `exec` of postgres (the descriptor is inherited), so the lock
-//! is released only when that postmaster and every process it started
-//! have exited (they all share the open file).
+//! namespaces. The guard takes it before it looks at PGDATA, keeps it while
+//! it supervises postgres and shares it with postgres (the descriptor is
+//! inherited), so the lock is released only when the guard, its postmaster
+//! and every process that started have exited (they all share the open
+//! file).
 //!
 //! The pod's first init container (`install --wait-for-volume`) takes the
 //! lock too, and lets it go: its completion tells the operator that every
@@ -43,7 +44,7 @@ pub enum LockError {
     },
 }
 
-/// The held lock; dropping it releases the lock, unless it was handed to
+/// The held lock; dropping it releases the lock, unless it was shared with
 /// postgres by [`DataLock::keep_across_exec`].
 pub struct DataLock(Flock<File>);
 
@@ -105,8 +106,9 @@ async fn acquire_at(path: PathBuf) -> Result<DataLock, LockError> {
 }
 
 impl DataLock {
-    /// Lets the process `exec`ed next (postgres) inherit the lock, which it
-    /// then holds until it exits.
+    /// Lets the processes started from here on (postgres) inherit the lock,
+    /// and keeps it for as long as this process runs: each holder keeps it
+    /// until it exits.
     pub fn keep_across_exec(self, settings: &Settings) -> Result<(), LockError> {
         fcntl(&*self.0, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|source| {
             LockError::Inherit {

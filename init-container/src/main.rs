@@ -3,10 +3,10 @@
 //!
 //! - `install DIR`: copy this binary into the shared emptyDir;
 //! - `init`: prepare PGDATA for the pod's role (init container);
-//! - `run -- postgres …`: the same check at every container start, then exec;
+//! - `run -- postgres …`: the same check at every container start, then
+//!   postgres under supervision (`supervise.rs`);
 //! - `probe ready|live`: the kubelet's probes.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +26,7 @@ mod replica;
 mod settings;
 mod sql;
 mod state;
+mod supervise;
 mod tools;
 
 use settings::Settings;
@@ -110,15 +111,18 @@ enum Command {
     },
     /// Prepare PGDATA for this pod's role.
     Init,
-    /// Re-check the role, then exec the command (postgres and its arguments).
+    /// Re-check the role, then run the command (postgres and its
+    /// arguments) under supervision: the container's stop signal is a fast
+    /// shutdown, and a crash restarts it in place after the same checks.
     Run {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Fast shutdown of the local server (the container's preStop hook):
-    /// postgres' own SIGTERM is a smart shutdown that waits for every client,
-    /// while a fast one ends sessions and streams the final WAL to the
-    /// standbys before exiting.
+    /// Fast shutdown of the local server: postgres' own SIGTERM is a smart
+    /// shutdown that waits for every client, while a fast one ends sessions
+    /// and streams the final WAL to the standbys before exiting. (The
+    /// preStop hook of pods made by earlier versions; `run` now turns the
+    /// container's stop signal into it.)
     Stop,
     /// Exit 0 when the local server is ready (or live), 1 otherwise.
     Probe {
@@ -144,12 +148,20 @@ fn main() -> ExitCode {
             wait_for_volume,
         } => install_after(&dir, wait_for_volume.as_deref()),
         Command::Init => with_runtime(init()).map_err(|e| report(&e)),
-        Command::Run { command } => with_runtime(prepare_run())
-            .and_then(|(settings, lock)| {
+        Command::Run { command } => {
+            let supervised = with_runtime(async {
+                let (settings, lock) = prepare_run().await?;
                 lock.keep_across_exec(&settings)?;
-                Err(exec(&settings, command))
-            })
-            .map_err(|e| report(&e)),
+                supervise::supervise(&settings, &command).await
+            });
+            return match supervised {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(error) => {
+                    tracing::error!("{}", report(&error));
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Stop => with_runtime(stop()).map_err(|e| report(&e)),
         Command::Probe { probe } => return run_probe(probe),
     };
@@ -228,22 +240,6 @@ async fn prepare_run() -> Result<(Settings, lock::DataLock), InitError> {
     let lock = lock::acquire(&settings).await?;
     prepare::prepare(&settings).await?;
     Ok((settings, lock))
-}
-
-/// Replaces this process with `command`, so that postgres is the
-/// container's main process and gets the kubelet's signals directly.
-fn exec(settings: &Settings, command: Vec<String>) -> InitError {
-    let mut parts = command.into_iter();
-    let program = parts.next().unwrap_or_default();
-    // A bare `postgres` runs the server binaries the checks used.
-    let resolved = if program.contains('/') {
-        PathBuf::from(&program)
-    } else {
-        settings.tool(&program)
-    };
-    tracing::info!(program = %resolved.display(), "starting");
-    let source = std::process::Command::new(&resolved).args(parts).exec();
-    InitError::Exec { program, source }
 }
 
 fn run_probe(kind: probe::Probe) -> ExitCode {

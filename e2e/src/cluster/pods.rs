@@ -144,19 +144,38 @@ impl Harness {
             .map_err(|_| format!("exec in {pod}/{container} did not finish within 60s"))?
     }
 
+    /// Which postgres runs in `pod` now: its container's restarts and its
+    /// postmaster's PID (from `postmaster.pid`, None when it cannot be
+    /// read). Either changes when postgres is started again — by the
+    /// kubelet (a new container) or by ordinal-init in place.
+    pub async fn postgres_instance(&self, pod: &str) -> Result<(i32, Option<String>), String> {
+        let p = self.pods().get(pod).await.map_err(|e| error_text(&e))?;
+        let pid = self
+            .exec(
+                pod,
+                "postgres",
+                &["sh", "-c", r#"head -n1 "$PGDATA/postmaster.pid""#],
+            )
+            .await
+            .ok()
+            .filter(ExecOutput::success)
+            .map(|o| o.stdout.trim().to_owned())
+            .filter(|pid| !pid.is_empty());
+        Ok((postgres_restarts(&p), pid))
+    }
+
     /// Crashes PostgreSQL in `pod` — `kill -9` of the postmaster — and
-    /// waits until the crash shows (the container restarted, or the pod
-    /// was replaced).
+    /// waits until the crash shows (postgres started again, in place or in
+    /// a new container, or the pod replaced).
     ///
-    /// postgres is PID 1 of its container (ordinal-init execs it), and the
-    /// kernel drops SIGKILL sent to a PID namespace's init from inside the
-    /// namespace, which is where exec runs. So the signal comes from the
+    /// The postmaster is ordinal-init's child; the signal comes from the
     /// node ([`Harness::signal_postgres`]) when the suite has access to the
     /// node's containerd (`ORDINAL_E2E_CONTAINERD_STATE`, set by
-    /// scripts/test.sh for the local cluster). Without it, the closest thing
-    /// from inside: every other process of the container (the backends,
-    /// walsenders, checkpointer: everything holding unsent WAL) gets
-    /// SIGKILL and the postmaster SIGQUIT, postgres' immediate shutdown.
+    /// scripts/test.sh for the local cluster), else from inside the
+    /// container. (Were postgres PID 1 of its container, the kernel would
+    /// drop a SIGKILL sent from inside the namespace: then every other
+    /// process of the container gets SIGKILL and the postmaster SIGQUIT,
+    /// postgres' immediate shutdown.)
     pub async fn crash_postgres(&self, pod: &str) {
         let before = self
             .pods()
@@ -165,6 +184,7 @@ impl Harness {
             .unwrap_or_else(|e| panic!("reading pod {pod}: {}", error_text(&e)));
         let uid = before.metadata.uid.clone();
         let restarts = postgres_restarts(&before);
+        let instance = self.postgres_instance(pod).await.ok();
         if self.config.containerd_state.is_some() {
             self.signal_postgres(pod, Signal::SIGKILL)
                 .await
@@ -174,7 +194,7 @@ impl Harness {
             self.crash_postgres_from_inside(pod).await;
         }
         self.wait_until(
-            &format!("postgres in {pod} is down (container restarted or pod replaced)"),
+            &format!("postgres in {pod} is down or started again (in place, in a new container, or in a new pod)"),
             async || match self.pods().get_opt(pod).await {
                 Ok(None) => Ok(()),
                 Ok(Some(p)) if p.metadata.uid != uid => Ok(()),
@@ -182,10 +202,14 @@ impl Harness {
                 Ok(Some(p)) if postgres_restarts(&p) > restarts || postgres_not_running(&p) => {
                     Ok(())
                 }
-                Ok(Some(p)) => Err(format!(
-                    "{pod}: container postgres still running, restartCount {}",
-                    postgres_restarts(&p)
-                )),
+                Ok(Some(_)) => match self.postgres_instance(pod).await {
+                    Ok(now) if instance.as_ref().is_some_and(|i| i.1.is_some() && *i != now) => {
+                        Ok(())
+                    }
+                    now => Err(format!(
+                        "{pod}: the same postgres still runs ({instance:?} before, {now:?} now)"
+                    )),
+                },
                 Err(e) => Err(error_text(&e)),
             },
         )

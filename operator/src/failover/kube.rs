@@ -469,8 +469,22 @@ impl KubeSeam {
     }
 }
 
-/// Whether the postgres container of `pod` has stopped (it ran, and runs
-/// no more).
+/// The pod is in a terminal phase (Failed or Succeeded). The kubelet gives
+/// a pod whose restart policy is Always a terminal phase only once it is
+/// terminal — deleted or evicted — and it has seen every container of it
+/// stopped (its SyncTerminatingPod); it restarts none of them after that,
+/// and a phase never leaves Failed or Succeeded. A crash-looping
+/// container's stop, older than the deletion, is so confirmed without
+/// waiting for the pod to be gone or replaced. (The pod garbage collector
+/// also marks pods Failed, on a node that is gone or declared out of
+/// service: there, what stopped them is the node's own end.)
+pub fn pod_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed" | "Succeeded")
+    )
+}
+
 /// The pod's postgres container stopped after its deletion was asked for:
 /// a terminated state from before (a crash the kubelet is restarting in
 /// place) proves nothing, since a container may have started since that the
@@ -906,6 +920,11 @@ impl Seam for KubeSeam {
         // replacement of a force-deleted one, named by an intent recorded
         // without its UID): never delete it, look for the old one below.
         if let Some(pod) = now.filter(|p| same_instance && postgres_ever_started(p)) {
+            if pod_terminal(&pod) {
+                return Ok(FenceState::Stopped(
+                    "its pod is in a terminal phase: the kubelet has stopped its containers and restarts none".to_owned(),
+                ));
+            }
             if pod_stopped_after_deletion(&pod) {
                 return Ok(FenceState::Stopped(
                     "its postgres container stopped after its pod was deleted".to_owned(),
@@ -978,7 +997,7 @@ impl Seam for KubeSeam {
                 .cloned()
         });
         if let Some((pod, _)) = &last
-            && pod_stopped_after_deletion(pod)
+            && (pod_stopped_after_deletion(pod) || pod_terminal(pod))
         {
             return Ok(FenceState::Stopped(
                 "its pod was deleted once its containers had stopped".to_owned(),

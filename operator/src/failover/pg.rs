@@ -13,6 +13,8 @@ use tokio_postgres::{Client, Config, NoTls};
 use super::seam::{Credentials, Endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A new session (not a probe's) is set up within this long or not at all.
+const SESSION_WITHIN: Duration = Duration::from_secs(2);
 const STATEMENT_TIMEOUT_MS: u32 = 2000;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// From TCP connection to an authenticated session.
@@ -203,12 +205,24 @@ fn config(endpoint: &Endpoint, password: &str) -> Config {
     config
 }
 
+/// A new session, given [`SESSION_WITHIN`] for the whole of it — TCP, the
+/// startup message and authentication. (The connect timeout of the
+/// configuration covers TCP alone: a postmaster that hangs after the
+/// kernel took the connection would hold the caller for as long as the
+/// call's own bound, and the loop's next look with it.)
 async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError> {
     let target = format!("{}:{}", endpoint.host, endpoint.port);
-    let (client, connection) = config(endpoint, password)
-        .connect(NoTls)
-        .await
-        .map_err(|source| PgError::Connect { target, source })?;
+    let config = config(endpoint, password);
+    let connecting = config.connect(NoTls);
+    let (client, connection) = match tokio::time::timeout(SESSION_WITHIN, connecting).await {
+        Ok(connected) => connected.map_err(|source| PgError::Connect { target, source })?,
+        Err(_) => {
+            return Err(PgError::Timeout {
+                target,
+                timeout: SESSION_WITHIN,
+            });
+        }
+    };
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -249,6 +249,23 @@ async fn fencing_removes_the_route_then_stops_the_pod_and_waits_to_see_it_stoppe
     assert!(matches!(state, FenceState::Stopped(_)), "{state:?}");
     drop(seam);
     server.await.expect("server");
+
+    // A crash-looping container stopped before the deletion, and the
+    // kubelet has since given the pod a terminal phase: it stopped every
+    // container and restarts none. Fenced.
+    let mut terminal = stopped_after(1_000, 999);
+    if let Some(status) = terminal.status.as_mut() {
+        status.phase = Some("Failed".to_owned());
+    }
+    let (seam, server) = seam_with(vec![terminal]);
+    let server = server.run(vec![unlabel()]);
+    let state = seam.fence(&fence_request(false)).await.expect("fence");
+    assert!(
+        matches!(&state, FenceState::Stopped(how) if how.contains("terminal phase")),
+        "{state:?}"
+    );
+    drop(seam);
+    server.await.expect("server");
 }
 
 /// db-0 deleted (1 s grace) at `deleted` (unix seconds), its postgres

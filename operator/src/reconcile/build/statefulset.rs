@@ -11,10 +11,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
     WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -345,16 +345,10 @@ fn postgres_container(cluster: &ValidCluster) -> Container {
             failure_threshold: Some(15),
             ..Probe::default()
         }),
-        // The kubelet's SIGTERM would be a smart shutdown (it waits for
-        // every client); a fast one ends sessions and streams the final WAL
-        // to the standbys, so a deleted primary loses nothing.
-        lifecycle: Some(Lifecycle {
-            pre_stop: Some(LifecycleHandler {
-                exec: exec_ordinal_init(&["stop"]),
-                ..LifecycleHandler::default()
-            }),
-            ..Lifecycle::default()
-        }),
+        // No preStop hook: `ordinal-init run` turns the kubelet's stop
+        // signal into postgres' fast shutdown (it ends sessions and streams
+        // the final WAL to the standbys, so a deleted primary loses
+        // nothing), with no command to run in the container first.
         readiness_probe: Some(Probe {
             exec: exec_ordinal_init(&["probe", "ready"]),
             period_seconds: Some(2),

@@ -1,0 +1,288 @@
+//! `ordinal-init run`: the postgres container's main process. It runs the
+//! guard (the role decision) and then postgres as its child, rather than
+//! `exec`ing it, so that:
+//!
+//! - the kubelet's stop signal, whatever the image declares (SIGTERM unless
+//!   it says otherwise), is a **fast** shutdown: it ends the sessions and
+//!   streams the final WAL to the standbys. postgres' own SIGTERM is a
+//!   smart shutdown that waits for every client. No preStop hook is needed,
+//!   and the deletion of a primary starts its shutdown without the kubelet
+//!   first running a command in the container (a few hundred milliseconds
+//!   of every planned failover);
+//! - a crashed postmaster (`kill -9`, an OOM kill) is started again at once,
+//!   in place, after the guard has decided the role again — not after the
+//!   kubelet's restart back-off (10 s, then 20 s, …), which turned a second
+//!   crash within minutes into a failover. A postmaster that keeps crashing
+//!   ([`MAX_RESTARTS`] within [`RESTART_WINDOW`]) ends the container, and
+//!   the kubelet's back-off applies;
+//! - as PID 1 it reaps the orphans of a crashed postmaster, and starts the
+//!   next one only once every process of the last one is gone.
+//!
+//! A postmaster that exits cleanly (stopped by `pg_ctl`, as the liveness
+//! probe stops an isolated primary) ends the container: the next start's
+//! guard decides. The data volume's lock is held throughout, and shared
+//! with postgres (see `lock.rs`).
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::InitError;
+use crate::prepare;
+use crate::settings::Settings;
+
+/// At most this many restarts in place within [`RESTART_WINDOW`]; one more
+/// crash ends the container.
+pub const MAX_RESTARTS: usize = 3;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long the processes of a crashed postmaster may take to exit.
+const ORPHANS_WITHIN: Duration = Duration::from_secs(10);
+
+/// How postgres ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Killed(Signal),
+}
+
+impl Ending {
+    fn from_status(status: WaitStatus) -> Option<Self> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(Self::Exited(code)),
+            WaitStatus::Signaled(_, signal, _) => Some(Self::Killed(signal)),
+            _ => None,
+        }
+    }
+
+    /// A crash, to be restarted in place, as opposed to a stop.
+    pub fn crashed(self) -> bool {
+        self != Self::Exited(0)
+    }
+}
+
+/// What to do once postgres has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Start it again, in place.
+    Restart,
+    /// End the container with this code.
+    Exit(i32),
+}
+
+/// The decision, pure: a stop that was asked for, or a clean exit, ends the
+/// container; a crash is restarted in place unless `recent` restarts (the
+/// times of the earlier ones) already fill the window.
+pub fn next(ending: Ending, stop_asked: bool, recent: &VecDeque<Instant>, now: Instant) -> Next {
+    let code = match ending {
+        Ending::Exited(code) => code,
+        Ending::Killed(signal) => 128 + signal as i32,
+    };
+    if stop_asked || !ending.crashed() {
+        return Next::Exit(code);
+    }
+    let within = recent
+        .iter()
+        .filter(|t| now.duration_since(**t) < RESTART_WINDOW)
+        .count();
+    if within >= MAX_RESTARTS {
+        Next::Exit(code.max(1))
+    } else {
+        Next::Restart
+    }
+}
+
+/// The signal postgres is given for the one the container received:
+/// SIGTERM and SIGINT are a fast shutdown, SIGQUIT an immediate one,
+/// SIGHUP a reload.
+pub fn forwarded(received: Signal) -> Signal {
+    match received {
+        Signal::SIGTERM | Signal::SIGINT => Signal::SIGINT,
+        other => other,
+    }
+}
+
+/// The program and its arguments, `postgres` resolved to the server
+/// binaries the checks used.
+fn resolve(settings: &Settings, command: &[String]) -> (PathBuf, Vec<String>) {
+    let program = command.first().cloned().unwrap_or_default();
+    let resolved = if program.contains('/') {
+        PathBuf::from(&program)
+    } else {
+        settings.tool(&program)
+    };
+    (resolved, command.iter().skip(1).cloned().collect())
+}
+
+/// Runs postgres under supervision until the container is to end; returns
+/// its exit code. The guard has run and the lock is held (inherited by
+/// postgres).
+pub async fn supervise(settings: &Settings, command: &[String]) -> Result<i32, InitError> {
+    // Orphans of postgres come back to this process when it is not PID 1
+    // (local runs), as they do to PID 1 in a container.
+    if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(%error, "cannot become a subreaper: orphans of a crashed postgres are not waited for");
+    }
+    let failed = |what: &'static str| {
+        move |source: std::io::Error| InitError::Exec {
+            program: what.to_owned(),
+            source,
+        }
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(failed("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(failed("SIGINT handler"))?;
+    let mut quit = signal(SignalKind::quit()).map_err(failed("SIGQUIT handler"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(failed("SIGHUP handler"))?;
+    let mut child = signal(SignalKind::child()).map_err(failed("SIGCHLD handler"))?;
+    let (program, args) = resolve(settings, command);
+    let mut restarts: VecDeque<Instant> = VecDeque::new();
+    loop {
+        tracing::info!(program = %program.display(), "starting");
+        let postmaster = Command::new(&program)
+            .args(&args)
+            .spawn()
+            .map_err(|source| InitError::Exec {
+                program: program.display().to_string(),
+                source,
+            })?;
+        let pid = Pid::from_raw(postmaster.id() as i32);
+        let mut stop_asked = false;
+        let ending = loop {
+            let received = tokio::select! {
+                _ = term.recv() => Some(Signal::SIGTERM),
+                _ = int.recv() => Some(Signal::SIGINT),
+                _ = quit.recv() => Some(Signal::SIGQUIT),
+                _ = hup.recv() => Some(Signal::SIGHUP),
+                _ = child.recv() => None,
+                // A missed SIGCHLD is caught up with.
+                () = tokio::time::sleep(Duration::from_secs(1)) => None,
+            };
+            if let Some(received) = received {
+                let to = forwarded(received);
+                stop_asked |= to != Signal::SIGHUP;
+                tracing::info!(received = %received, forwarded = %to, "signal for postgres");
+                let _ = kill(pid, to);
+            }
+            if let Some(ending) = reap(pid) {
+                break ending;
+            }
+        };
+        wait_for_orphans().await;
+        let now = Instant::now();
+        match next(ending, stop_asked, &restarts, now) {
+            Next::Exit(code) => {
+                if ending.crashed() && !stop_asked {
+                    tracing::error!(
+                        ?ending,
+                        restarts = restarts.len(),
+                        "postgres keeps crashing: the container ends, the kubelet restarts it"
+                    );
+                } else {
+                    tracing::info!(?ending, "postgres has stopped");
+                }
+                return Ok(code);
+            }
+            Next::Restart => {
+                tracing::warn!(
+                    ?ending,
+                    "postgres crashed: deciding the role again and restarting it in place"
+                );
+                restarts.push_back(now);
+                while restarts.len() > MAX_RESTARTS {
+                    restarts.pop_front();
+                }
+                // The guard again: a promotion recorded meanwhile, or
+                // another primary, is found here. A stop asked for while it
+                // runs ends the container.
+                let _preparing = prepare::Preparing::mark(settings);
+                tokio::select! {
+                    prepared = prepare::prepare(settings) => { prepared?; }
+                    _ = term.recv() => return Ok(0),
+                    _ = int.recv() => return Ok(0),
+                    _ = quit.recv() => return Ok(0),
+                }
+            }
+        }
+    }
+}
+
+/// Reaps every child that has ended; returns how `postmaster` ended when it
+/// has.
+fn reap(postmaster: Pid) -> Option<Ending> {
+    let mut ended = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return ended,
+            Ok(status) => {
+                if status.pid() == Some(postmaster) {
+                    ended = Ending::from_status(status);
+                }
+            }
+        }
+    }
+}
+
+/// Waits until no child is left (the backends of a crashed postmaster end
+/// on their own once it is gone): a new postmaster refuses a data directory
+/// whose shared memory is still attached.
+async fn wait_for_orphans() {
+    let started = Instant::now();
+    while started.elapsed() < ORPHANS_WITHIN {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Err(nix::Error::ECHILD) => return,
+            Ok(WaitStatus::StillAlive) => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ => {}
+        }
+    }
+    tracing::warn!(waited = ?ORPHANS_WITHIN, "processes of the last postgres are still running");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_or_a_clean_exit_ends_the_container() {
+        let now = Instant::now();
+        let none = VecDeque::new();
+        assert_eq!(next(Ending::Exited(0), true, &none, now), Next::Exit(0));
+        assert_eq!(next(Ending::Exited(0), false, &none, now), Next::Exit(0));
+        // Asked to stop, it may still end badly: that is no crash to restart.
+        assert_eq!(
+            next(Ending::Killed(Signal::SIGKILL), true, &none, now),
+            Next::Exit(137)
+        );
+    }
+
+    #[test]
+    fn a_crash_restarts_in_place_until_the_window_is_full() {
+        let now = Instant::now();
+        let mut recent = VecDeque::new();
+        let crash = Ending::Killed(Signal::SIGKILL);
+        assert_eq!(next(crash, false, &recent, now), Next::Restart);
+        assert_eq!(next(Ending::Exited(1), false, &recent, now), Next::Restart);
+        for _ in 0..MAX_RESTARTS {
+            recent.push_back(now);
+        }
+        assert_eq!(next(crash, false, &recent, now), Next::Exit(137));
+        assert_eq!(next(Ending::Exited(1), false, &recent, now), Next::Exit(1));
+        // Restarts older than the window do not count.
+        let later = now + RESTART_WINDOW + Duration::from_secs(1);
+        assert_eq!(next(crash, false, &recent, later), Next::Restart);
+    }
+
+    #[test]
+    fn the_kubelets_stop_is_a_fast_shutdown() {
+        assert_eq!(forwarded(Signal::SIGTERM), Signal::SIGINT);
+        assert_eq!(forwarded(Signal::SIGINT), Signal::SIGINT);
+        assert_eq!(forwarded(Signal::SIGQUIT), Signal::SIGQUIT);
+        assert_eq!(forwarded(Signal::SIGHUP), Signal::SIGHUP);
+    }
+}
