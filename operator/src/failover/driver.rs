@@ -65,6 +65,8 @@ pub struct FailoverLoop<S> {
     last_blocked: Option<String>,
     /// The probes' sessions, kept between looks.
     sessions: pg::Sessions,
+    /// The epoch whose promotion target was readied in advance.
+    readied: Option<i64>,
 }
 
 /// How long after detaching its standbys a lost primary is not probed.
@@ -86,6 +88,7 @@ impl<S: Seam> FailoverLoop<S> {
             last_figures: None,
             last_blocked: None,
             sessions: pg::Sessions::default(),
+            readied: None,
         }
     }
 
@@ -288,12 +291,14 @@ impl<S: Seam> FailoverLoop<S> {
                             self.check(Step::Fence)?;
                         }
                         FenceState::Pending(why) => {
+                            self.ready_in_advance(&obs, &probes, &credentials).await;
                             self.report(&obs, &probes, Some(why.clone()), None).await?;
                             return Ok(Tick::Busy(why));
                         }
                     }
                 }
                 Action::Wait(why) => {
+                    self.ready_in_advance(&obs, &probes, &credentials).await;
                     self.report(&obs, &probes, Some(why.clone()), None).await?;
                     return Ok(Tick::Busy(why));
                 }
@@ -503,6 +508,67 @@ impl<S: Seam> FailoverLoop<S> {
         self.memory.last_primary_lsn = self.timing.promoted_lsn;
         self.timing = Timing::default();
         Ok(outcome)
+    }
+
+    /// While a promotion waits (for the old primary's stop, for its final
+    /// WAL), its target, still a standby, is readied for it once: in quorum
+    /// mode the synchronous set it will use is recorded (the union, as in
+    /// [`Self::ready_and_promote`]) and set on it, and it gets the other
+    /// standbys' slots. A standby ignores `synchronous_standby_names` and
+    /// serves no slot until it is promoted, so nothing changes now; the
+    /// promotion then finds all of it done and has only `pg_promote` to
+    /// do. What fails here is done again there.
+    async fn ready_in_advance(
+        &mut self,
+        obs: &Observation,
+        probes: &Probes,
+        credentials: &Credentials,
+    ) {
+        let Some(target) = obs.record.target_primary.as_deref() else {
+            return;
+        };
+        if self.readied == Some(obs.record.epoch) {
+            return;
+        }
+        let Some(probe) = probes.get(target).and_then(|p| p.as_ref().ok()) else {
+            return;
+        };
+        let Some(at) = member(obs, target).ok().and_then(|m| m.probe_at.clone()) else {
+            return;
+        };
+        if !probe.in_recovery {
+            return;
+        }
+        self.readied = Some(obs.record.epoch);
+        if obs.settings.mode == ReplicationMode::Quorum {
+            let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
+            let recorded = obs.record.synchronous.as_ref();
+            let set = decide::union_synchronous_set(recorded, None, &expected, obs.settings.quorum);
+            if recorded != Some(&set) {
+                let report = Report {
+                    instances: decide::instances(&obs.members, probes),
+                    blocked: Some(format!("readying {target} for its promotion")),
+                    primary_lsn: self.memory.last_primary_lsn,
+                    synchronous: Some(set),
+                };
+                if let Err(error) = self.seam.report(&report).await {
+                    tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "cannot record the promotion target's synchronous set yet");
+                    return;
+                }
+            }
+            let names = machine::target_synchronous_standby_names(obs, target);
+            if probe.synchronous_standby_names != names
+                && let Err(error) =
+                    pg::set_synchronous_standby_names(&at, credentials, &names).await
+            {
+                tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot set the promotion target's synchronous standbys yet");
+            }
+        }
+        let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
+        if let Err(error) = pg::ensure_slots(&at, credentials, &expected).await {
+            tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot create the promotion target's slots yet");
+        }
+        tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, "promotion target readied in advance");
     }
 
     /// Readies the promotion target and promotes it (see
