@@ -74,6 +74,15 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// When the process started (clock ticks since boot, `stat`'s field 22):
+/// a restarted operator is another process, whose CPU count starts again.
+fn started_at(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count after it.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Resident memory, KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -142,6 +151,10 @@ async fn main() {
     );
 
     let before: Vec<u64> = measured.iter().map(|(_, _, pid)| cpu_ns(*pid)).collect();
+    let starts: Vec<Option<u64>> = measured
+        .iter()
+        .map(|(_, _, pid)| started_at(*pid))
+        .collect();
     let mut rss_max = vec![0_u64; measured.len()];
     let t0 = Instant::now();
     while t0.elapsed() < window {
@@ -151,6 +164,13 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    for (i, (name, _, pid)) in measured.iter().enumerate() {
+        let now = started_at(*pid);
+        assert!(
+            now.is_some() && now == starts[i],
+            "{name}'s operator process (pid {pid}) ended or restarted during the window: no valid figure (a lost Lease exits the leader; see its previous log)"
+        );
+    }
     let total = clusters * instances as usize;
     println!();
     println!(

@@ -91,6 +91,9 @@ struct Run {
     outage: Option<f64>,
     lost: usize,
     split: usize,
+    /// Ordinal's own account of a failover it made in this run
+    /// (`status.lastFailover`): where the time went.
+    phases: Option<String>,
 }
 
 fn env_list(name: &str, default: &str) -> Vec<String> {
@@ -281,8 +284,23 @@ fn outage_since(at: &[Instant], t0: Instant) -> Option<(f64, bool)> {
     Some((longest, closed && disrupted))
 }
 
+/// Ordinal's last failover record, as `time` and a line of its phases.
+async fn last_failover(h: &Harness, d: &Deployed) -> Option<(String, String)> {
+    if d.system != System::Ordinal {
+        return None;
+    }
+    let record = h.status(ORDINAL_CLUSTER).await.last_failover?;
+    let p = &record.phases;
+    let line = format!(
+        "{} -> {} ({}): detect {:.2} s, decide {:.2} s, fence {:.2} s, promote {:.2} s, publish {:.2} s",
+        record.from, record.to, record.reason, p.detect, p.decide, p.fence, p.promote, p.publish
+    );
+    Some((record.time.0.to_string(), line))
+}
+
 async fn run_once(h: &Harness, d: &Deployed, case: Loss, cap: Duration) -> Run {
     let primary = wait_whole(h, d).await;
+    let before = last_failover(h, d).await.map(|(time, _)| time);
     let sampler = Sampler::start_on(h, &d.members, &d.password, true).await;
     // A fresh connection for every write, as a client pool that reconnects
     // would: a session kept from before the failure could go on committing
@@ -309,10 +327,15 @@ async fn run_once(h: &Harness, d: &Deployed, case: Loss, cap: Duration) -> Run {
         .map(|(gap, _)| gap);
     let (_, missing) = h.missing_rows_on(&d.service, &d.password, &acks.ids).await;
     let report = sampler.stop().await;
+    let phases = last_failover(h, d)
+        .await
+        .filter(|(time, _)| Some(time) != before.as_ref())
+        .map(|(_, line)| line);
     Run {
         outage,
         lost: missing.len(),
         split: report.split.len(),
+        phases,
     }
 }
 
@@ -403,6 +426,9 @@ async fn main() {
                         r.lost,
                         r.split
                     );
+                    if let Some(phases) = &r.phases {
+                        println!("ordinal-bench:   failover {phases}");
+                    }
                     results
                         .entry((format!("{mode:?}").to_lowercase(), case, system))
                         .or_default()
