@@ -53,6 +53,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
     let (reader, writer) = reflector::store();
     let changes = watcher(clusters, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(forget_managed_fields)
         .reflect(writer)
         .touched_objects()
         .predicate_filter(reconcile_inputs, PredicateConfig::default());
@@ -87,6 +88,14 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
         .await;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Drops an object's `managedFields` before it is cached: nothing here
+/// reads them (server-side apply keeps its own record on the server), and
+/// they are most of a small object — every look of the failover loops
+/// copies its cluster, every cached pod holds them.
+pub fn forget_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// A hash of what a reconcile reads from its PostgresCluster: the spec (its

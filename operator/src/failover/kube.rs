@@ -132,7 +132,8 @@ impl KubeSeam {
         let stops = Stops::default();
         let watched = Arc::clone(&stops);
         let watcher = tokio::spawn(async move {
-            let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+            let pods = watcher(api, config).modify(crate::controller::forget_managed_fields);
+            let stream = reflector::reflector(writer, pods).default_backoff();
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
                 // The primary's pod is being deleted: watch its address
@@ -238,15 +239,18 @@ impl KubeSeam {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if let Some(pgc) = cached {
-            let status = pgc.status.clone().unwrap_or_default();
+            let (epoch, target_primary) = pgc
+                .status
+                .as_ref()
+                .map_or((0, None), |s| (s.epoch, s.target_primary.as_ref()));
             let current = match &written {
-                Some((epoch, target)) => {
-                    status.epoch > *epoch
-                        || (status.epoch == *epoch && status.target_primary == *target)
+                Some((written_epoch, target)) => {
+                    epoch > *written_epoch
+                        || (epoch == *written_epoch && target_primary == target.as_ref())
                 }
                 None => true,
             };
-            if current && status.target_primary.is_none() {
+            if current && target_primary.is_none() {
                 return Ok((*pgc).clone());
             }
         }
