@@ -229,7 +229,7 @@ impl KubeSeam {
     /// The cluster for a look: the controller's cached copy when it is at
     /// least as new as what this seam wrote and no promotion is under way
     /// (then every read is fresh), else read from the API server.
-    async fn cluster_for_look(&self) -> Result<PostgresCluster, SeamError> {
+    async fn cluster_for_look(&self) -> Result<Arc<PostgresCluster>, SeamError> {
         let cached = self.cached.as_ref().and_then(|store| {
             store.get(&reflector::ObjectRef::new(&self.cluster).within(&self.namespace))
         });
@@ -251,10 +251,10 @@ impl KubeSeam {
                 None => true,
             };
             if current && target_primary.is_none() {
-                return Ok((*pgc).clone());
+                return Ok(pgc);
             }
         }
-        self.cluster_object().await
+        self.cluster_object().await.map(Arc::new)
     }
 
     fn wrote(&self, epoch: i64, target: Option<String>) {
@@ -753,7 +753,8 @@ impl Seam for KubeSeam {
             ));
         }
         let pgc = self.cluster_for_look().await?;
-        let status = pgc.status.clone().unwrap_or_default();
+        let none = Default::default();
+        let status = pgc.status.as_ref().unwrap_or(&none);
         let record = Record {
             current_primary: status.current_primary.clone(),
             target_primary: status.target_primary.clone(),

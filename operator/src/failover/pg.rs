@@ -594,12 +594,7 @@ pub async fn promote(endpoint: &Endpoint, credentials: &Credentials) -> Result<(
 
 async fn promote_unbounded(endpoint: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
     let client = connect(endpoint, &credentials.superuser_password).await?;
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .map_err(query_err(endpoint, "pg_is_in_recovery"))?
-        .get(0);
-    if !in_recovery {
+    if !in_recovery(&client, endpoint).await? {
         return Ok(());
     }
     // pg_promote(wait => true) looks every 100 ms; this session looks
@@ -611,12 +606,7 @@ async fn promote_unbounded(endpoint: &Endpoint, credentials: &Credentials) -> Re
         .get(0);
     let started = Instant::now();
     while signalled && started.elapsed() < PROMOTE_WITHIN {
-        let in_recovery: bool = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map_err(query_err(endpoint, "pg_is_in_recovery"))?
-            .get(0);
-        if !in_recovery {
+        if !in_recovery(&client, endpoint).await? {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -624,6 +614,14 @@ async fn promote_unbounded(endpoint: &Endpoint, credentials: &Credentials) -> Re
     Err(PgError::NotPromoted {
         target: format!("{}:{}", endpoint.host, endpoint.port),
     })
+}
+
+async fn in_recovery(client: &Client, endpoint: &Endpoint) -> Result<bool, PgError> {
+    Ok(client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(query_err(endpoint, "pg_is_in_recovery"))?
+        .get(0))
 }
 
 fn quote_literal(s: &str) -> String {
