@@ -540,21 +540,12 @@ impl<S: Seam> FailoverLoop<S> {
             return;
         }
         self.readied = Some(obs.record.epoch);
+        let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
         if obs.settings.mode == ReplicationMode::Quorum {
-            let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
-            let recorded = obs.record.synchronous.as_ref();
-            let set = decide::union_synchronous_set(recorded, None, &expected, obs.settings.quorum);
-            if recorded != Some(&set) {
-                let report = Report {
-                    instances: decide::instances(&obs.members, probes),
-                    blocked: Some(format!("readying {target} for its promotion")),
-                    primary_lsn: self.memory.last_primary_lsn,
-                    synchronous: Some(set),
-                };
-                if let Err(error) = self.seam.report(&report).await {
-                    tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "cannot record the promotion target's synchronous set yet");
-                    return;
-                }
+            let why = format!("readying {target} for its promotion");
+            if let Err(error) = self.record_target_set(obs, probes, &expected, why).await {
+                tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "cannot record the promotion target's synchronous set yet");
+                return;
             }
             let names = machine::target_synchronous_standby_names(obs, target);
             if probe.synchronous_standby_names != names
@@ -564,7 +555,6 @@ impl<S: Seam> FailoverLoop<S> {
                 tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot set the promotion target's synchronous standbys yet");
             }
         }
-        let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
         if let Err(error) = pg::ensure_slots(&at, credentials, &expected).await {
             tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot create the promotion target's slots yet");
         }
@@ -593,20 +583,10 @@ impl<S: Seam> FailoverLoop<S> {
         credentials: &Credentials,
     ) -> Result<(), FailoverError> {
         let quorum = obs.settings.mode == ReplicationMode::Quorum;
+        let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
         if quorum {
-            let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
-            let recorded = obs.record.synchronous.as_ref();
-            let set = decide::union_synchronous_set(recorded, None, &expected, obs.settings.quorum);
-            if recorded != Some(&set) {
-                self.seam
-                    .report(&Report {
-                        instances: decide::instances(&obs.members, probes),
-                        blocked: Some(format!("promoting {target}")),
-                        primary_lsn: self.memory.last_primary_lsn,
-                        synchronous: Some(set),
-                    })
-                    .await?;
-            }
+            self.record_target_set(obs, probes, &expected, format!("promoting {target}"))
+                .await?;
         }
         let has = probes
             .get(target)
@@ -630,7 +610,6 @@ impl<S: Seam> FailoverLoop<S> {
         };
         // The slots first, then the standbys: each streams through its slot
         // from its first connection.
-        let expected = decide::expected_standbys(&obs.cluster, target, obs.settings.replicas);
         let following = async {
             if let Err(error) = pg::ensure_slots(at, credentials, &expected).await {
                 tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, %error, "cannot create the promotion target's slots");
@@ -641,6 +620,32 @@ impl<S: Seam> FailoverLoop<S> {
         promoted?;
         tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, pod = target, synchronous_standby_names, standbys = ?standbys, "promotion target readied and promoted");
         Ok(())
+    }
+
+    /// Records, in quorum mode, the synchronous set a promotion target will
+    /// use — the union of the recorded set with its `expected` standbys, so
+    /// that the next failover counts every member that may acknowledge —
+    /// unless it is recorded already. `why` is the report's blocked reason.
+    async fn record_target_set(
+        &mut self,
+        obs: &Observation,
+        probes: &Probes,
+        expected: &[String],
+        why: String,
+    ) -> Result<(), SeamError> {
+        let recorded = obs.record.synchronous.as_ref();
+        let set = decide::union_synchronous_set(recorded, None, expected, obs.settings.quorum);
+        if recorded == Some(&set) {
+            return Ok(());
+        }
+        self.seam
+            .report(&Report {
+                instances: decide::instances(&obs.members, probes),
+                blocked: Some(why),
+                primary_lsn: self.memory.last_primary_lsn,
+                synchronous: Some(set),
+            })
+            .await
     }
 
     /// Slots and synchronous standbys on the primary. Returns the
