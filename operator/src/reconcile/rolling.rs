@@ -55,6 +55,14 @@ pub fn next_step(
     if let Some(missing) = (0..replicas).find(|o| !pods.iter().any(|p| p.ordinal == *o)) {
         return Step::Wait(format!("the pod of ordinal {missing} does not exist yet"));
     }
+    // An outdated replica that is not ready serves nothing: replacing it
+    // first costs no availability, and is how a template that broke its
+    // pods (a wrong image, a crash at start) is rolled back — else its
+    // unready pods would hold the update forever (Kubernetes' "forced
+    // rollback" needs a person to delete them).
+    if let Some(p) = stale.iter().find(|p| !p.ready && p.name != primary) {
+        return Step::Replace(p.name.clone());
+    }
     if let Some(p) = pods.iter().find(|p| !p.ready) {
         return Step::Wait(format!("{} is not ready", p.name));
     }
@@ -158,6 +166,30 @@ mod tests {
             next_step(&pods, NEW, 0, "db-2", 3),
             Step::Replace("db-0".to_owned())
         );
+    }
+
+    #[test]
+    fn an_outdated_replica_that_is_not_ready_goes_first() {
+        // The template broke db-2 (a wrong image); it is set right again:
+        // db-2, on the broken revision, never gets ready by itself.
+        let mut pods = cluster([NEW, NEW, "rev-broken"]);
+        pods[2].ready = false;
+        pods[2].lag_bytes = None;
+        assert_eq!(
+            next_step(&pods, NEW, 0, "db-0", 3),
+            Step::Replace("db-2".to_owned())
+        );
+        // Never the primary: the failover loop answers for it.
+        let mut pods = cluster(["rev-broken", NEW, NEW]);
+        pods[0].ready = false;
+        assert_eq!(
+            next_step(&pods, NEW, 0, "db-0", 3),
+            Step::Wait("db-0 is not ready".to_owned())
+        );
+        // Nor one the partition keeps.
+        let mut pods = cluster(["rev-1", "rev-1", NEW]);
+        pods[1].ready = false;
+        assert_eq!(next_step(&pods, NEW, 2, "db-0", 3), Step::Done);
     }
 
     #[test]
