@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
@@ -17,6 +17,7 @@ use kube::{Api, ResourceExt};
 use ordinal_crds::{PostgresCluster, names};
 use std::time::Duration;
 
+use crate::failover::kube::PodWatch;
 use crate::{Context, Error, reconcile};
 
 /// Longest wait between retries of a failing cluster.
@@ -50,6 +51,10 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
     // The failover loops write the status every few seconds (positions,
     // lags): only what a reconcile acts on wakes it, not every write.
     // (Controller::for_stream is behind kube's unstable-runtime feature.)
+    let (triggers, pod_triggers) = futures::channel::mpsc::unbounded();
+    let _ = ctx
+        .pods
+        .set(PodWatch::start(client.clone(), Some(triggers)));
     let (reader, writer) = reflector::store();
     let changes = watcher(clusters, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -63,15 +68,9 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
         .owns(Api::<ConfigMap>::all(client.clone()), managed())
         .owns(Api::<PodDisruptionBudget>::all(client.clone()), managed())
         // Pods belong to the StatefulSet, not to us; a recreated pod needs
-        // its role label at once, so pod events map to their cluster.
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(names::LABEL_CLUSTER),
-            |pod| {
-                let cluster = pod.labels().get(names::LABEL_CLUSTER)?.clone();
-                Some(ObjectRef::new(&cluster).within(&pod.namespace()?))
-            },
-        )
+        // its role label at once, so pod events map to their cluster. One
+        // watch serves this and every failover loop.
+        .reconcile_on(pod_triggers)
         .shutdown_on_signal();
     // The failover loops read their cluster from the controller's cache.
     let _ = ctx.clusters.set(controller.store());

@@ -48,6 +48,9 @@ pub struct Context {
     /// The controller's cache of PostgresClusters, once it runs: the
     /// failover loops read their cluster from it.
     pub clusters: std::sync::OnceLock<kube::runtime::reflector::Store<PostgresCluster>>,
+    /// The one watch of every cluster's pods, once the controller runs:
+    /// the failover loops are fed by it.
+    pub pods: std::sync::OnceLock<failover::kube::PodWatch>,
 }
 
 /// A running failover loop.
@@ -71,6 +74,7 @@ impl Context {
             loops: Mutex::default(),
             run_failover_loops: true,
             clusters: std::sync::OnceLock::new(),
+            pods: std::sync::OnceLock::new(),
         }
     }
 
@@ -80,6 +84,14 @@ impl Context {
         if !self.run_failover_loops {
             return;
         }
+        let Some(pods) = self.pods.get() else {
+            tracing::warn!(
+                namespace,
+                cluster = name,
+                "no pod watch yet: failover loop not started"
+            );
+            return;
+        };
         let Ok(mut loops) = self.loops.lock() else {
             return;
         };
@@ -94,6 +106,7 @@ impl Context {
         let seam = failover::kube::KubeSeam::new(
             self.client.clone(),
             self.recorder.clone(),
+            pods,
             namespace,
             name,
             self.clusters.get().cloned(),

@@ -694,7 +694,17 @@ impl<S: Seam> FailoverLoop<S> {
             .map(|o| ordinal_crds::names::pod(&obs.cluster, o))
             .filter(|p| !obs.members.iter().any(|m| m.name == *p))
             .collect();
-        match pg::housekeeping(&at, credentials, &obs.cluster, &keep, &gone, &wanted).await {
+        match pg::housekeeping(
+            &self.sessions,
+            &at,
+            credentials,
+            &obs.cluster,
+            &keep,
+            &gone,
+            &wanted,
+        )
+        .await
+        {
             Ok(changes) if !changes.is_empty() => {
                 tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, primary, changes = ?changes, "primary housekeeping");
             }

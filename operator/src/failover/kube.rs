@@ -8,16 +8,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+
 use kube::{Api, Client, Resource, ResourceExt};
 use ordinal_crds::{FailoverRecord, PostgresCluster, ReplicationMode, names};
 use serde_json::json;
-use tokio::sync::Notify;
 
 use super::decide;
 use super::machine::Intent;
@@ -33,19 +31,18 @@ use crate::reconcile::status::{PRIMARY_MANAGER, PrimaryStatus, primary_patch};
 pub const FAILOVER_MANAGER: &str = "ordinal-operator/failover";
 pub const CONDITION_FAILOVER: &str = "FailoverReady";
 
+mod pods;
+pub use pods::{PodFeed, PodWatch, slim as slim_pod};
+
 pub struct KubeSeam {
     client: Client,
     namespace: String,
     cluster: String,
+    /// The shared cache of every cluster's pods.
     pods: Store<Pod>,
-    changed: Arc<Notify>,
+    /// This cluster's pod events: changes, deletions, stops watched.
+    feed: Arc<PodFeed>,
     recorder: Recorder,
-    watcher: Option<tokio::task::JoinHandle<()>>,
-    /// Pods seen deleted, by UID: their last state, and when.
-    deleted: DeletedPods,
-    /// Addresses of deleted primaries watched for their postmaster to stop
-    /// listening, by address: when it was first refused.
-    stops: Stops,
     /// The controller's cache of PostgresClusters: a steady look reads the
     /// cluster from it, not from the API server.
     cached: Option<Store<PostgresCluster>>,
@@ -54,16 +51,13 @@ pub struct KubeSeam {
     written: Mutex<Option<(i64, Option<String>)>>,
     /// The credentials, and when they were read.
     credentials: Mutex<Option<(Credentials, Instant)>>,
-    /// The primary's node, whether it was Ready, and when that was read.
-    node: Mutex<Option<(String, Option<bool>, Instant)>>,
+    /// The shared cache of the nodes (their Ready condition).
+    nodes: Store<Node>,
 }
 
 /// How long the credentials read from the Secrets are used before they
 /// are read again (at once after a probe is refused for them).
 const CREDENTIALS_FOR: Duration = Duration::from_secs(30);
-/// How long a steady look trusts the Ready condition of the primary's
-/// node (the node lifecycle controller takes 40 s to mark a node lost).
-const NODE_READY_FOR: Duration = Duration::from_secs(2);
 
 /// See [`KubeSeam::watch_for_stop`].
 type Stops = Arc<Mutex<HashMap<String, StopWatch>>>;
@@ -95,98 +89,34 @@ const FORCE_DELETE_GRACE: Duration = Duration::from_secs(30);
 /// postmaster's fast shutdown fits in it; a hung one is killed after it.
 const FENCE_GRACE_SECONDS: i64 = 1;
 
-impl Drop for KubeSeam {
-    fn drop(&mut self) {
-        if let Some(task) = &self.watcher {
-            task.abort();
-        }
-        for (_, task, _) in self
-            .stops
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
-            task.abort();
-        }
-    }
-}
-
 impl KubeSeam {
-    /// Watches the pods of `namespace/cluster` in the background.
+    /// The seam of `namespace/cluster`, fed by the shared pod watch.
     /// `cached`: the controller's cache of PostgresClusters, if any.
     pub fn new(
         client: Client,
         recorder: Recorder,
+        pods: &PodWatch,
         namespace: &str,
         cluster: &str,
         cached: Option<Store<PostgresCluster>>,
     ) -> Self {
-        let (store, writer) = reflector::store();
-        let changed = Arc::new(Notify::new());
-        let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let config =
-            watcher::Config::default().labels(&format!("{}={cluster}", names::LABEL_CLUSTER));
-        let notify = Arc::clone(&changed);
-        let deleted = DeletedPods::default();
-        let seen_deleted = Arc::clone(&deleted);
-        let stops = Stops::default();
-        let watched = Arc::clone(&stops);
-        let watcher = tokio::spawn(async move {
-            let pods = watcher(api, config).modify(crate::controller::forget_managed_fields);
-            let stream = reflector::reflector(writer, pods).default_backoff();
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                // The primary's pod is being deleted: watch its address
-                // for its postmaster to stop, from this moment on.
-                if let Ok(watcher::Event::Apply(pod)) = &event
-                    && pod.metadata.deletion_timestamp.is_some()
-                    && pod.labels().get(names::LABEL_ROLE).map(String::as_str)
-                        == Some(names::ROLE_PRIMARY)
-                    && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
-                {
-                    watch_for_stop(&watched, ip);
-                }
-                if let Ok(watcher::Event::Delete(pod)) = &event
-                    && let Some(uid) = pod.uid()
-                {
-                    let mut deleted = seen_deleted.lock().unwrap_or_else(PoisonError::into_inner);
-                    deleted.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(600));
-                    deleted.insert(uid, (Arc::new(pod.clone()), Instant::now()));
-                }
-                // Or gone at once (a force delete): from the moment it is
-                // recorded gone on (the fence compares the two).
-                if let Ok(watcher::Event::Delete(pod)) = &event
-                    && pod.labels().get(names::LABEL_ROLE).map(String::as_str)
-                        == Some(names::ROLE_PRIMARY)
-                    && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
-                {
-                    watch_for_stop(&watched, ip);
-                }
-                if event.is_ok() {
-                    notify.notify_one();
-                }
-            }
-        });
         Self {
             client,
             namespace: namespace.to_owned(),
             cluster: cluster.to_owned(),
-            pods: store,
-            changed,
+            pods: pods.store(),
+            nodes: pods.nodes(),
+            feed: pods.feed(namespace, cluster),
             recorder,
-            watcher: Some(watcher),
-            deleted,
-            stops,
             cached,
             written: Mutex::default(),
             credentials: Mutex::default(),
-            node: Mutex::default(),
         }
     }
 
     /// See [`watch_for_stop`].
     fn watch_for_stop(&self, ip: &str) -> Option<Instant> {
-        watch_for_stop(&self.stops, ip)
+        watch_for_stop(&self.feed.stops, ip)
     }
 
     /// A seam over a given pod store (tests).
@@ -196,21 +126,19 @@ impl KubeSeam {
         namespace: &str,
         cluster: &str,
         pods: Store<Pod>,
+        nodes: Store<Node>,
     ) -> Self {
         Self {
             client,
             namespace: namespace.to_owned(),
             cluster: cluster.to_owned(),
             pods,
-            changed: Arc::new(Notify::new()),
+            nodes,
+            feed: Arc::default(),
             recorder,
-            watcher: None,
-            deleted: Arc::default(),
-            stops: Stops::default(),
             cached: None,
             written: Mutex::default(),
             credentials: Mutex::default(),
-            node: Mutex::default(),
         }
     }
 
@@ -259,24 +187,6 @@ impl KubeSeam {
 
     fn wrote(&self, epoch: i64, target: Option<String>) {
         *self.written.lock().unwrap_or_else(PoisonError::into_inner) = Some((epoch, target));
-    }
-
-    /// [`KubeSeam::node_ready`], read again only every [`NODE_READY_FOR`].
-    async fn node_ready_recently(&self, node: &str) -> Option<bool> {
-        if let Some((name, ready, at)) = self
-            .node
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            && name == node
-            && at.elapsed() < NODE_READY_FOR
-        {
-            return ready;
-        }
-        let ready = self.node_ready(node).await;
-        *self.node.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((node.to_owned(), ready, Instant::now()));
-        ready
     }
 
     /// Reads the passwords from the cluster's Secrets.
@@ -391,7 +301,9 @@ impl KubeSeam {
 
     /// The pod `name` as the watch last saw it.
     fn pod(&self, name: &str) -> Option<Arc<Pod>> {
-        self.pods.state().into_iter().find(|p| p.name_any() == name)
+        self.pods
+            .get(&reflector::ObjectRef::new(name).within(&self.namespace))
+            .filter(|p| p.labels().get(names::LABEL_CLUSTER) == Some(&self.cluster))
     }
 
     /// Deletes a pod, with the given grace period (None: the pod's own).
@@ -434,11 +346,15 @@ impl KubeSeam {
         }
     }
 
-    async fn node_ready(&self, node: &str) -> Option<bool> {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let node = api.get_opt(node).await.ok()??;
-        node.status?
-            .conditions?
+    /// Whether `node` is Ready, as the node watch last saw it; None when
+    /// unknown.
+    fn node_ready(&self, node: &str) -> Option<bool> {
+        self.nodes
+            .get(&reflector::ObjectRef::new(node))?
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
             .iter()
             .find(|c| c.type_ == "Ready")
             .map(|c| c.status == "True")
@@ -768,10 +684,16 @@ impl Seam for KubeSeam {
                 .get(names::ANNOTATION_SWITCHOVER_TO)
                 .cloned(),
         };
+        // The cache holds every cluster's pods: this one's are in its
+        // namespace, with its label.
         let mut pods: Vec<(i32, Arc<Pod>)> = self
             .pods
             .state()
             .into_iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(self.namespace.as_str())
+                    && p.labels().get(names::LABEL_CLUSTER) == Some(&self.cluster)
+            })
             .filter_map(|p| Some((names::ordinal_of(&self.cluster, &p.name_any())?, p)))
             .collect();
         // By ordinal: the store's order is arbitrary.
@@ -784,8 +706,7 @@ impl Seam for KubeSeam {
             .find(|p| Some(p.name_any()) == record.current_primary)
             .and_then(|p| p.spec.as_ref()?.node_name.clone());
         let primary_node_ready = match &primary_node {
-            Some(node) if record.target_primary.is_none() => self.node_ready_recently(node).await,
-            Some(node) => self.node_ready(node).await,
+            Some(node) => self.node_ready(node),
             None => None,
         };
         let service = pgc.headless_service_name();
@@ -974,7 +895,7 @@ impl Seam for KubeSeam {
             }
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
             if let Some(node) = node
-                && self.node_ready(&node).await == Some(false)
+                && self.node_ready(&node) == Some(false)
             {
                 return Ok(match request.deadline {
                     Some(deadline) if Instant::now() >= deadline => FenceState::Stopped(format!(
@@ -995,7 +916,8 @@ impl Seam for KubeSeam {
         // stopped (the kubelet's own final delete) proves it stopped; a
         // force delete proves nothing, so look at its address.
         let last = request.uid.as_ref().and_then(|uid| {
-            self.deleted
+            self.feed
+                .deleted
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(uid)
@@ -1227,7 +1149,7 @@ impl Seam for KubeSeam {
     }
 
     async fn changed(&self) {
-        self.changed.notified().await;
+        self.feed.changed.notified().await;
     }
 }
 

@@ -26,7 +26,23 @@ fn seam_with(pods: Vec<Pod>) -> (KubeSeam, crate::fixtures::ApiServer) {
         writer.apply_watcher_event(&watcher::Event::InitApply(p));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
-    let seam = KubeSeam::with_store(client, recorder, "ns", "db", writer.as_reader());
+    // node-a, where the pods run, is Ready.
+    let mut nodes: Writer<Node> = Writer::default();
+    nodes.apply_watcher_event(&watcher::Event::Apply(
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+               "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        )
+        .expect("node"),
+    ));
+    let seam = KubeSeam::with_store(
+        client,
+        recorder,
+        "ns",
+        "db",
+        writer.as_reader(),
+        nodes.as_reader(),
+    );
     (seam, crate::fixtures::ApiServer::from_handle(handle))
 }
 
@@ -68,7 +84,7 @@ fn instance(name: &str, uid: &str, running: bool) -> Pod {
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": "ns", "uid": uid},
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "labels": {"ordinal.dev/cluster": "db"}},
         "spec": {"containers": [{"name": "postgres"}], "nodeName": "node-a"},
         "status": {"phase": "Running", "podIP": "198.18.0.9", "containerStatuses": [{"name": "postgres", "image": "", "imageID": "", "ready": running, "restartCount": 0, "state": state}]}
     }))
@@ -77,14 +93,6 @@ fn instance(name: &str, uid: &str, running: bool) -> Pod {
 
 fn pod_json() -> Value {
     serde_json::to_value(instance("db-0", "uid-0", true)).expect("pod")
-}
-
-fn ready_node() -> Exchange {
-    Exchange::get("/api/v1/nodes/node-a").answer(
-        200,
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
-               "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
-    )
 }
 
 fn get_cluster(pgc: &PostgresCluster) -> Exchange {
@@ -212,7 +220,6 @@ async fn fencing_removes_the_route_then_stops_the_pod_and_waits_to_see_it_stoppe
         Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
             .check(|body| assert_eq!(body["gracePeriodSeconds"], 1))
             .answer(200, pod_json()),
-        ready_node(),
     ]);
     let state = seam.fence(&fence_request(false)).await.expect("fence");
     assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
@@ -227,7 +234,6 @@ async fn fencing_removes_the_route_then_stops_the_pod_and_waits_to_see_it_stoppe
         Exchange::delete("/api/v1/namespaces/ns/pods/db-0")
             .check(|body| assert_eq!(body["preconditions"]["uid"], "uid-0"))
             .answer(200, pod_json()),
-        ready_node(),
     ]);
     let state = seam.fence(&fence_request(false)).await.expect("fence");
     assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
@@ -236,7 +242,7 @@ async fn fencing_removes_the_route_then_stops_the_pod_and_waits_to_see_it_stoppe
 
     // Deleted, but the stop the status shows is from before the deletion.
     let (seam, server) = seam_with(vec![stopped_after(1_000, 999)]);
-    let server = server.run(vec![unlabel(), ready_node()]);
+    let server = server.run(vec![unlabel()]);
     let state = seam.fence(&fence_request(false)).await.expect("fence");
     assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
     drop(seam);
@@ -321,7 +327,6 @@ async fn a_planned_fence_lets_the_pod_shut_down_cleanly() {
     // No second delete: its own grace period runs.
     let server = server.run(vec![
         Exchange::new_patch("/api/v1/namespaces/ns/pods/db-0").answer(200, pod_json()),
-        ready_node(),
     ]);
     let state = seam.fence(&fence_request(true)).await.expect("fence");
     assert!(matches!(state, FenceState::Pending(_)), "{state:?}");
@@ -386,9 +391,21 @@ async fn publishing_routes_to_the_new_primary_and_records_the_failover() {
 async fn observing_routes_pods_by_the_fresh_record() {
     // After a failover db-1 is primary; db-0 came back still labelled primary.
     let pgc = cluster().primary("db-1", true).build();
+    // The shared cache holds other clusters' pods too: a cluster of the
+    // same name in another namespace, another cluster's pod in this one.
+    let mut elsewhere = pod("db-2", true, Some("primary"));
+    elsewhere.metadata.namespace = Some("other".to_owned());
+    let mut another = pod("db-3", true, Some("primary"));
+    another
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("ordinal.dev/cluster".to_owned(), "db-x".to_owned());
     let (seam, server) = seam_with(vec![
         pod("db-0", true, Some("primary")),
         pod("db-1", true, None),
+        elsewhere,
+        another,
     ]);
     let server = server.run(vec![
         get_cluster(&pgc),
