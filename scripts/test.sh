@@ -55,14 +55,22 @@ step "building the cluster and the PostgreSQL image in the background (log: $pre
 setsid bash -c 'nice -n 10 scripts/cluster.sh build && nice -n 10 scripts/images.sh build pause postgres' \
   >"$prepare_log" 2>&1 </dev/null &
 prepare_pid=$!
+# MinIO, the S3-compatible server of the backup tests (built from its Go
+# module, e2e/minio): needed by `cargo test` (init-container/tests/archive.rs).
+command -v curl >/dev/null 2>&1 || apt_install curl
+minio_log=$CACHE_DIR/test-minio.log
+setsid bash -c 'nice -n 10 scripts/minio.sh build' >"$minio_log" 2>&1 </dev/null &
+minio_pid=$!
 
 cluster_started=false
 on_exit() {
   local rc=$?
-  if kill -0 "$prepare_pid" 2>/dev/null; then
-    kill -- "-$prepare_pid" 2>/dev/null || true
-    wait "$prepare_pid" 2>/dev/null || true
-  fi
+  for pid in "$prepare_pid" "$minio_pid"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -- "-$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   if [ "$rc" -ne 0 ] && [ -f "$CACHE_DIR/cluster-suite.started" ]; then
     echo "==> the end of the cluster's logs (scripts/cluster.sh logs)"
     scripts/cluster.sh logs || true
@@ -95,6 +103,13 @@ fi
 
 step "cargo build (ordinal-init, which the end-to-end tests run)"
 cargo build -p ordinal-init --locked
+
+step "waiting for MinIO's build"
+if ! wait "$minio_pid"; then
+  tail -50 "$minio_log" >&2
+  echo "building MinIO failed (log: $minio_log)" >&2
+  exit 1
+fi
 
 step "cargo test"
 cargo test --workspace --locked -- "${filter[@]}"

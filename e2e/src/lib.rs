@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod local;
+pub mod minio;
 pub mod scenario;
 pub mod seam;
 pub mod workload;

@@ -34,9 +34,21 @@ fn run_as() -> Option<(u32, u32)> {
     Some((user.uid.as_raw(), user.gid.as_raw()))
 }
 
-fn chown_to_postgres(path: &Path) {
+pub fn chown_to_postgres(path: &Path) {
     if let Some((uid, gid)) = run_as() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    }
+}
+
+/// [`chown_to_postgres`] of `path` and everything under it.
+pub fn chown_tree_to_postgres(path: &Path) {
+    chown_to_postgres(path);
+    if path.is_dir()
+        && let Ok(entries) = std::fs::read_dir(path)
+    {
+        for entry in entries.flatten() {
+            chown_tree_to_postgres(&entry.path());
+        }
     }
 }
 
@@ -78,7 +90,7 @@ pub fn pg_bin() -> PathBuf {
 /// between this pick and the server's own bind: "Address already in use".
 /// Ports below the range are never taken that way; a counter shared by the
 /// tests of this process, from a random start, keeps them apart.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -549,11 +561,17 @@ impl Pod {
     /// A superuser connection over TCP, retried while the server is still
     /// starting (a standby accepts connections once consistent).
     pub async fn sql(&self) -> tokio_postgres::Client {
+        self.sql_at(self.port).await
+    }
+
+    /// A superuser session with a server of this pod's data on `port` (a
+    /// copy of it restored elsewhere).
+    pub async fn sql_at(&self, port: u16) -> tokio_postgres::Client {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let connected = tokio_postgres::Config::new()
                 .host("127.0.0.1")
-                .port(self.port)
+                .port(port)
                 .user("postgres")
                 .password(SUPERUSER_PASSWORD)
                 .dbname("postgres")
@@ -572,6 +590,11 @@ impl Pod {
                 Err(e) => panic!("connect to {}: {e:?}", self.name),
             }
         }
+    }
+
+    /// `ordinal-init` with this pod's environment, as the postgres user.
+    pub fn init_command(&self) -> Command {
+        self.ordinal_init()
     }
 
     /// A PostgreSQL tool, run as the postgres user.

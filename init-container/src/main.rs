@@ -5,7 +5,10 @@
 //! - `init`: prepare PGDATA for the pod's role (init container);
 //! - `run -- postgres …`: the same check at every container start, then
 //!   postgres under supervision (`supervise.rs`);
-//! - `probe ready|live`: the kubelet's probes.
+//! - `probe ready|live`: the kubelet's probes;
+//! - `wal-push PATH NAME`, `wal-fetch NAME PATH`: PostgreSQL's
+//!   archive_command and restore_command, to and from object storage
+//!   (`wal.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +31,7 @@ mod sql;
 mod state;
 mod supervise;
 mod tools;
+mod wal;
 
 use settings::Settings;
 
@@ -129,6 +133,12 @@ enum Command {
         #[arg(value_enum)]
         probe: probe::Probe,
     },
+    /// Archive a WAL file to the backup destination (archive_command =
+    /// 'ordinal-init wal-push %p %f'): compressed, never overwriting.
+    WalPush { path: PathBuf, name: String },
+    /// Restore a WAL file from the backup destination (restore_command =
+    /// 'ordinal-init wal-fetch %f %p'); exit 1 when the archive has none.
+    WalFetch { name: String, path: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -164,6 +174,8 @@ fn main() -> ExitCode {
         }
         Command::Stop => with_runtime(stop()).map_err(|e| report(&e)),
         Command::Probe { probe } => return run_probe(probe),
+        Command::WalPush { path, name } => return wal_push(&path, &name),
+        Command::WalFetch { name, path } => return wal_fetch(&name, &path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -240,6 +252,75 @@ async fn prepare_run() -> Result<(Settings, lock::DataLock), InitError> {
     let lock = lock::acquire(&settings).await?;
     prepare::prepare(&settings).await?;
     Ok((settings, lock))
+}
+
+/// A fresh single-threaded runtime for one WAL command.
+fn wal_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn wal_push(path: &std::path::Path, name: &str) -> ExitCode {
+    let started = std::time::Instant::now();
+    let pushed = wal_runtime().and_then(|rt| {
+        rt.block_on(async {
+            let archive = wal::Archive::from_env()?;
+            archive.push(path, name).await
+        })
+        .map_err(|e| e.to_string())
+    });
+    match pushed {
+        Ok(wal::Pushed::Uploaded { bytes }) => {
+            tracing::info!(
+                name,
+                bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "archived"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(wal::Pushed::AlreadyArchived) => {
+            tracing::info!(name, "archived before, with the same content");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            tracing::error!(name, "{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wal_fetch(name: &str, path: &std::path::Path) -> ExitCode {
+    let fetched = match wal_runtime() {
+        Ok(rt) => rt.block_on(async {
+            let archive = wal::Archive::from_env()?;
+            archive.fetch(name, path).await
+        }),
+        Err(message) => {
+            tracing::error!(name, "{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match fetched {
+        Ok(true) => ExitCode::SUCCESS,
+        // Not an error: recovery asks for files past the archive's end.
+        Ok(false) => ExitCode::FAILURE,
+        // An archived file that is corrupt must never be taken for the end
+        // of the archive (recovery would end early and lose what follows):
+        // an exit status above 125 makes PostgreSQL stop recovery.
+        Err(message @ wal::WalError::Corrupt { .. }) => {
+            tracing::error!(name, "{message}");
+            ExitCode::from(126)
+        }
+        // The store cannot be reached: PostgreSQL tries again later (a
+        // standby streams meanwhile).
+        Err(message) => {
+            tracing::error!(name, "{message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_probe(kind: probe::Probe) -> ExitCode {
