@@ -122,15 +122,7 @@ stop() {
   local name=$1 pid
   pid=$(pid_of "$name") || { rm -f "$RUN/$name.pid"; return 0; }
   log "stopping $name (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.2
-  fi
+  stop_pid "$pid"
   rm -f "$RUN/$name.pid"
 }
 

@@ -206,15 +206,7 @@ cmd_down() {
   local pid
   if pid=$(server_pid); then
     log "stopping MinIO (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.2
-    fi
+    stop_pid "$pid"
   fi
   rm -f "$PID_FILE" "$ADDRESS_FILE"
   if [ "${1:-}" = --purge ]; then
