@@ -146,23 +146,26 @@ impl Memory {
             .iter()
             .find(|m| m.name == primary)
             .map(|m| m.stable.clone());
-        let mut following = Vec::new();
+        // Counted only while its postgres runs and answers as a standby: a
+        // pod still cloning, starting or being replaced is not stuck, and a
+        // replaced one starts counting afresh (counting through those had a
+        // slow machine restart each new standby the moment it first
+        // answered, before its WAL receiver had connected).
+        let mut counted = Vec::new();
         for m in obs.members.iter().filter(|m| m.name != primary) {
-            let ok = match (probes.get(&m.name), &primary_at) {
-                (Some(Ok(p)), Some(at)) => p.streams_from(at),
-                _ => false,
-            };
-            if ok {
-                following.push(m.name.clone());
-            } else {
-                self.not_following_since
-                    .entry(m.name.clone())
-                    .or_insert(now);
+            match (probes.get(&m.name), &primary_at) {
+                (Some(Ok(p)), Some(at)) if p.streams_from(at) => {}
+                (Some(Ok(p)), _) if p.in_recovery && m.state == PodState::Running => {
+                    self.not_following_since
+                        .entry(m.name.clone())
+                        .or_insert(now);
+                    counted.push(m.name.clone());
+                }
+                _ => {}
             }
         }
-        self.not_following_since.retain(|name, _| {
-            !following.contains(name) && obs.members.iter().any(|m| m.name == *name)
-        });
+        self.not_following_since
+            .retain(|name, _| counted.contains(name));
     }
 
     /// Forgets what belonged to the old primary once a new one is published.

@@ -199,6 +199,55 @@ fn a_standby_that_cannot_follow_is_rejoined_after_a_while() {
 }
 
 #[test]
+fn a_standby_counts_as_stuck_only_while_it_runs_and_answers() {
+    let mut stuck = streaming(100).expect("probe");
+    stuck.receiver = None;
+    let start = Instant::now();
+    let mut memory = Memory::default();
+    // db-2 clones for a minute (its pod is not running, nothing answers).
+    let cloning = observation(
+        [
+            PodState::Running,
+            PodState::Running,
+            PodState::NotRunning("pod phase Pending".to_owned()),
+        ],
+        ReplicationMode::Async,
+    );
+    let no_answer = Err(ProbeError::new(ProbeFailure::Refused, "refused"));
+    let p = probes([primary(100), streaming(100), no_answer]);
+    memory.observe(&cloning, &p, Duration::from_secs(1), start);
+    memory.observe(
+        &cloning,
+        &p,
+        Duration::from_secs(1),
+        start + Duration::from_secs(60),
+    );
+    assert!(!memory.not_following_since.contains_key("db-2"));
+    // It runs, and its WAL receiver has not connected yet: counted from now.
+    let obs = running(ReplicationMode::Async);
+    let p = probes([primary(100), streaming(100), Ok(stuck)]);
+    let now = start + Duration::from_secs(61);
+    memory.observe(&obs, &p, Duration::from_secs(1), now);
+    assert_eq!(memory.not_following_since.get("db-2"), Some(&now));
+    assert!(matches!(
+        decide(&obs, &p, &memory),
+        Action::Steady { blocked: None, .. }
+    ));
+    // Restarted (its pod replaced): the count starts again when it runs.
+    memory.observe(
+        &cloning,
+        &probes([primary(100), streaming(100), no_answer_again()]),
+        Duration::from_secs(1),
+        now + Duration::from_secs(5),
+    );
+    assert!(!memory.not_following_since.contains_key("db-2"));
+}
+
+fn no_answer_again() -> Result<InstanceProbe, ProbeError> {
+    Err(ProbeError::new(ProbeFailure::Refused, "refused"))
+}
+
+#[test]
 fn an_unplanned_loss_detaches_the_standbys_before_choosing() {
     let obs = observation(
         [
