@@ -146,7 +146,9 @@ cmd_up() {
   case $host in
     127.0.0.1 | 0.0.0.0) ;;
     *)
-      ip -o addr show | grep -qF " $host/" ||
+      # Not `ip | grep -q`: grep stops at the first match, ip dies of
+      # SIGPIPE, and pipefail takes the pipeline for a failure.
+      [[ "$(ip -o addr show)" == *" $host/"* ]] ||
         die "no interface has $host: start the cluster (scripts/cluster.sh up), or set ORDINAL_MINIO_ADDRESS=127.0.0.1:9000"
       ;;
   esac

@@ -63,6 +63,7 @@ setsid bash -c 'nice -n 10 scripts/minio.sh build' >"$minio_log" 2>&1 </dev/null
 minio_pid=$!
 
 cluster_started=false
+minio_started=false
 on_exit() {
   local rc=$?
   for pid in "$prepare_pid" "$minio_pid"; do
@@ -78,6 +79,9 @@ on_exit() {
     "$BIN/kubectl" --kubeconfig "$KUBECONFIG" -n ordinal-system logs -l app.kubernetes.io/name=ordinal-operator --prefix --tail 300 2>&1 || true
   fi
   rm -f "$CACHE_DIR/cluster-suite.started"
+  if [ "$minio_started" = true ]; then
+    scripts/minio.sh down --purge || true
+  fi
   if [ "$cluster_started" = true ]; then
     step "stopping the cluster"
     scripts/cluster.sh down || true
@@ -142,9 +146,14 @@ kubectl=("$BIN/kubectl")
 "${kubectl[@]}" -n ordinal-system rollout restart deployment/ordinal-operator >/dev/null
 "${kubectl[@]}" -n ordinal-system rollout status deployment/ordinal-operator --timeout=180s
 
-step "the real-cluster suite (e2e/tests/cluster.rs, e2e/tests/failover.rs)"
+step "MinIO on the node's address, for the backup scenarios"
+minio_started=true
+scripts/minio.sh up >/dev/null
+eval "$(scripts/minio.sh env)"
+
+step "the real-cluster suite (e2e/tests/cluster.rs, failover.rs, backup.rs)"
 ORDINAL_E2E_OPERATOR=external \
   ORDINAL_E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE \
   ORDINAL_E2E_IMAGE=$ORDINAL_IMAGE \
   ORDINAL_E2E_CONTAINERD_STATE=/run/ordinal-cluster/containerd \
-  cargo test -p ordinal-e2e --features cluster --test cluster --test failover --locked -- --test-threads=1 --nocapture "${filter[@]}"
+  cargo test -p ordinal-e2e --features cluster --test cluster --test failover --test backup --locked -- --test-threads=1 --nocapture "${filter[@]}"

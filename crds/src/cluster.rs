@@ -167,6 +167,10 @@ pub struct PostgresClusterSpec {
     #[serde(default)]
     pub update_strategy: UpdateStrategySpec,
 
+    /// Continuous WAL archiving to object storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
     /// An existing Secret whose `password` key is the password of the
     /// `postgres` superuser; generated as `<name>-superuser` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -481,6 +485,89 @@ fn default_isolation_seconds() -> i32 {
 }
 fn default_max_lag_on_failover() -> i64 {
     DEFAULT_MAX_LAG_BYTES_ON_FAILOVER
+}
+
+/// Continuous WAL archiving to an object store: every WAL segment the
+/// primary completes (and at least every `archiveTimeoutSeconds` while it
+/// writes) is compressed and uploaded by `ordinal-init wal-push`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.s3), has(self.gcs), has(self.azure)].filter(x, x).size() == 1")
+        .message("backup must name exactly one object store: s3, gcs or azure")
+)]
+pub struct BackupSpec {
+    /// An S3-compatible store (AWS S3, MinIO, Ceph RGW...). The credentials
+    /// Secret holds `ACCESS_KEY_ID` and `SECRET_ACCESS_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Store>,
+    /// Google Cloud Storage. The credentials Secret holds
+    /// `SERVICE_ACCOUNT_KEY` (the JSON key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs: Option<GcsStore>,
+    /// Azure Blob Storage. The credentials Secret holds
+    /// `STORAGE_ACCOUNT_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureStore>,
+    /// The path under the bucket; `<namespace>/<name>` when unset. Two
+    /// clusters must not share one: an archived file is never overwritten,
+    /// so the second cluster's archiving fails (loudly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$')").message("backup.prefix must be a path of letters, digits, '.', '_' and '-' separated by single '/', without a leading or trailing '/', no part starting with '.'"))]
+    pub prefix: Option<String>,
+    /// The Secret with the store's credentials (mounted as files, never in
+    /// the environment).
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("backup.credentialsSecret must be a valid Secret name"))]
+    pub credentials_secret: String,
+    /// A WAL segment is archived at least this often while the primary
+    /// writes: the most a lost volume set can cost (the RPO).
+    #[serde(default = "default_archive_timeout")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub archive_timeout_seconds: i32,
+}
+
+fn default_archive_timeout() -> i32 {
+    60
+}
+
+/// An S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Store {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// The endpoint of a store other than AWS (`http://minio.minio:9000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub endpoint: Option<String>,
+    /// The region; `us-east-1` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub region: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`), which MinIO and most
+    /// stores other than AWS need; virtual-hosted style when false.
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+/// A Google Cloud Storage bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcsStore {
+    #[schemars(length(min = 3, max = 222))]
+    pub bucket: String,
+}
+
+/// An Azure Blob Storage container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureStore {
+    #[schemars(length(min = 3, max = 24))]
+    pub account: String,
+    #[schemars(length(min = 3, max = 63))]
+    pub container: String,
 }
 
 /// Rolling updates.

@@ -75,6 +75,9 @@ pub mod paths {
     pub const REPLICATION_SECRET_DIR: &str = "/etc/ordinal/replication";
     /// Unix socket directory (writable under a read-only root filesystem).
     pub const RUN_DIR: &str = "/var/run/postgresql";
+    /// The backup store's credentials, mounted as files named after
+    /// object_store's options.
+    pub const BACKUP_SECRET_DIR: &str = "/etc/ordinal/backup";
 }
 
 /// Environment variables the StatefulSet sets and `ordinal-init` reads.
@@ -90,6 +93,10 @@ pub mod env {
     pub const REPLICATION_DIR: &str = "ORDINAL_REPLICATION_DIR";
     pub const MAX_READY_LAG_BYTES: &str = "ORDINAL_MAX_READY_LAG_BYTES";
     pub const ISOLATION_SECONDS: &str = "ORDINAL_ISOLATION_SECONDS";
+    /// The WAL archive (`ordinal-init wal-push` / `wal-fetch`).
+    pub const BACKUP_URL: &str = "ORDINAL_BACKUP_URL";
+    pub const BACKUP_OPTIONS: &str = "ORDINAL_BACKUP_OPTIONS";
+    pub const BACKUP_CREDENTIALS_DIR: &str = "ORDINAL_BACKUP_CREDENTIALS_DIR";
 }
 
 /// The pod's first init container: it copies ordinal-init and waits for

@@ -237,6 +237,52 @@ fn valid_specs_are_accepted() {
 }
 
 #[test]
+fn backup_names_exactly_one_store_and_a_clean_prefix() {
+    let spec = |backup: Value| json!({"storage": {"size": "1Gi"}, "backup": backup});
+    let s3 = json!({"bucket": "backups", "endpoint": "http://minio:9000", "pathStyle": true});
+    create(spec(json!({"s3": s3, "credentialsSecret": "store"}))).expect("s3");
+    create(spec(
+        json!({"gcs": {"bucket": "backups"}, "credentialsSecret": "store", "prefix": "prod/db-1"}),
+    ))
+    .expect("gcs with a prefix");
+    assert_rejected(
+        create(spec(json!({"credentialsSecret": "store"}))),
+        "backup must name exactly one object store: s3, gcs or azure",
+    );
+    assert_rejected(
+        create(spec(
+            json!({"s3": s3, "gcs": {"bucket": "backups"}, "credentialsSecret": "store"}),
+        )),
+        "backup must name exactly one object store: s3, gcs or azure",
+    );
+    for prefix in [
+        "/abs",
+        "trailing/",
+        "a//b",
+        "sp ace",
+        "../up",
+        "a/./b",
+        ".hidden",
+    ] {
+        assert_rejected(
+            create(spec(
+                json!({"s3": s3, "credentialsSecret": "store", "prefix": prefix}),
+            )),
+            "backup.prefix must be a path",
+        );
+    }
+    assert_rejected(
+        create(spec(json!({"s3": s3, "credentialsSecret": "Store_1"}))),
+        "backup.credentialsSecret must be a valid Secret name",
+    );
+    // The range is OpenAPI's (the API server checks it, not CEL).
+    let timeout = &schema()["properties"]["spec"]["properties"]["backup"]["properties"]["archiveTimeoutSeconds"];
+    assert_eq!(timeout["minimum"].as_f64(), Some(10.0));
+    assert_eq!(timeout["maximum"].as_f64(), Some(3600.0));
+    assert_eq!(timeout["default"], 60);
+}
+
+#[test]
 fn replicas_must_be_at_least_one() {
     assert_rejected(
         create(json!({"replicas": 0, "storage": {"size": "10Gi"}})),

@@ -80,6 +80,17 @@ pub enum Error {
         field: &'static str,
         secret: String,
     },
+
+    #[error(
+        "Secret {namespace}/{secret} named by spec.backup.credentialsSecret of PostgresCluster {name} lacks the key(s) {keys}, which the {store} store needs"
+    )]
+    MissingSecretKeys {
+        namespace: String,
+        name: String,
+        secret: String,
+        store: &'static str,
+        keys: String,
+    },
 }
 
 impl Error {
@@ -103,7 +114,7 @@ impl Error {
             Self::Create { .. } => "create",
             Self::Delete { .. } => "delete",
             Self::WriteStatus { .. } => "status",
-            Self::MissingSecret { .. } => "missing_secret",
+            Self::MissingSecret { .. } | Self::MissingSecretKeys { .. } => "missing_secret",
         }
     }
 

@@ -103,7 +103,60 @@ pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(
             }
         }
     }
-    Ok(())
+    ensure_backup_secret(&api, cluster).await
+}
+
+/// The backup store's credentials Secret exists with the keys its store
+/// needs: a missing key would leave the pods unable to mount it.
+async fn ensure_backup_secret(api: &Api<Secret>, cluster: &ValidCluster) -> Result<(), Error> {
+    let (Some(backup), Some(archive)) = (&cluster.spec.backup, build::backup::archive(cluster))
+    else {
+        return Ok(());
+    };
+    let secret = &backup.credentials_secret;
+    let found = api.get_opt(secret).await.map_err(|source| Error::Get {
+        kind: "Secret",
+        namespace: cluster.namespace.clone(),
+        name: secret.clone(),
+        source,
+    })?;
+    let Some(found) = found else {
+        return Err(Error::MissingSecret {
+            namespace: cluster.namespace.clone(),
+            name: cluster.name.clone(),
+            field: "backup.credentialsSecret",
+            secret: secret.clone(),
+        });
+    };
+    let has = |key: &str| {
+        found.data.as_ref().is_some_and(|d| d.contains_key(key))
+            || found
+                .string_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(key))
+    };
+    let missing: Vec<&str> = archive
+        .credentials
+        .iter()
+        .map(|(key, _)| *key)
+        .filter(|key| !has(key))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::MissingSecretKeys {
+        namespace: cluster.namespace.clone(),
+        name: cluster.name.clone(),
+        secret: secret.clone(),
+        store: if backup.s3.is_some() {
+            "S3"
+        } else if backup.gcs.is_some() {
+            "GCS"
+        } else {
+            "Azure"
+        },
+        keys: missing.join(", "),
+    })
 }
 
 /// Applies every child object, in dependency order: identity, config,

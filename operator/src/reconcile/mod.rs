@@ -125,7 +125,7 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
 
     match apply::ensure_secrets(&ctx.client, &cluster).await {
         Ok(()) => {}
-        Err(error @ Error::MissingSecret { .. }) => {
+        Err(error @ (Error::MissingSecret { .. } | Error::MissingSecretKeys { .. })) => {
             let message = error.to_string();
             ctx.publish(
                 &pgc,

@@ -78,6 +78,12 @@ pub fn postgresql_conf(cluster: &ValidCluster) -> String {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
     merged.extend(cluster.spec.postgresql.parameters.clone());
+    // The WAL archive of spec.backup, over the user's archive settings.
+    merged.extend(
+        super::backup::parameters(cluster)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
     // Operator settings last: they win even if validation was bypassed.
     merged.extend(
         operator_parameters()

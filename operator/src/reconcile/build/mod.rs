@@ -1,6 +1,7 @@
 //! Pure builders: a validated cluster in, plain Kubernetes objects out.
 //! No client, no environment, no clock.
 
+pub mod backup;
 mod config_map;
 mod pdb;
 mod rbac;

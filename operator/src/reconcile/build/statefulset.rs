@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    EnvVar, EnvVarSource, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
@@ -42,6 +42,7 @@ const VOLUME_REPLICATION: &str = "replication";
 const VOLUME_RUN: &str = "run";
 const VOLUME_SHM: &str = "shm";
 const VOLUME_TMP: &str = "tmp";
+const VOLUME_BACKUP: &str = "backup-credentials";
 
 /// Where the `install` container's image keeps the binary.
 const IMAGE_ORDINAL_INIT: &str = "/usr/local/bin/ordinal-init";
@@ -201,7 +202,7 @@ fn env_field(name: &str, field_path: &str) -> EnvVar {
 /// What `ordinal-init` needs to know: who it is and where things are.
 fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
     use names::env as e;
-    vec![
+    let mut vars = vec![
         env_field(e::POD_NAME, "metadata.name"),
         env_field(e::POD_NAMESPACE, "metadata.namespace"),
         env(e::CLUSTER, &cluster.name),
@@ -224,7 +225,15 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
                 .map(|b| b.to_string())
                 .unwrap_or_default(),
         ),
-    ]
+    ];
+    if let Some(archive) = super::backup::archive(cluster) {
+        vars.extend([
+            env(e::BACKUP_URL, &archive.url),
+            env(e::BACKUP_OPTIONS, &archive.options),
+            env(e::BACKUP_CREDENTIALS_DIR, paths::BACKUP_SECRET_DIR),
+        ]);
+    }
+    vars
 }
 
 /// The mounts of the containers that run postgres tools.
@@ -293,6 +302,10 @@ fn exec_ordinal_init(args: &[&str]) -> Option<ExecAction> {
 fn postgres_container(cluster: &ValidCluster) -> Container {
     let mut mounts = postgres_mounts();
     mounts.push(mount(VOLUME_SHM, "/dev/shm", false));
+    // The archive_command runs here.
+    if cluster.spec.backup.is_some() {
+        mounts.push(mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true));
+    }
     Container {
         name: "postgres".to_owned(),
         image: Some(cluster.spec.image.clone()),
@@ -385,7 +398,7 @@ fn secret_volume(name: &str, secret: &str) -> Volume {
 }
 
 fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
-    vec![
+    let mut volumes = vec![
         empty_dir(VOLUME_ORDINAL, None),
         Volume {
             name: VOLUME_CONFIG.to_owned(),
@@ -401,7 +414,30 @@ fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
         empty_dir(VOLUME_RUN, None),
         empty_dir(VOLUME_SHM, Some("Memory")),
         empty_dir(VOLUME_TMP, None),
-    ]
+    ];
+    if let (Some(backup), Some(archive)) = (&cluster.spec.backup, super::backup::archive(cluster)) {
+        // Each key under the option name ordinal-init reads it as.
+        let items = archive
+            .credentials
+            .iter()
+            .map(|(key, file)| KeyToPath {
+                key: (*key).to_owned(),
+                path: (*file).to_owned(),
+                mode: None,
+            })
+            .collect();
+        volumes.push(Volume {
+            name: VOLUME_BACKUP.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(backup.credentials_secret.clone()),
+                default_mode: Some(0o440),
+                items: Some(items),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
+    volumes
 }
 
 fn topology_spread(cluster: &ValidCluster) -> Vec<TopologySpreadConstraint> {

@@ -1,0 +1,166 @@
+//! Backups on a real Kubernetes cluster: WAL archiving to a real MinIO
+//! (built from its Go module, `scripts/minio.sh up` serves it on the
+//! node's address, which pods reach) under write load, through a failover.
+//!
+//! Needs what the cluster suite needs (see tests/cluster.rs) and the
+//! server's endpoint and credentials in the environment, as `eval
+//! "$(scripts/minio.sh env)"` exports them (`scripts/test.sh` does).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use ordinal_crds::{BackupSpec, S3Store};
+use ordinal_e2e::cluster::{Harness, Loss};
+
+const CLUSTER: &str = "db";
+
+fn minio_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start MinIO with scripts/minio.sh up and eval \"$(scripts/minio.sh env)\"")
+    })
+}
+
+/// `pg_stat_archiver` of `pod`: archived, failed, the last archived file.
+async fn archiver(h: &Harness, pod: &str) -> Result<(i64, i64, Option<String>), String> {
+    let sql = h.try_sql(CLUSTER, pod).await?;
+    let row = sql
+        .query_one(
+            "SELECT archived_count, failed_count, last_archived_wal FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// Switches to a new WAL segment on `pod` and waits until it is archived;
+/// returns the segment's name.
+async fn switch_and_wait_archived(h: &Harness, pod: &str) -> String {
+    let sql = h.sql(CLUSTER, pod).await;
+    let segment: String = sql
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .expect("pg_switch_wal")
+        .get(0);
+    h.wait_until(&format!("{pod} archives {segment}"), async || {
+        let (archived, failed, last) = archiver(h, pod).await?;
+        if failed > 0 {
+            panic!("{pod}: {failed} archive failures (last archived {last:?})");
+        }
+        match last {
+            Some(last) if archived > 0 && last.as_str() >= segment.as_str() => Ok(()),
+            other => Err(format!("{archived} archived, the last {other:?}")),
+        }
+    })
+    .await;
+    segment
+}
+
+/// Fetches WAL file `name` from the archive inside `pod` (its
+/// restore_command) and returns its size.
+async fn fetch_in(h: &Harness, pod: &str, name: &str) -> usize {
+    let out = h
+        .exec(
+            pod,
+            "postgres",
+            &[
+                "sh",
+                "-c",
+                &format!("/ordinal/ordinal-init wal-fetch {name} /tmp/fetched && wc -c < /tmp/fetched && rm /tmp/fetched"),
+            ],
+        )
+        .await
+        .expect("exec wal-fetch");
+    assert!(out.success(), "wal-fetch {name} in {pod}: {}", out.stderr);
+    out.stdout.trim().parse().expect("a size")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wal_is_archived_under_write_load_and_after_a_failover() {
+    let h = Harness::new("wal_is_archived_under_write_load_and_after_a_failover").await;
+    let endpoint = minio_env("ORDINAL_MINIO_ENDPOINT");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("store".to_owned()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            [
+                (
+                    "ACCESS_KEY_ID".to_owned(),
+                    minio_env("ORDINAL_MINIO_ACCESS_KEY"),
+                ),
+                (
+                    "SECRET_ACCESS_KEY".to_owned(),
+                    minio_env("ORDINAL_MINIO_SECRET_KEY"),
+                ),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    h.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the credentials Secret");
+
+    let mut spec = h.spec(2);
+    spec.backup = Some(BackupSpec {
+        s3: Some(S3Store {
+            bucket: minio_env("ORDINAL_MINIO_BUCKET"),
+            endpoint: Some(endpoint),
+            region: None,
+            path_style: true,
+        }),
+        gcs: None,
+        azure: None,
+        // Each test namespace archives under a prefix of its own.
+        prefix: Some(format!("e2e/{}", h.namespace)),
+        credentials_secret: "store".to_owned(),
+        archive_timeout_seconds: 60,
+    });
+    h.apply(CLUSTER, &spec).await;
+    let status = h.wait_ready(CLUSTER, 2).await;
+    let primary = status.current_primary.expect("a primary");
+    let replica = if primary == "db-0" { "db-1" } else { "db-0" };
+
+    // Under write load: every completed segment reaches the store, and a
+    // replica's restore_command reads it back whole.
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute("CREATE TABLE t (id bigserial PRIMARY KEY, pad text)")
+        .await
+        .expect("create");
+    for _ in 0..3 {
+        sql.batch_execute(
+            "INSERT INTO t (pad) SELECT repeat('x', 500) FROM generate_series(1, 20000)",
+        )
+        .await
+        .expect("insert");
+    }
+    let segment = switch_and_wait_archived(&h, &primary).await;
+    assert_eq!(fetch_in(&h, replica, &segment).await, 16 << 20);
+
+    // A failover: the promoted replica archives its new timeline's
+    // history file and its segments.
+    h.lose(&primary, Loss::Delete).await;
+    let new_primary = h
+        .wait_until("a replica promoted", async || {
+            let status = h.try_status(CLUSTER).await?;
+            match status.current_primary {
+                Some(p) if p != primary && status.target_primary.is_none() => Ok(p),
+                other => Err(format!("primary {other:?}")),
+            }
+        })
+        .await;
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute("INSERT INTO t (pad) SELECT repeat('y', 500) FROM generate_series(1, 20000)")
+        .await
+        .expect("insert after the failover");
+    let segment = switch_and_wait_archived(&h, &new_primary).await;
+    assert!(
+        segment.starts_with("00000002"),
+        "{segment} is not on timeline 2"
+    );
+    assert!(fetch_in(&h, &new_primary, "00000002.history").await > 0);
+}
