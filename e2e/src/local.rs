@@ -518,7 +518,21 @@ impl Pod {
 
     /// kill -9 of the instance: the guard and its postmaster at once.
     pub fn kill9(&self) {
+        let postmaster = std::fs::read_to_string(self.pgdata.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok());
         self.signal(Signal::SIGKILL);
+        // A container's processes are gone with it. Here the killed
+        // postmaster is an orphan until PID 1 reaps it (this machine's
+        // does so every ~2 s), and PostgreSQL takes a zombie named in
+        // postmaster.pid for a live postmaster: wait until it is reaped.
+        if let Some(pid) = postmaster {
+            wait_until(
+                "the killed postmaster is reaped",
+                Duration::from_secs(30),
+                || !Path::new(&format!("/proc/{pid}")).exists(),
+            );
+        }
     }
 
     /// `ordinal-init stop`, the preStop hook.

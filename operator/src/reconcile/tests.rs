@@ -567,3 +567,39 @@ async fn a_major_version_change_is_refused() {
         "nothing is applied until the image is fixed"
     );
 }
+
+#[tokio::test]
+async fn a_backup_secret_without_its_keys_is_reported() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.backup = Some(ordinal_crds::BackupSpec {
+        s3: Some(ordinal_crds::S3Store {
+            bucket: "backups".to_owned(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+        }),
+        gcs: None,
+        azure: None,
+        prefix: None,
+        credentials_secret: "store".to_owned(),
+        archive_timeout_seconds: 60,
+    });
+    let mut script = vec![list_pods(&[])];
+    script.extend(secrets_exist());
+    script.extend([
+        Exchange::get(format!("{NS}/secrets/store")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "store", "namespace": "ns"},
+                   "data": {"ACCESS_KEY_ID": "a2V5"}}),
+        ),
+        event(
+            "MissingSecret",
+            "Secret ns/store named by spec.backup.credentialsSecret of PostgresCluster db lacks the key(s) SECRET_ACCESS_KEY, which the S3 store needs",
+        ),
+        Exchange::apply(STATUS, "ordinal-operator/status")
+            .answer_with(with_status(&pgc))
+            .check(|body| assert_eq!(body["status"]["phase"], "Degraded")),
+    ]);
+    let err = run(pgc, script).await.expect_err("missing key");
+    assert!(matches!(err, Error::MissingSecretKeys { .. }), "{err}");
+}
