@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, Store};
-
 use kube::{Api, Client, Resource, ResourceExt};
 use ordinal_crds::{FailoverRecord, PostgresCluster, ReplicationMode, names};
 use serde_json::json;
@@ -32,7 +31,7 @@ pub const FAILOVER_MANAGER: &str = "ordinal-operator/failover";
 pub const CONDITION_FAILOVER: &str = "FailoverReady";
 
 mod pods;
-pub use pods::{PodFeed, PodWatch, slim as slim_pod};
+pub use pods::{PodFeed, PodWatch};
 
 pub struct KubeSeam {
     client: Client,
@@ -303,7 +302,14 @@ impl KubeSeam {
     fn pod(&self, name: &str) -> Option<Arc<Pod>> {
         self.pods
             .get(&reflector::ObjectRef::new(name).within(&self.namespace))
-            .filter(|p| p.labels().get(names::LABEL_CLUSTER) == Some(&self.cluster))
+            .filter(|p| self.is_ours(p))
+    }
+
+    /// Whether a pod of the shared cache (every cluster's) is this
+    /// cluster's: in its namespace, with its label.
+    fn is_ours(&self, pod: &Pod) -> bool {
+        pod.metadata.namespace.as_deref() == Some(self.namespace.as_str())
+            && pod.labels().get(names::LABEL_CLUSTER) == Some(&self.cluster)
     }
 
     /// Deletes a pod, with the given grace period (None: the pod's own).
@@ -684,16 +690,11 @@ impl Seam for KubeSeam {
                 .get(names::ANNOTATION_SWITCHOVER_TO)
                 .cloned(),
         };
-        // The cache holds every cluster's pods: this one's are in its
-        // namespace, with its label.
         let mut pods: Vec<(i32, Arc<Pod>)> = self
             .pods
             .state()
             .into_iter()
-            .filter(|p| {
-                p.metadata.namespace.as_deref() == Some(self.namespace.as_str())
-                    && p.labels().get(names::LABEL_CLUSTER) == Some(&self.cluster)
-            })
+            .filter(|p| self.is_ours(p))
             .filter_map(|p| Some((names::ordinal_of(&self.cluster, &p.name_any())?, p)))
             .collect();
         // By ordinal: the store's order is arbitrary.

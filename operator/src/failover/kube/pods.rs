@@ -222,8 +222,8 @@ fn route(
 /// and of its spec the node it runs on. The containers' specs (commands,
 /// environment, probes, mounts) are most of a pod and nothing here reads
 /// them from the cache.
-pub fn slim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
+fn slim(pod: &mut Pod) {
+    crate::controller::forget_managed_fields(pod);
     let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     pod.spec = Some(PodSpec {
         node_name,
