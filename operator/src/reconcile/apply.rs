@@ -109,11 +109,10 @@ pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(
 /// The backup store's credentials Secret exists with the keys its store
 /// needs: a missing key would leave the pods unable to mount it.
 async fn ensure_backup_secret(api: &Api<Secret>, cluster: &ValidCluster) -> Result<(), Error> {
-    let (Some(backup), Some(archive)) = (&cluster.spec.backup, build::backup::archive(cluster))
-    else {
+    let Some(archive) = build::backup::archive(cluster) else {
         return Ok(());
     };
-    let secret = &backup.credentials_secret;
+    let secret = &archive.secret;
     let found = api.get_opt(secret).await.map_err(|source| Error::Get {
         kind: "Secret",
         namespace: cluster.namespace.clone(),
@@ -148,13 +147,7 @@ async fn ensure_backup_secret(api: &Api<Secret>, cluster: &ValidCluster) -> Resu
         namespace: cluster.namespace.clone(),
         name: cluster.name.clone(),
         secret: secret.clone(),
-        store: if backup.s3.is_some() {
-            "S3"
-        } else if backup.gcs.is_some() {
-            "GCS"
-        } else {
-            "Azure"
-        },
+        store: archive.store,
         keys: missing.join(", "),
     })
 }

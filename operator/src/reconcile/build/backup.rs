@@ -13,6 +13,10 @@ pub struct Archive {
     pub url: String,
     /// object_store's options besides the credentials, `k=v,k=v`.
     pub options: String,
+    /// The kind of store, for messages: `S3`, `GCS` or `Azure`.
+    pub store: &'static str,
+    /// The credentials Secret.
+    pub secret: String,
     /// Keys of the credentials Secret, and the option each is mounted as.
     pub credentials: Vec<(&'static str, &'static str)>,
 }
@@ -42,6 +46,8 @@ fn archive_of(backup: &BackupSpec, default_prefix: &str) -> Archive {
         return Archive {
             url: format!("s3://{}/{prefix}", s3.bucket),
             options: options.join(","),
+            store: "S3",
+            secret: backup.credentials_secret.clone(),
             credentials: vec![
                 ("ACCESS_KEY_ID", "aws_access_key_id"),
                 ("SECRET_ACCESS_KEY", "aws_secret_access_key"),
@@ -52,6 +58,8 @@ fn archive_of(backup: &BackupSpec, default_prefix: &str) -> Archive {
         return Archive {
             url: format!("gs://{}/{prefix}", gcs.bucket),
             options: String::new(),
+            store: "GCS",
+            secret: backup.credentials_secret.clone(),
             credentials: vec![("SERVICE_ACCOUNT_KEY", "google_service_account_key")],
         };
     }
@@ -64,6 +72,8 @@ fn archive_of(backup: &BackupSpec, default_prefix: &str) -> Archive {
     Archive {
         url: format!("az://{container}/{prefix}"),
         options: format!("azure_storage_account_name={account}"),
+        store: "Azure",
+        secret: backup.credentials_secret.clone(),
         credentials: vec![("STORAGE_ACCOUNT_KEY", "azure_storage_account_key")],
     }
 }

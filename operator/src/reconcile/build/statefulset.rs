@@ -415,27 +415,23 @@ fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
         empty_dir(VOLUME_SHM, Some("Memory")),
         empty_dir(VOLUME_TMP, None),
     ];
-    if let (Some(backup), Some(archive)) = (&cluster.spec.backup, super::backup::archive(cluster)) {
+    if let Some(archive) = super::backup::archive(cluster) {
         // Each key under the option name ordinal-init reads it as.
-        let items = archive
-            .credentials
-            .iter()
-            .map(|(key, file)| KeyToPath {
-                key: (*key).to_owned(),
-                path: (*file).to_owned(),
-                mode: None,
-            })
-            .collect();
-        volumes.push(Volume {
-            name: VOLUME_BACKUP.to_owned(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(backup.credentials_secret.clone()),
-                default_mode: Some(0o440),
-                items: Some(items),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        let mut volume = secret_volume(VOLUME_BACKUP, &archive.secret);
+        if let Some(source) = volume.secret.as_mut() {
+            source.items = Some(
+                archive
+                    .credentials
+                    .iter()
+                    .map(|(key, file)| KeyToPath {
+                        key: (*key).to_owned(),
+                        path: (*file).to_owned(),
+                        mode: None,
+                    })
+                    .collect(),
+            );
+        }
+        volumes.push(volume);
     }
     volumes
 }
