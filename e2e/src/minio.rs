@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::local::free_port;
+
 pub struct Minio {
     child: Child,
     _dir: tempfile::TempDir,
@@ -40,13 +42,6 @@ pub fn minio_bin() -> PathBuf {
                 .join("ordinal")
         });
     cache.join("bin/minio")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn healthy(address: &str) -> bool {
