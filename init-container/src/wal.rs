@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 /// zstd level: WAL compresses well at the fast levels; higher ones cost
 /// the archiver time for little.
@@ -183,7 +182,7 @@ impl Archive {
             Ok(_) => Ok(Pushed::Uploaded { bytes }),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 let archived = self.fetch_bytes(&location).await?;
-                if Sha256::digest(&archived) == Sha256::digest(&content) {
+                if archived == content {
                     Ok(Pushed::AlreadyArchived)
                 } else {
                     Err(WalError::Differs {
