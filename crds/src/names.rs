@@ -55,6 +55,13 @@ pub const REPLICATION_USER_NAME: &str = "streaming_replica";
 /// The PostgreSQL port every instance listens on.
 pub const POSTGRES_PORT: i32 = 5432;
 pub const POSTGRES_PORT_NAME: &str = "postgresql";
+/// `ordinal-init run` answers the kubelet's probes over HTTP on this port
+/// (no command run in the container per probe).
+pub const HEALTH_PORT: i32 = 8008;
+pub const HEALTH_PORT_NAME: &str = "health";
+/// The probes' paths on [`HEALTH_PORT`].
+pub const HEALTH_LIVE_PATH: &str = "/livez";
+pub const HEALTH_READY_PATH: &str = "/readyz";
 
 /// Paths inside the postgres pod.
 pub mod paths {
@@ -93,6 +100,9 @@ pub mod env {
     pub const REPLICATION_DIR: &str = "ORDINAL_REPLICATION_DIR";
     pub const MAX_READY_LAG_BYTES: &str = "ORDINAL_MAX_READY_LAG_BYTES";
     pub const ISOLATION_SECONDS: &str = "ORDINAL_ISOLATION_SECONDS";
+    /// Where `ordinal-init run` serves its probes (`0.0.0.0:8008` in a
+    /// pod); unset, it serves none.
+    pub const HEALTH_ADDRESS: &str = "ORDINAL_HEALTH_ADDRESS";
     /// The WAL archive (`ordinal-init wal-push` / `wal-fetch`).
     pub const BACKUP_URL: &str = "ORDINAL_BACKUP_URL";
     pub const BACKUP_OPTIONS: &str = "ORDINAL_BACKUP_OPTIONS";

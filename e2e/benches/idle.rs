@@ -98,6 +98,119 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU ticks (`USER_HZ`, 100 a second) of every process named by one of
+/// `names`, with those of the children they waited for (`stat`'s utime,
+/// stime, cutime, cstime): the kubelet, and containerd with its shims,
+/// whose children are the `runc` of every container start and every exec
+/// probe. A process is named by its command name's start, or by its first
+/// argument (`scripts/cluster.sh` runs every Kubernetes component from one
+/// binary: `ordinal-kube kubelet …`).
+fn ticks_of(names: &[&str]) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_string_lossy().parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let first_arg = cmdline
+                .split(|b| *b == 0)
+                .nth(1)
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            if !names
+                .iter()
+                .any(|n| comm.trim().starts_with(n) || first_arg == *n)
+            {
+                return None;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let after = &stat[stat.rfind(')')? + 1..];
+            // Fields 14–17 of stat; `after` starts at field 3.
+            Some(
+                after
+                    .split_whitespace()
+                    .skip(11)
+                    .take(4)
+                    .filter_map(|f| f.parse::<u64>().ok())
+                    .sum::<u64>(),
+            )
+        })
+        .sum()
+}
+
+/// Nanoseconds on CPU of every process in the pods' cgroup (postgres, the
+/// operator, what the probes run in the containers), cgroup v1 or v2.
+fn pods_cpu_ns() -> u64 {
+    let v1 = ["/sys/fs/cgroup/cpuacct/kubepods/cpuacct.usage"];
+    for path in v1 {
+        if let Some(ns) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return ns;
+        }
+    }
+    for path in [
+        "/sys/fs/cgroup/kubepods/cpu.stat",
+        "/sys/fs/cgroup/kubepods.slice/cpu.stat",
+    ] {
+        if let Some(usec) = std::fs::read_to_string(path).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        }) {
+            return usec * 1000;
+        }
+    }
+    0
+}
+
+/// The node's busy CPU time so far, in ticks (`/proc/stat`: all but idle
+/// and iowait).
+fn node_busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("cpu "))?.to_owned();
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            let all: u64 = fields.iter().take(8).sum();
+            let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+            Some(all - idle)
+        })
+        .unwrap_or(0)
+}
+
+/// What the node spends, sampled at the start and the end of the window.
+#[derive(Clone, Copy)]
+struct NodeCpu {
+    busy: u64,
+    pods_ns: u64,
+    kubelet: u64,
+    control_plane: u64,
+    containerd: u64,
+}
+
+impl NodeCpu {
+    fn now() -> Self {
+        Self {
+            busy: node_busy_ticks(),
+            pods_ns: pods_cpu_ns(),
+            kubelet: ticks_of(&["kubelet"]),
+            control_plane: ticks_of(&["kube-apiserver", "etcd"]),
+            containerd: ticks_of(&["containerd"]),
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let clusters = env_or("ORDINAL_BENCH_CLUSTERS", 30) as usize;
@@ -156,6 +269,7 @@ async fn main() {
         .map(|(_, _, pid)| started_at(*pid))
         .collect();
     let mut rss_max = vec![0_u64; measured.len()];
+    let node_before = NodeCpu::now();
     let t0 = Instant::now();
     while t0.elapsed() < window {
         for (i, (_, _, pid)) in measured.iter().enumerate() {
@@ -164,6 +278,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    let node_after = NodeCpu::now();
     for (i, (name, _, pid)) in measured.iter().enumerate() {
         let now = started_at(*pid);
         assert!(
@@ -198,6 +313,32 @@ async fn main() {
         leader_cpu / total as f64,
         leader_cpu / total as f64 * 300.0
     );
+    // The node's side of the same window: what every probed instance costs
+    // besides the operator (postgres, the kubelet's probes, containerd).
+    let share = |ticks: u64| ticks as f64 / 100.0 / elapsed * 100.0;
+    let busy = share(node_after.busy.saturating_sub(node_before.busy));
+    let pods =
+        node_after.pods_ns.saturating_sub(node_before.pods_ns) as f64 / 1e9 / elapsed * 100.0;
+    let kubelet = share(node_after.kubelet.saturating_sub(node_before.kubelet));
+    let control_plane = share(
+        node_after
+            .control_plane
+            .saturating_sub(node_before.control_plane),
+    );
+    let containerd = share(node_after.containerd.saturating_sub(node_before.containerd));
+    println!();
+    println!("| node, same window | CPU, % of one core | per instance |");
+    println!("|---|---|---|");
+    for (what, cpu) in [
+        ("whole node (busy)", busy),
+        ("pods (postgres, operator, in-container probes)", pods),
+        ("kubelet", kubelet),
+        ("API server and etcd", control_plane),
+        ("containerd and its shims (with runc)", containerd),
+    ] {
+        println!("| {what} | {cpu:.1} % | {:.3} % |", cpu / total as f64);
+    }
+    println!();
     println!(
         "ordinal-bench: leader resident memory {leader_rss:.1} MiB (goal ≤ 40 MiB at 300 instances)"
     );

@@ -5,7 +5,8 @@
 //! - `init`: prepare PGDATA for the pod's role (init container);
 //! - `run -- postgres …`: the same check at every container start, then
 //!   postgres under supervision (`supervise.rs`);
-//! - `probe ready|live`: the kubelet's probes;
+//! - `probe ready|live`: the checks `run` answers the kubelet's probes with
+//!   (`health.rs`), once, for a person at `kubectl exec`;
 //! - `wal-push PATH NAME`, `wal-fetch NAME PATH`: PostgreSQL's
 //!   archive_command and restore_command, to and from object storage
 //!   (`wal.rs`).
@@ -20,6 +21,7 @@ mod bootstrap;
 mod credentials;
 mod decide;
 mod fsutil;
+mod health;
 mod install;
 mod lock;
 mod pgdata;
@@ -85,6 +87,12 @@ pub enum InitError {
          if this data is the cluster's, name its primary with the annotation ordinal.dev/primary"
     )]
     UnvouchedData { pod: String, reason: String },
+    #[error("cannot serve the probes on {address}")]
+    Health {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot exec {program}")]
     Exec {
         program: String,
@@ -160,9 +168,13 @@ fn main() -> ExitCode {
         Command::Init => with_runtime(init()).map_err(|e| report(&e)),
         Command::Run { command } => {
             let supervised = with_runtime(async {
-                let (settings, lock) = prepare_run().await?;
+                let settings = Settings::from_env()?;
+                // Served from the start: a clone or a rewind in the guard
+                // is alive, not ready.
+                let fences = health::start(&settings)?;
+                let lock = prepare_run(&settings).await?;
                 lock.keep_across_exec(&settings)?;
-                supervise::supervise(&settings, &command).await
+                supervise::supervise(&settings, &command, fences).await
             });
             return match supervised {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -246,12 +258,11 @@ async fn stop() -> Result<(), InitError> {
 
 /// The guard of every container start: the data volume's lock, then the
 /// same checks as the init container.
-async fn prepare_run() -> Result<(Settings, lock::DataLock), InitError> {
-    let settings = Settings::from_env()?;
-    let _preparing = prepare::Preparing::mark(&settings);
-    let lock = lock::acquire(&settings).await?;
-    prepare::prepare(&settings).await?;
-    Ok((settings, lock))
+async fn prepare_run(settings: &Settings) -> Result<lock::DataLock, InitError> {
+    let _preparing = prepare::Preparing::mark(settings);
+    let lock = lock::acquire(settings).await?;
+    prepare::prepare(settings).await?;
+    Ok(lock)
 }
 
 /// A fresh single-threaded runtime for one WAL command.
@@ -334,7 +345,7 @@ fn run_probe(kind: probe::Probe) -> ExitCode {
     let verdict = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map(|rt| rt.block_on(probe::probe(&settings, kind)));
+        .map(|rt| rt.block_on(probe::Checker::new(settings, probe::Fencer::PgCtl).probe(kind)));
     match verdict {
         Ok(v) if v.ok => {
             println!("{}", v.why);

@@ -54,6 +54,8 @@ pub struct Settings {
     /// A primary that reaches neither the API server nor any standby for
     /// this long stops (spec.failover.isolationSeconds).
     pub isolation: Duration,
+    /// Where `run` serves the kubelet's probes, if anywhere.
+    pub health_address: Option<std::net::SocketAddr>,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -120,6 +122,7 @@ impl Settings {
             isolation: Duration::from_secs(
                 parsed(e::ISOLATION_SECONDS, "not a number of seconds")?.unwrap_or(10),
             ),
+            health_address: parsed(e::HEALTH_ADDRESS, "not an address and port (0.0.0.0:8008)")?,
             primary_wait: Duration::from_secs(
                 parsed("ORDINAL_PRIMARY_WAIT_SECONDS", "not a number of seconds")?.unwrap_or(300),
             ),

@@ -256,6 +256,7 @@ mod tests {
             primary_wait: Duration::from_secs(1),
             max_ready_lag_bytes: None,
             isolation: Duration::from_secs(10),
+            health_address: None,
         }
     }
 

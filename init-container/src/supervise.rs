@@ -32,6 +32,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::InitError;
 use crate::prepare;
@@ -121,10 +122,26 @@ fn resolve(settings: &Settings, command: &[String]) -> (PathBuf, Vec<String>) {
     (resolved, command.iter().skip(1).cloned().collect())
 }
 
+/// The next fence the liveness check asks for (`health.rs`); never, when
+/// there is no check.
+async fn fence_asked(fences: &mut Option<UnboundedReceiver<String>>) -> String {
+    if let Some(receiver) = fences
+        && let Some(why) = receiver.recv().await
+    {
+        return why;
+    }
+    std::future::pending().await
+}
+
 /// Runs postgres under supervision until the container is to end; returns
 /// its exit code. The guard has run and the lock is held (inherited by
-/// postgres).
-pub async fn supervise(settings: &Settings, command: &[String]) -> Result<i32, InitError> {
+/// postgres). A fence asked for by the liveness check is an immediate
+/// shutdown, and the container ends.
+pub async fn supervise(
+    settings: &Settings,
+    command: &[String],
+    mut fences: Option<UnboundedReceiver<String>>,
+) -> Result<i32, InitError> {
     // Orphans of postgres come back to this process when it is not PID 1
     // (local runs), as they do to PID 1 in a container.
     if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
@@ -144,6 +161,11 @@ pub async fn supervise(settings: &Settings, command: &[String]) -> Result<i32, I
     let (program, args) = resolve(settings, command);
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     loop {
+        // A fence asked for while no postgres ran was for the last one:
+        // this one's role was decided again since.
+        if let Some(receiver) = fences.as_mut() {
+            while receiver.try_recv().is_ok() {}
+        }
         tracing::info!(program = %program.display(), "starting");
         let postmaster = Command::new(&program)
             .args(&args)
@@ -161,6 +183,10 @@ pub async fn supervise(settings: &Settings, command: &[String]) -> Result<i32, I
                 _ = quit.recv() => Some(Signal::SIGQUIT),
                 _ = hup.recv() => Some(Signal::SIGHUP),
                 _ = child.recv() => None,
+                why = fence_asked(&mut fences) => {
+                    tracing::error!(%why, "fencing: immediate shutdown, and the container ends");
+                    Some(Signal::SIGQUIT)
+                }
                 // A missed SIGCHLD is caught up with.
                 () = tokio::time::sleep(Duration::from_secs(1)) => None,
             };

@@ -1,6 +1,7 @@
 //! The pod's own guards against two writable instances and bad data, on
 //! real servers: a primary that is deposed or isolated stops itself (the
-//! liveness probe), two guards never run postgres on one PGDATA (the data
+//! liveness check, by hand and on `ordinal-init run`'s own clock, with the
+//! kubelet's probes answered over HTTP), two guards never run postgres on one PGDATA (the data
 //! volume's lock), and an interrupted pg_rewind is never taken for a valid
 //! data directory.
 
@@ -114,6 +115,118 @@ async fn a_deposed_or_isolated_primary_stops_accepting_writes() {
         )
         .await
         .is_err()
+    );
+}
+
+/// A GET of `path` on the local `port`, as the kubelet's probe: the status
+/// code and the body; None when nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(6))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Some((status, body.trim().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_answers_the_probes_and_fences_on_its_own_clock() {
+    let cluster = Cluster::new(env!("CARGO_BIN_EXE_ordinal-init"));
+    let db0 = cluster.bootstrapped_primary(10).await;
+    db0.stop();
+    wait_until("db-0 stops", Duration::from_secs(30), || {
+        !db0.server_alive()
+    });
+    let port = common::free_port();
+    db0.env("ORDINAL_HEALTH_ADDRESS", &format!("127.0.0.1:{port}"));
+    db0.env("ORDINAL_ISOLATION_SECONDS", "2");
+    db0.start().expect("db-0 starts with its probes served");
+
+    wait_until("/livez answers", Duration::from_secs(10), || {
+        get(port, "/livez").is_some_and(|(status, _)| status == 200)
+    });
+    assert_eq!(
+        get(port, "/readyz"),
+        Some((200, "primary accepts connections".to_owned()))
+    );
+    assert_eq!(get(port, "/nothing").map(|(status, _)| status), Some(404));
+
+    // A standby's slot, none streaming: the check reads the status, which
+    // confirms the role.
+    db0.sql()
+        .await
+        .batch_execute("SELECT pg_create_physical_replication_slot('db_1')")
+        .await
+        .expect("slot");
+    wait_until(
+        "the status confirms the role",
+        Duration::from_secs(10),
+        || {
+            get(port, "/livez").is_some_and(|(status, body)| {
+                status == 200 && body.contains("the status confirms the role")
+            })
+        },
+    );
+
+    // Deposed: nobody probes, and still the primary stops by itself within
+    // a check or two, and its container ends.
+    let deposed = Instant::now();
+    cluster.set_state("db-1", true, 1);
+    wait_until(
+        "the deposed primary stops by itself",
+        Duration::from_secs(10),
+        || !db0.server_alive(),
+    );
+    eprintln!("deposed primary stopped after {:?}", deposed.elapsed());
+    assert!(get(port, "/livez").is_none(), "its probes end with it");
+
+    // Isolated: the state cannot be read. Live (and saying so) until
+    // isolationSeconds have passed, then stopped, unasked.
+    cluster.set_state("db-0", true, 1);
+    db0.start().expect("db-0 starts again as the primary");
+    drop(db0.sql().await); // past crash recovery
+    wait_until("/livez answers again", Duration::from_secs(10), || {
+        get(port, "/livez").is_some_and(|(status, _)| status == 200)
+    });
+    std::fs::write(&cluster.state_file, "not json").expect("break the state");
+    let isolated = Instant::now();
+    let mut said_isolated = false;
+    wait_until(
+        "the isolated primary stops by itself",
+        Duration::from_secs(20),
+        || {
+            if let Some((200, body)) = get(port, "/livez") {
+                said_isolated |= body.contains("primary isolated for");
+            }
+            !db0.server_alive()
+        },
+    );
+    assert!(
+        said_isolated,
+        "/livez said it was isolated before it stopped"
+    );
+    assert!(
+        isolated.elapsed() >= Duration::from_secs(2),
+        "not before isolationSeconds"
+    );
+    assert!(
+        tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres connect_timeout=2",
+                db0.port
+            ),
+            tokio_postgres::NoTls
+        )
+        .await
+        .is_err(),
+        "writes are refused from then on"
     );
 }
 

@@ -54,8 +54,9 @@ pub const DETACH_AFTER_FENCING: Duration = Duration::from_secs(5);
 /// (see [`Action::Retarget`]): `<standby> holds more WAL than <target>`.
 pub const RETARGETED: &str = "holds more WAL than";
 /// Added to the isolation deadline: an isolated primary stops at the first
-/// liveness probe (every 2 s) past isolationSeconds, whose read of the API
-/// gives up after 2 s; one more second for clocks.
+/// liveness check (every second, on `ordinal-init run`'s own clock) past
+/// isolationSeconds, whose read of the API gives up after 2 s; the rest for
+/// a check delayed by a busy node, and clocks.
 pub const ISOLATION_MARGIN: Duration = Duration::from_secs(5);
 
 /// What the loop remembers between looks. Plain data: the driver updates

@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
     TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use ordinal_crds::{names, names::paths};
 
 use super::{child_meta, config_hash, labels, postgresql_conf, selector_labels};
@@ -104,7 +105,9 @@ fn volume_claim_template(cluster: &ValidCluster) -> PersistentVolumeClaim {
     }
 }
 
-/// The liveness probe's period (see the failover loop's isolation margin).
+/// The liveness probe's period: the kubelet restarts a server that stops
+/// answering. (The isolation check runs every second on its own clock in
+/// `ordinal-init run`, whatever the kubelet does.)
 pub const LIVENESS_PERIOD_SECONDS: i32 = 2;
 
 fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec {
@@ -291,11 +294,14 @@ fn init_container(cluster: &ValidCluster) -> Container {
     }
 }
 
-fn exec_ordinal_init(args: &[&str]) -> Option<ExecAction> {
-    let mut command = vec![paths::ORDINAL_INIT.to_owned()];
-    command.extend(args.iter().map(|a| (*a).to_owned()));
-    Some(ExecAction {
-        command: Some(command),
+/// A GET of `path` on the port where `ordinal-init run` answers the
+/// probes: no command run in the container per probe.
+fn health_get(path: &str) -> Option<HTTPGetAction> {
+    Some(HTTPGetAction {
+        path: Some(path.to_owned()),
+        port: IntOrString::Int(names::HEALTH_PORT),
+        scheme: Some("HTTP".to_owned()),
+        ..HTTPGetAction::default()
     })
 }
 
@@ -327,32 +333,49 @@ fn postgres_container(cluster: &ValidCluster) -> Container {
                 names::CONFIG_POSTGRESQL_CONF
             ),
         ]),
-        env: Some(ordinal_env(cluster)),
-        ports: Some(vec![ContainerPort {
-            name: Some(names::POSTGRES_PORT_NAME.to_owned()),
-            container_port: names::POSTGRES_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        env: Some(
+            ordinal_env(cluster)
+                .into_iter()
+                .chain([env(
+                    names::env::HEALTH_ADDRESS,
+                    &format!("0.0.0.0:{}", names::HEALTH_PORT),
+                )])
+                .collect(),
+        ),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(names::POSTGRES_PORT_NAME.to_owned()),
+                container_port: names::POSTGRES_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(names::HEALTH_PORT_NAME.to_owned()),
+                container_port: names::HEALTH_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
         resources: cluster.spec.resources.clone(),
         volume_mounts: Some(mounts),
         security_context: Some(restricted()),
+        // The probes are answered by `ordinal-init run` (its health.rs).
         // Crash recovery after an unclean stop can take minutes: the
         // startup probe holds liveness off until the server answers (30
         // minutes at most). Every second: a primary restarted in place
         // after a crash serves again once it passes, and readiness follows.
         startup_probe: Some(Probe {
-            exec: exec_ordinal_init(&["probe", "live"]),
+            http_get: health_get(names::HEALTH_LIVE_PATH),
             period_seconds: Some(1),
             timeout_seconds: Some(5),
             failure_threshold: Some(1800),
             ..Probe::default()
         }),
-        // Every 2 s: the liveness probe is also where an isolated or
-        // deposed primary stops itself (ordinal-init's probe.rs), and the
-        // failover loop's isolation deadline counts on that period.
+        // The verdict of the liveness check `ordinal-init run` makes every
+        // second, which is also where an isolated or deposed primary stops
+        // itself (its probe.rs).
         liveness_probe: Some(Probe {
-            exec: exec_ordinal_init(&["probe", "live"]),
+            http_get: health_get(names::HEALTH_LIVE_PATH),
             period_seconds: Some(LIVENESS_PERIOD_SECONDS),
             timeout_seconds: Some(5),
             failure_threshold: Some(15),
@@ -363,7 +386,7 @@ fn postgres_container(cluster: &ValidCluster) -> Container {
         // the final WAL to the standbys, so a deleted primary loses
         // nothing), with no command to run in the container first.
         readiness_probe: Some(Probe {
-            exec: exec_ordinal_init(&["probe", "ready"]),
+            http_get: health_get(names::HEALTH_READY_PATH),
             period_seconds: Some(2),
             timeout_seconds: Some(5),
             failure_threshold: Some(3),

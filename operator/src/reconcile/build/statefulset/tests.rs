@@ -152,23 +152,37 @@ fn three_containers_run_ordinal_init() {
             "config_file=/etc/ordinal/config/postgresql.conf"
         ]
     );
-    let probe = |p: &Option<Probe>| -> Vec<String> {
-        p.as_ref()
-            .and_then(|p| p.exec.as_ref())
-            .and_then(|e| e.command.clone())
-            .unwrap_or_default()
+    // The probes are GETs that `ordinal-init run` answers, on the port it
+    // is told to serve them on: no command run in the container per probe.
+    let probe = |p: &Option<Probe>| -> (String, String) {
+        let get = p
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .expect("an HTTP probe");
+        assert!(p.as_ref().is_some_and(|p| p.exec.is_none()));
+        let port = match get.port {
+            IntOrString::Int(port) => port.to_string(),
+            IntOrString::String(name) => name,
+        };
+        (port, get.path.unwrap_or_default())
     };
-    assert_eq!(
-        probe(&postgres.readiness_probe),
-        ["/ordinal/ordinal-init", "probe", "ready"]
-    );
-    assert_eq!(
-        probe(&postgres.liveness_probe),
-        ["/ordinal/ordinal-init", "probe", "live"]
-    );
-    assert_eq!(
-        probe(&postgres.startup_probe),
-        ["/ordinal/ordinal-init", "probe", "live"]
+    let on = |path: &str| ("8008".to_owned(), path.to_owned());
+    assert_eq!(probe(&postgres.readiness_probe), on("/readyz"));
+    assert_eq!(probe(&postgres.liveness_probe), on("/livez"));
+    assert_eq!(probe(&postgres.startup_probe), on("/livez"));
+    let health_env = postgres
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "ORDINAL_HEALTH_ADDRESS")
+        .and_then(|e| e.value.clone());
+    assert_eq!(health_env.as_deref(), Some("0.0.0.0:8008"));
+    assert!(
+        postgres
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.container_port == 8008 && p.name.as_deref() == Some("health"))
     );
 }
 
