@@ -1,10 +1,12 @@
 //! Connections to PostgreSQL: the local server over its Unix socket, the
 //! primary over TCP. Short timeouts: a probe or a decision never hangs.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::state::Endpoint;
 
@@ -28,10 +30,13 @@ pub enum SqlError {
     },
 }
 
-/// A connection and a name for it in errors.
+/// A connection, a name for it in errors, and the statements prepared on
+/// it: a session kept for the probes (`health.rs`) runs each query once a
+/// second or two, planned once.
 pub struct Conn {
     pub client: Client,
     pub target: String,
+    prepared: Mutex<HashMap<&'static str, Statement>>,
 }
 
 async fn connect(config: Config, target: String) -> Result<Conn, SqlError> {
@@ -47,7 +52,11 @@ async fn connect(config: Config, target: String) -> Result<Conn, SqlError> {
             tracing::debug!(%error, "connection closed");
         }
     });
-    Ok(Conn { client, target })
+    Ok(Conn {
+        client,
+        target,
+        prepared: Mutex::default(),
+    })
 }
 
 /// The local server, as the superuser, over the Unix socket (peer auth).
@@ -85,13 +94,37 @@ pub async fn remote(endpoint: &Endpoint, user: &str, password: &str) -> Result<C
 }
 
 impl Conn {
+    /// `query`, prepared on this connection the first time.
+    async fn statement(&self, query: &'static str) -> Result<Statement, SqlError> {
+        let known = self
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(query)
+            .cloned();
+        if let Some(statement) = known {
+            return Ok(statement);
+        }
+        let statement = self
+            .client
+            .prepare(query)
+            .await
+            .map_err(|source| self.query_error(query, source))?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(query, statement.clone());
+        Ok(statement)
+    }
+
     pub async fn execute(
         &self,
         query: &'static str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, SqlError> {
+        let statement = self.statement(query).await?;
         self.client
-            .execute(query, params)
+            .execute(&statement, params)
             .await
             .map_err(|source| self.query_error(query, source))
     }
@@ -101,8 +134,9 @@ impl Conn {
         query: &'static str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<tokio_postgres::Row, SqlError> {
+        let statement = self.statement(query).await?;
         self.client
-            .query_one(query, params)
+            .query_one(&statement, params)
             .await
             .map_err(|source| self.query_error(query, source))
     }
@@ -112,8 +146,9 @@ impl Conn {
         query: &'static str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<tokio_postgres::Row>, SqlError> {
+        let statement = self.statement(query).await?;
         self.client
-            .query_opt(query, params)
+            .query_opt(&statement, params)
             .await
             .map_err(|source| self.query_error(query, source))
     }

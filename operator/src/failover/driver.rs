@@ -698,10 +698,13 @@ impl<S: Seam> FailoverLoop<S> {
             &self.sessions,
             &at,
             credentials,
-            &obs.cluster,
-            &keep,
-            &gone,
-            &wanted,
+            probe,
+            &pg::Housekeeping {
+                cluster: &obs.cluster,
+                keep_slots_for: &keep,
+                drop_slots_of: &gone,
+                sync: &wanted,
+            },
         )
         .await
         {

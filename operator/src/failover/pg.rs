@@ -8,7 +8,7 @@ use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use ordinal_crds::names;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::seam::{Credentials, Endpoint};
 
@@ -124,6 +124,10 @@ pub struct InstanceProbe {
     pub last_message_age: Option<f64>,
     /// Primary: its standbys.
     pub standbys: Vec<StandbyReport>,
+    /// Primary: its physical replication slots, and whether each is in
+    /// use (the housekeeping needs no query of its own when nothing is to
+    /// change).
+    pub slots: Option<Vec<(String, bool)>>,
 }
 
 impl InstanceProbe {
@@ -391,22 +395,39 @@ fn is_shutting_down(fields: &[u8]) -> bool {
 /// Probe sessions kept open between looks, by address: a look costs each
 /// instance one query, not a connection (a fork and a password hash).
 #[derive(Default)]
-pub struct Sessions(std::sync::Mutex<HashMap<String, Client>>);
+pub struct Sessions(std::sync::Mutex<HashMap<String, Session>>);
+
+/// A kept session, and the probe's statement prepared on it: a look is one
+/// round trip, and the server plans the probe once per session, not once
+/// a second.
+pub struct Session {
+    client: Client,
+    probe: Option<Statement>,
+}
+
+impl Session {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            probe: None,
+        }
+    }
+}
 
 impl Sessions {
-    fn take(&self, key: &str) -> Option<Client> {
+    fn take(&self, key: &str) -> Option<Session> {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key)
-            .filter(|c| !c.is_closed())
+            .filter(|s| !s.client.is_closed())
     }
 
-    fn keep(&self, key: String, client: Client) {
+    fn keep(&self, key: String, session: Session) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, client);
+            .insert(key, session);
     }
 
     /// Closes the sessions to addresses not in `keep`.
@@ -450,7 +471,10 @@ SELECT pg_is_in_recovery(),
        CASE WHEN NOT pg_is_in_recovery() THEN
             (SELECT string_agg(application_name || ' ' || state || ' ' ||
                                COALESCE(pg_wal_lsn_diff(flush_lsn, '0/0')::bigint::text, '-'), ',')
-               FROM pg_stat_replication) END";
+               FROM pg_stat_replication) END,
+       CASE WHEN NOT pg_is_in_recovery() THEN
+            (SELECT COALESCE(string_agg(slot_name || ' ' || active, ','), '')
+               FROM pg_replication_slots WHERE slot_type = 'physical') END";
 
 /// The `host:port` a libpq conninfo string points at (port 5432 when it
 /// names none), "" when it names no host.
@@ -528,16 +552,17 @@ pub async fn probe_kept(
         if kept.is_some() && postmaster {
             ping_postmaster(endpoint).await?;
         }
-        if let Some(client) = kept
-            && let Ok(probe) = query_probe(&client, &target).await
+        if let Some(mut session) = kept
+            && let Ok(probe) = query_probe(&mut session, &target).await
         {
-            sessions.keep(target.clone(), client);
+            sessions.keep(target.clone(), session);
             return Ok(probe);
         }
         // No session, or the kept one failed: a fresh one says why.
         let client = connect_classified(endpoint, &credentials.superuser_password).await?;
-        let probe = query_probe(&client, &target).await?;
-        sessions.keep(target.clone(), client);
+        let mut session = Session::new(client);
+        let probe = query_probe(&mut session, &target).await?;
+        sessions.keep(target.clone(), session);
         Ok(probe)
     };
     tokio::time::timeout(PROBE_TIMEOUT, run)
@@ -550,13 +575,26 @@ pub async fn probe_kept(
         })
 }
 
-async fn query_probe(client: &Client, target: &str) -> Result<InstanceProbe, ProbeError> {
-    let row = client.query_one(PROBE_SQL, &[]).await.map_err(|e| {
+async fn query_probe(session: &mut Session, target: &str) -> Result<InstanceProbe, ProbeError> {
+    let failed = |e: tokio_postgres::Error| {
         ProbeError::new(
             ProbeFailure::Error,
             format!("probe on {target} failed: {}", detail(&e)),
         )
-    })?;
+    };
+    let statement = match &session.probe {
+        Some(statement) => statement.clone(),
+        None => {
+            let statement = session.client.prepare(PROBE_SQL).await.map_err(failed)?;
+            session.probe = Some(statement.clone());
+            statement
+        }
+    };
+    let row = session
+        .client
+        .query_one(&statement, &[])
+        .await
+        .map_err(failed)?;
     let lsn = |i: usize| row.get::<_, Option<i64>>(i).map(|v| v.max(0) as u64);
     let conninfo: Option<String> = row.get(8);
     Ok(InstanceProbe {
@@ -574,7 +612,20 @@ async fn query_probe(client: &Client, target: &str) -> Result<InstanceProbe, Pro
             .and_then(|c| conninfo_value(c, "hostaddr")),
         last_message_age: row.get(9),
         standbys: parse_standbys(row.get(10)),
+        slots: row
+            .get::<_, Option<String>>(11)
+            .map(|list| parse_slots(&list)),
     })
+}
+
+/// `name active,…` (`active` as `true`/`false`) into pairs.
+fn parse_slots(list: &str) -> Vec<(String, bool)> {
+    list.split(',')
+        .filter_map(|entry| {
+            let (name, active) = entry.split_once(' ')?;
+            (!name.is_empty()).then(|| (name.to_owned(), active == "true"))
+        })
+        .collect()
 }
 
 /// How long a promotion may take to end recovery.
@@ -776,94 +827,112 @@ pub async fn housekeeping(
     sessions: &Sessions,
     primary_at: &Endpoint,
     credentials: &Credentials,
-    cluster: &str,
-    keep_slots_for: &[String],
-    drop_slots_of: &[String],
-    wanted_sync: &str,
+    seen: &InstanceProbe,
+    wanted: &Housekeeping<'_>,
 ) -> Result<Vec<String>, PgError> {
     bounded(
         primary_at,
         Duration::from_secs(15),
-        housekeeping_unbounded(
-            sessions,
-            primary_at,
-            credentials,
-            cluster,
-            keep_slots_for,
-            drop_slots_of,
-            wanted_sync,
-        ),
+        housekeeping_unbounded(sessions, primary_at, credentials, seen, wanted),
     )
     .await
+}
+
+/// What the primary should have: the slots of `keep_slots_for`, none of
+/// `drop_slots_of`'s (of `cluster`), and `sync` in effect.
+pub struct Housekeeping<'a> {
+    pub cluster: &'a str,
+    pub keep_slots_for: &'a [String],
+    pub drop_slots_of: &'a [String],
+    pub sync: &'a str,
+}
+
+/// The changes `wanted` needs on a primary whose probe saw `seen`: the
+/// synchronous standbys to set, the slots to create and to drop (a slot in
+/// use is never dropped). Pure: no query when there is nothing to do.
+fn housekeeping_plan(
+    seen_sync: &str,
+    existing: &[(String, bool)],
+    wanted: &Housekeeping<'_>,
+) -> (Option<String>, Vec<String>, Vec<String>) {
+    let sync = (seen_sync != wanted.sync).then(|| wanted.sync.to_owned());
+    let create = wanted
+        .keep_slots_for
+        .iter()
+        .map(|pod| names::slot_name(pod))
+        .filter(|slot| !existing.iter().any(|(s, _)| s == slot))
+        .collect();
+    let prefix = names::slot_name(&format!("{}-", wanted.cluster));
+    let drop = wanted
+        .drop_slots_of
+        .iter()
+        .map(|pod| names::slot_name(pod))
+        .filter(|slot| {
+            slot.starts_with(&prefix) && existing.iter().any(|(s, active)| s == slot && !active)
+        })
+        .collect();
+    (sync, create, drop)
 }
 
 async fn housekeeping_unbounded(
     sessions: &Sessions,
     primary_at: &Endpoint,
     credentials: &Credentials,
-    cluster: &str,
-    keep_slots_for: &[String],
-    drop_slots_of: &[String],
-    wanted_sync: &str,
+    seen: &InstanceProbe,
+    wanted: &Housekeeping<'_>,
 ) -> Result<Vec<String>, PgError> {
     let target = primary_at.address();
-    let client = match sessions.take(&target) {
-        Some(client) => client,
-        None => connect(primary_at, &credentials.superuser_password).await?,
+    let mut session = sessions.take(&target);
+    let existing = match &seen.slots {
+        Some(slots) => slots.clone(),
+        None => {
+            let client = match session.take() {
+                Some(session) => session,
+                None => Session::new(connect(primary_at, &credentials.superuser_password).await?),
+            };
+            let slots = physical_slots(&client.client, primary_at).await?;
+            session = Some(client);
+            slots
+        }
     };
-    let changes = housekeeping_on(
-        &client,
-        primary_at,
-        cluster,
-        keep_slots_for,
-        drop_slots_of,
-        wanted_sync,
-    )
-    .await?;
-    sessions.keep(target, client);
-    Ok(changes)
-}
-
-async fn housekeeping_on(
-    client: &Client,
-    primary_at: &Endpoint,
-    cluster: &str,
-    keep_slots_for: &[String],
-    drop_slots_of: &[String],
-    wanted_sync: &str,
-) -> Result<Vec<String>, PgError> {
+    let (sync, create, drop) =
+        housekeeping_plan(&seen.synchronous_standby_names, &existing, wanted);
+    if sync.is_none() && create.is_empty() && drop.is_empty() {
+        if let Some(session) = session {
+            sessions.keep(target, session);
+        }
+        return Ok(Vec::new());
+    }
+    let session = match session {
+        Some(session) => session,
+        None => Session::new(connect(primary_at, &credentials.superuser_password).await?),
+    };
+    let client = &session.client;
     let mut changes = Vec::new();
     // The synchronous standbys first: a slot error must not leave a
     // quorum cluster committing asynchronously.
-    let current: String = client
-        .query_one("SELECT current_setting('synchronous_standby_names')", &[])
-        .await
-        .map_err(query_err(primary_at, "SHOW synchronous_standby_names"))?
-        .get(0);
-    if current != wanted_sync {
-        alter_synchronous_standby_names(client, primary_at, wanted_sync).await?;
-        changes.push(format!("synchronous_standby_names = '{wanted_sync}'"));
+    if let Some(sync) = sync {
+        alter_synchronous_standby_names(client, primary_at, &sync).await?;
+        changes.push(format!("synchronous_standby_names = '{sync}'"));
     }
-
-    let existing = physical_slots(client, primary_at).await?;
-    changes.extend(create_missing_slots(client, primary_at, &existing, keep_slots_for).await?);
-    let prefix = names::slot_name(&format!("{cluster}-"));
-    for pod in drop_slots_of {
-        let slot = names::slot_name(pod);
-        let found = existing
-            .iter()
-            .find(|(s, _)| *s == slot && s.starts_with(&prefix));
-        if let Some((_, active)) = found {
-            if *active {
-                continue;
-            }
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await
-                .map_err(query_err(primary_at, "drop slot"))?;
-            changes.push(format!("dropped slot {slot}"));
-        }
+    for slot in create {
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .await
+            .map_err(query_err(primary_at, "create slot"))?;
+        changes.push(format!("created slot {slot}"));
     }
+    for slot in drop {
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+            .map_err(query_err(primary_at, "drop slot"))?;
+        changes.push(format!("dropped slot {slot}"));
+    }
+    sessions.keep(target, session);
     Ok(changes)
 }
 
@@ -980,6 +1049,50 @@ mod tests {
             port: 5432,
             hostaddr: None,
         }));
+    }
+
+    #[test]
+    fn slots_are_read_from_the_probe() {
+        assert_eq!(
+            parse_slots("db_1 true,db_2 false"),
+            [("db_1".to_owned(), true), ("db_2".to_owned(), false)]
+        );
+        assert!(parse_slots("").is_empty());
+    }
+
+    #[test]
+    fn housekeeping_plans_only_what_differs() {
+        let keep = ["db-1".to_owned(), "db-2".to_owned()];
+        let gone = ["db-3".to_owned(), "db-4".to_owned()];
+        let wanted = Housekeeping {
+            cluster: "db",
+            keep_slots_for: &keep,
+            drop_slots_of: &gone,
+            sync: "ANY 1 (db-1, db-2)",
+        };
+        let slot = |name: &str, active: bool| (name.to_owned(), active);
+        // All as wanted: nothing to do, so no query at all.
+        let steady = [slot("db_1", true), slot("db_2", true)];
+        assert_eq!(
+            housekeeping_plan("ANY 1 (db-1, db-2)", &steady, &wanted),
+            (None, vec![], vec![])
+        );
+        // A missing slot, a gone member's idle slot, one still in use, and
+        // another cluster's slot of the same shape (never dropped).
+        let drifted = [
+            slot("db_1", true),
+            slot("db_3", false),
+            slot("db_4", true),
+            slot("other_3", false),
+        ];
+        assert_eq!(
+            housekeeping_plan("", &drifted, &wanted),
+            (
+                Some("ANY 1 (db-1, db-2)".to_owned()),
+                vec!["db_2".to_owned()],
+                vec!["db_3".to_owned()]
+            )
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn replica(received: u64, streaming: bool) -> Result<InstanceProbe, ProbeError> 
         upstream_addr: None,
         last_message_age: Some(0.5),
         standbys: Vec::new(),
+        slots: None,
     })
 }
 
