@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -63,6 +63,7 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
         .touched_objects()
         .predicate_filter(reconcile_inputs, PredicateConfig::default());
     let controller = Controller::for_stream(changes, reader)
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .owns(Api::<StatefulSet>::all(client.clone()), managed())
         .owns(Api::<Service>::all(client.clone()), managed())
         .owns(Api::<ConfigMap>::all(client.clone()), managed())
@@ -88,6 +89,13 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
     tracing::info!("controller stopped");
     Ok(())
 }
+
+/// At most this many reconciles at once. Unbounded, a start-up (or a
+/// resync) with a hundred clusters decoded every cluster's pods and built
+/// every child object at once: that peak, not the steady state, set the
+/// operator's resident memory. Each reconcile mostly waits for the API
+/// server, so a few at a time keep up on any node.
+const RECONCILE_CONCURRENCY: u16 = 4;
 
 /// Drops an object's `managedFields` before it is cached: nothing here
 /// reads them (server-side apply keeps its own record on the server), and
