@@ -104,18 +104,20 @@ async fn a_deposed_or_isolated_primary_stops_accepting_writes() {
         Duration::from_secs(10),
         || !db0.server_alive(),
     );
-    // Writes are refused from then on.
     assert!(
-        tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres connect_timeout=2",
-                db0.port
-            ),
-            tokio_postgres::NoTls
-        )
-        .await
-        .is_err()
+        refuses_connections(db0.port).await,
+        "writes are refused from then on"
     );
+}
+
+/// Whether the local server on `port` refuses connections (a fenced one).
+async fn refuses_connections(port: u16) -> bool {
+    tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres connect_timeout=2"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .is_err()
 }
 
 /// A GET of `path` on the local `port`, as the kubelet's probe: the status
@@ -217,15 +219,7 @@ async fn run_answers_the_probes_and_fences_on_its_own_clock() {
         "not before isolationSeconds"
     );
     assert!(
-        tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres connect_timeout=2",
-                db0.port
-            ),
-            tokio_postgres::NoTls
-        )
-        .await
-        .is_err(),
+        refuses_connections(db0.port).await,
         "writes are refused from then on"
     );
 }

@@ -916,14 +916,7 @@ async fn housekeeping_unbounded(
         changes.push(format!("synchronous_standby_names = '{sync}'"));
     }
     for slot in create {
-        client
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1, true)",
-                &[&slot],
-            )
-            .await
-            .map_err(query_err(primary_at, "create slot"))?;
-        changes.push(format!("created slot {slot}"));
+        changes.push(create_slot(client, primary_at, &slot).await?);
     }
     for slot in drop {
         client
@@ -965,17 +958,26 @@ async fn create_missing_slots(
     for pod in pods {
         let slot = names::slot_name(pod);
         if !existing.iter().any(|(s, _)| *s == slot) {
-            client
-                .execute(
-                    "SELECT pg_create_physical_replication_slot($1, true)",
-                    &[&slot],
-                )
-                .await
-                .map_err(query_err(at, "create slot"))?;
-            created.push(format!("created slot {slot}"));
+            created.push(create_slot(client, at, &slot).await?);
         }
     }
     Ok(created)
+}
+
+/// Creates physical slot `slot` (reserving WAL at once); says so.
+async fn create_slot(
+    client: &tokio_postgres::Client,
+    at: &Endpoint,
+    slot: &str,
+) -> Result<String, PgError> {
+    client
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&slot],
+        )
+        .await
+        .map_err(query_err(at, "create slot"))?;
+    Ok(format!("created slot {slot}"))
 }
 
 /// Gives a promotion target, still a standby, the slots of the standbys
