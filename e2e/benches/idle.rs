@@ -77,10 +77,15 @@ fn cpu_ns(pid: u32) -> u64 {
 /// When the process started (clock ticks since boot, `stat`'s field 22):
 /// a restarted operator is another process, whose CPU count starts again.
 fn started_at(pid: u32) -> Option<u64> {
+    stat_after_name(pid)?.get(19)?.parse().ok()
+}
+
+/// The fields of `/proc/<pid>/stat` from the third on (the state): the
+/// command name before them, in parentheses, may hold spaces.
+fn stat_after_name(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name, in parentheses, may hold spaces: count after it.
     let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    Some(after.split_whitespace().map(str::to_owned).collect())
 }
 
 /// Resident memory, KiB.
@@ -126,12 +131,10 @@ fn ticks_of(names: &[&str]) -> u64 {
             {
                 return None;
             }
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let after = &stat[stat.rfind(')')? + 1..];
-            // Fields 14–17 of stat; `after` starts at field 3.
+            // Fields 14–17 of stat.
             Some(
-                after
-                    .split_whitespace()
+                stat_after_name(pid)?
+                    .iter()
                     .skip(11)
                     .take(4)
                     .filter_map(|f| f.parse::<u64>().ok())
@@ -144,14 +147,11 @@ fn ticks_of(names: &[&str]) -> u64 {
 /// Nanoseconds on CPU of every process in the pods' cgroup (postgres, the
 /// operator, what the probes run in the containers), cgroup v1 or v2.
 fn pods_cpu_ns() -> u64 {
-    let v1 = ["/sys/fs/cgroup/cpuacct/kubepods/cpuacct.usage"];
-    for path in v1 {
-        if let Some(ns) = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            return ns;
-        }
+    if let Some(ns) = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/kubepods/cpuacct.usage")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return ns;
     }
     for path in [
         "/sys/fs/cgroup/kubepods/cpu.stat",

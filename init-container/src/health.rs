@@ -33,7 +33,7 @@ use crate::sql;
 
 /// How often the liveness check runs (the failover loop's isolation
 /// margin counts on it).
-pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A check that takes longer has failed: the server hangs. Under the
 /// kubelet's probe timeout (5 s), above the isolation check's API read
 /// (2 s).

@@ -883,30 +883,26 @@ async fn housekeeping_unbounded(
 ) -> Result<Vec<String>, PgError> {
     let target = primary_at.address();
     let mut session = sessions.take(&target);
+    // The probe lists the slots of a primary; an instance still in
+    // recovery is asked.
+    let asked;
     let existing = match &seen.slots {
-        Some(slots) => slots.clone(),
+        Some(slots) => slots.as_slice(),
         None => {
-            let client = match session.take() {
-                Some(session) => session,
-                None => Session::new(connect(primary_at, &credentials.superuser_password).await?),
-            };
-            let slots = physical_slots(&client.client, primary_at).await?;
-            session = Some(client);
-            slots
+            let opened = session_or_connect(session.take(), primary_at, credentials).await?;
+            asked = physical_slots(&opened.client, primary_at).await?;
+            session = Some(opened);
+            asked.as_slice()
         }
     };
-    let (sync, create, drop) =
-        housekeeping_plan(&seen.synchronous_standby_names, &existing, wanted);
+    let (sync, create, drop) = housekeeping_plan(&seen.synchronous_standby_names, existing, wanted);
     if sync.is_none() && create.is_empty() && drop.is_empty() {
         if let Some(session) = session {
             sessions.keep(target, session);
         }
         return Ok(Vec::new());
     }
-    let session = match session {
-        Some(session) => session,
-        None => Session::new(connect(primary_at, &credentials.superuser_password).await?),
-    };
+    let session = session_or_connect(session, primary_at, credentials).await?;
     let client = &session.client;
     let mut changes = Vec::new();
     // The synchronous standbys first: a slot error must not leave a
@@ -927,6 +923,20 @@ async fn housekeeping_unbounded(
     }
     sessions.keep(target, session);
     Ok(changes)
+}
+
+/// `kept`, or a new session to `at` when there is none.
+async fn session_or_connect(
+    kept: Option<Session>,
+    at: &Endpoint,
+    credentials: &Credentials,
+) -> Result<Session, PgError> {
+    match kept {
+        Some(session) => Ok(session),
+        None => Ok(Session::new(
+            connect(at, &credentials.superuser_password).await?,
+        )),
+    }
 }
 
 /// The physical replication slots of an instance, and whether each is in
