@@ -36,15 +36,25 @@ fn read(path: PathBuf) -> Result<String, CredentialsError> {
 
 impl Credentials {
     pub fn read(superuser_dir: &Path, replication_dir: &Path) -> Result<Self, CredentialsError> {
-        let replication_user = match read(replication_dir.join(names::SECRET_USERNAME_KEY)) {
-            Ok(user) if !user.is_empty() => user,
-            _ => names::REPLICATION_USER_NAME.to_owned(),
-        };
+        let (replication_user, replication_password) = Self::replication(replication_dir)?;
         Ok(Self {
             superuser_password: read(superuser_dir.join(names::SECRET_PASSWORD_KEY))?,
             replication_user,
-            replication_password: read(replication_dir.join(names::SECRET_PASSWORD_KEY))?,
+            replication_password,
         })
+    }
+
+    /// The replication role's name and password alone (a backup Job
+    /// mounts no superuser Secret).
+    pub fn replication(replication_dir: &Path) -> Result<(String, String), CredentialsError> {
+        let user = match read(replication_dir.join(names::SECRET_USERNAME_KEY)) {
+            Ok(user) if !user.is_empty() => user,
+            _ => names::REPLICATION_USER_NAME.to_owned(),
+        };
+        Ok((
+            user,
+            read(replication_dir.join(names::SECRET_PASSWORD_KEY))?,
+        ))
     }
 
     /// Where initdb reads the superuser's password from.

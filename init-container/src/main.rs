@@ -13,10 +13,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 mod autoconf;
+mod basebackup;
 mod bootstrap;
 mod credentials;
 mod decide;
@@ -87,6 +89,10 @@ pub enum InitError {
          if this data is the cluster's, name its primary with the annotation ordinal.dev/primary"
     )]
     UnvouchedData { pod: String, reason: String },
+    #[error(transparent)]
+    Wal(#[from] wal::WalError),
+    #[error(transparent)]
+    Backup(#[from] basebackup::BackupError),
     #[error("cannot serve the probes on {address}")]
     Health {
         address: std::net::SocketAddr,
@@ -147,6 +153,36 @@ enum Command {
     /// Restore a WAL file from the backup destination (restore_command =
     /// 'ordinal-init wal-fetch %f %p'); exit 1 when the archive has none.
     WalFetch { name: String, path: PathBuf },
+    /// Take a base backup of the instance at HOST into the backup
+    /// destination, streamed (the Job of a PostgresBackup runs this).
+    BaseBackup {
+        /// The instance to read it from (a streaming replica, or the primary).
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 5432)]
+        port: u16,
+        /// The PostgresBackup it is taken for, recorded in its manifest.
+        #[arg(long)]
+        backup: Option<String>,
+        /// How long to wait for the backup's last WAL segment to be archived.
+        #[arg(long, default_value_t = 180)]
+        wal_wait_seconds: u64,
+        /// Where to write the manifest as JSON (the container's
+        /// termination message, which the operator reads).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Unpack a base backup from the backup destination into the empty
+    /// directory PGDATA: the latest one, or the latest complete before
+    /// --before (RFC 3339), or the one named by --id. Recovery from the
+    /// WAL archive is then PostgreSQL's (recovery.signal, restore_command).
+    BaseRestore {
+        pgdata: PathBuf,
+        #[arg(long)]
+        before: Option<String>,
+        #[arg(long, conflicts_with = "before")]
+        id: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -188,6 +224,23 @@ fn main() -> ExitCode {
         Command::Probe { probe } => return run_probe(probe),
         Command::WalPush { path, name } => return wal_push(&path, &name),
         Command::WalFetch { name, path } => return wal_fetch(&name, &path),
+        Command::BaseBackup {
+            host,
+            port,
+            backup,
+            wal_wait_seconds,
+            report,
+        } => base_backup(
+            host,
+            port,
+            backup.as_deref(),
+            Duration::from_secs(wal_wait_seconds),
+            report.as_deref(),
+        ),
+        Command::BaseRestore { pgdata, before, id } => {
+            with_runtime(base_restore(&pgdata, before.as_deref(), id.as_deref()))
+                .map_err(|e| report(&e))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -332,6 +385,87 @@ fn wal_fetch(name: &str, path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `base-backup`: the backup, then its manifest as the report (or the
+/// error, which the operator then shows on the PostgresBackup).
+fn base_backup(
+    host: String,
+    port: u16,
+    backup: Option<&str>,
+    wal_wait: Duration,
+    report_to: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let taken = with_runtime(async {
+        let archive = wal::Archive::from_env()?;
+        let pg_bin = settings::pg_bin_dir()?;
+        let dir = std::env::var_os(ordinal_crds::names::env::REPLICATION_DIR).map_or_else(
+            || ordinal_crds::names::paths::REPLICATION_SECRET_DIR.into(),
+            PathBuf::from,
+        );
+        let (user, password) = credentials::Credentials::replication(&dir)?;
+        let source = basebackup::Source {
+            host,
+            port,
+            user,
+            password,
+        };
+        Ok(basebackup::take(&archive, &pg_bin, &source, backup, wal_wait).await?)
+    })
+    .map_err(|e| report(&e));
+    let text = match &taken {
+        Ok(manifest) => {
+            tracing::info!(
+                id = %manifest.id,
+                data_bytes = manifest.data_bytes,
+                stored_bytes = manifest.stored_bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "base backup complete"
+            );
+            serde_json::to_string(manifest).unwrap_or_default()
+        }
+        Err(message) => message.clone(),
+    };
+    if let Some(path) = report_to
+        && let Err(error) = std::fs::write(path, text)
+    {
+        tracing::warn!(path = %path.display(), %error, "cannot write the report");
+    }
+    taken.map(drop)
+}
+
+/// `base-restore`: the chosen backup, unpacked.
+async fn base_restore(
+    pgdata: &std::path::Path,
+    before: Option<&str>,
+    id: Option<&str>,
+) -> Result<(), InitError> {
+    let archive = wal::Archive::from_env()?;
+    let backups = basebackup::list(&archive).await?;
+    let before = before
+        .map(|t| {
+            t.parse::<k8s_openapi::jiff::Timestamp>().map_err(|e| {
+                basebackup::BackupError::NoBackup {
+                    detail: format!(": --before {t:?} is not an RFC 3339 time ({e})"),
+                }
+            })
+        })
+        .transpose()?;
+    let chosen = match id {
+        Some(id) => backups.iter().find(|m| m.id == id),
+        None => basebackup::choose(&backups, before),
+    }
+    .ok_or_else(|| basebackup::BackupError::NoBackup {
+        detail: match (id, before) {
+            (Some(id), _) => format!(" with id {id}"),
+            (None, Some(t)) => format!(" complete before {t}"),
+            (None, None) => String::new(),
+        },
+    })?;
+    tracing::info!(id = %chosen.id, end_lsn = %chosen.end_lsn, "restoring base backup");
+    basebackup::restore(&archive, chosen, pgdata).await?;
+    Ok(())
 }
 
 fn run_probe(kind: probe::Probe) -> ExitCode {

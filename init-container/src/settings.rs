@@ -156,7 +156,7 @@ impl Settings {
 /// The PostgreSQL bin directory: ORDINAL_PG_BIN, else where `initdb` on
 /// PATH really lives (Debian links a few tools into /usr/local/bin, not all
 /// of them), else the newest /usr/lib/postgresql/<major>/bin.
-fn pg_bin_dir() -> Result<PathBuf, SettingsError> {
+pub fn pg_bin_dir() -> Result<PathBuf, SettingsError> {
     if let Some(dir) = var("ORDINAL_PG_BIN") {
         return Ok(dir.into());
     }

@@ -150,7 +150,34 @@ impl Archive {
             .collect())
     }
 
-    fn describe(&self, location: &ObjectPath) -> String {
+    /// The object at `parts` under the prefix.
+    pub fn object(&self, parts: &[&str]) -> ObjectPath {
+        self.prefix
+            .parts()
+            .chain(parts.iter().map(|p| object_store::path::PathPart::from(*p)))
+            .collect()
+    }
+
+    /// The store itself.
+    pub fn store(&self) -> &dyn ObjectStore {
+        self.store.as_ref()
+    }
+
+    /// Whether WAL file `name` is archived.
+    pub async fn contains(&self, name: &str) -> Result<bool, WalError> {
+        let location = self.location(name)?;
+        match self.store.head(&location).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(source) => Err(WalError::Download {
+                location: self.describe(&location),
+                source,
+            }),
+        }
+    }
+
+    /// `location` as a person reads it: the archive's URL and the rest.
+    pub fn describe(&self, location: &ObjectPath) -> String {
         format!(
             "{}/{}",
             self.url.trim_end_matches('/'),

@@ -272,3 +272,218 @@ async fn postgres_archives_to_minio_and_recovers_to_a_point_in_time() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Waits until `pod` has archived WAL segment `segment` or later.
+async fn wait_archived(pod: &Pod, segment: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = archived(pod).await;
+        if done.2.as_deref() >= Some(segment) {
+            assert_eq!(done.1, 0, "archive failures: {done:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{segment} not archived within 60 s: {done:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `ordinal-init base-backup` reads a base backup from a streaming
+/// replica (sparing the primary), streams it compressed into MinIO and
+/// records its manifest only once the WAL it needs is archived too;
+/// `ordinal-init base-restore` unpacks it into an empty directory, and the
+/// server recovers from the archive to a moment between two commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_backup_from_a_replica_restores_to_a_point_in_time() {
+    let minio = Minio::start();
+    let init = env!("CARGO_BIN_EXE_ordinal-init");
+    let cluster = Cluster::new(init);
+    let db0 = cluster.pod(0);
+    let db1 = cluster.pod(1);
+    let creds = credentials(&minio, &db0.data_mount);
+    for pod in [&db0, &db1] {
+        backup_env(pod, &minio, "cluster-b", &creds);
+    }
+    cluster.set_state("db-0", false, 0);
+    let out = db0.init();
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    // A short archive_timeout: the backup's last segment, on a standby,
+    // is archived when the primary switches segments.
+    append_conf(
+        &db0,
+        &format!(
+            "archive_mode = on\narchive_command = '{init} wal-push %p %f'\narchive_timeout = 5"
+        ),
+    );
+    db0.start().expect("db-0 starts");
+    let sql = db0.sql().await;
+    sql.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT i, repeat('x', 500) FROM generate_series(1, 1000) i",
+    )
+    .await
+    .unwrap();
+    cluster.set_state("db-0", true, 0);
+    let out = db1.init();
+    assert!(out.status.success(), "db-1 init: {}", stderr(&out));
+    db1.start().expect("db-1 starts");
+    assert!(db1.in_recovery().await);
+
+    let report = db1.data_mount.join("report.json");
+    let out = db1
+        .init_command()
+        .args(["base-backup", "--host", "127.0.0.1", "--port"])
+        .arg(db1.port.to_string())
+        .args([
+            "--backup",
+            "nightly",
+            "--wal-wait-seconds",
+            "60",
+            "--report",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "base-backup: {}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(manifest["backup"], "nightly", "{manifest}");
+    assert_eq!(manifest["timeline"], 1, "{manifest}");
+    let data = manifest["dataBytes"].as_u64().unwrap();
+    let stored = manifest["storedBytes"].as_u64().unwrap();
+    assert!(data > 20_000_000, "{manifest}");
+    assert!(stored < data / 2, "compressed: {manifest}");
+    // Recorded complete only with its WAL in the archive.
+    let end_wal = manifest["endWal"].as_str().unwrap().to_owned();
+    let fetched = db1.data_mount.join("end-wal");
+    let out = db1
+        .init_command()
+        .args(["wal-fetch", &end_wal, &fetched.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the backup's end segment: {}",
+        stderr(&out)
+    );
+
+    // After the backup: a commit before a known moment, one after.
+    sql.batch_execute("INSERT INTO t SELECT i, 'after' FROM generate_series(1001, 1500) i")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let between: String = sql
+        .query_one("SELECT now()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sql.batch_execute("INSERT INTO t SELECT i, 'late' FROM generate_series(1501, 2000) i")
+        .await
+        .unwrap();
+    let last: String = sql
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_archived(&db0, &last).await;
+
+    // A directory that is not empty is refused, whatever it holds.
+    let out = db1
+        .init_command()
+        .args(["base-restore"])
+        .arg(&db1.pgdata)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+
+    let restored = db1.data_mount.join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    ordinal_e2e::local::chown_to_postgres(&restored);
+    let out = db1
+        .init_command()
+        .args(["base-restore"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "base-restore: {}", stderr(&out));
+    let label = std::fs::read_to_string(restored.join("backup_label")).unwrap();
+    assert!(label.contains("BACKUP FROM: standby"), "{label}");
+    // PostgreSQL's own check of the restored files against the backup's
+    // manifest (the WAL is checked by the recovery itself).
+    let out = db1
+        .tool("pg_verifybackup")
+        .args(["--no-parse-wal", "--quiet"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_verifybackup: {}", stderr(&out));
+
+    let port = ordinal_e2e::local::free_port();
+    std::fs::write(restored.join("recovery.signal"), "").unwrap();
+    let conf = std::fs::read_to_string(db1.config_dir.join("postgresql.conf"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("port") && !l.starts_with("archive"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let restore_conf = db1.data_mount.join("restore.conf");
+    std::fs::write(
+        &restore_conf,
+        format!(
+            "{conf}\nport = {port}\nrestore_command = '{init} wal-fetch %f %p'\n\
+             recovery_target_time = '{between}'\nrecovery_target_action = 'promote'\n"
+        ),
+    )
+    .unwrap();
+    ordinal_e2e::local::chown_tree_to_postgres(&restored);
+    ordinal_e2e::local::chown_to_postgres(&restore_conf);
+    let log = db1.data_mount.join("restored.log");
+    std::fs::write(&log, "").unwrap();
+    ordinal_e2e::local::chown_to_postgres(&log);
+    let out = db1
+        .tool("pg_ctl")
+        .args(["start", "-w", "-t", "120", "-D"])
+        .arg(&restored)
+        .arg("-l")
+        .arg(&log)
+        .arg("-o")
+        .arg(format!("-c config_file={}", restore_conf.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restored server: {}\n{}",
+        stderr(&out),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let client = db1.sql_at(port).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "not promoted within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (count, max): (i64, Option<i32>) = client
+        .query_one("SELECT count(*), max(id) FROM t", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        (count, max),
+        (1500, Some(1500)),
+        "rows after recovery to {between}"
+    );
+    let _ = db1
+        .tool("pg_ctl")
+        .args(["stop", "-m", "fast", "-D"])
+        .arg(&restored)
+        .output();
+}
