@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run -q -p ordinal-operator -- crd > deploy/crds/postgresclusters.ordinal.dev.yaml
+cargo run -q -p ordinal-operator -- crd --backup > deploy/crds/postgresbackups.ordinal.dev.yaml
 reference=$(cargo run -q -p ordinal-operator -- crd --reference)
 python3 - "$reference" <<'PY'
 import sys

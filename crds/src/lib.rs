@@ -1,12 +1,14 @@
 //! The `PostgresCluster` custom resource and the names Ordinal shares between
 //! the operator and the init binary.
 
+mod backup;
 mod cluster;
 pub mod conninfo;
 pub mod names;
 mod reference;
 mod status;
 
+pub use backup::*;
 pub use cluster::*;
 pub use reference::crd_reference;
 pub use status::*;
@@ -17,6 +19,12 @@ use kube::{CustomResourceExt, ResourceExt};
 /// `deploy/crds/postgresclusters.ordinal.dev.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     serde_norway::to_string(&PostgresCluster::crd())
+}
+
+/// The PostgresBackup CRD as YAML (`ordinal-operator crd --backup`,
+/// `deploy/crds/postgresbackups.ordinal.dev.yaml`).
+pub fn backup_crd_yaml() -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(&PostgresBackup::crd())
 }
 
 impl PostgresCluster {

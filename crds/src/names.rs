@@ -24,6 +24,13 @@ pub const LABEL_ROLE: &str = "ordinal.dev/role";
 /// Label the StatefulSet controller puts on each pod with the pod's name.
 pub const LABEL_POD_NAME: &str = "statefulset.kubernetes.io/pod-name";
 
+/// On a backup Job and its pod: the PostgresBackup, and its cluster (not
+/// `ordinal.dev/cluster`, which makes a pod one of the cluster's instances).
+pub const LABEL_BACKUP: &str = "ordinal.dev/backup";
+pub const LABEL_BACKUP_OF: &str = "ordinal.dev/backup-of";
+/// `app.kubernetes.io/name` of backup Jobs.
+pub const BACKUP_APP_NAME: &str = "ordinal-backup";
+
 pub const ROLE_PRIMARY: &str = "primary";
 pub const ROLE_REPLICA: &str = "replica";
 

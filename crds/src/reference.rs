@@ -4,11 +4,20 @@
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use crate::PostgresCluster;
+use crate::{PostgresBackup, PostgresCluster};
 
-/// Markdown table of every spec field: path, type, default, description.
+/// Markdown tables of every spec field of the two resources: path, type,
+/// default, description.
 pub fn crd_reference() -> String {
-    let crd = PostgresCluster::crd();
+    let mut out = table(&PostgresCluster::crd());
+    out.push_str("\n`PostgresBackup` (`kubectl get pgb`):\n\n");
+    out.push_str(&table(&PostgresBackup::crd()));
+    out
+}
+
+fn table(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> String {
     let schema = crd
         .spec
         .versions

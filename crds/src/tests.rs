@@ -531,3 +531,56 @@ fn examples_are_valid_clusters() {
     }
     assert!(seen > 0, "no PostgresCluster in deploy/examples");
 }
+
+const BACKUP_CRD_YAML: &str = include_str!("../../deploy/crds/postgresbackups.ordinal.dev.yaml");
+
+fn backup_schema() -> Value {
+    let crd: Value = serde_norway::from_str(BACKUP_CRD_YAML).expect("CRD YAML parses");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn backup(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "ordinal.dev/v1alpha1",
+        "kind": "PostgresBackup",
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": spec,
+    })
+}
+
+#[test]
+fn checked_in_backup_crd_is_the_generated_one() {
+    let generated = backup_crd_yaml().expect("CRD serializes");
+    assert!(
+        generated == BACKUP_CRD_YAML,
+        "deploy/crds/postgresbackups.ordinal.dev.yaml is stale: run scripts/gen.sh"
+    );
+}
+
+#[test]
+fn a_backup_names_a_cluster_and_never_changes() {
+    let validate = |old: Option<Value>, new: Value| {
+        Validator::new()
+            .validate(&backup_schema(), &new, old.as_ref())
+            .map_err(|e| e.to_string())
+    };
+    let good = backup("nightly", json!({"cluster": "db"}));
+    validate(None, good.clone()).expect("a backup of db");
+    validate(
+        None,
+        backup("nightly", json!({"cluster": "db", "target": "Primary"})),
+    )
+    .expect("from the primary");
+    assert_rejected(
+        validate(None, backup("nightly", json!({"cluster": "Db_1"}))),
+        "cluster must name a PostgresCluster",
+    );
+    assert_rejected(
+        validate(Some(good), backup("nightly", json!({"cluster": "other"}))),
+        "a PostgresBackup's spec is immutable",
+    );
+    assert_rejected(
+        validate(None, backup("Nightly.1", json!({"cluster": "db"}))),
+        "metadata.name must be a DNS label",
+    );
+}

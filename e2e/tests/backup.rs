@@ -10,7 +10,10 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, PostParams};
-use ordinal_crds::{BackupSpec, S3Store};
+use ordinal_crds::{
+    BackupPhase, BackupSpec, BackupTarget, PostgresBackup, PostgresBackupSpec,
+    PostgresBackupStatus, PostgresClusterSpec, S3Store,
+};
 use ordinal_e2e::cluster::{Harness, Loss};
 
 const CLUSTER: &str = "db";
@@ -76,9 +79,13 @@ async fn fetch_in(h: &Harness, pod: &str, name: &str) -> usize {
     out.stdout.trim().parse().expect("a size")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn wal_is_archived_under_write_load_and_after_a_failover() {
-    let h = Harness::new("wal_is_archived_under_write_load_and_after_a_failover").await;
+/// A spec of `replicas` instances archiving to MinIO under a prefix of
+/// the test's own, with its credentials Secret created.
+async fn backed_up(
+    h: &Harness,
+    replicas: i32,
+    archive_timeout_seconds: i32,
+) -> PostgresClusterSpec {
     let endpoint = minio_env("ORDINAL_MINIO_ENDPOINT");
     let secret = Secret {
         metadata: ObjectMeta {
@@ -105,7 +112,7 @@ async fn wal_is_archived_under_write_load_and_after_a_failover() {
         .await
         .expect("the credentials Secret");
 
-    let mut spec = h.spec(2);
+    let mut spec = h.spec(replicas);
     spec.backup = Some(BackupSpec {
         s3: Some(S3Store {
             bucket: minio_env("ORDINAL_MINIO_BUCKET"),
@@ -118,8 +125,15 @@ async fn wal_is_archived_under_write_load_and_after_a_failover() {
         // Each test namespace archives under a prefix of its own.
         prefix: Some(format!("e2e/{}", h.namespace)),
         credentials_secret: "store".to_owned(),
-        archive_timeout_seconds: 60,
+        archive_timeout_seconds,
     });
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wal_is_archived_under_write_load_and_after_a_failover() {
+    let h = Harness::new("wal_is_archived_under_write_load_and_after_a_failover").await;
+    let spec = backed_up(&h, 2, 60).await;
     h.apply(CLUSTER, &spec).await;
     let status = h.wait_ready(CLUSTER, 2).await;
     let primary = status.current_primary.expect("a primary");
@@ -163,4 +177,119 @@ async fn wal_is_archived_under_write_load_and_after_a_failover() {
         "{segment} is not on timeline 2"
     );
     assert!(fetch_in(&h, &new_primary, "00000002.history").await > 0);
+}
+
+/// Waits until PostgresBackup `name` is finished and returns its status.
+async fn finished(h: &Harness, name: &str) -> PostgresBackupStatus {
+    h.wait_until(&format!("PostgresBackup {name} finishes"), async || {
+        let backup = h
+            .api::<PostgresBackup>()
+            .get(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        match backup.status {
+            Some(status) if status.finished() => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// A PostgresBackup is read from the streaming replica, streamed into the
+/// store, and recorded Completed only with the WAL it needs archived; what
+/// the store holds restores into a directory that PostgreSQL's own
+/// pg_verifybackup checks against the backup's manifest, file by file. A
+/// backup of a cluster that does not exist waits and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_base_backup_is_read_from_a_replica_and_restores() {
+    let h = Harness::new("a_base_backup_is_read_from_a_replica_and_restores").await;
+    let spec = backed_up(&h, 2, 10).await;
+    h.apply(CLUSTER, &spec).await;
+    let status = h.wait_ready(CLUSTER, 2).await;
+    let primary = status.current_primary.expect("a primary");
+    let replica = if primary == "db-0" { "db-1" } else { "db-0" };
+    h.wait_streaming_replica(CLUSTER, &primary, replica).await;
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute(
+        "CREATE TABLE t (id bigserial PRIMARY KEY, pad text); \
+         INSERT INTO t (pad) SELECT repeat('x', 500) FROM generate_series(1, 20000)",
+    )
+    .await
+    .expect("write");
+
+    let backups = h.api::<PostgresBackup>();
+    let backup = |name: &str, cluster: &str| {
+        PostgresBackup::new(
+            name,
+            PostgresBackupSpec {
+                cluster: cluster.to_owned(),
+                target: BackupTarget::PreferStandby,
+            },
+        )
+    };
+    backups
+        .create(&PostParams::default(), &backup("first", CLUSTER))
+        .await
+        .expect("create the PostgresBackup");
+    backups
+        .create(&PostParams::default(), &backup("orphan", "nope"))
+        .await
+        .expect("create a PostgresBackup of no cluster");
+
+    let done = finished(&h, "first").await;
+    assert_eq!(done.phase, Some(BackupPhase::Completed), "{done:?}");
+    assert_eq!(done.instance.as_deref(), Some(replica), "{done:?}");
+    assert_eq!(done.from_standby, Some(true), "{done:?}");
+    assert!(done.data_bytes.unwrap_or(0) > 10 << 20, "{done:?}");
+    assert!(done.stored_bytes < done.data_bytes, "{done:?}");
+    assert!(
+        done.location
+            .as_deref()
+            .is_some_and(|l| l.ends_with(&format!("/base/{}/", done.id.as_deref().unwrap_or("?")))),
+        "{done:?}"
+    );
+    let orphan = backups
+        .get("orphan")
+        .await
+        .expect("get")
+        .status
+        .unwrap_or_default();
+    assert_eq!(orphan.phase, Some(BackupPhase::Pending), "{orphan:?}");
+    assert!(
+        orphan
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("does not exist")),
+        "{orphan:?}"
+    );
+
+    // What the store holds is a whole backup: unpacked in a pod (its
+    // /tmp), it matches its own manifest, and its first and last WAL
+    // segments are in the archive.
+    let script = format!(
+        "set -e; rm -rf /tmp/restored; mkdir -m 700 /tmp/restored; \
+         /ordinal/ordinal-init base-restore --id {id} /tmp/restored; \
+         pg_verifybackup --no-parse-wal --quiet /tmp/restored; \
+         grep 'BACKUP FROM' /tmp/restored/backup_label; \
+         /ordinal/ordinal-init wal-fetch {begin} /tmp/begin; /ordinal/ordinal-init wal-fetch {end} /tmp/end; \
+         rm -rf /tmp/restored /tmp/begin /tmp/end",
+        id = done.id.as_deref().expect("an id"),
+        begin = done.begin_wal.as_deref().expect("a first segment"),
+        end = done.end_wal.as_deref().expect("a last segment"),
+    );
+    let out = h
+        .exec(&primary, "postgres", &["sh", "-c", &script])
+        .await
+        .expect("exec");
+    assert!(
+        out.success(),
+        "restore and verify: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("BACKUP FROM: standby"),
+        "{}",
+        out.stdout
+    );
 }

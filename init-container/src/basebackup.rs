@@ -26,7 +26,6 @@ use futures::TryStreamExt;
 use k8s_openapi::jiff::Timestamp;
 use object_store::path::Path as ObjectPath;
 use object_store::{PutMode, PutOptions, PutPayload, WriteMultipart};
-use serde::{Deserialize, Serialize};
 
 use crate::wal::{Archive, WalError};
 
@@ -105,31 +104,7 @@ pub enum BackupError {
     },
 }
 
-/// What one base backup holds, as `backup.json` records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub id: String,
-    /// The PostgresBackup it was taken for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<String>,
-    /// The instance it was read from, and whether it was a standby.
-    pub source: String,
-    #[serde(default)]
-    pub from_standby: bool,
-    pub timeline: u32,
-    pub begin_lsn: String,
-    pub end_lsn: String,
-    /// The WAL segments recovery needs, first and last.
-    pub begin_wal: String,
-    pub end_wal: String,
-    /// RFC 3339.
-    pub started_at: String,
-    pub completed_at: String,
-    /// PGDATA's size, and the compressed object's.
-    pub data_bytes: u64,
-    pub stored_bytes: u64,
-}
+pub use ordinal_crds::BackupManifest as Manifest;
 
 /// Where a base backup is read from.
 #[derive(Clone)]
@@ -563,7 +538,7 @@ async fn read_manifest(archive: &Archive, location: &ObjectPath) -> Result<Manif
 /// Which backup a restore starts from: the latest one, or the latest that
 /// was complete before `before` (a recovery target time must come after
 /// the backup's end, or recovery cannot stop there).
-pub fn choose<'a>(backups: &'a [Manifest], before: Option<Timestamp>) -> Option<&'a Manifest> {
+pub fn choose(backups: &[Manifest], before: Option<Timestamp>) -> Option<&Manifest> {
     backups
         .iter()
         .filter(|m| match before {

@@ -77,15 +77,16 @@ pub async fn run(ctx: Arc<Context>, ready: Arc<AtomicBool>) -> Result<(), StartE
     let _ = ctx.clusters.set(controller.store());
     ready.store(true, Ordering::Relaxed);
     tracing::info!("controller started");
-    controller
-        .run(reconcile_counted, error_policy, ctx)
+    let clusters = controller
+        .run(reconcile_counted, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconciled"),
                 Err(error) => tracing::debug!(%error, "reconcile did not complete"),
             }
-        })
-        .await;
+        });
+    // PostgresBackups, beside: their own controller, under the same Lease.
+    futures::join!(clusters, crate::backup::run(ctx));
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -5,6 +5,7 @@
 // source would add noise for no measurable gain.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod controller;
 mod error;
 pub mod failover;

@@ -37,6 +37,9 @@ enum Command {
         /// Print the README's field reference (Markdown) instead.
         #[arg(long)]
         reference: bool,
+        /// Print the PostgresBackup CRD instead.
+        #[arg(long, conflicts_with = "reference")]
+        backup: bool,
     },
 }
 
@@ -77,11 +80,23 @@ enum LogFormat {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Crd { reference: false } => {
+        Command::Crd {
+            reference: false,
+            backup: false,
+        } => {
             print!("{}", ordinal_crds::crd_yaml()?);
             Ok(())
         }
-        Command::Crd { reference: true } => {
+        Command::Crd {
+            reference: false,
+            backup: true,
+        } => {
+            print!("{}", ordinal_crds::backup_crd_yaml()?);
+            Ok(())
+        }
+        Command::Crd {
+            reference: true, ..
+        } => {
             print!("{}", ordinal_crds::crd_reference());
             Ok(())
         }

@@ -35,6 +35,8 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("ordinal_reconcile_duration_seconds", "histogram"),
     ("ordinal_reconcile_errors_total", "counter"),
     ("ordinal_probe_duration_seconds", "histogram"),
+    ("ordinal_backup_last_success_timestamp_seconds", "gauge"),
+    ("ordinal_backup_duration_seconds", "gauge"),
 ];
 
 /// Metrics fed by the controller and the failover loops.
@@ -56,6 +58,8 @@ pub struct Metrics {
     pub last_failover_seconds: GaugeVec,
     pub failover_phase_seconds: HistogramVec,
     pub failover_lost_bytes: IntGaugeVec,
+    pub backup_last_success: GaugeVec,
+    pub backup_duration: GaugeVec,
     /// The pods with series, per (namespace, cluster).
     pods: Arc<Mutex<PodsByCluster>>,
 }
@@ -166,6 +170,20 @@ impl Metrics {
                 "WAL bytes known lost at the last failover (0 in quorum mode)",
                 CLUSTER,
             )?,
+            backup_last_success: GaugeVec::new(
+                Opts::new(
+                    "ordinal_backup_last_success_timestamp_seconds",
+                    "When the cluster's last completed base backup (a PostgresBackup) completed, in Unix seconds",
+                ),
+                CLUSTER,
+            )?,
+            backup_duration: GaugeVec::new(
+                Opts::new(
+                    "ordinal_backup_duration_seconds",
+                    "Duration of the cluster's last completed base backup, its WAL archived included",
+                ),
+                CLUSTER,
+            )?,
             pods: Arc::default(),
             registry,
         };
@@ -192,6 +210,8 @@ impl Metrics {
             Box::new(self.last_failover_seconds.clone()),
             Box::new(self.failover_phase_seconds.clone()),
             Box::new(self.failover_lost_bytes.clone()),
+            Box::new(self.backup_last_success.clone()),
+            Box::new(self.backup_duration.clone()),
         ]
     }
 
@@ -342,6 +362,8 @@ impl Metrics {
         let _ = self.failovers.remove_label_values(&labels);
         let _ = self.last_failover_seconds.remove_label_values(&labels);
         let _ = self.failover_lost_bytes.remove_label_values(&labels);
+        let _ = self.backup_last_success.remove_label_values(&labels);
+        let _ = self.backup_duration.remove_label_values(&labels);
         for phase in PHASES {
             let _ = self
                 .failover_phase_seconds
@@ -351,6 +373,21 @@ impl Metrics {
             let _ = self
                 .reconcile_errors
                 .remove_label_values(&[namespace, cluster, reason]);
+        }
+    }
+
+    /// A completed base backup of the cluster: the latest one sets the
+    /// series (a restarted operator sets them again from the
+    /// PostgresBackups it finds).
+    pub fn record_backup(&self, namespace: &str, cluster: &str, completed: f64, seconds: f64) {
+        let last = self
+            .backup_last_success
+            .with_label_values(&[namespace, cluster]);
+        if completed >= last.get() {
+            last.set(completed);
+            self.backup_duration
+                .with_label_values(&[namespace, cluster])
+                .set(seconds);
         }
     }
 

@@ -62,6 +62,7 @@ fn fed() -> Metrics {
         ],
     );
     m.record_failover("ns", "db", &record());
+    m.record_backup("ns", "db", 1_796_000_000.0, 42.5);
     m
 }
 

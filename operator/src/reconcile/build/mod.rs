@@ -3,6 +3,7 @@
 
 pub mod backup;
 mod config_map;
+pub mod job;
 mod pdb;
 mod rbac;
 mod secret;
@@ -10,6 +11,7 @@ mod service;
 mod statefulset;
 
 pub use config_map::{build_config_map, config_hash, postgresql_conf};
+pub use job::build_backup_job;
 pub use pdb::build_pdb;
 pub use rbac::{build_role, build_role_binding, build_service_account};
 pub use secret::{build_generated_secret, generate_password};

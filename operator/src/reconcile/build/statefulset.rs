@@ -36,17 +36,17 @@ pub struct BuildConfig {
     pub init_image_pull_policy: Option<String>,
 }
 
-const VOLUME_ORDINAL: &str = "ordinal";
+pub(super) const VOLUME_ORDINAL: &str = "ordinal";
 const VOLUME_CONFIG: &str = "config";
 const VOLUME_SUPERUSER: &str = "superuser";
-const VOLUME_REPLICATION: &str = "replication";
+pub(super) const VOLUME_REPLICATION: &str = "replication";
 const VOLUME_RUN: &str = "run";
 const VOLUME_SHM: &str = "shm";
-const VOLUME_TMP: &str = "tmp";
-const VOLUME_BACKUP: &str = "backup-credentials";
+pub(super) const VOLUME_TMP: &str = "tmp";
+pub(super) const VOLUME_BACKUP: &str = "backup-credentials";
 
 /// Where the `install` container's image keeps the binary.
-const IMAGE_ORDINAL_INIT: &str = "/usr/local/bin/ordinal-init";
+pub(super) const IMAGE_ORDINAL_INIT: &str = "/usr/local/bin/ordinal-init";
 
 pub fn build_statefulset(cluster: &ValidCluster, config: &BuildConfig) -> StatefulSet {
     let spec = &cluster.spec;
@@ -128,20 +128,7 @@ fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec
             // give it time to finish before the kubelet kills it.
             termination_grace_period_seconds: Some(60),
             enable_service_links: Some(false),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(POSTGRES_UID),
-                run_as_group: Some(POSTGRES_UID),
-                fs_group: Some(POSTGRES_UID),
-                // Recursive chown/chmod of a large PGDATA at every start is
-                // slow and loosens the 0700 mode postgres insists on.
-                fs_group_change_policy: Some("OnRootMismatch".to_owned()),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".to_owned(),
-                    ..SeccompProfile::default()
-                }),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(pod_security_context()),
             init_containers: Some(vec![install_container(config), init_container(cluster)]),
             containers: vec![postgres_container(cluster)],
             volumes: Some(volumes(cluster)),
@@ -152,8 +139,26 @@ fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec
     }
 }
 
+/// The pod runs as the postgres user of the official images.
+pub(super) fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(POSTGRES_UID),
+        run_as_group: Some(POSTGRES_UID),
+        fs_group: Some(POSTGRES_UID),
+        // Recursive chown/chmod of a large PGDATA at every start is
+        // slow and loosens the 0700 mode postgres insists on.
+        fs_group_change_policy: Some("OnRootMismatch".to_owned()),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
 /// The restricted Pod Security Standard, per container.
-fn restricted() -> SecurityContext {
+pub(super) fn restricted() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         privileged: Some(false),
@@ -171,7 +176,7 @@ fn restricted() -> SecurityContext {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -180,7 +185,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn env(name: &str, value: &str) -> EnvVar {
+pub(super) fn env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
         value: Some(value.to_owned()),
@@ -396,7 +401,7 @@ fn postgres_container(cluster: &ValidCluster) -> Container {
     }
 }
 
-fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
+pub(super) fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
     Volume {
         name: name.to_owned(),
         empty_dir: Some(EmptyDirVolumeSource {
@@ -408,7 +413,7 @@ fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
 }
 
 /// Secrets are files readable by the postgres group only, never env vars.
-fn secret_volume(name: &str, secret: &str) -> Volume {
+pub(super) fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.to_owned(),
         secret: Some(SecretVolumeSource {
@@ -438,25 +443,29 @@ fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
         empty_dir(VOLUME_SHM, Some("Memory")),
         empty_dir(VOLUME_TMP, None),
     ];
-    if let Some(archive) = super::backup::archive(cluster) {
-        // Each key under the option name ordinal-init reads it as.
-        let mut volume = secret_volume(VOLUME_BACKUP, &archive.secret);
-        if let Some(source) = volume.secret.as_mut() {
-            source.items = Some(
-                archive
-                    .credentials
-                    .iter()
-                    .map(|(key, file)| KeyToPath {
-                        key: (*key).to_owned(),
-                        path: (*file).to_owned(),
-                        mode: None,
-                    })
-                    .collect(),
-            );
-        }
-        volumes.push(volume);
-    }
+    volumes.extend(backup_credentials_volume(cluster));
     volumes
+}
+
+/// The store's credentials, each key under the option name ordinal-init
+/// reads it as.
+pub(super) fn backup_credentials_volume(cluster: &ValidCluster) -> Option<Volume> {
+    let archive = super::backup::archive(cluster)?;
+    let mut volume = secret_volume(VOLUME_BACKUP, &archive.secret);
+    if let Some(source) = volume.secret.as_mut() {
+        source.items = Some(
+            archive
+                .credentials
+                .iter()
+                .map(|(key, file)| KeyToPath {
+                    key: (*key).to_owned(),
+                    path: (*file).to_owned(),
+                    mode: None,
+                })
+                .collect(),
+        );
+    }
+    Some(volume)
 }
 
 fn topology_spread(cluster: &ValidCluster) -> Vec<TopologySpreadConstraint> {

@@ -1,0 +1,474 @@
+//! PostgresBackups: each one is a Job that runs `ordinal-init base-backup`
+//! against the instance chosen here (a healthy streaming replica unless
+//! the backup asks for the primary), and a status read back from the Job
+//! and from its container's termination message (the backup's manifest,
+//! or its error).
+//!
+//! The decisions are pure functions ([`choose_source`], [`outcome`],
+//! [`completed_status`]); `reconcile` reads, decides and writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use ordinal_crds::{
+    BackupManifest, BackupPhase, BackupTarget, PostgresBackup, PostgresBackupStatus,
+    PostgresCluster, PostgresClusterStatus, Role, names,
+};
+use serde_json::json;
+
+use crate::Context;
+use crate::reconcile::build::{build_backup_job, job::BACKUP_CONTAINER};
+use crate::reconcile::validate;
+
+/// How soon a backup waiting for its cluster is looked at again.
+const PENDING_RETRY: Duration = Duration::from_secs(10);
+/// How often a running backup is looked at without an event of its Job.
+const RUNNING_RESYNC: Duration = Duration::from_secs(60);
+
+/// Errors of one reconcile of a PostgresBackup.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("PostgresBackup {name} has no namespace")]
+    MissingNamespace { name: String },
+    #[error("failed to {action} for PostgresBackup {namespace}/{name}")]
+    Api {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("PostgresBackup {namespace}/{name} has no uid yet, so its Job cannot be owned by it")]
+    MissingUid { namespace: String, name: String },
+    #[error(transparent)]
+    Cluster(#[from] crate::Error),
+}
+
+/// A kube error, said as what failed for which backup.
+fn api_error(
+    action: &'static str,
+    namespace: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> BackupError {
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
+    move |source| BackupError::Api {
+        action,
+        namespace,
+        name,
+        source,
+    }
+}
+
+/// What became of a backup's Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Running,
+    /// Its container's termination message: the manifest, as JSON.
+    Succeeded(Option<String>),
+    /// Why.
+    Failed(String),
+}
+
+/// The instance a backup is read from, by pod name: for `PreferStandby`
+/// the ready replica that lags least, else the primary. None while a
+/// promotion is under way or there is no primary.
+pub fn choose_source(status: &PostgresClusterStatus, target: BackupTarget) -> Option<String> {
+    if status.target_primary.is_some() || status.pending_promotion.is_some() {
+        return None;
+    }
+    let primary = status.current_primary.clone()?;
+    if target == BackupTarget::Primary {
+        return Some(primary);
+    }
+    status
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Replica && i.ready && i.pod != primary)
+        .filter_map(|i| Some((i.lag_bytes?, &i.pod)))
+        .min()
+        .map(|(_, pod)| pod.clone())
+        .or(Some(primary))
+}
+
+/// The Job's outcome from its status and its pod's container.
+pub fn outcome(job: &Job, pods: &[Pod]) -> Outcome {
+    let status = job.status.as_ref();
+    let condition = |type_: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == type_ && c.status == "True"))
+    };
+    let message = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|c| c.name == BACKUP_CONTAINER)
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        .map(|m| m.trim().to_owned())
+        .find(|m| !m.is_empty());
+    if condition("Complete").is_some() || status.and_then(|s| s.succeeded).unwrap_or(0) > 0 {
+        return Outcome::Succeeded(message);
+    }
+    if let Some(failed) = condition("Failed") {
+        return Outcome::Failed(message.unwrap_or_else(|| {
+            format!(
+                "the backup Job failed: {}",
+                failed.message.clone().unwrap_or_default()
+            )
+        }));
+    }
+    Outcome::Running
+}
+
+/// `1234567` → `1.2MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+/// The status of a completed backup, from its manifest.
+pub fn completed_status(
+    mut status: PostgresBackupStatus,
+    manifest: &BackupManifest,
+    location: Option<String>,
+) -> PostgresBackupStatus {
+    status.phase = Some(BackupPhase::Completed);
+    status.message = None;
+    status.id = Some(manifest.id.clone());
+    status.location = location.map(|l| format!("{l}/base/{}/", manifest.id));
+    status.from_standby = Some(manifest.from_standby);
+    status.timeline = Some(manifest.timeline);
+    status.begin_lsn = Some(manifest.begin_lsn.clone());
+    status.end_lsn = Some(manifest.end_lsn.clone());
+    status.begin_wal = Some(manifest.begin_wal.clone());
+    status.end_wal = Some(manifest.end_wal.clone());
+    status.started_at = Some(manifest.started_at.clone());
+    status.completed_at = Some(manifest.completed_at.clone());
+    status.data_bytes = Some(manifest.data_bytes);
+    status.stored_bytes = Some(manifest.stored_bytes);
+    status.size = Some(format!(
+        "{}/{}",
+        human_bytes(manifest.data_bytes),
+        human_bytes(manifest.stored_bytes)
+    ));
+    status
+}
+
+/// Runs the PostgresBackup controller until SIGTERM or SIGINT.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let backups: Api<PostgresBackup> = Api::all(client.clone());
+    if let Err(error) = backups.list(&ListParams::default().limit(1)).await {
+        tracing::error!(
+            %error,
+            "cannot list PostgresBackups (is deploy/crds/postgresbackups.ordinal.dev.yaml installed?): backups are off"
+        );
+        return;
+    }
+    let jobs = watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::LABEL_APP_NAME,
+        names::BACKUP_APP_NAME
+    ));
+    Controller::new(backups, watcher::Config::default().any_semantic())
+        .owns(Api::<Job>::all(client), jobs)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "backup reconcile did not complete");
+            }
+        })
+        .await;
+}
+
+fn error_policy(backup: Arc<PostgresBackup>, error: &BackupError, _: Arc<Context>) -> Action {
+    tracing::warn!(backup = %backup.name_any(), %error, "backup reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Action, BackupError> {
+    let name = backup.name_any();
+    let namespace = backup
+        .namespace()
+        .ok_or_else(|| BackupError::MissingNamespace { name: name.clone() })?;
+    let api_err = |action| api_error(action, &namespace, &name);
+    let status = backup.status.clone().unwrap_or_default();
+    let cluster = &backup.spec.cluster;
+    if status.finished() {
+        // A restarted operator sets the backup series again from here.
+        if status.phase == Some(BackupPhase::Completed) {
+            record(&ctx, &namespace, cluster, &status);
+        }
+        return Ok(Action::await_change());
+    }
+
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    let next = match jobs.get_opt(&name).await.map_err(api_err("read the Job"))? {
+        None => start(&backup, &ctx, &namespace, status.clone()).await?,
+        Some(job) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+            let selector = format!("{}={name}", names::LABEL_BACKUP);
+            let pods = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(api_err("list the Job's pods"))?
+                .items;
+            match outcome(&job, &pods) {
+                Outcome::Running => PostgresBackupStatus {
+                    phase: Some(BackupPhase::Running),
+                    ..status.clone()
+                },
+                Outcome::Succeeded(report) => {
+                    match report
+                        .as_deref()
+                        .map(serde_json::from_str::<BackupManifest>)
+                    {
+                        Some(Ok(manifest)) => {
+                            let location = ctx
+                                .clusters
+                                .get()
+                                .and_then(|s| {
+                                    s.get(
+                                        &kube::runtime::reflector::ObjectRef::new(cluster)
+                                            .within(&namespace),
+                                    )
+                                })
+                                .and_then(|pgc| validate::validate(&pgc).ok()?.ok())
+                                .and_then(|c| crate::reconcile::build::backup::archive(&c))
+                                .map(|a| a.url);
+                            completed_status(status.clone(), &manifest, location)
+                        }
+                        _ => PostgresBackupStatus {
+                            phase: Some(BackupPhase::Failed),
+                            message: Some(format!(
+                                "the backup Job succeeded but its report is not a manifest: {}",
+                                report.unwrap_or_default()
+                            )),
+                            ..status.clone()
+                        },
+                    }
+                }
+                Outcome::Failed(message) => PostgresBackupStatus {
+                    phase: Some(BackupPhase::Failed),
+                    message: Some(message),
+                    ..status.clone()
+                },
+            }
+        }
+    };
+
+    if next != status {
+        write_status(&ctx, &backup, &namespace, &next).await?;
+        announce(&ctx, &backup, &status, &next).await;
+        if next.phase == Some(BackupPhase::Completed) {
+            record(&ctx, &namespace, cluster, &next);
+        }
+    }
+    Ok(match next.phase {
+        Some(BackupPhase::Pending) => Action::requeue(PENDING_RETRY),
+        Some(BackupPhase::Running) => Action::requeue(RUNNING_RESYNC),
+        _ => Action::await_change(),
+    })
+}
+
+/// No Job yet: choose the instance and create it, or say why not.
+async fn start(
+    backup: &PostgresBackup,
+    ctx: &Context,
+    namespace: &str,
+    status: PostgresBackupStatus,
+) -> Result<PostgresBackupStatus, BackupError> {
+    let name = backup.name_any();
+    let cluster_name = &backup.spec.cluster;
+    let pending = |message: String| PostgresBackupStatus {
+        phase: Some(BackupPhase::Pending),
+        message: Some(message),
+        ..status.clone()
+    };
+    let failed = |message: String| PostgresBackupStatus {
+        phase: Some(BackupPhase::Failed),
+        message: Some(message),
+        ..status.clone()
+    };
+    let clusters: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    let Some(pgc) = clusters.get_opt(cluster_name).await.map_err(api_error(
+        "read the PostgresCluster",
+        namespace,
+        &name,
+    ))?
+    else {
+        return Ok(pending(format!(
+            "PostgresCluster {namespace}/{cluster_name} does not exist"
+        )));
+    };
+    let cluster = match validate::validate(&pgc)? {
+        Ok(cluster) => cluster,
+        Err(problems) => {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Ok(pending(format!(
+                "PostgresCluster {cluster_name} has an invalid spec: {}",
+                problems.join("; ")
+            )));
+        }
+    };
+    if cluster.spec.backup.is_none() {
+        return Ok(failed(format!(
+            "PostgresCluster {cluster_name} has no spec.backup: there is no object store to back up to"
+        )));
+    }
+    let cluster_status = pgc.status.clone().unwrap_or_default();
+    let Some(instance) = choose_source(&cluster_status, backup.spec.target) else {
+        return Ok(pending(format!(
+            "PostgresCluster {cluster_name} has no primary, or a promotion is under way"
+        )));
+    };
+    // The pod's address as last seen (its DNS name may be stale right
+    // after it was recreated), else its DNS name.
+    let host = cluster_status
+        .instances
+        .iter()
+        .find(|i| i.pod == instance)
+        .and_then(|i| i.ip.clone())
+        .unwrap_or_else(|| format!("{instance}.{}", cluster.service_name));
+    let owner = backup
+        .controller_owner_ref(&())
+        .ok_or_else(|| BackupError::MissingUid {
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+        })?;
+    let job = build_backup_job(&cluster, &ctx.build, &name, owner, &host);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    jobs.patch(
+        &name,
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&job),
+    )
+    .await
+    .map_err(api_error("create the Job", namespace, &name))?;
+    tracing::info!(%namespace, backup = %name, cluster = %cluster_name, %instance, "backup started");
+    Ok(PostgresBackupStatus {
+        phase: Some(BackupPhase::Running),
+        message: None,
+        job: Some(name),
+        instance: Some(instance),
+        started_at: Some((ctx.now)().to_string()),
+        ..status
+    })
+}
+
+async fn write_status(
+    ctx: &Context,
+    backup: &PostgresBackup,
+    namespace: &str,
+    status: &PostgresBackupStatus,
+) -> Result<(), BackupError> {
+    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    let body = json!({
+        "apiVersion": PostgresBackup::api_version(&()),
+        "kind": PostgresBackup::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &backup.name_any(),
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(api_error("write the status", namespace, &backup.name_any()))?;
+    Ok(())
+}
+
+/// An Event on the PostgresBackup when it starts, completes or fails.
+async fn announce(
+    ctx: &Context,
+    backup: &PostgresBackup,
+    before: &PostgresBackupStatus,
+    after: &PostgresBackupStatus,
+) {
+    if before.phase == after.phase {
+        return;
+    }
+    let (type_, reason, note) = match after.phase {
+        Some(BackupPhase::Running) => (
+            EventType::Normal,
+            "BackupStarted",
+            format!(
+                "reading from {}",
+                after.instance.as_deref().unwrap_or("the primary")
+            ),
+        ),
+        Some(BackupPhase::Completed) => (
+            EventType::Normal,
+            "BackupCompleted",
+            format!(
+                "backup {} from {}: {}, WAL {}..{} archived",
+                after.id.as_deref().unwrap_or_default(),
+                after.instance.as_deref().unwrap_or_default(),
+                after.size.as_deref().unwrap_or_default(),
+                after.begin_wal.as_deref().unwrap_or_default(),
+                after.end_wal.as_deref().unwrap_or_default(),
+            ),
+        ),
+        Some(BackupPhase::Failed) => (
+            EventType::Warning,
+            "BackupFailed",
+            after.message.clone().unwrap_or_default(),
+        ),
+        Some(BackupPhase::Pending) => (
+            EventType::Normal,
+            "BackupPending",
+            after.message.clone().unwrap_or_default(),
+        ),
+        None => return,
+    };
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        // The API server caps a note at 1 kB.
+        note: Some(note.chars().take(1000).collect()),
+        action: "Backup".to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &backup.object_ref(&())).await {
+        tracing::warn!(%error, reason, "failed to publish an event");
+    }
+}
+
+/// The backup series of the cluster, from a completed backup's status.
+fn record(ctx: &Context, namespace: &str, cluster: &str, status: &PostgresBackupStatus) {
+    let parse = |t: &Option<String>| t.as_deref()?.parse::<Timestamp>().ok();
+    if let (Some(started), Some(completed)) =
+        (parse(&status.started_at), parse(&status.completed_at))
+    {
+        let seconds = completed.duration_since(started).as_secs_f64();
+        ctx.metrics.record_backup(
+            namespace,
+            cluster,
+            completed.as_millisecond() as f64 / 1000.0,
+            seconds,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

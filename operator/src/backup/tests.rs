@@ -1,0 +1,163 @@
+use super::*;
+use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStatus, PodStatus,
+};
+use ordinal_crds::{InstanceStatus, PendingPromotion};
+
+fn instance(pod: &str, role: Role, ready: bool, lag: Option<i64>) -> InstanceStatus {
+    InstanceStatus {
+        pod: pod.to_owned(),
+        role,
+        ready,
+        lsn: None,
+        lag_bytes: lag,
+        lag_seconds: None,
+        timeline: Some(1),
+        ip: None,
+    }
+}
+
+fn cluster_status() -> PostgresClusterStatus {
+    PostgresClusterStatus {
+        current_primary: Some("db-0".to_owned()),
+        instances: vec![
+            instance("db-0", Role::Primary, true, None),
+            instance("db-1", Role::Replica, true, Some(4096)),
+            instance("db-2", Role::Replica, true, Some(0)),
+            instance("db-3", Role::Replica, false, Some(0)),
+        ],
+        ..PostgresClusterStatus::default()
+    }
+}
+
+#[test]
+fn a_backup_reads_from_the_ready_replica_that_lags_least() {
+    let status = cluster_status();
+    assert_eq!(
+        choose_source(&status, BackupTarget::PreferStandby).as_deref(),
+        Some("db-2")
+    );
+    assert_eq!(
+        choose_source(&status, BackupTarget::Primary).as_deref(),
+        Some("db-0")
+    );
+    // No ready replica: the primary.
+    let mut alone = status.clone();
+    for i in &mut alone.instances {
+        if i.role == Role::Replica {
+            i.ready = false;
+        }
+    }
+    assert_eq!(
+        choose_source(&alone, BackupTarget::PreferStandby).as_deref(),
+        Some("db-0")
+    );
+    // Not while a promotion is under way, nor without a primary.
+    let mut promoting = status.clone();
+    promoting.pending_promotion = Some(PendingPromotion::default());
+    assert_eq!(choose_source(&promoting, BackupTarget::PreferStandby), None);
+    let mut none = status;
+    none.current_primary = None;
+    assert_eq!(choose_source(&none, BackupTarget::Primary), None);
+}
+
+fn job(condition: Option<&str>) -> Job {
+    Job {
+        status: Some(JobStatus {
+            conditions: condition.map(|type_| {
+                vec![JobCondition {
+                    type_: type_.to_owned(),
+                    status: "True".to_owned(),
+                    message: Some("Job has reached the specified backoff limit".to_owned()),
+                    ..JobCondition::default()
+                }]
+            }),
+            ..JobStatus::default()
+        }),
+        ..Job::default()
+    }
+}
+
+fn pod(message: &str) -> Pod {
+    Pod {
+        status: Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: BACKUP_CONTAINER.to_owned(),
+                state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        message: Some(message.to_owned()),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+#[test]
+fn the_job_outcome_carries_its_report() {
+    assert_eq!(outcome(&job(None), &[]), Outcome::Running);
+    assert_eq!(
+        outcome(&job(Some("Complete")), &[pod("{\"id\":\"x\"}\n")]),
+        Outcome::Succeeded(Some("{\"id\":\"x\"}".to_owned()))
+    );
+    assert_eq!(
+        outcome(
+            &job(Some("Failed")),
+            &[pod(
+                "cannot upload s3://b/p/base/x/data.tar.zst: 403 Forbidden"
+            )]
+        ),
+        Outcome::Failed("cannot upload s3://b/p/base/x/data.tar.zst: 403 Forbidden".to_owned())
+    );
+    // A pod gone (deleted, or never scheduled): the Job's own reason.
+    assert_eq!(
+        outcome(&job(Some("Failed")), &[]),
+        Outcome::Failed(
+            "the backup Job failed: Job has reached the specified backoff limit".to_owned()
+        )
+    );
+}
+
+#[test]
+fn a_completed_status_says_what_and_where() {
+    let manifest = BackupManifest {
+        id: "20261205T213000Z".to_owned(),
+        backup: Some("nightly".to_owned()),
+        source: "198.18.0.12".to_owned(),
+        from_standby: true,
+        timeline: 2,
+        begin_lsn: "0/6000028".to_owned(),
+        end_lsn: "0/6000138".to_owned(),
+        begin_wal: "000000020000000000000006".to_owned(),
+        end_wal: "000000020000000000000006".to_owned(),
+        started_at: "2026-12-05T21:30:00Z".to_owned(),
+        completed_at: "2026-12-05T21:30:42Z".to_owned(),
+        data_bytes: 31_457_280,
+        stored_bytes: 4_404_019,
+    };
+    let status = completed_status(
+        PostgresBackupStatus {
+            phase: Some(BackupPhase::Running),
+            instance: Some("db-1".to_owned()),
+            ..PostgresBackupStatus::default()
+        },
+        &manifest,
+        Some("s3://backups/ns/db".to_owned()),
+    );
+    assert_eq!(status.phase, Some(BackupPhase::Completed));
+    assert_eq!(status.instance.as_deref(), Some("db-1"));
+    assert_eq!(
+        status.location.as_deref(),
+        Some("s3://backups/ns/db/base/20261205T213000Z/")
+    );
+    assert_eq!(status.size.as_deref(), Some("30.0MiB/4.2MiB"));
+    assert_eq!(status.from_standby, Some(true));
+    assert!(status.finished());
+    assert_eq!(human_bytes(512), "512B");
+}

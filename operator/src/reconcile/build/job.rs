@@ -1,0 +1,235 @@
+//! The Job of a PostgresBackup: `ordinal-init base-backup` in the
+//! cluster's own image (installed from the operator's, as in the
+//! StatefulSet's pods), reading from the instance the operator chose and
+//! writing to the cluster's object store. Its manifest, or its error, is
+//! the container's termination message, which the operator reads.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use ordinal_crds::{names, names::paths};
+
+use super::statefulset::{
+    BuildConfig, IMAGE_ORDINAL_INIT, VOLUME_BACKUP, VOLUME_ORDINAL, VOLUME_REPLICATION, VOLUME_TMP,
+    backup_credentials_volume, empty_dir, env, mount, pod_security_context, restricted,
+    secret_volume,
+};
+use crate::reconcile::validate::ValidCluster;
+
+/// The container that takes the backup.
+pub const BACKUP_CONTAINER: &str = "backup";
+/// Where the kubelet reads the termination message from.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Labels of a backup Job and its pod. Not the cluster's selector labels:
+/// its pod must never be taken for an instance (by the StatefulSet, the
+/// Services, the PDB or the failover loop's pod watch).
+pub fn backup_labels(cluster: &str, backup: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            names::LABEL_APP_NAME.to_owned(),
+            names::BACKUP_APP_NAME.to_owned(),
+        ),
+        (
+            names::LABEL_MANAGED_BY.to_owned(),
+            names::MANAGED_BY.to_owned(),
+        ),
+        (names::LABEL_BACKUP.to_owned(), backup.to_owned()),
+        (names::LABEL_BACKUP_OF.to_owned(), cluster.to_owned()),
+    ])
+}
+
+/// The Job taking base backup `backup` of `cluster` from `host` (a pod's
+/// DNS name under the headless Service).
+pub fn build_backup_job(
+    cluster: &ValidCluster,
+    config: &BuildConfig,
+    backup: &str,
+    owner: OwnerReference,
+    host: &str,
+) -> Job {
+    let labels = backup_labels(&cluster.name, backup);
+    let archive = super::backup::archive(cluster);
+    let mut vars = vec![env(
+        names::env::REPLICATION_DIR,
+        paths::REPLICATION_SECRET_DIR,
+    )];
+    if let Some(archive) = &archive {
+        vars.extend([
+            env(names::env::BACKUP_URL, &archive.url),
+            env(names::env::BACKUP_OPTIONS, &archive.options),
+            env(names::env::BACKUP_CREDENTIALS_DIR, paths::BACKUP_SECRET_DIR),
+        ]);
+    }
+    // The backup's last segment is archived by the primary within
+    // archive_timeout of its end: wait for two, and a minute.
+    let wal_wait = cluster
+        .spec
+        .backup
+        .as_ref()
+        .map_or(180, |b| i64::from(b.archive_timeout_seconds) * 2 + 60);
+    let install = Container {
+        name: names::INSTALL_CONTAINER.to_owned(),
+        image: Some(config.init_image.clone()),
+        image_pull_policy: config.init_image_pull_policy.clone(),
+        command: Some(vec![
+            IMAGE_ORDINAL_INIT.to_owned(),
+            "install".to_owned(),
+            paths::ORDINAL_DIR.to_owned(),
+        ]),
+        volume_mounts: Some(vec![mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, false)]),
+        security_context: Some(restricted()),
+        ..Container::default()
+    };
+    let take = Container {
+        name: BACKUP_CONTAINER.to_owned(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: cluster
+            .spec
+            .image_pull_policy
+            .map(|p| p.as_str().to_owned()),
+        command: Some(vec![
+            paths::ORDINAL_INIT.to_owned(),
+            "base-backup".to_owned(),
+            "--host".to_owned(),
+            host.to_owned(),
+            "--port".to_owned(),
+            names::POSTGRES_PORT.to_string(),
+            "--backup".to_owned(),
+            backup.to_owned(),
+            "--wal-wait-seconds".to_owned(),
+            wal_wait.to_string(),
+            "--report".to_owned(),
+            TERMINATION_LOG.to_owned(),
+        ]),
+        env: Some(vars),
+        volume_mounts: Some(vec![
+            mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
+            mount(VOLUME_REPLICATION, paths::REPLICATION_SECRET_DIR, true),
+            mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true),
+            mount(VOLUME_TMP, "/tmp", false),
+        ]),
+        security_context: Some(restricted()),
+        // The report is written there; a crash before it leaves the log's
+        // last lines instead.
+        termination_message_path: Some(TERMINATION_LOG.to_owned()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    };
+    let mut volumes = vec![
+        empty_dir(VOLUME_ORDINAL, None),
+        secret_volume(VOLUME_REPLICATION, &cluster.replication_secret),
+        empty_dir(VOLUME_TMP, None),
+    ];
+    volumes.extend(backup_credentials_volume(cluster));
+    Job {
+        metadata: ObjectMeta {
+            name: Some(backup.to_owned()),
+            namespace: Some(cluster.namespace.clone()),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            // A failed backup is a Failed PostgresBackup that says why; the
+            // next one (or the schedule) tries again.
+            backoff_limit: Some(0),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".to_owned()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(pod_security_context()),
+                    init_containers: Some(vec![install]),
+                    containers: vec![take],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{build_config, cluster, valid};
+    use ordinal_crds::{BackupSpec, S3Store};
+
+    #[test]
+    fn a_backup_job_is_no_instance_and_reads_what_it_needs_as_files() {
+        let mut pgc = cluster().build();
+        pgc.spec.backup = Some(BackupSpec {
+            s3: Some(S3Store {
+                bucket: "backups".to_owned(),
+                endpoint: None,
+                region: None,
+                path_style: false,
+            }),
+            gcs: None,
+            azure: None,
+            prefix: None,
+            credentials_secret: "store".to_owned(),
+            archive_timeout_seconds: 30,
+        });
+        let cluster = valid(pgc);
+        let owner = OwnerReference {
+            api_version: "ordinal.dev/v1alpha1".to_owned(),
+            kind: "PostgresBackup".to_owned(),
+            name: "nightly".to_owned(),
+            uid: "u".to_owned(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        };
+        let job = build_backup_job(&cluster, &build_config(), "nightly", owner, "198.18.0.7");
+        let spec = job.spec.expect("spec");
+        assert_eq!(spec.backoff_limit, Some(0));
+        let template_labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("labels");
+        // Never selected as one of the cluster's instances.
+        assert!(!template_labels.contains_key(names::LABEL_CLUSTER));
+        assert_eq!(template_labels[names::LABEL_BACKUP], "nightly");
+        let pod = spec.template.spec.expect("pod");
+        let take = &pod.containers[0];
+        let command = take.command.clone().expect("command").join(" ");
+        assert_eq!(
+            command,
+            "/ordinal/ordinal-init base-backup --host 198.18.0.7 --port 5432 --backup nightly \
+             --wal-wait-seconds 120 --report /dev/termination-log"
+        );
+        assert_eq!(
+            take.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let env: Vec<String> = take
+            .env
+            .iter()
+            .flatten()
+            .map(|e| format!("{}={}", e.name, e.value.clone().unwrap_or_default()))
+            .collect();
+        assert!(
+            env.contains(&"ORDINAL_BACKUP_URL=s3://backups/ns/db".to_owned()),
+            "{env:?}"
+        );
+        assert!(!env.iter().any(|e| e.contains("SECRET")), "{env:?}");
+        let volumes: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
+            .collect();
+        assert_eq!(volumes, ["db-replication", "store"]);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+}
