@@ -92,6 +92,8 @@ pub mod paths {
     /// The backup store's credentials, mounted as files named after
     /// object_store's options.
     pub const BACKUP_SECRET_DIR: &str = "/etc/ordinal/backup";
+    /// The same, of the store a new cluster is restored from.
+    pub const RECOVERY_SECRET_DIR: &str = "/etc/ordinal/recovery";
 }
 
 /// Environment variables the StatefulSet sets and `ordinal-init` reads.
@@ -114,6 +116,16 @@ pub mod env {
     pub const BACKUP_URL: &str = "ORDINAL_BACKUP_URL";
     pub const BACKUP_OPTIONS: &str = "ORDINAL_BACKUP_OPTIONS";
     pub const BACKUP_CREDENTIALS_DIR: &str = "ORDINAL_BACKUP_CREDENTIALS_DIR";
+    /// The store a new cluster is restored from (spec.bootstrap.recovery),
+    /// read only.
+    pub const RECOVERY_URL: &str = "ORDINAL_RECOVERY_URL";
+    pub const RECOVERY_OPTIONS: &str = "ORDINAL_RECOVERY_OPTIONS";
+    pub const RECOVERY_CREDENTIALS_DIR: &str = "ORDINAL_RECOVERY_CREDENTIALS_DIR";
+    /// Which backup, and how far to replay: at most one target is set.
+    pub const RECOVERY_BACKUP: &str = "ORDINAL_RECOVERY_BACKUP";
+    pub const RECOVERY_TARGET_TIME: &str = "ORDINAL_RECOVERY_TARGET_TIME";
+    pub const RECOVERY_TARGET_LSN: &str = "ORDINAL_RECOVERY_TARGET_LSN";
+    pub const RECOVERY_TARGET_NAME: &str = "ORDINAL_RECOVERY_TARGET_NAME";
 }
 
 /// The pod's first init container: it copies ordinal-init and waits for

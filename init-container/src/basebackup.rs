@@ -94,6 +94,8 @@ pub enum BackupError {
     },
     #[error("the store holds no base backup{detail}")]
     NoBackup { detail: String },
+    #[error("recovery from the backup failed: {why}; the end of its log:\n{log}")]
+    Replay { why: String, log: String },
     #[error("{pgdata} is not empty: a backup is restored into an empty directory only")]
     NotEmpty { pgdata: PathBuf },
     #[error("cannot restore {location} into {pgdata}: {source}")]

@@ -29,6 +29,7 @@ mod lock;
 mod pgdata;
 mod prepare;
 mod probe;
+mod recover;
 mod replica;
 mod settings;
 mod sql;
@@ -152,7 +153,14 @@ enum Command {
     WalPush { path: PathBuf, name: String },
     /// Restore a WAL file from the backup destination (restore_command =
     /// 'ordinal-init wal-fetch %f %p'); exit 1 when the archive has none.
-    WalFetch { name: String, path: PathBuf },
+    WalFetch {
+        name: String,
+        path: PathBuf,
+        /// From the store a new cluster is restored from (ORDINAL_RECOVERY_*),
+        /// not the cluster's own archive.
+        #[arg(long)]
+        recovery: bool,
+    },
     /// Take a base backup of the instance at HOST into the backup
     /// destination, streamed (the Job of a PostgresBackup runs this).
     BaseBackup {
@@ -223,7 +231,11 @@ fn main() -> ExitCode {
         Command::Stop => with_runtime(stop()).map_err(|e| report(&e)),
         Command::Probe { probe } => return run_probe(probe),
         Command::WalPush { path, name } => return wal_push(&path, &name),
-        Command::WalFetch { name, path } => return wal_fetch(&name, &path),
+        Command::WalFetch {
+            name,
+            path,
+            recovery,
+        } => return wal_fetch(&name, &path, recovery),
         Command::BaseBackup {
             host,
             port,
@@ -356,10 +368,14 @@ fn wal_push(path: &std::path::Path, name: &str) -> ExitCode {
     }
 }
 
-fn wal_fetch(name: &str, path: &std::path::Path) -> ExitCode {
+fn wal_fetch(name: &str, path: &std::path::Path, recovery: bool) -> ExitCode {
     let fetched = match wal_runtime() {
         Ok(rt) => rt.block_on(async {
-            let archive = wal::Archive::from_env()?;
+            let archive = if recovery {
+                wal::Archive::recovery_from_env()?
+            } else {
+                wal::Archive::from_env()?
+            };
             archive.fetch(name, path).await
         }),
         Err(message) => {

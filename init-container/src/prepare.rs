@@ -8,7 +8,7 @@ use crate::pgdata::{self, Pgdata};
 use crate::replica::{self, Primary};
 use crate::settings::Settings;
 use crate::state::StateSource;
-use crate::{InitError, bootstrap, fsutil, tools};
+use crate::{InitError, bootstrap, fsutil, recover, tools};
 
 /// Marks, for the postgres container's probes, that its guard is still
 /// preparing PGDATA (a clone or a rewind can outlast the startup probe).
@@ -82,11 +82,14 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
         primary_timeline = ?primary_timeline,
         plan = ?plan,
         "{}",
-        explain(me, &state.current_primary, &data, &plan)
+        explain(me, &state.current_primary, &data, &plan, settings.recovery.is_some())
     );
 
     match &plan {
-        Plan::Initdb => bootstrap::bootstrap(settings, &credentials).await?,
+        Plan::Initdb => match &settings.recovery {
+            Some(recovery) => recover::recover(settings, &credentials, recovery).await?,
+            None => bootstrap::bootstrap(settings, &credentials).await?,
+        },
         Plan::RefuseLostPrimary => {
             return Err(InitError::LostPrimary {
                 pod: me.to_owned(),
@@ -146,13 +149,16 @@ fn describe(data: &Pgdata) -> String {
 }
 
 /// One sentence a person reads in `kubectl logs`.
-fn explain(me: &str, primary: &str, data: &Pgdata, plan: &Plan) -> String {
+fn explain(me: &str, primary: &str, data: &Pgdata, plan: &Plan, restore: bool) -> String {
     let who = if me == primary {
         "currentPrimary".to_owned()
     } else {
         format!("not currentPrimary ({primary})")
     };
     let action = match plan {
+        Plan::Initdb if restore => {
+            "restore a new cluster from a backup (spec.bootstrap.recovery)".to_owned()
+        }
         Plan::Initdb => "initdb a new cluster".to_owned(),
         Plan::RefuseLostPrimary => "refuse: the primary's data is gone".to_owned(),
         Plan::RefuseMajorVersion { data, server } => {

@@ -56,6 +56,90 @@ pub struct Settings {
     pub isolation: Duration,
     /// Where `run` serves the kubelet's probes, if anywhere.
     pub health_address: Option<std::net::SocketAddr>,
+    /// A new cluster is restored from a backup instead of initdb.
+    pub recovery: Option<Recovery>,
+}
+
+/// `spec.bootstrap.recovery`, as the pod is told of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// A base backup's id; else the latest (before the target time).
+    pub backup: Option<String>,
+    pub target: RecoveryTarget,
+}
+
+/// How far the restored cluster replays the source's WAL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// To the end of the archive.
+    Latest,
+    Time(k8s_openapi::jiff::Timestamp),
+    Lsn(String),
+    /// A restore point (`pg_create_restore_point`).
+    Name(String),
+}
+
+/// The recovery the environment names, if any. Each value is checked as
+/// the CRD checks it: it goes on postgres' command line.
+fn recovery_from_env() -> Result<Option<Recovery>, SettingsError> {
+    if var(e::RECOVERY_URL).is_none() {
+        return Ok(None);
+    }
+    let checked = |name: &'static str, allowed: fn(char) -> bool, reason: &'static str| {
+        var(name)
+            .map(|value| {
+                if !value.is_empty() && value.len() <= 64 && value.chars().all(allowed) {
+                    Ok(value)
+                } else {
+                    Err(SettingsError::Invalid {
+                        name,
+                        value,
+                        reason,
+                    })
+                }
+            })
+            .transpose()
+    };
+    let time = checked(
+        e::RECOVERY_TARGET_TIME,
+        |c| c.is_ascii_alphanumeric() || "-:.+ ".contains(c),
+        "not an RFC 3339 time",
+    )?;
+    let lsn = checked(
+        e::RECOVERY_TARGET_LSN,
+        |c| c.is_ascii_hexdigit() || c == '/',
+        "not an LSN (0/3000028)",
+    )?;
+    let name = checked(
+        e::RECOVERY_TARGET_NAME,
+        |c| c.is_ascii_alphanumeric() || "-_.:".contains(c),
+        "a restore point name of letters, digits, '-', '_', '.' and ':'",
+    )?;
+    let backup = checked(
+        e::RECOVERY_BACKUP,
+        |c| c.is_ascii_alphanumeric(),
+        "not a backup id (20261205T213000Z)",
+    )?;
+    let target = match (time, lsn, name) {
+        (None, None, None) => RecoveryTarget::Latest,
+        (Some(t), None, None) => {
+            RecoveryTarget::Time(t.parse().map_err(|_| SettingsError::Invalid {
+                name: e::RECOVERY_TARGET_TIME,
+                value: t,
+                reason: "not an RFC 3339 time (2026-12-05T21:30:00Z)",
+            })?)
+        }
+        (None, Some(l), None) => RecoveryTarget::Lsn(l),
+        (None, None, Some(n)) => RecoveryTarget::Name(n),
+        _ => {
+            return Err(SettingsError::Invalid {
+                name: e::RECOVERY_TARGET_TIME,
+                value: "several".to_owned(),
+                reason: "at most one recovery target: a time, an LSN or a name",
+            });
+        }
+    };
+    Ok(Some(Recovery { backup, target }))
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -123,6 +207,7 @@ impl Settings {
                 parsed(e::ISOLATION_SECONDS, "not a number of seconds")?.unwrap_or(10),
             ),
             health_address: parsed(e::HEALTH_ADDRESS, "not an address and port (0.0.0.0:8008)")?,
+            recovery: recovery_from_env()?,
             primary_wait: Duration::from_secs(
                 parsed("ORDINAL_PRIMARY_WAIT_SECONDS", "not a number of seconds")?.unwrap_or(300),
             ),

@@ -257,6 +257,7 @@ mod tests {
             max_ready_lag_bytes: None,
             isolation: Duration::from_secs(10),
             health_address: None,
+            recovery: None,
         }
     }
 

@@ -102,13 +102,34 @@ pub struct Archive {
 impl Archive {
     /// The archive the environment names (see the module's comment).
     pub fn from_env() -> Result<Self, WalError> {
-        let url = std::env::var("ORDINAL_BACKUP_URL").map_err(|_| WalError::NoDestination)?;
-        let mut options =
-            parse_options(&std::env::var("ORDINAL_BACKUP_OPTIONS").unwrap_or_default())?;
-        if let Ok(dir) = std::env::var("ORDINAL_BACKUP_CREDENTIALS_DIR") {
+        use ordinal_crds::names::env as e;
+        Self::from_vars(e::BACKUP_URL, e::BACKUP_OPTIONS, e::BACKUP_CREDENTIALS_DIR)
+    }
+
+    /// The archive a new cluster is restored from
+    /// (`spec.bootstrap.recovery.source`), named the same way by
+    /// `ORDINAL_RECOVERY_URL`, `_OPTIONS` and `_CREDENTIALS_DIR`.
+    pub fn recovery_from_env() -> Result<Self, WalError> {
+        use ordinal_crds::names::env as e;
+        Self::from_vars(
+            e::RECOVERY_URL,
+            e::RECOVERY_OPTIONS,
+            e::RECOVERY_CREDENTIALS_DIR,
+        )
+    }
+
+    fn from_vars(url: &str, options: &str, credentials: &str) -> Result<Self, WalError> {
+        let url = std::env::var(url).map_err(|_| WalError::NoDestination)?;
+        let mut options = parse_options(&std::env::var(options).unwrap_or_default())?;
+        if let Ok(dir) = std::env::var(credentials) {
             options.extend(read_credentials(Path::new(&dir))?);
         }
         Self::open(&url, options)
+    }
+
+    /// The store and prefix, as a URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The archive at `url` with `options` (object_store's keys).

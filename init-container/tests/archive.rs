@@ -374,11 +374,15 @@ async fn a_base_backup_from_a_replica_restores_to_a_point_in_time() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let between: String = sql
-        .query_one("SELECT now()::text", &[])
+    // The moment, as PostgreSQL writes it and as RFC 3339 (the CRD's).
+    let (between, between_rfc3339): (String, String) = sql
+        .query_one(
+            "SELECT now()::text, to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     sql.batch_execute("INSERT INTO t SELECT i, 'late' FROM generate_series(1501, 2000) i")
         .await
@@ -486,4 +490,72 @@ async fn a_base_backup_from_a_replica_restores_to_a_point_in_time() {
         .args(["stop", "-m", "fast", "-D"])
         .arg(&restored)
         .output();
+
+    // The same by `ordinal-init init`, as spec.bootstrap.recovery asks
+    // for it: new clusters restored from cluster-b's store, to the time
+    // between the commits and to the end of the archive, each promoted
+    // onto a timeline of its own. A target no backup precedes is refused
+    // with a message that says so.
+    for (target, rows) in [(Some(between_rfc3339.as_str()), 1500), (None, 2000)] {
+        let restored = Cluster::new(init);
+        let pod = restored.pod(0);
+        recovery_env(&pod, &minio, "cluster-b", &creds);
+        if let Some(t) = target {
+            pod.env("ORDINAL_RECOVERY_TARGET_TIME", t);
+        }
+        restored.set_state("db-0", false, 0);
+        let out = pod.init();
+        assert!(out.status.success(), "restore by init: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("restore a new cluster from a backup"),
+            "{}",
+            stderr(&out)
+        );
+        pod.start().expect("the restored primary starts");
+        assert!(!pod.in_recovery().await, "promoted");
+        let sql = pod.sql().await;
+        let (count, timeline): (i64, i32) = sql
+            .query_one(
+                "SELECT (SELECT count(*) FROM t), (SELECT timeline_id FROM pg_control_checkpoint())",
+                &[],
+            )
+            .await
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap();
+        assert_eq!(count, rows, "restored to {target:?}");
+        assert!(timeline >= 2, "a timeline of its own: {timeline}");
+        // Nothing of the source's ALTER SYSTEM settings remains.
+        let auto = std::fs::read_to_string(pod.pgdata.join("postgresql.auto.conf")).unwrap();
+        assert!(!auto.contains("primary_conninfo"), "{auto}");
+    }
+    let early = Cluster::new(init);
+    let pod = early.pod(0);
+    recovery_env(&pod, &minio, "cluster-b", &creds);
+    pod.env("ORDINAL_RECOVERY_TARGET_TIME", "2020-01-01T00:00:00Z");
+    early.set_state("db-0", false, 0);
+    let out = pod.init();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no base backup") && stderr(&out).contains("complete before"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!pod.pgdata.exists(), "nothing left in place of PGDATA");
+}
+
+/// The store to restore from, as the operator names it to the pods of a
+/// cluster with spec.bootstrap.recovery.
+fn recovery_env(pod: &Pod, minio: &Minio, prefix: &str, creds: &std::path::Path) {
+    let options: Vec<String> = minio
+        .options()
+        .into_iter()
+        .filter(|(k, _)| !k.contains("access_key") && !k.contains("secret"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    pod.env("ORDINAL_RECOVERY_URL", &minio.url(prefix));
+    pod.env("ORDINAL_RECOVERY_OPTIONS", &options.join(","));
+    pod.env(
+        "ORDINAL_RECOVERY_CREDENTIALS_DIR",
+        &creds.display().to_string(),
+    );
 }
