@@ -171,6 +171,13 @@ pub struct PostgresClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
+    /// How a new cluster gets its data: initdb (the default), or a restore
+    /// from another cluster's backups. Read once, when the first primary
+    /// is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("bootstrap is immutable: it was read when the cluster was created"))]
+    pub bootstrap: Option<BootstrapSpec>,
+
     /// An existing Secret whose `password` key is the password of the
     /// `postgres` superuser; generated as `<name>-superuser` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -568,6 +575,87 @@ pub struct AzureStore {
     pub account: String,
     #[schemars(length(min = 3, max = 63))]
     pub container: String,
+}
+
+/// How a new cluster gets its data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore from the base backups and WAL archive another cluster wrote
+    /// (its `spec.backup`), then run as a new cluster on a timeline of its
+    /// own, archiving under its own prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoverySpec>,
+}
+
+/// A restore: where from, which backup, how far.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoverySpec {
+    /// The store and prefix the source cluster archived to; only read.
+    pub source: RecoverySource,
+    /// A base backup's id (a PostgresBackup's `status.id`); when unset, the
+    /// latest one complete before the target time (or the latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{8}T[0-9]{6}Z$')").message("bootstrap.recovery.backup must be a backup id such as 20261205T213000Z (a PostgresBackup's status.id)"))]
+    #[schemars(length(max = 16))]
+    pub backup: Option<String>,
+    /// How far to replay the source's WAL; to the end of its archive when
+    /// unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RecoveryTargetSpec>,
+}
+
+/// The store a cluster is restored from: as in `spec.backup`, but the
+/// prefix must be given (it is the source cluster's).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.s3), has(self.gcs), has(self.azure)].filter(x, x).size() == 1")
+        .message("bootstrap.recovery.source must name exactly one object store: s3, gcs or azure")
+)]
+pub struct RecoverySource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Store>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcs: Option<GcsStore>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureStore>,
+    /// The source cluster's prefix (its `spec.backup.prefix`, by default
+    /// `<namespace>/<name>`).
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$')").message("bootstrap.recovery.source.prefix must be a path of letters, digits, '.', '_' and '-' separated by single '/', without a leading or trailing '/', no part starting with '.'"))]
+    pub prefix: String,
+    /// The Secret with the store's credentials, as for `spec.backup`.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("bootstrap.recovery.source.credentialsSecret must be a valid Secret name"))]
+    pub credentials_secret: String,
+}
+
+/// Where replay stops (at most one): the new cluster is promoted there.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("[has(self.time), has(self.lsn), has(self.name)].filter(x, x).size() <= 1")
+        .message("bootstrap.recovery.target takes at most one of time, lsn and name")
+)]
+pub struct RecoveryTargetSpec {
+    /// An RFC 3339 time (`2026-12-05T21:30:00Z`): commits after it are not
+    /// replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("bootstrap.recovery.target.time must be an RFC 3339 time such as 2026-12-05T21:30:00Z"))]
+    pub time: Option<String>,
+    /// A WAL position (`0/3000028`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 17))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$')").message("bootstrap.recovery.target.lsn must be a WAL position such as 0/3000028"))]
+    pub lsn: Option<String>,
+    /// A restore point made with `pg_create_restore_point()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_.:-]+$')").message("bootstrap.recovery.target.name must be a restore point name of letters, digits, '-', '_', '.' and ':'"))]
+    pub name: Option<String>,
 }
 
 /// Rolling updates.

@@ -584,3 +584,67 @@ fn a_backup_names_a_cluster_and_never_changes() {
         "metadata.name must be a DNS label",
     );
 }
+
+#[test]
+fn a_restore_names_one_store_at_most_one_target_and_never_changes() {
+    let s3 = json!({"bucket": "backups", "endpoint": "http://minio:9000", "pathStyle": true});
+    let spec =
+        |recovery: Value| json!({"storage": {"size": "1Gi"}, "bootstrap": {"recovery": recovery}});
+    let source = json!({"s3": s3, "prefix": "prod/db", "credentialsSecret": "store"});
+    create(spec(json!({"source": source}))).expect("the latest");
+    create(spec(
+        json!({"source": source, "target": {"time": "2026-12-05T21:30:00.123Z"}}),
+    ))
+    .expect("a time");
+    create(spec(
+        json!({"source": source, "target": {"time": "2026-12-05T22:30:00+01:00"}}),
+    ))
+    .expect("a time with an offset");
+    create(spec(
+        json!({"source": source, "backup": "20261205T213000Z", "target": {"lsn": "0/3000028"}}),
+    ))
+    .expect("a backup and an LSN");
+    create(spec(
+        json!({"source": source, "target": {"name": "before-migration"}}),
+    ))
+    .expect("a restore point");
+    assert_rejected(
+        create(spec(
+            json!({"source": {"prefix": "prod/db", "credentialsSecret": "store"}}),
+        )),
+        "bootstrap.recovery.source must name exactly one object store",
+    );
+    assert_rejected(
+        create(spec(
+            json!({"source": source, "target": {"time": "2026-12-05T21:30:00Z", "lsn": "0/3000028"}}),
+        )),
+        "bootstrap.recovery.target takes at most one of time, lsn and name",
+    );
+    for time in ["2026-12-05 21:30:00", "yesterday", "2026-12-05T21:30:00"] {
+        assert_rejected(
+            create(spec(json!({"source": source, "target": {"time": time}}))),
+            "bootstrap.recovery.target.time must be an RFC 3339 time",
+        );
+    }
+    assert_rejected(
+        create(spec(
+            json!({"source": source, "target": {"lsn": "3000028"}}),
+        )),
+        "bootstrap.recovery.target.lsn must be a WAL position",
+    );
+    assert_rejected(
+        create(spec(json!({"source": source, "target": {"name": "it's"}}))),
+        "bootstrap.recovery.target.name must be a restore point name",
+    );
+    assert_rejected(
+        create(spec(json!({"source": source, "backup": "latest"}))),
+        "bootstrap.recovery.backup must be a backup id",
+    );
+    assert_rejected(
+        update(
+            spec(json!({"source": source})),
+            spec(json!({"source": source, "target": {"lsn": "0/3000028"}})),
+        ),
+        "bootstrap is immutable",
+    );
+}

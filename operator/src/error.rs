@@ -82,11 +82,12 @@ pub enum Error {
     },
 
     #[error(
-        "Secret {namespace}/{secret} named by spec.backup.credentialsSecret of PostgresCluster {name} lacks the key(s) {keys}, which the {store} store needs"
+        "Secret {namespace}/{secret} named by spec.{field} of PostgresCluster {name} lacks the key(s) {keys}, which the {store} store needs"
     )]
     MissingSecretKeys {
         namespace: String,
         name: String,
+        field: &'static str,
         secret: String,
         store: &'static str,
         keys: String,

@@ -103,15 +103,29 @@ pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(
             }
         }
     }
-    ensure_backup_secret(&api, cluster).await
+    if let Some(archive) = build::backup::archive(cluster) {
+        ensure_store_secret(&api, cluster, &archive, "backup.credentialsSecret").await?;
+    }
+    if let Some(source) = build::backup::recovery_source(cluster) {
+        ensure_store_secret(
+            &api,
+            cluster,
+            &source,
+            "bootstrap.recovery.source.credentialsSecret",
+        )
+        .await?;
+    }
+    Ok(())
 }
 
-/// The backup store's credentials Secret exists with the keys its store
-/// needs: a missing key would leave the pods unable to mount it.
-async fn ensure_backup_secret(api: &Api<Secret>, cluster: &ValidCluster) -> Result<(), Error> {
-    let Some(archive) = build::backup::archive(cluster) else {
-        return Ok(());
-    };
+/// A store's credentials Secret exists with the keys its store needs: a
+/// missing key would leave the pods unable to mount it.
+async fn ensure_store_secret(
+    api: &Api<Secret>,
+    cluster: &ValidCluster,
+    archive: &build::backup::Archive,
+    field: &'static str,
+) -> Result<(), Error> {
     let secret = &archive.secret;
     let found = api.get_opt(secret).await.map_err(|source| Error::Get {
         kind: "Secret",
@@ -123,7 +137,7 @@ async fn ensure_backup_secret(api: &Api<Secret>, cluster: &ValidCluster) -> Resu
         return Err(Error::MissingSecret {
             namespace: cluster.namespace.clone(),
             name: cluster.name.clone(),
-            field: "backup.credentialsSecret",
+            field,
             secret: secret.clone(),
         });
     };
@@ -146,6 +160,7 @@ async fn ensure_backup_secret(api: &Api<Secret>, cluster: &ValidCluster) -> Resu
     Err(Error::MissingSecretKeys {
         namespace: cluster.namespace.clone(),
         name: cluster.name.clone(),
+        field,
         secret: secret.clone(),
         store: archive.store,
         keys: missing.join(", "),

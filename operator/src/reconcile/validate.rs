@@ -11,6 +11,7 @@ use ordinal_crds::{
 };
 
 use crate::Error;
+use crate::reconcile::build;
 
 /// A cluster whose spec passed validation: what every builder takes.
 #[derive(Clone, Debug)]
@@ -65,7 +66,7 @@ pub fn validate(pgc: &PostgresCluster) -> Result<Result<ValidCluster, Vec<Invali
         .as_ref()
         .and_then(|s| s.current_primary.as_deref())
         .and_then(|p| ordinal_crds::names::ordinal_of(&name, p));
-    Ok(Ok(ValidCluster {
+    let cluster = ValidCluster {
         statefulset_replicas: primary_ordinal
             .map_or(pgc.spec.replicas, |o| pgc.spec.replicas.max(o + 1)),
         service_name: pgc.headless_service_name(),
@@ -76,7 +77,24 @@ pub fn validate(pgc: &PostgresCluster) -> Result<Result<ValidCluster, Vec<Invali
         namespace,
         owner,
         spec: pgc.spec.clone(),
-    }))
+    };
+    // A restored cluster archives under a prefix of its own: its new
+    // timeline's files would otherwise land beside the source's (and an
+    // archived file is never overwritten, so archiving would fail).
+    if let (Some(archive), Some(source)) = (
+        build::backup::archive(&cluster),
+        build::backup::recovery_source(&cluster),
+    ) && archive.url == source.url
+    {
+        return Ok(Err(vec![Invalid {
+            field: "bootstrap.recovery.source",
+            message: format!(
+                "the cluster would archive to {}, where it restores from: give spec.backup.prefix a path of its own",
+                archive.url
+            ),
+        }]));
+    }
+    Ok(Ok(cluster))
 }
 
 /// Everything wrong with `spec` of cluster `name`.

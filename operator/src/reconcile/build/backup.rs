@@ -2,7 +2,7 @@
 //! wal-push` (the archive_command) and `wal-fetch` (the restore_command)
 //! find the store, and which keys of the credentials Secret they read.
 
-use ordinal_crds::{BackupSpec, names::paths};
+use ordinal_crds::{AzureStore, BackupSpec, GcsStore, S3Store, names::paths};
 
 use crate::reconcile::validate::ValidCluster;
 
@@ -31,8 +31,40 @@ pub fn archive(cluster: &ValidCluster) -> Option<Archive> {
 }
 
 fn archive_of(backup: &BackupSpec, default_prefix: &str) -> Archive {
-    let prefix = backup.prefix.as_deref().unwrap_or(default_prefix);
-    if let Some(s3) = &backup.s3 {
+    store_of(
+        Store {
+            s3: backup.s3.as_ref(),
+            gcs: backup.gcs.as_ref(),
+            azure: backup.azure.as_ref(),
+        },
+        backup.prefix.as_deref().unwrap_or(default_prefix),
+        &backup.credentials_secret,
+    )
+}
+
+/// The store a cluster with `spec.bootstrap.recovery` is restored from.
+pub fn recovery_source(cluster: &ValidCluster) -> Option<Archive> {
+    let source = &cluster.spec.bootstrap.as_ref()?.recovery.as_ref()?.source;
+    Some(store_of(
+        Store {
+            s3: source.s3.as_ref(),
+            gcs: source.gcs.as_ref(),
+            azure: source.azure.as_ref(),
+        },
+        &source.prefix,
+        &source.credentials_secret,
+    ))
+}
+
+/// One of the three kinds of store (the CRD admits exactly one).
+struct Store<'a> {
+    s3: Option<&'a S3Store>,
+    gcs: Option<&'a GcsStore>,
+    azure: Option<&'a AzureStore>,
+}
+
+fn store_of(store: Store<'_>, prefix: &str, secret: &str) -> Archive {
+    if let Some(s3) = store.s3 {
         let mut options = vec![
             format!("aws_region={}", s3.region.as_deref().unwrap_or("us-east-1")),
             format!("aws_virtual_hosted_style_request={}", !s3.path_style),
@@ -47,33 +79,31 @@ fn archive_of(backup: &BackupSpec, default_prefix: &str) -> Archive {
             url: format!("s3://{}/{prefix}", s3.bucket),
             options: options.join(","),
             store: "S3",
-            secret: backup.credentials_secret.clone(),
+            secret: secret.to_owned(),
             credentials: vec![
                 ("ACCESS_KEY_ID", "aws_access_key_id"),
                 ("SECRET_ACCESS_KEY", "aws_secret_access_key"),
             ],
         };
     }
-    if let Some(gcs) = &backup.gcs {
+    if let Some(gcs) = store.gcs {
         return Archive {
             url: format!("gs://{}/{prefix}", gcs.bucket),
             options: String::new(),
             store: "GCS",
-            secret: backup.credentials_secret.clone(),
+            secret: secret.to_owned(),
             credentials: vec![("SERVICE_ACCOUNT_KEY", "google_service_account_key")],
         };
     }
-    // Azure (the CRD admits exactly one of the three).
-    let (account, container) = backup
+    let (account, container) = store
         .azure
-        .as_ref()
         .map(|a| (a.account.as_str(), a.container.as_str()))
         .unwrap_or_default();
     Archive {
         url: format!("az://{container}/{prefix}"),
         options: format!("azure_storage_account_name={account}"),
         store: "Azure",
-        secret: backup.credentials_secret.clone(),
+        secret: secret.to_owned(),
         credentials: vec![("STORAGE_ACCOUNT_KEY", "azure_storage_account_key")],
     }
 }
@@ -103,7 +133,6 @@ pub fn parameters(cluster: &ValidCluster) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ordinal_crds::{AzureStore, GcsStore, S3Store};
 
     fn spec() -> BackupSpec {
         BackupSpec {
@@ -254,5 +283,97 @@ mod tests {
         let a = archive_of(&b, "ns/db");
         assert_eq!(a.url, "az://wal/prod/db");
         assert_eq!(a.options, "azure_storage_account_name=acct");
+    }
+
+    fn restoring(prefix: &str, backup_prefix: Option<&str>) -> ordinal_crds::PostgresCluster {
+        use ordinal_crds::{BootstrapSpec, RecoverySource, RecoverySpec, RecoveryTargetSpec};
+        let mut pgc = crate::fixtures::cluster().build();
+        let s3 = S3Store {
+            bucket: "backups".to_owned(),
+            endpoint: Some("http://198.18.255.1:9000".to_owned()),
+            region: None,
+            path_style: true,
+        };
+        pgc.spec.bootstrap = Some(BootstrapSpec {
+            recovery: Some(RecoverySpec {
+                source: RecoverySource {
+                    s3: Some(s3.clone()),
+                    gcs: None,
+                    azure: None,
+                    prefix: prefix.to_owned(),
+                    credentials_secret: "old-store".to_owned(),
+                },
+                backup: None,
+                target: Some(RecoveryTargetSpec {
+                    time: Some("2026-12-05T21:30:00Z".to_owned()),
+                    lsn: None,
+                    name: None,
+                }),
+            }),
+        });
+        let mut b = spec();
+        b.s3 = Some(s3);
+        b.prefix = backup_prefix.map(str::to_owned);
+        pgc.spec.backup = Some(b);
+        pgc
+    }
+
+    /// A cluster bootstrapped from a backup: its pods are told where to
+    /// restore from and how far, with the source's credentials as files
+    /// of their own; its own archive stays its own.
+    #[test]
+    fn a_restored_cluster_reads_the_source_and_archives_apart() {
+        use crate::fixtures::{build_config, valid};
+        use crate::reconcile::build::build_statefulset;
+
+        let cluster = valid(restoring("ns/old", None));
+        let sts = build_statefulset(&cluster, &build_config());
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let init = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == "init")
+            .unwrap();
+        let env: std::collections::BTreeMap<&str, String> = init
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["ORDINAL_RECOVERY_URL"], "s3://backups/ns/old");
+        assert_eq!(env["ORDINAL_BACKUP_URL"], "s3://backups/ns/db");
+        assert_eq!(env["ORDINAL_RECOVERY_TARGET_TIME"], "2026-12-05T21:30:00Z");
+        assert_eq!(
+            env["ORDINAL_RECOVERY_CREDENTIALS_DIR"],
+            "/etc/ordinal/recovery"
+        );
+        assert!(!env.contains_key("ORDINAL_RECOVERY_TARGET_LSN"));
+        assert!(
+            init.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/etc/ordinal/recovery")
+        );
+        let secrets: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
+            .collect();
+        assert!(secrets.contains(&"old-store"), "{secrets:?}");
+
+        // Restoring from the prefix it would archive to: refused.
+        let problems = crate::reconcile::validate::validate(&restoring("ns/db", None))
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(problems[0].field, "bootstrap.recovery.source");
+        assert!(
+            problems[0].message.contains("s3://backups/ns/db"),
+            "{problems:?}"
+        );
+        crate::reconcile::validate::validate(&restoring("ns/db", Some("ns/db-2")))
+            .unwrap()
+            .expect("a prefix of its own");
     }
 }

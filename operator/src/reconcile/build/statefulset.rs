@@ -44,6 +44,7 @@ const VOLUME_RUN: &str = "run";
 const VOLUME_SHM: &str = "shm";
 pub(super) const VOLUME_TMP: &str = "tmp";
 pub(super) const VOLUME_BACKUP: &str = "backup-credentials";
+const VOLUME_RECOVERY: &str = "recovery-credentials";
 
 /// Where the `install` container's image keeps the binary.
 pub(super) const IMAGE_ORDINAL_INIT: &str = "/usr/local/bin/ordinal-init";
@@ -241,12 +242,43 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
             env(e::BACKUP_CREDENTIALS_DIR, paths::BACKUP_SECRET_DIR),
         ]);
     }
+    // A new primary restores from here instead of initdb.
+    if let Some(recovery) = cluster
+        .spec
+        .bootstrap
+        .as_ref()
+        .and_then(|b| b.recovery.as_ref())
+        && let Some(source) = super::backup::recovery_source(cluster)
+    {
+        vars.extend([
+            env(e::RECOVERY_URL, &source.url),
+            env(e::RECOVERY_OPTIONS, &source.options),
+            env(e::RECOVERY_CREDENTIALS_DIR, paths::RECOVERY_SECRET_DIR),
+        ]);
+        let target = recovery.target.as_ref();
+        for (name, value) in [
+            (e::RECOVERY_BACKUP, recovery.backup.as_ref()),
+            (
+                e::RECOVERY_TARGET_TIME,
+                target.and_then(|t| t.time.as_ref()),
+            ),
+            (e::RECOVERY_TARGET_LSN, target.and_then(|t| t.lsn.as_ref())),
+            (
+                e::RECOVERY_TARGET_NAME,
+                target.and_then(|t| t.name.as_ref()),
+            ),
+        ] {
+            if let Some(value) = value {
+                vars.push(env(name, value));
+            }
+        }
+    }
     vars
 }
 
 /// The mounts of the containers that run postgres tools.
-fn postgres_mounts() -> Vec<VolumeMount> {
-    vec![
+fn postgres_mounts(cluster: &ValidCluster) -> Vec<VolumeMount> {
+    let mut mounts = vec![
         mount(names::VOLUME_DATA, paths::DATA_MOUNT, false),
         mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
         mount(VOLUME_CONFIG, paths::CONFIG_DIR, true),
@@ -254,7 +286,11 @@ fn postgres_mounts() -> Vec<VolumeMount> {
         mount(VOLUME_REPLICATION, paths::REPLICATION_SECRET_DIR, true),
         mount(VOLUME_RUN, paths::RUN_DIR, false),
         mount(VOLUME_TMP, "/tmp", false),
-    ]
+    ];
+    if super::backup::recovery_source(cluster).is_some() {
+        mounts.push(mount(VOLUME_RECOVERY, paths::RECOVERY_SECRET_DIR, true));
+    }
+    mounts
 }
 
 fn install_container(config: &BuildConfig) -> Container {
@@ -292,7 +328,7 @@ fn init_container(cluster: &ValidCluster) -> Container {
             .map(|p| p.as_str().to_owned()),
         command: Some(vec![paths::ORDINAL_INIT.to_owned(), "init".to_owned()]),
         env: Some(ordinal_env(cluster)),
-        volume_mounts: Some(postgres_mounts()),
+        volume_mounts: Some(postgres_mounts(cluster)),
         security_context: Some(restricted()),
         resources: cluster.spec.resources.clone(),
         ..Container::default()
@@ -311,7 +347,7 @@ fn health_get(path: &str) -> Option<HTTPGetAction> {
 }
 
 fn postgres_container(cluster: &ValidCluster) -> Container {
-    let mut mounts = postgres_mounts();
+    let mut mounts = postgres_mounts(cluster);
     mounts.push(mount(VOLUME_SHM, "/dev/shm", false));
     // The archive_command runs here.
     if cluster.spec.backup.is_some() {
@@ -444,6 +480,10 @@ fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
         empty_dir(VOLUME_TMP, None),
     ];
     volumes.extend(backup_credentials_volume(cluster));
+    volumes.extend(
+        super::backup::recovery_source(cluster)
+            .map(|source| credentials_volume(VOLUME_RECOVERY, &source)),
+    );
     volumes
 }
 
@@ -451,7 +491,11 @@ fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
 /// reads it as.
 pub(super) fn backup_credentials_volume(cluster: &ValidCluster) -> Option<Volume> {
     let archive = super::backup::archive(cluster)?;
-    let mut volume = secret_volume(VOLUME_BACKUP, &archive.secret);
+    Some(credentials_volume(VOLUME_BACKUP, &archive))
+}
+
+fn credentials_volume(name: &str, archive: &super::backup::Archive) -> Volume {
+    let mut volume = secret_volume(name, &archive.secret);
     if let Some(source) = volume.secret.as_mut() {
         source.items = Some(
             archive
@@ -465,7 +509,7 @@ pub(super) fn backup_credentials_volume(cluster: &ValidCluster) -> Option<Volume
                 .collect(),
         );
     }
-    Some(volume)
+    volume
 }
 
 fn topology_spread(cluster: &ValidCluster) -> Vec<TopologySpreadConstraint> {
