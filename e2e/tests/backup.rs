@@ -8,11 +8,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use ordinal_crds::{
-    BackupPhase, BackupSpec, BackupTarget, PostgresBackup, PostgresBackupSpec,
-    PostgresBackupStatus, PostgresClusterSpec, S3Store,
+    BackupPhase, BackupSpec, BackupTarget, BootstrapSpec, PostgresBackup, PostgresBackupSpec,
+    PostgresBackupStatus, PostgresClusterSpec, PostgresClusterStatus, RecoverySource, RecoverySpec,
+    RecoveryTargetSpec, S3Store, names,
 };
 use ordinal_e2e::cluster::{Harness, Loss};
 
@@ -107,10 +108,16 @@ async fn backed_up(
         ),
         ..Secret::default()
     };
-    h.api::<Secret>()
+    match h
+        .api::<Secret>()
         .create(&PostParams::default(), &secret)
         .await
-        .expect("the credentials Secret");
+    {
+        Ok(_) => {}
+        // Made for another cluster of the test.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("the credentials Secret: {e}"),
+    }
 
     let mut spec = h.spec(replicas);
     spec.backup = Some(BackupSpec {
@@ -292,4 +299,181 @@ async fn a_base_backup_is_read_from_a_replica_and_restores() {
         "{}",
         out.stdout
     );
+}
+
+/// `SELECT id FROM t ORDER BY id` through the cluster's primary.
+async fn ids(h: &Harness, cluster: &str) -> Vec<i64> {
+    let status = h.status(cluster).await;
+    let primary = status.current_primary.expect("a primary");
+    h.sql(cluster, &primary)
+        .await
+        .query("SELECT id FROM t ORDER BY id", &[])
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A new cluster with `spec.bootstrap.recovery` (and an archive of its own).
+async fn restore(
+    h: &Harness,
+    name: &str,
+    replicas: i32,
+    source_prefix: &str,
+    time: Option<&str>,
+) -> PostgresClusterStatus {
+    let mut spec = backed_up(h, replicas, 10).await;
+    let own = spec.backup.as_mut().expect("backup");
+    let source = own.clone();
+    own.prefix = Some(format!("{source_prefix}-{name}"));
+    spec.bootstrap = Some(BootstrapSpec {
+        recovery: Some(RecoverySpec {
+            source: RecoverySource {
+                s3: source.s3,
+                gcs: None,
+                azure: None,
+                prefix: source_prefix.to_owned(),
+                credentials_secret: source.credentials_secret,
+            },
+            backup: None,
+            target: time.map(|t| RecoveryTargetSpec {
+                time: Some(t.to_owned()),
+                lsn: None,
+                name: None,
+            }),
+        }),
+    });
+    h.apply(name, &spec).await;
+    h.wait_ready(name, replicas).await
+}
+
+/// Point-in-time recovery on the real cluster: a new cluster bootstrapped
+/// from the source's base backup and archive to a moment between two
+/// known commits holds exactly the rows committed before it, streams to
+/// its replica and archives its own timeline; after the source cluster and
+/// its volumes are deleted, another restores to the end of the archive
+/// and holds every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_cluster_restores_to_a_point_in_time_and_after_its_source_is_gone() {
+    let h = Harness::new("a_new_cluster_restores_to_a_point_in_time_and_after_its_source_is_gone")
+        .await;
+    let spec = backed_up(&h, 2, 10).await;
+    let prefix = spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.prefix.clone())
+        .expect("prefix");
+    h.apply(CLUSTER, &spec).await;
+    let status = h.wait_ready(CLUSTER, 2).await;
+    let primary = status.current_primary.expect("a primary");
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute(
+        "CREATE TABLE t (id bigint PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT i, repeat('a', 200) FROM generate_series(1, 1000) i",
+    )
+    .await
+    .expect("before the backup");
+    h.api::<PostgresBackup>()
+        .create(
+            &PostParams::default(),
+            &PostgresBackup::new(
+                "base",
+                PostgresBackupSpec {
+                    cluster: CLUSTER.to_owned(),
+                    target: BackupTarget::PreferStandby,
+                },
+            ),
+        )
+        .await
+        .expect("create the PostgresBackup");
+    let done = finished(&h, "base").await;
+    assert_eq!(done.phase, Some(BackupPhase::Completed), "{done:?}");
+
+    // Commits after the backup, one before a known moment, one after.
+    sql.batch_execute("INSERT INTO t SELECT i, 'b' FROM generate_series(1001, 1500) i")
+        .await
+        .expect("after the backup");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let between: String = sql
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .expect("now")
+        .get(0);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sql.batch_execute("INSERT INTO t SELECT i, 'c' FROM generate_series(1501, 2000) i")
+        .await
+        .expect("after the moment");
+    switch_and_wait_archived(&h, &primary).await;
+    drop(sql);
+
+    let pitr = restore(&h, "pitr", 2, &prefix, Some(&between)).await;
+    assert_eq!(
+        ids(&h, "pitr").await,
+        (1..=1500).collect::<Vec<i64>>(),
+        "restored to {between}"
+    );
+    let pitr_primary = pitr.current_primary.expect("a primary");
+    // Its own timeline, archived under its own prefix.
+    let timeline: i32 = h
+        .sql("pitr", &pitr_primary)
+        .await
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await
+        .expect("timeline")
+        .get(0);
+    assert!(timeline >= 2, "timeline {timeline}");
+    let sql = h.sql("pitr", &pitr_primary).await;
+    let segment: String = sql
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .expect("switch")
+        .get(0);
+    h.wait_until(&format!("pitr archives {segment}"), async || {
+        let row = h
+            .try_sql("pitr", &pitr_primary)
+            .await?
+            .query_one(
+                "SELECT archived_count, failed_count, last_archived_wal FROM pg_stat_archiver",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (archived, failed, last): (i64, i64, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        assert_eq!(failed, 0, "archive failures of the restored cluster");
+        match last {
+            Some(last) if archived > 0 && last >= segment => Ok(()),
+            other => Err(format!("{archived} archived, the last {other:?}")),
+        }
+    })
+    .await;
+
+    // The source, and its volumes, gone.
+    h.clusters()
+        .delete(CLUSTER, &Default::default())
+        .await
+        .expect("delete the source cluster");
+    h.wait_for("the source's pods are gone", async || {
+        h.cluster_pods(CLUSTER).await.is_ok_and(|p| p.is_empty())
+    })
+    .await;
+    let pvcs = h.api::<PersistentVolumeClaim>();
+    pvcs.delete_collection(
+        &Default::default(),
+        &ListParams::default().labels(&format!("{}={CLUSTER}", names::LABEL_CLUSTER)),
+    )
+    .await
+    .expect("delete the source's volumes");
+    h.wait_for("the source's volumes are gone", async || {
+        pvcs.list(&ListParams::default().labels(&format!("{}={CLUSTER}", names::LABEL_CLUSTER)))
+            .await
+            .is_ok_and(|l| l.items.is_empty())
+    })
+    .await;
+    restore(&h, "latest", 1, &prefix, None).await;
+    assert_eq!(ids(&h, "latest").await, (1..=2000).collect::<Vec<i64>>());
 }

@@ -97,9 +97,10 @@ fn recovery_options(socket_dir: &Path, port: u16, recovery: &Recovery, init: &Pa
         // source's synchronous standbys.
         "synchronous_standby_names=''".to_owned(),
         // The new cluster archives its own timeline from its first real
-        // start: the segments of this run stay ready for it.
+        // start: with archive_mode on and no command, the segments of this
+        // run wait, ready, for it (a failing command would count failures).
         "archive_mode=on".to_owned(),
-        "archive_command='/bin/false'".to_owned(),
+        "archive_command=''".to_owned(),
     ];
     match &recovery.target {
         RecoveryTarget::Latest => {}

@@ -503,6 +503,13 @@ async fn a_base_backup_from_a_replica_restores_to_a_point_in_time() {
         if let Some(t) = target {
             pod.env("ORDINAL_RECOVERY_TARGET_TIME", t);
         }
+        // Archiving, as a restored cluster does, under a prefix of its own.
+        let own = format!("cluster-b-restored-{rows}");
+        backup_env(&pod, &minio, &own, &creds);
+        append_conf(
+            &pod,
+            &format!("archive_mode = on\narchive_command = '{init} wal-push %p %f'"),
+        );
         restored.set_state("db-0", false, 0);
         let out = pod.init();
         assert!(out.status.success(), "restore by init: {}", stderr(&out));
@@ -524,6 +531,26 @@ async fn a_base_backup_from_a_replica_restores_to_a_point_in_time() {
             .unwrap();
         assert_eq!(count, rows, "restored to {target:?}");
         assert!(timeline >= 2, "a timeline of its own: {timeline}");
+        // It archives its own timeline (the history file, the segments
+        // of the recovery's end), and nothing has failed, then or before.
+        let last: String = sql
+            .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+            .await
+            .unwrap()
+            .get(0);
+        wait_archived(&pod, &last).await;
+        let history = pod.data_mount.join("history");
+        let out = pod
+            .init_command()
+            .args(["wal-fetch", &format!("{timeline:08X}.history")])
+            .arg(&history)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{own} holds the new timeline's history: {}",
+            stderr(&out)
+        );
         // Nothing of the source's ALTER SYSTEM settings remains.
         let auto = std::fs::read_to_string(pod.pgdata.join("postgresql.auto.conf")).unwrap();
         assert!(!auto.contains("primary_conninfo"), "{auto}");
