@@ -87,6 +87,54 @@ pub struct PostgresClusterStatus {
     /// The last failover or switchover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+
+    /// The primary's WAL archiving (spec.backup), as the failover loop
+    /// last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveStatus>,
+
+    /// The cluster's base backups (its completed PostgresBackups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupsStatus>,
+}
+
+/// WAL archiving on the primary. The last archived file bounds what a
+/// restore can reach: it is the last recoverability point.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_wal: Option<String>,
+    /// RFC 3339: the last recoverability point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_time: Option<String>,
+    /// How long the oldest segment waiting to be archived has waited, in
+    /// whole seconds (0: none waits).
+    #[serde(default)]
+    pub lag_seconds: i64,
+    /// Failed attempts since the primary's statistics began.
+    #[serde(default)]
+    pub failures: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed_wal: Option<String>,
+}
+
+/// The base backups of the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupsStatus {
+    /// Completed base backups.
+    #[serde(default)]
+    pub completed: i32,
+    /// The PostgresBackup completed last, and when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<String>,
+    /// The end of the oldest completed base backup (RFC 3339): the
+    /// earliest moment a restore can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_point: Option<String>,
 }
 
 impl PostgresClusterStatus {

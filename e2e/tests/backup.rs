@@ -255,6 +255,39 @@ async fn a_base_backup_is_read_from_a_replica_and_restores() {
             .is_some_and(|l| l.ends_with(&format!("/base/{}/", done.id.as_deref().unwrap_or("?")))),
         "{done:?}"
     );
+    // The cluster's status and the operator's metrics say so too.
+    let cluster = h
+        .wait_until("status.backups and status.archive", async || {
+            let status = h.try_status(CLUSTER).await?;
+            match (&status.backups, &status.archive) {
+                (Some(b), Some(a)) if b.completed == 1 && a.last_archived_wal.is_some() => {
+                    Ok(status)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    let summary = cluster.backups.expect("backups");
+    assert_eq!(summary.last_backup.as_deref(), Some("first"));
+    assert_eq!(summary.first_recoverability_point, done.completed_at);
+    assert_eq!(cluster.archive.expect("archive").failures, 0);
+    let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
+    let page = h.operator_metrics().await;
+    for series in [
+        "ordinal_backup_last_success_timestamp_seconds",
+        "ordinal_backup_duration_seconds",
+        "ordinal_wal_archive_lag_seconds",
+    ] {
+        assert!(
+            page.contains(&format!("{series}{labels}")),
+            "{series}{labels} not in the operator's metrics"
+        );
+    }
+    assert!(
+        page.contains(&format!("ordinal_wal_archive_failures_total{labels} 0")),
+        "no archive failure counted"
+    );
+
     let orphan = backups
         .get("orphan")
         .await
@@ -476,4 +509,99 @@ async fn a_new_cluster_restores_to_a_point_in_time_and_after_its_source_is_gone(
     .await;
     restore(&h, "latest", 1, &prefix, None).await;
     assert_eq!(ids(&h, "latest").await, (1..=2000).collect::<Vec<i64>>());
+}
+
+/// Wrong store credentials: the cluster still runs, its status and the
+/// operator's metrics count the archiver's failures and name the file, and
+/// a PostgresBackup fails with the store's own refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_store_credentials_are_reported_and_lose_nothing() {
+    let h = Harness::new("wrong_store_credentials_are_reported_and_lose_nothing").await;
+    let mut spec = backed_up(&h, 1, 10).await;
+    let wrong = Secret {
+        metadata: ObjectMeta {
+            name: Some("wrong".to_owned()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            [
+                ("ACCESS_KEY_ID".to_owned(), "nobody".to_owned()),
+                ("SECRET_ACCESS_KEY".to_owned(), "not-the-key".to_owned()),
+            ]
+            .into(),
+        ),
+        ..Secret::default()
+    };
+    h.api::<Secret>()
+        .create(&PostParams::default(), &wrong)
+        .await
+        .expect("the wrong Secret");
+    spec.backup.as_mut().expect("backup").credentials_secret = "wrong".to_owned();
+    h.apply(CLUSTER, &spec).await;
+    let status = h.wait_ready(CLUSTER, 1).await;
+    let primary = status.current_primary.expect("a primary");
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()")
+        .await
+        .expect("writes go on");
+
+    let archive = h
+        .wait_until("status.archive counts failures", async || {
+            let status = h.try_status(CLUSTER).await?;
+            match status.archive {
+                Some(a) if a.failures > 0 && a.last_failed_wal.is_some() => Ok(a),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    assert!(archive.last_archived_wal.is_none(), "{archive:?}");
+    let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
+    h.wait_until("the failures reach the metrics", async || {
+        let page = h.operator_metrics().await;
+        let counted = page
+            .lines()
+            .find(|l| l.starts_with(&format!("ordinal_wal_archive_failures_total{labels}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        match counted {
+            Some(n) if n > 0.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // The segment waits on the primary, not lost.
+    let ready = h
+        .exec(
+            &primary,
+            "postgres",
+            &["sh", "-c", "ls $PGDATA/pg_wal/archive_status"],
+        )
+        .await
+        .expect("exec");
+    assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
+
+    h.api::<PostgresBackup>()
+        .create(
+            &PostParams::default(),
+            &PostgresBackup::new(
+                "refused",
+                PostgresBackupSpec {
+                    cluster: CLUSTER.to_owned(),
+                    target: BackupTarget::PreferStandby,
+                },
+            ),
+        )
+        .await
+        .expect("create the PostgresBackup");
+    let refused = finished(&h, "refused").await;
+    assert_eq!(refused.phase, Some(BackupPhase::Failed), "{refused:?}");
+    let message = refused.message.unwrap_or_default();
+    assert!(
+        message.contains("cannot upload") && message.contains("Access Key"),
+        "{message}"
+    );
+    assert_eq!(
+        refused.instance.as_deref(),
+        Some(primary.as_str()),
+        "no replica: the primary"
+    );
 }

@@ -20,7 +20,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use ordinal_crds::{
-    BackupManifest, BackupPhase, BackupTarget, PostgresBackup, PostgresBackupStatus,
+    BackupManifest, BackupPhase, BackupTarget, BackupsStatus, PostgresBackup, PostgresBackupStatus,
     PostgresCluster, PostgresClusterStatus, Role, names,
 };
 use serde_json::json;
@@ -282,6 +282,7 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
         announce(&ctx, &backup, &status, &next).await;
         if next.phase == Some(BackupPhase::Completed) {
             record(&ctx, &namespace, cluster, &next);
+            write_cluster_backups(&ctx, &namespace, cluster).await?;
         }
     }
     Ok(match next.phase {
@@ -453,6 +454,67 @@ async fn announce(
         tracing::warn!(%error, reason, "failed to publish an event");
     }
 }
+
+/// The cluster's base backups as its status shows them, from its
+/// PostgresBackups.
+pub fn summarize(backups: &[PostgresBackup], cluster: &str) -> BackupsStatus {
+    let mut completed: Vec<(&str, &str)> = backups
+        .iter()
+        .filter(|b| b.spec.cluster == cluster)
+        .filter_map(|b| {
+            let s = b.status.as_ref()?;
+            (s.phase == Some(BackupPhase::Completed))
+                .then(|| Some((s.completed_at.as_deref()?, b.metadata.name.as_deref()?)))?
+        })
+        .collect();
+    completed.sort();
+    BackupsStatus {
+        completed: i32::try_from(completed.len()).unwrap_or(i32::MAX),
+        last_backup: completed.last().map(|(_, name)| (*name).to_owned()),
+        last_backup_time: completed.last().map(|(at, _)| (*at).to_owned()),
+        first_recoverability_point: completed.first().map(|(at, _)| (*at).to_owned()),
+    }
+}
+
+/// `status.backups` of the cluster, written by this controller's own field
+/// manager (the failover loop and the reconciler own the rest).
+async fn write_cluster_backups(
+    ctx: &Context,
+    namespace: &str,
+    cluster: &str,
+) -> Result<(), BackupError> {
+    let backups: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    let all = backups
+        .list(&ListParams::default())
+        .await
+        .map_err(api_error("list the cluster's backups", namespace, cluster))?;
+    let body = json!({
+        "apiVersion": PostgresCluster::api_version(&()),
+        "kind": PostgresCluster::kind(&()),
+        "status": { "backups": summarize(&all.items, cluster) },
+    });
+    let clusters: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), namespace);
+    match clusters
+        .patch_status(
+            cluster,
+            &PatchParams::apply(BACKUPS_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // The cluster is gone; its backups stay in the store.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(api_error(
+            "write the cluster's status.backups",
+            namespace,
+            cluster,
+        )(source)),
+    }
+}
+
+/// The field manager of `status.backups`.
+const BACKUPS_MANAGER: &str = "ordinal-backups";
 
 /// The backup series of the cluster, from a completed backup's status.
 fn record(ctx: &Context, namespace: &str, cluster: &str, status: &PostgresBackupStatus) {

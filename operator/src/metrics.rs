@@ -37,6 +37,8 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("ordinal_probe_duration_seconds", "histogram"),
     ("ordinal_backup_last_success_timestamp_seconds", "gauge"),
     ("ordinal_backup_duration_seconds", "gauge"),
+    ("ordinal_wal_archive_lag_seconds", "gauge"),
+    ("ordinal_wal_archive_failures_total", "counter"),
 ];
 
 /// Metrics fed by the controller and the failover loops.
@@ -60,6 +62,10 @@ pub struct Metrics {
     pub failover_lost_bytes: IntGaugeVec,
     pub backup_last_success: GaugeVec,
     pub backup_duration: GaugeVec,
+    pub archive_lag: GaugeVec,
+    pub archive_failures: IntCounterVec,
+    /// The archiver's failed_count last seen, per (namespace, cluster).
+    archive_failed_seen: Arc<Mutex<HashMap<(String, String), i64>>>,
     /// The pods with series, per (namespace, cluster).
     pods: Arc<Mutex<PodsByCluster>>,
 }
@@ -184,6 +190,21 @@ impl Metrics {
                 ),
                 CLUSTER,
             )?,
+            archive_lag: GaugeVec::new(
+                Opts::new(
+                    "ordinal_wal_archive_lag_seconds",
+                    "How long the primary's oldest WAL segment waiting to be archived has waited (0: none waits)",
+                ),
+                CLUSTER,
+            )?,
+            archive_failures: IntCounterVec::new(
+                Opts::new(
+                    "ordinal_wal_archive_failures_total",
+                    "Failed attempts of the primary's archive_command, as pg_stat_archiver counts them",
+                ),
+                CLUSTER,
+            )?,
+            archive_failed_seen: Arc::default(),
             pods: Arc::default(),
             registry,
         };
@@ -212,6 +233,8 @@ impl Metrics {
             Box::new(self.failover_lost_bytes.clone()),
             Box::new(self.backup_last_success.clone()),
             Box::new(self.backup_duration.clone()),
+            Box::new(self.archive_lag.clone()),
+            Box::new(self.archive_failures.clone()),
         ]
     }
 
@@ -364,6 +387,11 @@ impl Metrics {
         let _ = self.failover_lost_bytes.remove_label_values(&labels);
         let _ = self.backup_last_success.remove_label_values(&labels);
         let _ = self.backup_duration.remove_label_values(&labels);
+        let _ = self.archive_lag.remove_label_values(&labels);
+        let _ = self.archive_failures.remove_label_values(&labels);
+        if let Ok(mut seen) = self.archive_failed_seen.lock() {
+            seen.remove(&(namespace.to_owned(), cluster.to_owned()));
+        }
         for phase in PHASES {
             let _ = self
                 .failover_phase_seconds
@@ -374,6 +402,37 @@ impl Metrics {
                 .reconcile_errors
                 .remove_label_values(&[namespace, cluster, reason]);
         }
+    }
+
+    /// The primary's archiver, from a round of probes: the lag as it is,
+    /// and the failures it counted since the last round (its count starts
+    /// again at 0 when the server restarts or a replica is promoted).
+    pub fn observe_archiver(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        archiver: Option<&crate::failover::pg::Archiver>,
+    ) {
+        let Some(archiver) = archiver else {
+            return;
+        };
+        let labels = [namespace, cluster];
+        self.archive_lag
+            .with_label_values(&labels)
+            .set(archiver.lag_seconds);
+        let counter = self.archive_failures.with_label_values(&labels);
+        let Ok(mut seen) = self.archive_failed_seen.lock() else {
+            return;
+        };
+        let last = seen.insert((namespace.to_owned(), cluster.to_owned()), archiver.failed);
+        let new = match last {
+            Some(last) if archiver.failed >= last => archiver.failed - last,
+            // Counted from 0 again (another primary, a restart).
+            Some(_) => archiver.failed,
+            // The first look: a counter starts at 0, not at the history.
+            None => 0,
+        };
+        counter.inc_by(new.max(0) as u64);
     }
 
     /// A completed base backup of the cluster: the latest one sets the

@@ -160,6 +160,39 @@ impl Harness {
     }
 
     /// The API of a namespaced kind in the test's namespace.
+    /// The operator's `/metrics` pages: the spawned one's, or those of
+    /// every pod of the one running in the cluster (only the leader's
+    /// carry cluster series), read at the pods' addresses.
+    pub async fn operator_metrics(&self) -> String {
+        if let Some(operator) = &self.operator {
+            return operator.metrics().await.unwrap_or_default();
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "ordinal-system");
+        let Ok(list) = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=ordinal-operator"))
+            .await
+        else {
+            return String::new();
+        };
+        let mut text = String::new();
+        for pod in list.items {
+            let Some(ip) = pod
+                .status
+                .and_then(|s| s.pod_ip)
+                .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            else {
+                continue;
+            };
+            let addr = std::net::SocketAddr::new(ip, 8080);
+            text.push_str(
+                &super::operator::http_get_body(addr, "/metrics")
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        text
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope>,

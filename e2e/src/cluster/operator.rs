@@ -203,6 +203,30 @@ pub(super) fn operator_exited() -> Option<String> {
     ))
 }
 
+impl OperatorLease {
+    /// The spawned operator's `/metrics` page.
+    pub(super) async fn metrics(&self) -> Option<String> {
+        http_get_body(self.addr, "/metrics").await
+    }
+}
+
+/// The body of `GET path` on `addr`, None when it does not answer.
+pub(super) async fn http_get_body(addr: SocketAddr, path: &str) -> Option<String> {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// The status code of `GET path` on `addr`, None when it does not answer.
 async fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let attempt = async {

@@ -161,3 +161,51 @@ fn a_completed_status_says_what_and_where() {
     assert!(status.finished());
     assert_eq!(human_bytes(512), "512B");
 }
+
+#[test]
+fn the_cluster_counts_its_completed_backups() {
+    let backup = |name: &str, cluster: &str, phase, completed: Option<&str>| {
+        let mut b = PostgresBackup::new(
+            name,
+            ordinal_crds::PostgresBackupSpec {
+                cluster: cluster.to_owned(),
+                target: BackupTarget::PreferStandby,
+            },
+        );
+        b.status = Some(PostgresBackupStatus {
+            phase: Some(phase),
+            completed_at: completed.map(str::to_owned),
+            ..PostgresBackupStatus::default()
+        });
+        b
+    };
+    let all = [
+        backup(
+            "b2",
+            "db",
+            BackupPhase::Completed,
+            Some("2026-12-02T00:00:00Z"),
+        ),
+        backup(
+            "b1",
+            "db",
+            BackupPhase::Completed,
+            Some("2026-12-01T00:00:00Z"),
+        ),
+        backup("b3", "db", BackupPhase::Failed, None),
+        backup(
+            "x",
+            "other",
+            BackupPhase::Completed,
+            Some("2026-12-03T00:00:00Z"),
+        ),
+    ];
+    let s = summarize(&all, "db");
+    assert_eq!(s.completed, 2);
+    assert_eq!(s.last_backup.as_deref(), Some("b2"));
+    assert_eq!(
+        s.first_recoverability_point.as_deref(),
+        Some("2026-12-01T00:00:00Z")
+    );
+    assert_eq!(summarize(&all, "none"), BackupsStatus::default());
+}

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use ordinal_crds::{InstanceStatus, ReplicationMode, Role};
+use ordinal_crds::{ArchiveStatus, InstanceStatus, ReplicationMode, Role};
 
-use super::pg::{InstanceProbe, ProbeError, ProbeFailure, format_lsn};
+use super::pg::{self, InstanceProbe, ProbeError, ProbeFailure, format_lsn};
 use super::seam::{Member, PodState, Settings};
 
 /// A probe's outcome per member name.
@@ -491,6 +491,29 @@ pub fn instances(members: &[Member], probes: &Probes) -> Vec<InstanceStatus> {
 }
 
 /// The largest lag, for `kubectl get` (e.g. "0", "12KiB", "3MiB").
+/// The archiver of the writable primary among `probes`, if it archives.
+pub fn archiver(probes: &Probes) -> Option<&pg::Archiver> {
+    probes
+        .values()
+        .filter_map(|p| p.as_ref().ok())
+        .find(|p| !p.in_recovery)
+        .and_then(|p| p.archiver.as_ref())
+}
+
+/// The archiver as the cluster's status shows it.
+pub fn archive_status(archiver: &pg::Archiver) -> ArchiveStatus {
+    ArchiveStatus {
+        last_archived_wal: archiver.last_archived_wal.clone(),
+        last_archived_time: archiver
+            .last_archived_at
+            .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+            .map(|t| t.to_string()),
+        lag_seconds: archiver.lag_seconds as i64,
+        failures: archiver.failed,
+        last_failed_wal: archiver.last_failed_wal.clone(),
+    }
+}
+
 pub fn max_lag(instances: &[InstanceStatus]) -> Option<String> {
     let max = instances.iter().filter_map(|i| i.lag_bytes).max()?;
     Some(human_bytes(max))

@@ -45,6 +45,21 @@ struct Timing {
     intent_at: Option<std::time::SystemTime>,
 }
 
+/// What a report is compared by: the instances as a person reads them,
+/// why a failover waits, the synchronous set, the archive's failures.
+type ReportKey = (
+    Vec<InstanceStatus>,
+    Option<String>,
+    Option<SynchronousSet>,
+    Option<(i64, Option<String>)>,
+);
+/// The figures a report refreshes while they move.
+type ReportFigures = (
+    Vec<InstanceStatus>,
+    Option<u64>,
+    Option<ordinal_crds::ArchiveStatus>,
+);
+
 pub struct FailoverLoop<S> {
     seam: S,
     metrics: Option<Metrics>,
@@ -56,11 +71,11 @@ pub struct FailoverLoop<S> {
     timing: Timing,
     interval: Duration,
     probe_seconds: f64,
-    last_report: Option<(Vec<InstanceStatus>, Option<String>, Option<SynchronousSet>)>,
+    last_report: Option<ReportKey>,
     last_report_at: Option<Instant>,
     /// The figures last written (positions, lags): an idle cluster's do
     /// not move, and are not written again.
-    last_figures: Option<(Vec<InstanceStatus>, Option<u64>)>,
+    last_figures: Option<ReportFigures>,
     /// Why the loop was last blocked (logged when it changes).
     last_blocked: Option<String>,
     /// The probes' sessions, kept between looks.
@@ -644,6 +659,7 @@ impl<S: Seam> FailoverLoop<S> {
                 blocked: Some(why),
                 primary_lsn: self.memory.last_primary_lsn,
                 synchronous: Some(set),
+                archive: decide::archiver(probes).map(decide::archive_status),
             })
             .await
     }
@@ -749,6 +765,7 @@ impl<S: Seam> FailoverLoop<S> {
         synchronous: Option<SynchronousSet>,
     ) -> Result<(), FailoverError> {
         let instances = decide::instances(&obs.members, probes);
+        let archiver = decide::archiver(probes);
         if let Some(metrics) = &self.metrics {
             metrics.observe_instances(
                 &obs.namespace,
@@ -757,7 +774,9 @@ impl<S: Seam> FailoverLoop<S> {
                 self.probe_seconds,
                 &instances,
             );
+            metrics.observe_archiver(&obs.namespace, &obs.cluster, archiver);
         }
+        let archive = archiver.map(decide::archive_status);
         // Positions move with every write: compare what a person reads.
         let summary: Vec<InstanceStatus> = instances
             .iter()
@@ -768,8 +787,17 @@ impl<S: Seam> FailoverLoop<S> {
                 ..i.clone()
             })
             .collect();
-        let key = (summary, blocked.clone(), synchronous.clone());
-        let figures = (instances.clone(), self.memory.last_primary_lsn);
+        // A new archive failure is reported at once; the lag and the last
+        // archived file with the figures.
+        let failing = archive
+            .as_ref()
+            .map(|a| (a.failures, a.last_failed_wal.clone()));
+        let key = (summary, blocked.clone(), synchronous.clone(), failing);
+        let figures = (
+            instances.clone(),
+            self.memory.last_primary_lsn,
+            archive.clone(),
+        );
         // The figures are refreshed every REPORT_REFRESH while they move.
         let fresh = self
             .last_report_at
@@ -784,6 +812,7 @@ impl<S: Seam> FailoverLoop<S> {
                 blocked,
                 primary_lsn: self.memory.last_primary_lsn,
                 synchronous,
+                archive,
             })
             .await?;
         self.last_report = Some(key);

@@ -1132,6 +1132,11 @@ impl Seam for KubeSeam {
                 }],
             }
         });
+        let mut body = body;
+        // Present only while the primary archives (no null in an apply).
+        if let Some(archive) = &report.archive {
+            body["status"]["archive"] = json!(archive);
+        }
         self.clusters()
             .patch_status(
                 &self.cluster,

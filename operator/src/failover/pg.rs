@@ -128,6 +128,23 @@ pub struct InstanceProbe {
     /// use (the housekeeping needs no query of its own when nothing is to
     /// change).
     pub slots: Option<Vec<(String, bool)>>,
+    /// Primary with WAL archiving on: its archiver.
+    pub archiver: Option<Archiver>,
+}
+
+/// A primary's WAL archiver, as `pg_stat_archiver` and its
+/// `archive_status` directory show it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Archiver {
+    /// Failed attempts since the server's statistics began.
+    pub failed: i64,
+    pub last_archived_wal: Option<String>,
+    /// Unix seconds.
+    pub last_archived_at: Option<i64>,
+    pub last_failed_wal: Option<String>,
+    /// How long the oldest segment waiting to be archived has waited (0:
+    /// none waits).
+    pub lag_seconds: f64,
 }
 
 impl InstanceProbe {
@@ -474,7 +491,17 @@ SELECT pg_is_in_recovery(),
                FROM pg_stat_replication) END,
        CASE WHEN NOT pg_is_in_recovery() THEN
             (SELECT COALESCE(string_agg(slot_name || ' ' || active, ','), '')
-               FROM pg_replication_slots WHERE slot_type = 'physical') END";
+               FROM pg_replication_slots WHERE slot_type = 'physical') END,
+       CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off' THEN
+            (SELECT failed_count FROM pg_stat_archiver) END,
+       CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off' THEN
+            (SELECT last_archived_wal || ' ' || extract(epoch FROM last_archived_time)::bigint
+               FROM pg_stat_archiver) END,
+       CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off' THEN
+            (SELECT last_failed_wal FROM pg_stat_archiver) END,
+       CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off' THEN
+            COALESCE((SELECT extract(epoch FROM now() - min(modification))::float8
+                        FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), 0) END";
 
 /// The `host:port` a libpq conninfo string points at (port 5432 when it
 /// names none), "" when it names no host.
@@ -615,6 +642,22 @@ async fn query_probe(session: &mut Session, target: &str) -> Result<InstanceProb
         slots: row
             .get::<_, Option<String>>(11)
             .map(|list| parse_slots(&list)),
+        archiver: row.get::<_, Option<i64>>(12).map(|failed| {
+            let last: Option<String> = row.get(13);
+            let (wal, at) = last
+                .as_deref()
+                .and_then(|l| l.split_once(' '))
+                .map_or((None, None), |(wal, at)| {
+                    (Some(wal.to_owned()), at.parse::<i64>().ok())
+                });
+            Archiver {
+                failed,
+                last_archived_wal: wal,
+                last_archived_at: at,
+                last_failed_wal: row.get(14),
+                lag_seconds: row.get::<_, Option<f64>>(15).unwrap_or(0.0).max(0.0),
+            }
+        }),
     })
 }
 

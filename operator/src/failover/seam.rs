@@ -145,6 +145,8 @@ pub struct Report {
     /// record when they changed (None: leave as recorded).
     pub primary_lsn: Option<u64>,
     pub synchronous: Option<SynchronousSet>,
+    /// The primary's WAL archiving, when it archives.
+    pub archive: Option<ordinal_crds::ArchiveStatus>,
 }
 
 /// Credentials the loop needs: the superuser to probe and promote, the

@@ -63,7 +63,38 @@ fn fed() -> Metrics {
     );
     m.record_failover("ns", "db", &record());
     m.record_backup("ns", "db", 1_796_000_000.0, 42.5);
+    m.observe_archiver("ns", "db", Some(&archiver(3, 12.0)));
     m
+}
+
+fn archiver(failed: i64, lag_seconds: f64) -> crate::failover::pg::Archiver {
+    crate::failover::pg::Archiver {
+        failed,
+        lag_seconds,
+        ..Default::default()
+    }
+}
+
+/// The archiver's own count is history at the first look, and starts
+/// again at 0 on another primary: the counter only ever adds what failed
+/// since the last look.
+#[test]
+fn archive_failures_count_what_failed_since_the_last_look() {
+    let m = Metrics::new().expect("metrics");
+    let failures = || m.archive_failures.with_label_values(&["ns", "db"]).get();
+    m.observe_archiver("ns", "db", Some(&archiver(7, 0.0)));
+    assert_eq!(failures(), 0);
+    m.observe_archiver("ns", "db", Some(&archiver(9, 30.0)));
+    assert_eq!(failures(), 2);
+    // A promoted replica counts from 0.
+    m.observe_archiver("ns", "db", Some(&archiver(1, 0.0)));
+    assert_eq!(failures(), 3);
+    m.observe_archiver("ns", "db", None);
+    assert_eq!(failures(), 3);
+    assert!(
+        m.render()
+            .contains("ordinal_wal_archive_lag_seconds{cluster=\"db\",namespace=\"ns\"} 0")
+    );
 }
 
 #[test]

@@ -56,6 +56,7 @@ fn replica(received: u64, streaming: bool) -> Result<InstanceProbe, ProbeError> 
         last_message_age: Some(0.5),
         standbys: Vec::new(),
         slots: None,
+        archiver: None,
     })
 }
 
