@@ -171,4 +171,8 @@ pub struct BackupManifest {
     /// PGDATA's size, and the compressed object's.
     pub data_bytes: u64,
     pub stored_bytes: u64,
+    /// In the report only: the base backups the retention policy deleted
+    /// after this one completed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<String>,
 }

@@ -533,6 +533,39 @@ pub struct BackupSpec {
     #[serde(default = "default_archive_timeout")]
     #[schemars(range(min = 10, max = 3600))]
     pub archive_timeout_seconds: i32,
+    /// Base backups on a schedule: a five-field cron expression, in UTC
+    /// (`0 3 * * *`: every day at 03:00), or `@daily`, `@hourly`… Each run
+    /// is a PostgresBackup named `<cluster>-<yyyymmddhhmm>`; a run missed
+    /// while the operator was down is taken once, late, not every one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    #[x_kube(validation = Rule::new("self.matches('^@[a-z]+$') || self.matches('^\\\\S+(\\\\s+\\\\S+){4}$')").message("backup.schedule must be a cron expression of five fields (minute hour day-of-month month day-of-week, in UTC) or @hourly, @daily, @weekly, @monthly, @yearly"))]
+    pub schedule: Option<String>,
+    /// Which base backups to keep, checked after each backup: the base
+    /// backups beyond it, and the WAL older than the oldest one kept, are
+    /// deleted from the store. Everything is kept when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+/// A retention policy: a backup is kept when either rule keeps it, and the
+/// newest is always kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.keep) || has(self.recoveryWindowDays)")
+        .message("backup.retention needs keep, recoveryWindowDays or both")
+)]
+pub struct RetentionSpec {
+    /// Keep the newest N base backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: Option<i32>,
+    /// Keep what a restore to any moment of the last N days needs: every
+    /// backup completed in the window, and the newest one before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub recovery_window_days: Option<i32>,
 }
 
 fn default_archive_timeout() -> i32 {

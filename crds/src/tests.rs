@@ -648,3 +648,35 @@ fn a_restore_names_one_store_at_most_one_target_and_never_changes() {
         "bootstrap is immutable",
     );
 }
+
+#[test]
+fn a_schedule_has_five_fields_and_retention_a_rule() {
+    let spec = |extra: Value| {
+        let mut backup = json!({"s3": {"bucket": "backups"}, "credentialsSecret": "store"});
+        for (k, v) in extra.as_object().expect("object") {
+            backup[k] = v.clone();
+        }
+        json!({"storage": {"size": "1Gi"}, "backup": backup})
+    };
+    create(spec(
+        json!({"schedule": "0 3 * * *", "retention": {"keep": 7}}),
+    ))
+    .expect("daily, keep 7");
+    create(spec(
+        json!({"schedule": "@hourly", "retention": {"recoveryWindowDays": 14}}),
+    ))
+    .expect("hourly, two weeks");
+    for schedule in ["0 3 * *", "daily", "0 3 * * * *"] {
+        assert_rejected(
+            create(spec(json!({"schedule": schedule}))),
+            "backup.schedule must be a cron expression of five fields",
+        );
+    }
+    assert_rejected(
+        create(spec(json!({"retention": {}}))),
+        "backup.retention needs keep, recoveryWindowDays or both",
+    );
+    let keep = &schema()["properties"]["spec"]["properties"]["backup"]["properties"]["retention"]["properties"]
+        ["keep"];
+    assert_eq!(keep["minimum"].as_f64(), Some(1.0));
+}

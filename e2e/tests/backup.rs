@@ -13,7 +13,7 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use ordinal_crds::{
     BackupPhase, BackupSpec, BackupTarget, BootstrapSpec, PostgresBackup, PostgresBackupSpec,
     PostgresBackupStatus, PostgresClusterSpec, PostgresClusterStatus, RecoverySource, RecoverySpec,
-    RecoveryTargetSpec, S3Store, names,
+    RecoveryTargetSpec, RetentionSpec, S3Store, names,
 };
 use ordinal_e2e::cluster::{Harness, Loss};
 
@@ -133,6 +133,8 @@ async fn backed_up(
         prefix: Some(format!("e2e/{}", h.namespace)),
         credentials_secret: "store".to_owned(),
         archive_timeout_seconds,
+        schedule: None,
+        retention: None,
     });
     spec
 }
@@ -604,4 +606,116 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
         Some(primary.as_str()),
         "no replica: the primary"
     );
+}
+
+/// The scheduled PostgresBackups of `cluster`, Completed ones with their
+/// ids, oldest first.
+async fn scheduled(h: &Harness) -> Vec<(String, Option<BackupPhase>, Option<String>)> {
+    let mut list: Vec<_> = h
+        .api::<PostgresBackup>()
+        .list(&ListParams::default().labels(&format!("{}={CLUSTER}", names::LABEL_BACKUP_OF)))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| {
+            let status = b.status.clone().unwrap_or_default();
+            (b.metadata.name.unwrap_or_default(), status.phase, status.id)
+        })
+        .collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    list
+}
+
+/// `spec.backup.schedule` every minute with `retention.keep: 1`: a
+/// PostgresBackup per run, named after its minute; once the second one is
+/// complete, the first is gone from the store (its backup and the WAL
+/// before the kept one) and its PostgresBackup deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_backups_run_and_retention_prunes_the_store() {
+    let h = Harness::new("scheduled_backups_run_and_retention_prunes_the_store").await;
+    let mut spec = backed_up(&h, 2, 10).await;
+    let backup = spec.backup.as_mut().expect("backup");
+    backup.schedule = Some("* * * * *".to_owned());
+    backup.retention = Some(RetentionSpec {
+        keep: Some(1),
+        recovery_window_days: None,
+    });
+    h.apply(CLUSTER, &spec).await;
+    let status = h.wait_ready(CLUSTER, 2).await;
+    let primary = status.current_primary.expect("a primary");
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)")
+        .await
+        .expect("write");
+
+    let first = h
+        .wait_until("a scheduled backup completes", async || {
+            match scheduled(&h).await.as_slice() {
+                [(name, Some(BackupPhase::Completed), Some(id)), ..] => {
+                    Ok((name.clone(), id.clone()))
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    assert!(
+        first.0.starts_with("db-") && first.0.len() == "db-".len() + 12,
+        "{first:?} is named after its minute"
+    );
+    let first_end = h
+        .api::<PostgresBackup>()
+        .get(&first.0)
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.begin_wal)
+        .expect("the first backup's first segment");
+    // WAL after the first backup, so that the second starts in a later
+    // segment and the first's segments become unneeded.
+    sql.batch_execute("INSERT INTO t SELECT generate_series(1001, 2000)")
+        .await
+        .expect("write");
+    switch_and_wait_archived(&h, &primary).await;
+
+    let second = h
+        .wait_until(
+            "the next run completes and prunes the first",
+            async || match scheduled(&h).await.as_slice() {
+                [(name, Some(BackupPhase::Completed), Some(id))] if *name != first.0 => {
+                    Ok((name.clone(), id.clone()))
+                }
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .await;
+    assert!(second.0 > first.0, "{second:?} after {first:?}");
+    // In the store: the first backup is gone, and the WAL it began with;
+    // the second restores.
+    let script = format!(
+        "cd /tmp; if /ordinal/ordinal-init base-restore --id {old} /tmp/none 2>&1; then exit 3; fi; \
+         if /ordinal/ordinal-init wal-fetch {old_wal} /tmp/old-wal; then exit 4; fi; \
+         rm -rf /tmp/kept; mkdir -m 700 /tmp/kept; /ordinal/ordinal-init base-restore --id {kept} /tmp/kept; \
+         pg_verifybackup --no-parse-wal --quiet /tmp/kept; rm -rf /tmp/kept",
+        old = first.1,
+        old_wal = first_end,
+        kept = second.1,
+    );
+    let out = h
+        .exec(&primary, "postgres", &["sh", "-c", &script])
+        .await
+        .expect("exec");
+    assert!(
+        out.success(),
+        "the store after pruning: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("no base backup with id"),
+        "{}",
+        out.stdout
+    );
+    let summary = h.status(CLUSTER).await.backups.expect("status.backups");
+    assert_eq!(summary.completed, 1, "{summary:?}");
 }

@@ -273,6 +273,7 @@ pub async fn take(
         completed_at: Timestamp::now().to_string(),
         data_bytes: read.data_bytes,
         stored_bytes: read.stored_bytes,
+        pruned: Vec::new(),
     };
     let body = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BackupError::Compress(std::io::Error::other(format!("manifest: {e}"))))?;
@@ -553,6 +554,137 @@ pub fn choose(backups: &[Manifest], before: Option<Timestamp>) -> Option<&Manife
         .max_by(|a, b| a.id.cmp(&b.id))
 }
 
+/// Which base backups a retention policy deletes (oldest first): those no
+/// rule keeps. `keep`: the newest N; `window`: every backup completed
+/// within it before `now`, and the newest one before it (a restore to the
+/// window's first moment starts there). The newest is always kept;
+/// without a rule, every one is.
+pub fn expired(
+    backups: &[Manifest],
+    keep: Option<usize>,
+    window: Option<Duration>,
+    now: Timestamp,
+) -> Vec<&Manifest> {
+    if keep.is_none() && window.is_none() {
+        return Vec::new();
+    }
+    let mut sorted: Vec<&Manifest> = backups.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let n = sorted.len();
+    let completed = |m: &Manifest| m.completed_at.parse::<Timestamp>().ok();
+    let window_start = window.and_then(|w| {
+        now.checked_sub(k8s_openapi::jiff::SignedDuration::try_from(w).ok()?)
+            .ok()
+    });
+    // The newest backup completed before the window opened.
+    let anchor = window_start.and_then(|start| {
+        sorted
+            .iter()
+            .rposition(|m| completed(m).is_some_and(|c| c < start))
+    });
+    sorted
+        .iter()
+        .enumerate()
+        .filter(|(i, m)| {
+            let newest = *i + 1 == n;
+            let by_count = keep.is_some_and(|k| *i + k >= n);
+            let by_window = window_start
+                .is_some_and(|start| completed(m).is_none_or(|c| c >= start) || anchor == Some(*i));
+            !(newest || by_count || by_window)
+        })
+        .map(|(_, m)| *m)
+        .collect()
+}
+
+/// Whether archived WAL file `name` (without `.zst`) lies wholly before
+/// segment `oldest` (a kept backup's first): no restore from a kept backup
+/// reads it. History files are always kept (they are small, and every
+/// later timeline's recovery reads them).
+fn wal_before(name: &str, oldest: &str) -> bool {
+    let position = |n: &str| n.get(8..24).map(str::to_owned);
+    if name.ends_with(".history") {
+        return false;
+    }
+    match (position(name), position(oldest)) {
+        (Some(p), Some(o)) => name.len() >= 24 && p < o,
+        _ => false,
+    }
+}
+
+/// What a retention run deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub backups: Vec<String>,
+    pub wal_files: usize,
+}
+
+/// Applies the retention policy to the store: the expired base backups
+/// (their manifest first, so a half-deleted one is never listed), then the
+/// WAL before the oldest backup kept.
+pub async fn prune(
+    archive: &Archive,
+    keep: Option<usize>,
+    window: Option<Duration>,
+    now: Timestamp,
+) -> Result<Pruned, BackupError> {
+    let backups = list(archive).await?;
+    let expired: Vec<&Manifest> = expired(&backups, keep, window, now);
+    let mut pruned = Pruned::default();
+    let delete = |location: ObjectPath| async move {
+        match archive.store().delete(&location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(BackupError::Upload {
+                location: archive.describe(&location),
+                source,
+            }),
+        }
+    };
+    for m in &expired {
+        delete(manifest_location(archive, &m.id)).await?;
+        delete(archive.object(&[BASE_DIR, &m.id, DATA_OBJECT])).await?;
+        tracing::info!(id = %m.id, "base backup deleted by the retention policy");
+        pruned.backups.push(m.id.clone());
+    }
+    let Some(oldest) = backups
+        .iter()
+        .filter(|m| !expired.iter().any(|e| e.id == m.id))
+        .min_by(|a, b| a.id.cmp(&b.id))
+    else {
+        return Ok(pruned);
+    };
+    let wal = archive.object(&["wal"]);
+    let objects: Vec<object_store::ObjectMeta> = archive
+        .store()
+        .list(Some(&wal))
+        .try_collect()
+        .await
+        .map_err(|source| BackupError::Download {
+            location: archive.describe(&wal),
+            source,
+        })?;
+    for object in objects {
+        let Some(name) = object
+            .location
+            .filename()
+            .and_then(|f| f.strip_suffix(".zst"))
+        else {
+            continue;
+        };
+        if wal_before(name, &oldest.begin_wal) {
+            delete(object.location.clone()).await?;
+            pruned.wal_files += 1;
+        }
+    }
+    if pruned.wal_files > 0 {
+        tracing::info!(
+            files = pruned.wal_files,
+            before = %oldest.begin_wal,
+            "WAL no kept backup needs deleted by the retention policy"
+        );
+    }
+    Ok(pruned)
+}
+
 /// Unpacks base backup `manifest` into the empty directory `pgdata`,
 /// streamed from the store (no copy of the archive on disk).
 pub async fn restore(
@@ -655,7 +787,52 @@ mod tests {
             completed_at: completed_at.to_owned(),
             data_bytes: 1,
             stored_bytes: 1,
+            pruned: Vec::new(),
         }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_what_the_window_needs() {
+        let backups = [
+            manifest("20261201T000000Z", "2026-12-01T00:01:00Z"),
+            manifest("20261202T000000Z", "2026-12-02T00:01:00Z"),
+            manifest("20261203T000000Z", "2026-12-03T00:01:00Z"),
+            manifest("20261204T000000Z", "2026-12-04T00:01:00Z"),
+        ];
+        let now: Timestamp = "2026-12-04T12:00:00Z".parse().expect("now");
+        let ids = |v: Vec<&Manifest>| v.into_iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        assert!(expired(&backups, None, None, now).is_empty(), "no policy");
+        assert_eq!(
+            ids(expired(&backups, Some(2), None, now)),
+            ["20261201T000000Z", "20261202T000000Z"]
+        );
+        // A 1.5-day window opens 2026-12-03T00:00: the backup of the 3rd is
+        // in it; the one of the 2nd is the newest before it (kept).
+        let window = Some(Duration::from_secs(36 * 3600));
+        assert_eq!(
+            ids(expired(&backups, None, window, now)),
+            ["20261201T000000Z"]
+        );
+        // Either rule keeps: the union (keep 1 alone would delete three).
+        assert_eq!(
+            ids(expired(&backups, Some(1), window, now)),
+            ["20261201T000000Z"]
+        );
+        // The newest survives any policy.
+        assert_eq!(expired(&backups, Some(1), None, now).len(), 3);
+        assert!(wal_before(
+            "000000010000000000000003",
+            "000000020000000000000004"
+        ));
+        assert!(wal_before(
+            "000000010000000000000003.partial",
+            "000000010000000000000004"
+        ));
+        assert!(!wal_before(
+            "000000020000000000000004",
+            "000000010000000000000004"
+        ));
+        assert!(!wal_before("00000002.history", "000000030000000000000009"));
     }
 
     #[test]

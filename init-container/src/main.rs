@@ -179,6 +179,12 @@ enum Command {
         /// termination message, which the operator reads).
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Retention, applied once the backup is complete: keep the newest N.
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Retention: keep what a restore to any moment of the last D days needs.
+        #[arg(long)]
+        keep_days: Option<u64>,
     },
     /// Unpack a base backup from the backup destination into the empty
     /// directory PGDATA: the latest one, or the latest complete before
@@ -242,12 +248,18 @@ fn main() -> ExitCode {
             backup,
             wal_wait_seconds,
             report,
+            keep,
+            keep_days,
         } => base_backup(
             host,
             port,
             backup.as_deref(),
             Duration::from_secs(wal_wait_seconds),
             report.as_deref(),
+            Retention {
+                keep,
+                window: keep_days.map(|d| Duration::from_secs(d * 86_400)),
+            },
         ),
         Command::BaseRestore { pgdata, before, id } => {
             with_runtime(base_restore(&pgdata, before.as_deref(), id.as_deref()))
@@ -405,12 +417,19 @@ fn wal_fetch(name: &str, path: &std::path::Path, recovery: bool) -> ExitCode {
 
 /// `base-backup`: the backup, then its manifest as the report (or the
 /// error, which the operator then shows on the PostgresBackup).
+/// `base-backup`'s retention policy.
+struct Retention {
+    keep: Option<usize>,
+    window: Option<Duration>,
+}
+
 fn base_backup(
     host: String,
     port: u16,
     backup: Option<&str>,
     wal_wait: Duration,
     report_to: Option<&std::path::Path>,
+    retention: Retention,
 ) -> Result<(), String> {
     let started = std::time::Instant::now();
     let taken = with_runtime(async {
@@ -427,7 +446,24 @@ fn base_backup(
             user,
             password,
         };
-        Ok(basebackup::take(&archive, &pg_bin, &source, backup, wal_wait).await?)
+        let mut manifest = basebackup::take(&archive, &pg_bin, &source, backup, wal_wait).await?;
+        // The backup is complete whatever happens now: a failed cleanup is
+        // said, and tried again after the next backup.
+        match basebackup::prune(
+            &archive,
+            retention.keep,
+            retention.window,
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+        .await
+        {
+            Ok(pruned) => manifest.pruned = pruned.backups,
+            Err(error) => tracing::error!(
+                "the retention policy could not be applied: {}",
+                report(&InitError::from(error))
+            ),
+        }
+        Ok(manifest)
     })
     .map_err(|e| report(&e));
     let text = match &taken {

@@ -223,6 +223,8 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
     }
 
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The backups the retention policy deleted from the store.
+    let mut pruned = Vec::new();
     let next = match jobs.get_opt(&name).await.map_err(api_err("read the Job"))? {
         None => start(&backup, &ctx, &namespace, status.clone()).await?,
         Some(job) => {
@@ -256,6 +258,7 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
                                 .and_then(|pgc| validate::validate(&pgc).ok()?.ok())
                                 .and_then(|c| crate::reconcile::build::backup::archive(&c))
                                 .map(|a| a.url);
+                            pruned.clone_from(&manifest.pruned);
                             completed_status(status.clone(), &manifest, location)
                         }
                         _ => PostgresBackupStatus {
@@ -282,6 +285,7 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
         announce(&ctx, &backup, &status, &next).await;
         if next.phase == Some(BackupPhase::Completed) {
             record(&ctx, &namespace, cluster, &next);
+            forget_pruned(&ctx, &namespace, cluster, &pruned).await?;
             write_cluster_backups(&ctx, &namespace, cluster).await?;
         }
     }
@@ -511,6 +515,47 @@ async fn write_cluster_backups(
             cluster,
         )(source)),
     }
+}
+
+/// Deletes the PostgresBackups of `cluster` whose base backups the
+/// retention policy deleted from the store: their status would name data
+/// that is gone.
+async fn forget_pruned(
+    ctx: &Context,
+    namespace: &str,
+    cluster: &str,
+    pruned: &[String],
+) -> Result<(), BackupError> {
+    if pruned.is_empty() {
+        return Ok(());
+    }
+    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    let all = api.list(&ListParams::default()).await.map_err(api_error(
+        "list the cluster's backups",
+        namespace,
+        cluster,
+    ))?;
+    for backup in all.items.iter().filter(|b| {
+        b.spec.cluster == cluster
+            && b.status
+                .as_ref()
+                .and_then(|s| s.id.as_ref())
+                .is_some_and(|id| pruned.contains(id))
+    }) {
+        let name = backup.name_any();
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => {
+                tracing::info!(%namespace, backup = %name, "deleted: its base backup was pruned");
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(api_error("delete a pruned backup", namespace, &name)(
+                    source,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The field manager of `status.backups`.

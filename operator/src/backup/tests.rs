@@ -140,6 +140,7 @@ fn a_completed_status_says_what_and_where() {
         completed_at: "2026-12-05T21:30:42Z".to_owned(),
         data_bytes: 31_457_280,
         stored_bytes: 4_404_019,
+        pruned: Vec::new(),
     };
     let status = completed_status(
         PostgresBackupStatus {

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod build;
 pub mod rolling;
+pub mod schedule;
 pub mod status;
 pub mod validate;
 
@@ -184,12 +185,24 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         .await;
     }
 
-    let written = write_observed(&ctx, &pgc, &pods, None).await?;
-    Ok(if written.phase == ordinal_crds::Phase::Healthy {
-        Action::requeue(RESYNC)
+    // Scheduled base backups, once the cluster has a primary to back up.
+    let next_backup = if primary.bootstrapped {
+        let created = pgc.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        schedule::ensure_scheduled_backup(&ctx.client, &cluster, created, (ctx.now)()).await?
     } else {
-        Action::requeue(CONVERGING)
-    })
+        None
+    };
+
+    let written = write_observed(&ctx, &pgc, &pods, None).await?;
+    let settled = if written.phase == ordinal_crds::Phase::Healthy {
+        RESYNC
+    } else {
+        CONVERGING
+    };
+    // Back a second after the next scheduled run is due.
+    Ok(Action::requeue(next_backup.map_or(settled, |next| {
+        settled.min(next + Duration::from_secs(1))
+    })))
 }
 
 /// The running pods' PostgreSQL major when `image` runs another one.

@@ -583,6 +583,8 @@ async fn a_backup_secret_without_its_keys_is_reported() {
         prefix: None,
         credentials_secret: "store".to_owned(),
         archive_timeout_seconds: 60,
+        schedule: None,
+        retention: None,
     });
     let mut script = vec![list_pods(&[])];
     script.extend(secrets_exist());

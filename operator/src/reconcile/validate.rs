@@ -138,6 +138,11 @@ pub fn problems(name: &str, spec: &PostgresClusterSpec) -> Vec<Invalid> {
             );
         }
     }
+    if let Some(schedule) = spec.backup.as_ref().and_then(|b| b.schedule.as_deref())
+        && let Err(why) = crate::reconcile::schedule::parse(schedule)
+    {
+        bad("backup.schedule", why);
+    }
     let owned: Vec<&str> = spec
         .postgresql
         .parameters

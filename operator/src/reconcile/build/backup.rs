@@ -142,6 +142,8 @@ mod tests {
             prefix: None,
             credentials_secret: "store".to_owned(),
             archive_timeout_seconds: 60,
+            schedule: None,
+            retention: None,
         }
     }
 

@@ -41,6 +41,26 @@ pub fn backup_labels(cluster: &str, backup: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// `--keep N` and `--keep-days D` from `spec.backup.retention`.
+fn retention_args(cluster: &ValidCluster) -> Vec<String> {
+    let Some(retention) = cluster
+        .spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.retention.as_ref())
+    else {
+        return Vec::new();
+    };
+    let mut args = Vec::new();
+    if let Some(keep) = retention.keep {
+        args.extend(["--keep".to_owned(), keep.to_string()]);
+    }
+    if let Some(days) = retention.recovery_window_days {
+        args.extend(["--keep-days".to_owned(), days.to_string()]);
+    }
+    args
+}
+
 /// The Job taking base backup `backup` of `cluster` from `host` (a pod's
 /// DNS name under the headless Service).
 pub fn build_backup_job(
@@ -90,20 +110,25 @@ pub fn build_backup_job(
             .spec
             .image_pull_policy
             .map(|p| p.as_str().to_owned()),
-        command: Some(vec![
-            paths::ORDINAL_INIT.to_owned(),
-            "base-backup".to_owned(),
-            "--host".to_owned(),
-            host.to_owned(),
-            "--port".to_owned(),
-            names::POSTGRES_PORT.to_string(),
-            "--backup".to_owned(),
-            backup.to_owned(),
-            "--wal-wait-seconds".to_owned(),
-            wal_wait.to_string(),
-            "--report".to_owned(),
-            TERMINATION_LOG.to_owned(),
-        ]),
+        command: Some(
+            [
+                paths::ORDINAL_INIT.to_owned(),
+                "base-backup".to_owned(),
+                "--host".to_owned(),
+                host.to_owned(),
+                "--port".to_owned(),
+                names::POSTGRES_PORT.to_string(),
+                "--backup".to_owned(),
+                backup.to_owned(),
+                "--wal-wait-seconds".to_owned(),
+                wal_wait.to_string(),
+                "--report".to_owned(),
+                TERMINATION_LOG.to_owned(),
+            ]
+            .into_iter()
+            .chain(retention_args(cluster))
+            .collect(),
+        ),
         env: Some(vars),
         volume_mounts: Some(vec![
             mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
@@ -179,6 +204,11 @@ mod tests {
             prefix: None,
             credentials_secret: "store".to_owned(),
             archive_timeout_seconds: 30,
+            schedule: None,
+            retention: Some(ordinal_crds::RetentionSpec {
+                keep: Some(3),
+                recovery_window_days: None,
+            }),
         });
         let cluster = valid(pgc);
         let owner = OwnerReference {
@@ -206,7 +236,7 @@ mod tests {
         assert_eq!(
             command,
             "/ordinal/ordinal-init base-backup --host 198.18.0.7 --port 5432 --backup nightly \
-             --wal-wait-seconds 120 --report /dev/termination-log"
+             --wal-wait-seconds 120 --report /dev/termination-log --keep 3"
         );
         assert_eq!(
             take.termination_message_policy.as_deref(),
