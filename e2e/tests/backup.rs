@@ -671,9 +671,10 @@ async fn scheduled_backups_run_and_retention_prunes_the_store() {
         .status
         .and_then(|s| s.begin_wal)
         .expect("the first backup's first segment");
-    // WAL after the first backup, so that the second starts in a later
-    // segment and the first's segments become unneeded.
-    sql.batch_execute("INSERT INTO t SELECT generate_series(1001, 2000)")
+    // WAL after the first backup, and a checkpoint: a backup read from a
+    // standby starts at the last checkpoint it replayed, so the second
+    // starts in a later segment and the first's segments become unneeded.
+    sql.batch_execute("INSERT INTO t SELECT generate_series(1001, 2000); CHECKPOINT")
         .await
         .expect("write");
     switch_and_wait_archived(&h, &primary).await;
@@ -690,11 +691,21 @@ async fn scheduled_backups_run_and_retention_prunes_the_store() {
         )
         .await;
     assert!(second.0 > first.0, "{second:?} after {first:?}");
+    let kept_begin = h
+        .api::<PostgresBackup>()
+        .get(&second.0)
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.begin_wal)
+        .expect("the kept backup's first segment");
+    assert!(kept_begin > first_end, "{kept_begin} after {first_end}");
     // In the store: the first backup is gone, and the WAL it began with;
     // the second restores.
     let script = format!(
         "cd /tmp; if /ordinal/ordinal-init base-restore --id {old} /tmp/none 2>&1; then exit 3; fi; \
          if /ordinal/ordinal-init wal-fetch {old_wal} /tmp/old-wal; then exit 4; fi; \
+         /ordinal/ordinal-init wal-fetch {kept_begin} /tmp/kept-wal || exit 5; \
          rm -rf /tmp/kept; mkdir -m 700 /tmp/kept; /ordinal/ordinal-init base-restore --id {kept} /tmp/kept; \
          pg_verifybackup --no-parse-wal --quiet /tmp/kept; rm -rf /tmp/kept",
         old = first.1,
@@ -707,7 +718,8 @@ async fn scheduled_backups_run_and_retention_prunes_the_store() {
         .expect("exec");
     assert!(
         out.success(),
-        "the store after pruning: {}\n{}",
+        "the store after pruning ({:?}): {}\n{}",
+        out.status,
         out.stdout,
         out.stderr
     );

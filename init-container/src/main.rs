@@ -190,6 +190,17 @@ enum Command {
     /// directory PGDATA: the latest one, or the latest complete before
     /// --before (RFC 3339), or the one named by --id. Recovery from the
     /// WAL archive is then PostgreSQL's (recovery.signal, restore_command).
+    /// Apply a retention policy to the backup destination now (the backup
+    /// Job does after each backup): delete the base backups it does not
+    /// keep, and the WAL before the oldest one kept.
+    Prune {
+        /// Keep the newest N base backups.
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Keep what a restore to any moment of the last D days needs.
+        #[arg(long)]
+        keep_days: Option<u64>,
+    },
     BaseRestore {
         pgdata: PathBuf,
         #[arg(long)]
@@ -261,6 +272,24 @@ fn main() -> ExitCode {
                 window: keep_days.map(|d| Duration::from_secs(d * 86_400)),
             },
         ),
+        Command::Prune { keep, keep_days } => with_runtime(async {
+            let archive = wal::Archive::from_env()?;
+            let pruned = basebackup::prune(
+                &archive,
+                keep,
+                keep_days.map(|d| Duration::from_secs(d * 86_400)),
+                k8s_openapi::jiff::Timestamp::now(),
+            )
+            .await?;
+            println!(
+                "deleted {} base backup(s) {:?} and {} WAL file(s)",
+                pruned.backups.len(),
+                pruned.backups,
+                pruned.wal_files
+            );
+            Ok(())
+        })
+        .map_err(|e| report(&e)),
         Command::BaseRestore { pgdata, before, id } => {
             with_runtime(base_restore(&pgdata, before.as_deref(), id.as_deref()))
                 .map_err(|e| report(&e))
