@@ -188,6 +188,21 @@ async fn wal_is_archived_under_write_load_and_after_a_failover() {
     assert!(fetch_in(&h, &new_primary, "00000002.history").await > 0);
 }
 
+/// Creates PostgresBackup `name` of `cluster`, from a standby if one is ready.
+async fn request_backup(h: &Harness, name: &str, cluster: &str) {
+    let backup = PostgresBackup::new(
+        name,
+        PostgresBackupSpec {
+            cluster: cluster.to_owned(),
+            target: BackupTarget::PreferStandby,
+        },
+    );
+    h.api::<PostgresBackup>()
+        .create(&PostParams::default(), &backup)
+        .await
+        .unwrap_or_else(|e| panic!("create PostgresBackup {name}: {e}"));
+}
+
 /// Waits until PostgresBackup `name` is finished and returns its status.
 async fn finished(h: &Harness, name: &str) -> PostgresBackupStatus {
     h.wait_until(&format!("PostgresBackup {name} finishes"), async || {
@@ -227,23 +242,8 @@ async fn a_base_backup_is_read_from_a_replica_and_restores() {
     .expect("write");
 
     let backups = h.api::<PostgresBackup>();
-    let backup = |name: &str, cluster: &str| {
-        PostgresBackup::new(
-            name,
-            PostgresBackupSpec {
-                cluster: cluster.to_owned(),
-                target: BackupTarget::PreferStandby,
-            },
-        )
-    };
-    backups
-        .create(&PostParams::default(), &backup("first", CLUSTER))
-        .await
-        .expect("create the PostgresBackup");
-    backups
-        .create(&PostParams::default(), &backup("orphan", "nope"))
-        .await
-        .expect("create a PostgresBackup of no cluster");
+    request_backup(&h, "first", CLUSTER).await;
+    request_backup(&h, "orphan", "nope").await;
 
     let done = finished(&h, "first").await;
     assert_eq!(done.phase, Some(BackupPhase::Completed), "{done:?}");
@@ -409,19 +409,7 @@ async fn a_new_cluster_restores_to_a_point_in_time_and_after_its_source_is_gone(
     )
     .await
     .expect("before the backup");
-    h.api::<PostgresBackup>()
-        .create(
-            &PostParams::default(),
-            &PostgresBackup::new(
-                "base",
-                PostgresBackupSpec {
-                    cluster: CLUSTER.to_owned(),
-                    target: BackupTarget::PreferStandby,
-                },
-            ),
-        )
-        .await
-        .expect("create the PostgresBackup");
+    request_backup(&h, "base", CLUSTER).await;
     let done = finished(&h, "base").await;
     assert_eq!(done.phase, Some(BackupPhase::Completed), "{done:?}");
 
@@ -581,19 +569,7 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
         .expect("exec");
     assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
 
-    h.api::<PostgresBackup>()
-        .create(
-            &PostParams::default(),
-            &PostgresBackup::new(
-                "refused",
-                PostgresBackupSpec {
-                    cluster: CLUSTER.to_owned(),
-                    target: BackupTarget::PreferStandby,
-                },
-            ),
-        )
-        .await
-        .expect("create the PostgresBackup");
+    request_backup(&h, "refused", CLUSTER).await;
     let refused = finished(&h, "refused").await;
     assert_eq!(refused.phase, Some(BackupPhase::Failed), "{refused:?}");
     let message = refused.message.unwrap_or_default();

@@ -196,37 +196,59 @@ async fn postgres_archives_to_minio_and_recovers_to_a_point_in_time() {
 
     // Point-in-time recovery of the base backup, on another port, to the
     // moment between the commits.
+    let (restored, _) = recover_to(&db0, &base, &between).await;
+    let (count, max): (i64, Option<i32>) = restored
+        .query_one("SELECT count(*), max(id) FROM t", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        (count, max),
+        (1000, Some(1000)),
+        "rows after recovery to {between}"
+    );
+    let log_text = std::fs::read_to_string(base.with_extension("log")).unwrap_or_default();
+    assert!(log_text.contains("restored log file"), "{log_text}");
+    let out = db0
+        .tool("pg_ctl")
+        .args(["stop", "-m", "fast", "-D", &base.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Starts the server of data directory `dir` (a restored base backup) on a
+/// port of its own with `pod`'s configuration, recovering from the archive
+/// to `time` (as PostgreSQL writes a time) and promoted there; returns a
+/// session with it and its port.
+async fn recover_to(pod: &Pod, dir: &std::path::Path, time: &str) -> (tokio_postgres::Client, u16) {
+    let init = env!("CARGO_BIN_EXE_ordinal-init");
     let port = ordinal_e2e::local::free_port();
-    std::fs::write(base.join("recovery.signal"), "").unwrap();
-    let conf = std::fs::read_to_string(db0.config_dir.join("postgresql.conf"))
+    std::fs::write(dir.join("recovery.signal"), "").unwrap();
+    let conf = std::fs::read_to_string(pod.config_dir.join("postgresql.conf"))
         .unwrap()
         .lines()
         .filter(|l| !l.starts_with("port") && !l.starts_with("archive"))
         .collect::<Vec<_>>()
         .join("\n");
-    let restore_conf = base.join("restore.conf");
+    let restore_conf = dir.with_extension("conf");
     std::fs::write(
         &restore_conf,
         format!(
             "{conf}\nport = {port}\nrestore_command = '{init} wal-fetch %f %p'\n\
-             recovery_target_time = '{between}'\nrecovery_target_action = 'promote'\n"
+             recovery_target_time = '{time}'\nrecovery_target_action = 'promote'\n"
         ),
     )
     .unwrap();
-    ordinal_e2e::local::chown_tree_to_postgres(&base);
-    let log = db0.data_mount.join("restored.log");
+    ordinal_e2e::local::chown_tree_to_postgres(dir);
+    ordinal_e2e::local::chown_to_postgres(&restore_conf);
+    let log = dir.with_extension("log");
     std::fs::write(&log, "").unwrap();
     ordinal_e2e::local::chown_to_postgres(&log);
-    let out = db0
+    let out = pod
         .tool("pg_ctl")
-        .args([
-            "start",
-            "-w",
-            "-t",
-            "120",
-            "-D",
-            &base.display().to_string(),
-        ])
+        .args(["start", "-w", "-t", "120", "-D"])
+        .arg(dir)
         .arg("-l")
         .arg(&log)
         .arg("-o")
@@ -239,9 +261,9 @@ async fn postgres_archives_to_minio_and_recovers_to_a_point_in_time() {
         stderr(&out),
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let restored = db0.sql_at(port).await;
+    let client = pod.sql_at(port).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while restored
+    while client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .await
         .map(|r| r.get::<_, bool>(0))
@@ -253,24 +275,7 @@ async fn postgres_archives_to_minio_and_recovers_to_a_point_in_time() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (count, max): (i64, Option<i32>) = restored
-        .query_one("SELECT count(*), max(id) FROM t", &[])
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
-    assert_eq!(
-        (count, max),
-        (1000, Some(1000)),
-        "rows after recovery to {between}"
-    );
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(log_text.contains("restored log file"), "{log_text}");
-    let out = db0
-        .tool("pg_ctl")
-        .args(["stop", "-m", "fast", "-D", &base.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    (client, port)
 }
 
 /// Waits until `pod` has archived WAL segment `segment` or later.
@@ -426,55 +431,7 @@ async fn a_base_backup_from_a_replica_restores_to_a_point_in_time() {
         .unwrap();
     assert!(out.status.success(), "pg_verifybackup: {}", stderr(&out));
 
-    let port = ordinal_e2e::local::free_port();
-    std::fs::write(restored.join("recovery.signal"), "").unwrap();
-    let conf = std::fs::read_to_string(db1.config_dir.join("postgresql.conf"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("port") && !l.starts_with("archive"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let restore_conf = db1.data_mount.join("restore.conf");
-    std::fs::write(
-        &restore_conf,
-        format!(
-            "{conf}\nport = {port}\nrestore_command = '{init} wal-fetch %f %p'\n\
-             recovery_target_time = '{between}'\nrecovery_target_action = 'promote'\n"
-        ),
-    )
-    .unwrap();
-    ordinal_e2e::local::chown_tree_to_postgres(&restored);
-    ordinal_e2e::local::chown_to_postgres(&restore_conf);
-    let log = db1.data_mount.join("restored.log");
-    std::fs::write(&log, "").unwrap();
-    ordinal_e2e::local::chown_to_postgres(&log);
-    let out = db1
-        .tool("pg_ctl")
-        .args(["start", "-w", "-t", "120", "-D"])
-        .arg(&restored)
-        .arg("-l")
-        .arg(&log)
-        .arg("-o")
-        .arg(format!("-c config_file={}", restore_conf.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restored server: {}\n{}",
-        stderr(&out),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let client = db1.sql_at(port).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "not promoted within 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (client, _) = recover_to(&db1, &restored, &between).await;
     let (count, max): (i64, Option<i32>) = client
         .query_one("SELECT count(*), max(id) FROM t", &[])
         .await

@@ -129,20 +129,9 @@ pub fn outcome(job: &Job, pods: &[Pod]) -> Outcome {
     Outcome::Running
 }
 
-/// `1234567` → `1.2MiB`.
+/// `1234567` → `1.2MiB`, as the cluster's MAX LAG column says it.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
+    crate::failover::decide::human_bytes(i64::try_from(bytes).unwrap_or(i64::MAX))
 }
 
 /// The status of a completed backup, from its manifest.

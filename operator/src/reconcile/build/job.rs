@@ -12,9 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use ordinal_crds::{names, names::paths};
 
 use super::statefulset::{
-    BuildConfig, IMAGE_ORDINAL_INIT, VOLUME_BACKUP, VOLUME_ORDINAL, VOLUME_REPLICATION, VOLUME_TMP,
-    backup_credentials_volume, empty_dir, env, mount, pod_security_context, restricted,
-    secret_volume,
+    BuildConfig, VOLUME_BACKUP, VOLUME_ORDINAL, VOLUME_REPLICATION, VOLUME_TMP, archive_env,
+    backup_credentials_volume, empty_dir, env, install_container, mount, pod_security_context,
+    restricted, secret_volume,
 };
 use crate::reconcile::validate::ValidCluster;
 
@@ -71,18 +71,11 @@ pub fn build_backup_job(
     host: &str,
 ) -> Job {
     let labels = backup_labels(&cluster.name, backup);
-    let archive = super::backup::archive(cluster);
     let mut vars = vec![env(
         names::env::REPLICATION_DIR,
         paths::REPLICATION_SECRET_DIR,
     )];
-    if let Some(archive) = &archive {
-        vars.extend([
-            env(names::env::BACKUP_URL, &archive.url),
-            env(names::env::BACKUP_OPTIONS, &archive.options),
-            env(names::env::BACKUP_CREDENTIALS_DIR, paths::BACKUP_SECRET_DIR),
-        ]);
-    }
+    vars.extend(archive_env(cluster));
     // The backup's last segment is archived by the primary within
     // archive_timeout of its end: wait for two, and a minute.
     let wal_wait = cluster
@@ -90,19 +83,7 @@ pub fn build_backup_job(
         .backup
         .as_ref()
         .map_or(180, |b| i64::from(b.archive_timeout_seconds) * 2 + 60);
-    let install = Container {
-        name: names::INSTALL_CONTAINER.to_owned(),
-        image: Some(config.init_image.clone()),
-        image_pull_policy: config.init_image_pull_policy.clone(),
-        command: Some(vec![
-            IMAGE_ORDINAL_INIT.to_owned(),
-            "install".to_owned(),
-            paths::ORDINAL_DIR.to_owned(),
-        ]),
-        volume_mounts: Some(vec![mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, false)]),
-        security_context: Some(restricted()),
-        ..Container::default()
-    };
+    let install = install_container(config, false);
     let take = Container {
         name: BACKUP_CONTAINER.to_owned(),
         image: Some(cluster.spec.image.clone()),

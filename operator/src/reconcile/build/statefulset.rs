@@ -130,7 +130,10 @@ fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec
             termination_grace_period_seconds: Some(60),
             enable_service_links: Some(false),
             security_context: Some(pod_security_context()),
-            init_containers: Some(vec![install_container(config), init_container(cluster)]),
+            init_containers: Some(vec![
+                install_container(config, true),
+                init_container(cluster),
+            ]),
             containers: vec![postgres_container(cluster)],
             volumes: Some(volumes(cluster)),
             topology_spread_constraints: Some(topology_spread(cluster)),
@@ -235,13 +238,7 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
                 .unwrap_or_default(),
         ),
     ];
-    if let Some(archive) = super::backup::archive(cluster) {
-        vars.extend([
-            env(e::BACKUP_URL, &archive.url),
-            env(e::BACKUP_OPTIONS, &archive.options),
-            env(e::BACKUP_CREDENTIALS_DIR, paths::BACKUP_SECRET_DIR),
-        ]);
-    }
+    vars.extend(archive_env(cluster));
     // A new primary restores from here instead of initdb.
     if let Some(recovery) = cluster
         .spec
@@ -276,6 +273,20 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
     vars
 }
 
+/// Where the cluster's archive is, for ordinal-init (none without one).
+pub(super) fn archive_env(cluster: &ValidCluster) -> Vec<EnvVar> {
+    use names::env as e;
+    super::backup::archive(cluster)
+        .map(|archive| {
+            vec![
+                env(e::BACKUP_URL, &archive.url),
+                env(e::BACKUP_OPTIONS, &archive.options),
+                env(e::BACKUP_CREDENTIALS_DIR, paths::BACKUP_SECRET_DIR),
+            ]
+        })
+        .unwrap_or_default()
+}
+
 /// The mounts of the containers that run postgres tools.
 fn postgres_mounts(cluster: &ValidCluster) -> Vec<VolumeMount> {
     let mut mounts = vec![
@@ -293,26 +304,28 @@ fn postgres_mounts(cluster: &ValidCluster) -> Vec<VolumeMount> {
     mounts
 }
 
-fn install_container(config: &BuildConfig) -> Container {
+/// Copies ordinal-init into the shared emptyDir. In an instance's pod it
+/// waits for the data volume's lock first: its completion proves to the
+/// failover loop that an earlier instance of this pod (one force-deleted,
+/// whose containers may have outlived it in the API) has stopped. A pod
+/// without the data volume (a backup's) does not wait.
+pub(super) fn install_container(config: &BuildConfig, with_data: bool) -> Container {
+    let mut command = vec![
+        IMAGE_ORDINAL_INIT.to_owned(),
+        "install".to_owned(),
+        paths::ORDINAL_DIR.to_owned(),
+    ];
+    let mut mounts = vec![mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, false)];
+    if with_data {
+        command.extend(["--wait-for-volume".to_owned(), paths::DATA_MOUNT.to_owned()]);
+        mounts.push(mount(names::VOLUME_DATA, paths::DATA_MOUNT, false));
+    }
     Container {
         name: names::INSTALL_CONTAINER.to_owned(),
         image: Some(config.init_image.clone()),
         image_pull_policy: config.init_image_pull_policy.clone(),
-        // It waits for the data volume's lock first: its completion proves
-        // to the failover loop that an earlier instance of this pod (one
-        // force-deleted, whose containers may have outlived it in the API)
-        // has stopped.
-        command: Some(vec![
-            IMAGE_ORDINAL_INIT.to_owned(),
-            "install".to_owned(),
-            paths::ORDINAL_DIR.to_owned(),
-            "--wait-for-volume".to_owned(),
-            paths::DATA_MOUNT.to_owned(),
-        ]),
-        volume_mounts: Some(vec![
-            mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, false),
-            mount(names::VOLUME_DATA, paths::DATA_MOUNT, false),
-        ]),
+        command: Some(command),
+        volume_mounts: Some(mounts),
         security_context: Some(restricted()),
         ..Container::default()
     }
