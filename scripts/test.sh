@@ -28,6 +28,14 @@ REPO=$(pwd)
 started=$SECONDS
 step() { printf '==> [%4ss] %s\n' "$((SECONDS - started))" "$*"; }
 
+# The disk is shared with the build: when it fills, the kubelet's eviction
+# deletes the imported images (there is no registry to pull them back
+# from) and every pod fails to start. Say so at once rather than later.
+free_gb=$(df -Pk "$REPO" | awk 'NR == 2 { print int($4 / 1048576) }')
+if [ "${free_gb:-0}" -lt 20 ]; then
+  echo "warning: only ${free_gb} GB free on $(df -P "$REPO" | awk 'NR == 2 { print $6 }'); the build and the cluster need about 20 (cargo clean frees target/)" >&2
+fi
+
 filter=()
 if [ "${1:-}" = "--" ]; then shift; fi
 filter=("$@")
