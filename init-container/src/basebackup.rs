@@ -554,6 +554,28 @@ pub fn choose(backups: &[Manifest], before: Option<Timestamp>) -> Option<&Manife
         .max_by(|a, b| a.id.cmp(&b.id))
 }
 
+/// The base backup a restore starts from: the one with id `id`, else the
+/// latest complete before `before` (else the latest); when there is none,
+/// an error that says which was looked for, and where.
+pub async fn find(
+    archive: &Archive,
+    id: Option<&str>,
+    before: Option<Timestamp>,
+) -> Result<Manifest, BackupError> {
+    let backups = list(archive).await?;
+    let chosen = match id {
+        Some(id) => backups.iter().find(|m| m.id == id),
+        None => choose(&backups, before),
+    };
+    chosen.cloned().ok_or_else(|| BackupError::NoBackup {
+        detail: match (id, before) {
+            (Some(id), _) => format!(" with id {id} in {}", archive.url()),
+            (None, Some(t)) => format!(" in {} complete before {t}", archive.url()),
+            (None, None) => format!(" in {}", archive.url()),
+        },
+    })
+}
+
 /// Which base backups a retention policy deletes (oldest first): those no
 /// rule keeps. `keep`: the newest N; `window`: every backup completed
 /// within it before `now`, and the newest one before it (a restore to the

@@ -51,11 +51,7 @@ async fn create_roles(
 ) -> Result<(), InitError> {
     let pg_ctl = settings.tool("pg_ctl");
     let staging_str = staging.to_string_lossy();
-    let options = format!(
-        "-c listen_addresses='' -c unix_socket_directories='{}' -c port={}",
-        settings.socket_dir.display(),
-        settings.port
-    );
+    let options = command_line(&socket_only(&settings.socket_dir, settings.port));
     let log = staging.join("bootstrap.log");
     let log_str = log.to_string_lossy();
     tools::run(
@@ -106,6 +102,26 @@ async fn create_roles(
     // The log is of the staging server only; it does not belong in PGDATA.
     let _ = std::fs::remove_file(&log);
     Ok(())
+}
+
+/// The settings of a staging server (a bootstrap's, a restore's): on
+/// this pod's Unix socket only, no TCP address, so nobody but ordinal-init
+/// reaches it before it becomes PGDATA.
+pub fn socket_only(socket_dir: &Path, port: u16) -> Vec<String> {
+    vec![
+        "listen_addresses=''".to_owned(),
+        format!("unix_socket_directories='{}'", socket_dir.display()),
+        format!("port={port}"),
+    ]
+}
+
+/// Settings as postgres' command line, for `pg_ctl -o`.
+pub fn command_line(settings: &[String]) -> String {
+    settings
+        .iter()
+        .map(|s| format!("-c {s}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn quote_ident(s: &str) -> String {

@@ -523,7 +523,6 @@ async fn base_restore(
     id: Option<&str>,
 ) -> Result<(), InitError> {
     let archive = wal::Archive::from_env()?;
-    let backups = basebackup::list(&archive).await?;
     let before = before
         .map(|t| {
             t.parse::<k8s_openapi::jiff::Timestamp>().map_err(|e| {
@@ -533,19 +532,9 @@ async fn base_restore(
             })
         })
         .transpose()?;
-    let chosen = match id {
-        Some(id) => backups.iter().find(|m| m.id == id),
-        None => basebackup::choose(&backups, before),
-    }
-    .ok_or_else(|| basebackup::BackupError::NoBackup {
-        detail: match (id, before) {
-            (Some(id), _) => format!(" with id {id}"),
-            (None, Some(t)) => format!(" complete before {t}"),
-            (None, None) => String::new(),
-        },
-    })?;
+    let chosen = basebackup::find(&archive, id, before).await?;
     tracing::info!(id = %chosen.id, end_lsn = %chosen.end_lsn, "restoring base backup");
-    basebackup::restore(&archive, chosen, pgdata).await?;
+    basebackup::restore(&archive, &chosen, pgdata).await?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::basebackup::{self, BackupError};
-use crate::bootstrap::{quote_ident, quote_literal};
+use crate::bootstrap::{command_line, quote_ident, quote_literal, socket_only};
 use crate::credentials::Credentials;
 use crate::settings::{Recovery, RecoveryTarget, Settings};
 use crate::wal::Archive;
@@ -31,22 +31,11 @@ pub async fn recover(
     recovery: &Recovery,
 ) -> Result<(), InitError> {
     let source = Archive::recovery_from_env()?;
-    let backups = basebackup::list(&source).await?;
     let before = match &recovery.target {
         RecoveryTarget::Time(t) => Some(*t),
         _ => None,
     };
-    let chosen = match &recovery.backup {
-        Some(id) => backups.iter().find(|m| &m.id == id),
-        None => basebackup::choose(&backups, before),
-    }
-    .ok_or_else(|| BackupError::NoBackup {
-        detail: match (&recovery.backup, before) {
-            (Some(id), _) => format!(" with id {id} in {}", source.url()),
-            (None, Some(t)) => format!(" in {} complete before the target time {t}", source.url()),
-            (None, None) => format!(" in {}", source.url()),
-        },
-    })?;
+    let chosen = basebackup::find(&source, recovery.backup.as_deref(), before).await?;
     tracing::info!(
         id = %chosen.id,
         from = %source.url(),
@@ -62,7 +51,7 @@ pub async fn recover(
         path: staging.clone(),
         source,
     })?;
-    basebackup::restore(&source, chosen, &staging).await?;
+    basebackup::restore(&source, &chosen, &staging).await?;
     // Neither the source's role nor its positions: a standby's signal file
     // or a stale pid file (never in a pg_basebackup, but cheap to be sure).
     for stale in ["standby.signal", "postmaster.pid"] {
@@ -80,10 +69,8 @@ pub async fn recover(
 /// The target's text was checked when the settings were read (no quote
 /// can reach the shell pg_ctl runs postgres through).
 fn recovery_options(socket_dir: &Path, port: u16, recovery: &Recovery, init: &Path) -> Vec<String> {
-    let mut options = vec![
-        "listen_addresses=''".to_owned(),
-        format!("unix_socket_directories='{}'", socket_dir.display()),
-        format!("port={port}"),
+    let mut options = socket_only(socket_dir, port);
+    options.extend([
         format!(
             "restore_command='{} wal-fetch --recovery %f %p'",
             init.display()
@@ -101,7 +88,7 @@ fn recovery_options(socket_dir: &Path, port: u16, recovery: &Recovery, init: &Pa
         // run wait, ready, for it (a failing command would count failures).
         "archive_mode=on".to_owned(),
         "archive_command=''".to_owned(),
-    ];
+    ]);
     match &recovery.target {
         RecoveryTarget::Latest => {}
         // PostgreSQL reads a timestamp, not RFC 3339's T and Z.
@@ -128,10 +115,12 @@ async fn replay(
         program: "ordinal-init (its own path)".to_owned(),
         source,
     })?;
-    let options: String = recovery_options(&settings.socket_dir, settings.port, recovery, &init)
-        .iter()
-        .map(|o| format!("-c {o} "))
-        .collect();
+    let options = command_line(&recovery_options(
+        &settings.socket_dir,
+        settings.port,
+        recovery,
+        &init,
+    ));
     let log = settings.data_mount().join("restore.log");
     let log_str = log.to_string_lossy();
     // With hot_standby off, the server reports itself ready only once it
