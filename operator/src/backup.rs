@@ -274,8 +274,14 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
         announce(&ctx, &backup, &status, &next).await;
         if next.phase == Some(BackupPhase::Completed) {
             record(&ctx, &namespace, cluster, &next);
-            forget_pruned(&ctx, &namespace, cluster, &pruned).await?;
-            write_cluster_backups(&ctx, &namespace, cluster).await?;
+            // One list of the namespace's backups serves both.
+            let mut backups = Api::<PostgresBackup>::namespaced(ctx.client.clone(), &namespace)
+                .list(&ListParams::default())
+                .await
+                .map_err(api_err("list the cluster's backups"))?
+                .items;
+            forget_pruned(&ctx, &namespace, cluster, &pruned, &mut backups).await?;
+            write_cluster_backups(&ctx, &namespace, cluster, &backups).await?;
         }
     }
     Ok(match next.phase {
@@ -475,16 +481,12 @@ async fn write_cluster_backups(
     ctx: &Context,
     namespace: &str,
     cluster: &str,
+    backups: &[PostgresBackup],
 ) -> Result<(), BackupError> {
-    let backups: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
-    let all = backups
-        .list(&ListParams::default())
-        .await
-        .map_err(api_error("list the cluster's backups", namespace, cluster))?;
     let body = json!({
         "apiVersion": PostgresCluster::api_version(&()),
         "kind": PostgresCluster::kind(&()),
-        "status": { "backups": summarize(&all.items, cluster) },
+        "status": { "backups": summarize(backups, cluster) },
     });
     let clusters: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), namespace);
     match clusters
@@ -507,30 +509,24 @@ async fn write_cluster_backups(
 }
 
 /// Deletes the PostgresBackups of `cluster` whose base backups the
-/// retention policy deleted from the store: their status would name data
-/// that is gone.
+/// retention policy deleted from the store (their status would name data
+/// that is gone), and drops them from `backups`.
 async fn forget_pruned(
     ctx: &Context,
     namespace: &str,
     cluster: &str,
     pruned: &[String],
+    backups: &mut Vec<PostgresBackup>,
 ) -> Result<(), BackupError> {
-    if pruned.is_empty() {
-        return Ok(());
-    }
-    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
-    let all = api.list(&ListParams::default()).await.map_err(api_error(
-        "list the cluster's backups",
-        namespace,
-        cluster,
-    ))?;
-    for backup in all.items.iter().filter(|b| {
+    let is_pruned = |b: &PostgresBackup| {
         b.spec.cluster == cluster
             && b.status
                 .as_ref()
                 .and_then(|s| s.id.as_ref())
                 .is_some_and(|id| pruned.contains(id))
-    }) {
+    };
+    let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), namespace);
+    for backup in backups.iter().filter(|b| is_pruned(b)) {
         let name = backup.name_any();
         match api.delete(&name, &Default::default()).await {
             Ok(_) => {
@@ -544,6 +540,7 @@ async fn forget_pruned(
             }
         }
     }
+    backups.retain(|b| !is_pruned(b));
     Ok(())
 }
 

@@ -97,6 +97,26 @@ pub fn valid(pgc: PostgresCluster) -> ValidCluster {
     validate(&pgc).expect("usable object").expect("valid spec")
 }
 
+/// `spec.backup` to an AWS S3 bucket `backups`, credentials in Secret
+/// `store`, the defaults otherwise.
+pub fn s3_backup() -> ordinal_crds::BackupSpec {
+    ordinal_crds::BackupSpec {
+        s3: Some(ordinal_crds::S3Store {
+            bucket: "backups".to_owned(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+        }),
+        gcs: None,
+        azure: None,
+        prefix: None,
+        credentials_secret: "store".to_owned(),
+        archive_timeout_seconds: 60,
+        schedule: None,
+        retention: None,
+    }
+}
+
 pub fn build_config() -> BuildConfig {
     BuildConfig {
         init_image: "ghcr.io/ordinal-dev/ordinal:test".to_owned(),

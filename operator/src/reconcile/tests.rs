@@ -571,21 +571,7 @@ async fn a_major_version_change_is_refused() {
 #[tokio::test]
 async fn a_backup_secret_without_its_keys_is_reported() {
     let mut pgc = cluster().primary("db-0", true).build();
-    pgc.spec.backup = Some(ordinal_crds::BackupSpec {
-        s3: Some(ordinal_crds::S3Store {
-            bucket: "backups".to_owned(),
-            endpoint: None,
-            region: None,
-            path_style: false,
-        }),
-        gcs: None,
-        azure: None,
-        prefix: None,
-        credentials_secret: "store".to_owned(),
-        archive_timeout_seconds: 60,
-        schedule: None,
-        retention: None,
-    });
+    pgc.spec.backup = Some(crate::fixtures::s3_backup());
     let mut script = vec![list_pods(&[])];
     script.extend(secrets_exist());
     script.extend([

@@ -167,29 +167,19 @@ pub fn build_backup_job(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{build_config, cluster, valid};
-    use ordinal_crds::{BackupSpec, S3Store};
+    use crate::fixtures::{build_config, cluster, s3_backup, valid};
+    use ordinal_crds::BackupSpec;
 
     #[test]
     fn a_backup_job_is_no_instance_and_reads_what_it_needs_as_files() {
         let mut pgc = cluster().build();
         pgc.spec.backup = Some(BackupSpec {
-            s3: Some(S3Store {
-                bucket: "backups".to_owned(),
-                endpoint: None,
-                region: None,
-                path_style: false,
-            }),
-            gcs: None,
-            azure: None,
-            prefix: None,
-            credentials_secret: "store".to_owned(),
             archive_timeout_seconds: 30,
-            schedule: None,
             retention: Some(ordinal_crds::RetentionSpec {
                 keep: Some(3),
                 recovery_window_days: None,
             }),
+            ..s3_backup()
         });
         let cluster = valid(pgc);
         let owner = OwnerReference {
