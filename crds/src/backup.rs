@@ -44,6 +44,12 @@ use serde::{Deserialize, Serialize};
         description = "PGDATA's size / stored (compressed)"
     ),
     printcolumn(
+        name = "Verified",
+        type_ = "string",
+        json_path = ".status.verification.phase",
+        description = "Restored and checked (spec.backup.verify): Running, Passed or Failed"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -133,6 +139,69 @@ pub struct PostgresBackupStatus {
     /// Both, for people: `120MiB/9MiB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
+    /// The backup restored in a throwaway pod and checked
+    /// (`spec.backup.verify` of the cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum VerificationPhase {
+    /// The verification Job runs.
+    Running,
+    /// Restored, replayed to a consistent point and every check passed.
+    Passed,
+    /// The restore or a check failed: `message` says which and why.
+    Failed,
+}
+
+/// What the verification of a base backup found.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationStatus {
+    pub phase: VerificationPhase,
+    /// The Job that restores and checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// The measured restore time: download and unpack, then WAL replay
+    /// to the first consistent point (what a restore of this backup costs
+    /// at the least).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_milliseconds: Option<u64>,
+    /// The checks that ran, with what they covered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl VerificationStatus {
+    pub fn finished(&self) -> bool {
+        self.phase != VerificationPhase::Running
+    }
+}
+
+/// What `ordinal-init verify-backup` reports (its container's termination
+/// message): the verification's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationReport {
+    pub id: String,
+    pub passed: bool,
+    /// Download and unpack, then replay to consistency; None when the
+    /// restore itself failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl PostgresBackupStatus {

@@ -546,6 +546,15 @@ pub struct BackupSpec {
     /// deleted from the store. Everything is kept when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
+    /// Restore each new base backup in a throwaway pod, replay its WAL to
+    /// a consistent point and run PostgreSQL's own checks (`pg_amcheck`
+    /// on every table and index, `pg_checksums` on every page); the
+    /// result and the measured restore time go to the PostgresBackup's
+    /// `status.verification`, and a failure to the cluster's
+    /// `BackupVerified` condition. Turned on, it verifies the newest
+    /// backup at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 /// A retention policy: a backup is kept when either rule keeps it, and the

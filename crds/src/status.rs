@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_DEGRADED: &str = "Degraded";
+/// Whether the newest verified base backup passed its verification
+/// (`spec.backup.verify`); written by the backup controller.
+pub const CONDITION_BACKUP_VERIFIED: &str = "BackupVerified";
 
 /// What the operator last observed of the cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -36,6 +36,7 @@ mod sql;
 mod state;
 mod supervise;
 mod tools;
+mod verify;
 mod wal;
 
 use settings::Settings;
@@ -94,6 +95,8 @@ pub enum InitError {
     Wal(#[from] wal::WalError),
     #[error(transparent)]
     Backup(#[from] basebackup::BackupError),
+    #[error(transparent)]
+    Verify(#[from] verify::VerifyError),
     #[error("cannot serve the probes on {address}")]
     Health {
         address: std::net::SocketAddr,
@@ -186,10 +189,6 @@ enum Command {
         #[arg(long)]
         keep_days: Option<u64>,
     },
-    /// Unpack a base backup from the backup destination into the empty
-    /// directory PGDATA: the latest one, or the latest complete before
-    /// --before (RFC 3339), or the one named by --id. Recovery from the
-    /// WAL archive is then PostgreSQL's (recovery.signal, restore_command).
     /// Apply a retention policy to the backup destination now (the backup
     /// Job does after each backup): delete the base backups it does not
     /// keep, and the WAL before the oldest one kept.
@@ -201,12 +200,31 @@ enum Command {
         #[arg(long)]
         keep_days: Option<u64>,
     },
+    /// Unpack a base backup from the backup destination into the empty
+    /// directory PGDATA: the latest one, or the latest complete before
+    /// --before (RFC 3339), or the one named by --id. Recovery from the
+    /// WAL archive is then PostgreSQL's (recovery.signal, restore_command).
     BaseRestore {
         pgdata: PathBuf,
         #[arg(long)]
         before: Option<String>,
         #[arg(long, conflicts_with = "before")]
         id: Option<String>,
+    },
+    /// Restore a base backup from the backup destination under DIR (a
+    /// scratch volume), replay its WAL to the first consistent point and
+    /// check it (pg_amcheck, pg_checksums); exit 1 unless it passed. The
+    /// Job of a verified PostgresBackup runs this.
+    VerifyBackup {
+        /// The backup's id; the newest when unset.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where to write the result as JSON (the container's termination
+        /// message, which the operator reads).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
 }
 
@@ -293,6 +311,9 @@ fn main() -> ExitCode {
         Command::BaseRestore { pgdata, before, id } => {
             with_runtime(base_restore(&pgdata, before.as_deref(), id.as_deref()))
                 .map_err(|e| report(&e))
+        }
+        Command::VerifyBackup { id, dir, report } => {
+            verify_backup(id.as_deref(), &dir, report.as_deref())
         }
     };
     match result {
@@ -444,14 +465,14 @@ fn wal_fetch(name: &str, path: &std::path::Path, recovery: bool) -> ExitCode {
     }
 }
 
-/// `base-backup`: the backup, then its manifest as the report (or the
-/// error, which the operator then shows on the PostgresBackup).
 /// `base-backup`'s retention policy.
 struct Retention {
     keep: Option<usize>,
     window: Option<Duration>,
 }
 
+/// `base-backup`: the backup, then its manifest as the report (or the
+/// error, which the operator then shows on the PostgresBackup).
 fn base_backup(
     host: String,
     port: u16,
@@ -514,6 +535,41 @@ fn base_backup(
         tracing::warn!(path = %path.display(), %error, "cannot write the report");
     }
     taken.map(drop)
+}
+
+/// `verify-backup`: the backup restored and checked, the result as the
+/// report; an error only when it could not even be tried.
+fn verify_backup(
+    id: Option<&str>,
+    dir: &std::path::Path,
+    report_to: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let verified = with_runtime(async {
+        let archive = wal::Archive::from_env()?;
+        let pg_bin = settings::pg_bin_dir()?;
+        Ok(verify::verify(&archive, &pg_bin, dir, id).await)
+    })
+    .map_err(|e| report(&e));
+    let text = match &verified {
+        Ok(result) => serde_json::to_string(result).unwrap_or_default(),
+        Err(message) => message.clone(),
+    };
+    if let Some(path) = report_to
+        && let Err(error) = std::fs::write(path, text)
+    {
+        tracing::warn!(path = %path.display(), %error, "cannot write the report");
+    }
+    match verified? {
+        result if result.passed => {
+            tracing::info!(id = %result.id, restore_seconds = ?result.restore_seconds, checks = ?result.checks, "the backup passed its verification");
+            Ok(())
+        }
+        result => Err(format!(
+            "backup {} failed its verification: {}",
+            result.id,
+            result.message.unwrap_or_default()
+        )),
+    }
 }
 
 /// `base-restore`: the chosen backup, unpacked.

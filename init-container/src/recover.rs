@@ -122,47 +122,16 @@ async fn replay(
         &init,
     ));
     let log = settings.data_mount().join("restore.log");
-    let log_str = log.to_string_lossy();
-    // With hot_standby off, the server reports itself ready only once it
-    // has replayed to its target and is promoted; pg_ctl waits for that,
-    // and says so at once when the server stops instead (a target the
-    // archive does not reach, a missing or corrupt segment).
-    let limit = REPLAY_LIMIT.as_secs().to_string();
-    let started = tools::run(
+    let conn = start_promoted(
         &pg_ctl,
-        &[
-            "start",
-            "-w",
-            "-t",
-            &limit,
-            "-D",
-            &staging_str,
-            "-l",
-            &log_str,
-            "-o",
-            &options,
-        ],
-        None,
+        staging,
+        &log,
+        &settings.socket_dir,
+        settings.port,
+        &options,
     )
-    .await;
-    if let Err(error) = started {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(12).collect();
-        // Stopped if it still runs (the time limit).
-        let _ = tools::run(
-            &pg_ctl,
-            &["stop", "-m", "immediate", "-D", &staging_str],
-            None,
-        )
-        .await;
-        return Err(BackupError::Replay {
-            why: error.to_string(),
-            log: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        }
-        .into());
-    }
+    .await?;
     let result = async {
-        let conn = wait_promoted(settings, &pg_ctl, staging, &log).await?;
         // The source's passwords are not this cluster's; the source's
         // ALTER SYSTEM settings (its standbys' names) do not apply here.
         // One at a time: a multi-statement string is one transaction, and
@@ -215,19 +184,56 @@ async fn replay(
     Ok(())
 }
 
-/// Waits until the staging server has replayed to its target and is
-/// promoted (it refuses connections until then, hot_standby being off);
-/// fails as soon as it stops instead, with its log's end.
-async fn wait_promoted(
-    settings: &Settings,
+/// Starts the staging server in `staging` with `options` (its command
+/// line), and waits until it has replayed to its target and is promoted:
+/// with hot_standby off it refuses connections until then, and pg_ctl
+/// says at once when it stops instead (a target the archive does not
+/// reach, a missing or corrupt segment), with its log's end.
+pub(crate) async fn start_promoted(
     pg_ctl: &Path,
     staging: &Path,
     log: &Path,
+    socket_dir: &Path,
+    port: u16,
+    options: &str,
 ) -> Result<sql::Conn, InitError> {
-    let deadline = tokio::time::Instant::now() + REPLAY_LIMIT;
     let staging_str = staging.to_string_lossy();
+    let log_str = log.to_string_lossy();
+    let limit = REPLAY_LIMIT.as_secs().to_string();
+    let started = tools::run(
+        pg_ctl,
+        &[
+            "start",
+            "-w",
+            "-t",
+            &limit,
+            "-D",
+            &staging_str,
+            "-l",
+            &log_str,
+            "-o",
+            options,
+        ],
+        None,
+    )
+    .await;
+    if let Err(error) = started {
+        // Stopped if it still runs (the time limit).
+        let _ = tools::run(
+            pg_ctl,
+            &["stop", "-m", "immediate", "-D", &staging_str],
+            None,
+        )
+        .await;
+        return Err(BackupError::Replay {
+            why: error.to_string(),
+            log: log_tail(log),
+        }
+        .into());
+    }
+    let deadline = tokio::time::Instant::now() + REPLAY_LIMIT;
     loop {
-        if let Ok(conn) = sql::local(&settings.socket_dir, settings.port).await
+        if let Ok(conn) = sql::local(socket_dir, port).await
             && let Ok(row) = conn
                 .client
                 .query_one("SELECT pg_is_in_recovery()", &[])
@@ -240,20 +246,33 @@ async fn wait_promoted(
             .await
             .is_ok();
         if !running || tokio::time::Instant::now() >= deadline {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            if running {
+                let _ = tools::run(
+                    pg_ctl,
+                    &["stop", "-m", "immediate", "-D", &staging_str],
+                    None,
+                )
+                .await;
+            }
             return Err(BackupError::Replay {
                 why: if running {
                     format!("not promoted within {REPLAY_LIMIT:?}")
                 } else {
                     "the server stopped during recovery".to_owned()
                 },
-                log: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+                log: log_tail(log),
             }
             .into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The last lines of a server's log, for an error.
+pub(crate) fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(12).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]

@@ -543,3 +543,144 @@ fn recovery_env(pod: &Pod, minio: &Minio, prefix: &str, creds: &std::path::Path)
         &creds.display().to_string(),
     );
 }
+
+/// `ordinal-init verify-backup` on a real backup: it restores it, replays
+/// to consistency and passes PostgreSQL's checks; the same backup with one
+/// page of a table changed in the store fails them (by checksum), and with
+/// a WAL segment it needs missing it fails to restore. Each failure says
+/// what it found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_backup_passes_and_a_corrupt_or_incomplete_one_fails() {
+    use object_store::ObjectStore;
+    let minio = Minio::start();
+    let init = env!("CARGO_BIN_EXE_ordinal-init");
+    let cluster = Cluster::new(init);
+    let db0 = cluster.pod(0);
+    let creds = credentials(&minio, &db0.data_mount);
+    backup_env(&db0, &minio, "cluster-v", &creds);
+    cluster.set_state("db-0", false, 0);
+    let out = db0.init();
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    append_conf(
+        &db0,
+        &format!(
+            "archive_mode = on\narchive_command = '{init} wal-push %p %f'\narchive_timeout = 5"
+        ),
+    );
+    db0.start().expect("db-0 starts");
+    let sql = db0.sql().await;
+    sql.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT i, repeat('x', 500) FROM generate_series(1, 1000) i; \
+         CHECKPOINT",
+    )
+    .await
+    .unwrap();
+    let file: String = sql
+        .query_one("SELECT pg_relation_filepath('t')", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let report = db0.data_mount.join("backup.json");
+    let out = db0
+        .init_command()
+        .args(["base-backup", "--host", "127.0.0.1", "--port"])
+        .arg(db0.port.to_string())
+        .args(["--wal-wait-seconds", "60", "--report"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "base-backup: {}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let id = manifest["id"].as_str().unwrap().to_owned();
+
+    let verify = |name: &str| {
+        let scratch = db0.data_mount.join(name);
+        std::fs::create_dir(&scratch).unwrap();
+        ordinal_e2e::local::chown_to_postgres(&scratch);
+        let report = scratch.join("report.json");
+        let out = db0
+            .init_command()
+            .args(["verify-backup", "--id", &id, "--dir"])
+            .arg(&scratch)
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(&report).unwrap_or_default();
+        let result: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("report {text:?} ({e}): {}", stderr(&out)));
+        (out, result)
+    };
+    let (out, passed) = verify("verify-good");
+    assert!(out.status.success(), "verify-backup: {}", stderr(&out));
+    assert_eq!(passed["passed"], true, "{passed}");
+    assert_eq!(passed["id"], id.as_str(), "{passed}");
+    assert!(passed["restoreSeconds"].as_f64().unwrap() > 0.0, "{passed}");
+    let checks = passed["checks"].to_string();
+    assert!(
+        checks.contains("pg_amcheck") && checks.contains("pg_checksums"),
+        "{passed}"
+    );
+
+    // One byte of the table's first page changed in the stored backup
+    // (the tar is stored whole, so the file's bytes are found by offset).
+    let options: Vec<(String, String)> = minio.options();
+    let url = url::Url::parse(&minio.url("cluster-v")).unwrap();
+    let (store, prefix) = object_store::parse_url_opts(&url, options).unwrap();
+    let data = prefix
+        .child("base")
+        .child(id.as_str())
+        .child("data.tar.zst");
+    let original = store.get(&data).await.unwrap().bytes().await.unwrap();
+    let mut tar_bytes = zstd::decode_all(&original[..]).unwrap();
+    let offset = {
+        let mut archive = tar::Archive::new(&tar_bytes[..]);
+        let entry = archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .find(|e| e.path().unwrap().to_string_lossy() == file)
+            .unwrap_or_else(|| panic!("{file} is not in the backup"));
+        usize::try_from(entry.raw_file_position()).unwrap()
+    };
+    // Past the page header and line pointers: a tuple's bytes.
+    tar_bytes[offset + 6000] ^= 0xff;
+    let corrupt = zstd::encode_all(&tar_bytes[..], 3).unwrap();
+    store.put(&data, corrupt.into()).await.unwrap();
+    let (out, failed) = verify("verify-corrupt");
+    assert!(!out.status.success(), "a corrupt backup passed: {failed}");
+    assert_eq!(failed["passed"], false, "{failed}");
+    let message = failed["message"].as_str().unwrap_or_default();
+    eprintln!("verification failed as expected: {message}");
+    assert!(
+        message.contains("corruption") || message.contains("checksum"),
+        "{failed}"
+    );
+    assert!(failed["restoreSeconds"].as_f64().is_some(), "{failed}");
+
+    // The backup whole again, but its first WAL segment gone.
+    store.put(&data, original.into()).await.unwrap();
+    let begin_wal = manifest["beginWal"].as_str().unwrap();
+    let segment = prefix
+        .child("wal")
+        .child(&begin_wal[..16])
+        .child(format!("{begin_wal}.zst"));
+    store.head(&segment).await.expect("the segment is archived");
+    store.delete(&segment).await.unwrap();
+    let (out, failed) = verify("verify-no-wal");
+    assert!(
+        !out.status.success(),
+        "a backup without its WAL passed: {failed}"
+    );
+    let message = failed["message"].as_str().unwrap_or_default();
+    eprintln!("verification failed as expected: {message}");
+    assert!(
+        message.contains(&format!("lacks WAL that backup {id} needs"))
+            && message.contains(begin_wal),
+        "{failed}"
+    );
+    assert!(failed["restoreSeconds"].is_null(), "{failed}");
+}

@@ -114,6 +114,7 @@ pub fn s3_backup() -> ordinal_crds::BackupSpec {
         archive_timeout_seconds: 60,
         schedule: None,
         retention: None,
+        verify: false,
     }
 }
 

@@ -144,6 +144,7 @@ mod tests {
             archive_timeout_seconds: 60,
             schedule: None,
             retention: None,
+            verify: false,
         }
     }
 
