@@ -91,7 +91,7 @@ fn the_prometheus_rule_holds_the_same_groups_and_every_alert_is_documented() {
         .iter()
         .filter_map(|r| r["alert"].as_str())
         .collect();
-    assert_eq!(alerts.len(), 11);
+    assert_eq!(alerts.len(), 13);
     for alert in alerts {
         let rule = plain["groups"][0]["rules"]
             .as_array()
@@ -290,6 +290,7 @@ async fn a_real_prometheus_answers_every_dashboard_query() {
     // real cluster): record them the way the backup controller and the
     // failover loop do, so that their panels' queries are checked.
     metrics.record_backup("local", "db", 1_796_000_000.0, 12.5);
+    metrics.record_verification("local", "db", 1_796_000_000.0, true, Some(3.2));
     metrics.observe_archiver(
         "local",
         "db",

@@ -13,20 +13,25 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
 use ordinal_crds::{
-    BackupManifest, BackupPhase, BackupTarget, BackupsStatus, PostgresBackup, PostgresBackupStatus,
-    PostgresCluster, PostgresClusterStatus, Role, names,
+    BackupManifest, BackupPhase, BackupTarget, BackupsStatus, CONDITION_BACKUP_VERIFIED,
+    PostgresBackup, PostgresBackupStatus, PostgresCluster, PostgresClusterStatus, Role,
+    VerificationPhase, VerificationReport, VerificationStatus, names,
 };
 use serde_json::json;
 
 use crate::Context;
-use crate::reconcile::build::{build_backup_job, job::BACKUP_CONTAINER};
+use crate::reconcile::build::job::{BACKUP_CONTAINER, VERIFY_CONTAINER, verify_job_name};
+use crate::reconcile::build::{build_backup_job, build_verify_job};
 use crate::reconcile::validate;
 
 /// How soon a backup waiting for its cluster is looked at again.
@@ -99,8 +104,8 @@ pub fn choose_source(status: &PostgresClusterStatus, target: BackupTarget) -> Op
         .or(Some(primary))
 }
 
-/// The Job's outcome from its status and its pod's container.
-pub fn outcome(job: &Job, pods: &[Pod]) -> Outcome {
+/// The Job's outcome from its status and its pod's `container`.
+pub fn outcome(job: &Job, pods: &[Pod], container: &str) -> Outcome {
     let status = job.status.as_ref();
     let condition = |type_: &str| {
         status
@@ -111,7 +116,7 @@ pub fn outcome(job: &Job, pods: &[Pod]) -> Outcome {
         .iter()
         .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
         .flatten()
-        .filter(|c| c.name == BACKUP_CONTAINER)
+        .filter(|c| c.name == container)
         .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
         .map(|m| m.trim().to_owned())
         .find(|m| !m.is_empty());
@@ -121,7 +126,7 @@ pub fn outcome(job: &Job, pods: &[Pod]) -> Outcome {
     if let Some(failed) = condition("Failed") {
         return Outcome::Failed(message.unwrap_or_else(|| {
             format!(
-                "the backup Job failed: {}",
+                "the Job failed: {}",
                 failed.message.clone().unwrap_or_default()
             )
         }));
@@ -178,8 +183,29 @@ pub async fn run(ctx: Arc<Context>) {
         names::LABEL_APP_NAME,
         names::BACKUP_APP_NAME
     ));
-    Controller::new(backups, watcher::Config::default().any_semantic())
+    let controller = Controller::new(backups, watcher::Config::default().any_semantic());
+    let known = controller.store();
+    // A change of a cluster's spec (spec.backup.verify turned on) looks at
+    // its backups again; its status, written every second, does not.
+    let spec_changes = watcher(
+        Api::<PostgresCluster>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+    controller
         .owns(Api::<Job>::all(client), jobs)
+        .watches_stream(spec_changes, move |pgc: PostgresCluster| {
+            let namespace = pgc.namespace();
+            let cluster = pgc.name_any();
+            known
+                .state()
+                .into_iter()
+                .filter(|b| b.namespace() == namespace && b.spec.cluster == cluster)
+                .map(|b| ObjectRef::from_obj(&*b))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -204,9 +230,10 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
     let status = backup.status.clone().unwrap_or_default();
     let cluster = &backup.spec.cluster;
     if status.finished() {
-        // A restarted operator sets the backup series again from here.
         if status.phase == Some(BackupPhase::Completed) {
+            // A restarted operator sets the backup series again from here.
             record(&ctx, &namespace, cluster, &status);
+            return verification(&backup, &ctx, &namespace, &status).await;
         }
         return Ok(Action::await_change());
     }
@@ -224,7 +251,7 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
                 .await
                 .map_err(api_err("list the Job's pods"))?
                 .items;
-            match outcome(&job, &pods) {
+            match outcome(&job, &pods, BACKUP_CONTAINER) {
                 Outcome::Running => PostgresBackupStatus {
                     phase: Some(BackupPhase::Running),
                     ..status.clone()
@@ -483,11 +510,19 @@ async fn write_cluster_backups(
     cluster: &str,
     backups: &[PostgresBackup],
 ) -> Result<(), BackupError> {
-    let body = json!({
+    let mut body = json!({
         "apiVersion": PostgresCluster::api_version(&()),
         "kind": PostgresCluster::kind(&()),
         "status": { "backups": summarize(backups, cluster) },
     });
+    let cached = cached_cluster(ctx, namespace, cluster);
+    let old = cached
+        .as_ref()
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.condition(CONDITION_BACKUP_VERIFIED));
+    if let Some(condition) = verified_condition(backups, cluster, old, Time((ctx.now)())) {
+        body["status"]["conditions"] = json!([condition]);
+    }
     let clusters: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), namespace);
     match clusters
         .patch_status(
@@ -542,6 +577,327 @@ async fn forget_pruned(
     }
     backups.retain(|b| !is_pruned(b));
     Ok(())
+}
+
+/// The cluster as the reconciler's cache last saw it.
+fn cached_cluster(ctx: &Context, namespace: &str, cluster: &str) -> Option<Arc<PostgresCluster>> {
+    ctx.clusters.get()?.get(
+        &kube::runtime::reflector::ObjectRef::<PostgresCluster>::new(cluster).within(namespace),
+    )
+}
+
+/// The cluster's `BackupVerified` condition: the result of the newest
+/// finished verification among its backups (None when none was
+/// verified). Its transition time moves only when its status flips.
+pub fn verified_condition(
+    backups: &[PostgresBackup],
+    cluster: &str,
+    old: Option<&Condition>,
+    now: Time,
+) -> Option<Condition> {
+    let (backup, verification) = backups
+        .iter()
+        .filter(|b| b.spec.cluster == cluster)
+        .filter_map(|b| {
+            let status = b.status.as_ref()?;
+            let v = status.verification.as_ref().filter(|v| v.finished())?;
+            Some((status.completed_at.clone()?, b.name_any(), v))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, name, v)| (name, v))?;
+    let passed = verification.phase == VerificationPhase::Passed;
+    let status = if passed { "True" } else { "False" };
+    let message = if passed {
+        format!(
+            "backup {backup} was restored{} and passed {}",
+            verification
+                .restore_milliseconds
+                .map(|ms| format!(" in {:.1} s", ms as f64 / 1000.0))
+                .unwrap_or_default(),
+            verification.checks.join("; ")
+        )
+    } else {
+        format!(
+            "backup {backup} failed its verification: {}",
+            verification.message.as_deref().unwrap_or("no reason given")
+        )
+    };
+    Some(Condition {
+        type_: CONDITION_BACKUP_VERIFIED.to_owned(),
+        status: status.to_owned(),
+        reason: if passed {
+            "Passed"
+        } else {
+            "VerificationFailed"
+        }
+        .to_owned(),
+        message: message.chars().take(1000).collect(),
+        last_transition_time: match old {
+            Some(prev) if prev.status == status => prev.last_transition_time.clone(),
+            _ => now,
+        },
+        observed_generation: None,
+    })
+}
+
+/// The name of the cluster's newest completed backup.
+pub fn newest_completed<'a>(backups: &'a [PostgresBackup], cluster: &str) -> Option<&'a str> {
+    backups
+        .iter()
+        .filter(|b| b.spec.cluster == cluster)
+        .filter_map(|b| {
+            let s = b.status.as_ref()?;
+            (s.phase == Some(BackupPhase::Completed))
+                .then(|| Some((s.completed_at.as_deref()?, b.metadata.name.as_deref()?)))?
+        })
+        .max()
+        .map(|(_, name)| name)
+}
+
+/// A verification from its Job's end: the report (its container's
+/// termination message) when there is one, else what the Job said.
+pub fn verification_result(
+    running: &VerificationStatus,
+    outcome: Outcome,
+    now: &str,
+) -> VerificationStatus {
+    let (succeeded, text) = match outcome {
+        Outcome::Running => return running.clone(),
+        Outcome::Succeeded(text) => (true, text.unwrap_or_default()),
+        Outcome::Failed(text) => (false, text),
+    };
+    let mut done = VerificationStatus {
+        completed_at: Some(now.to_owned()),
+        ..running.clone()
+    };
+    match serde_json::from_str::<VerificationReport>(&text) {
+        Ok(report) => {
+            done.phase = if report.passed && succeeded {
+                VerificationPhase::Passed
+            } else {
+                VerificationPhase::Failed
+            };
+            done.restore_milliseconds = report
+                .restore_seconds
+                .map(|s| (s * 1000.0).round().max(0.0) as u64);
+            done.checks = report.checks;
+            done.message = report.message;
+        }
+        Err(_) => {
+            done.phase = VerificationPhase::Failed;
+            done.message = Some(if text.is_empty() {
+                "the verification Job ended without a report".to_owned()
+            } else {
+                text
+            });
+        }
+    }
+    if done.phase == VerificationPhase::Failed && done.message.is_none() {
+        done.message = Some("the verification Job failed without saying why".to_owned());
+    }
+    done
+}
+
+/// A completed backup: verified when the cluster asks for it
+/// (`spec.backup.verify`) and it is the cluster's newest; the Job is
+/// started, followed and its result recorded.
+async fn verification(
+    backup: &PostgresBackup,
+    ctx: &Context,
+    namespace: &str,
+    status: &PostgresBackupStatus,
+) -> Result<Action, BackupError> {
+    let name = backup.name_any();
+    let cluster_name = &backup.spec.cluster;
+    let api_err = |action| api_error(action, namespace, &name);
+    if let Some(done) = status.verification.as_ref().filter(|v| v.finished()) {
+        record_verification(ctx, namespace, cluster_name, status, done);
+        return Ok(Action::await_change());
+    }
+    let Some(id) = status.id.clone() else {
+        return Ok(Action::await_change());
+    };
+    let job_name = verify_job_name(&name);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let job = jobs
+        .get_opt(&job_name)
+        .await
+        .map_err(api_err("read the verification Job"))?;
+    let next = match (&status.verification, job) {
+        (Some(running), Some(job)) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+            let selector = format!("batch.kubernetes.io/job-name={job_name}");
+            let pods = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(api_err("list the verification Job's pods"))?
+                .items;
+            match outcome(&job, &pods, VERIFY_CONTAINER) {
+                Outcome::Running => return Ok(Action::requeue(RUNNING_RESYNC)),
+                ended => verification_result(running, ended, &(ctx.now)().to_string()),
+            }
+        }
+        // Not started, or its Job is gone: only when asked, and for the
+        // cluster's newest backup (turning verify on verifies that one,
+        // not every backup ever taken).
+        (_, None) => {
+            let Some(pgc) = cached_cluster(ctx, namespace, cluster_name) else {
+                return Ok(Action::await_change());
+            };
+            if !pgc.spec.backup.as_ref().is_some_and(|b| b.verify) {
+                return Ok(Action::await_change());
+            }
+            let backups = Api::<PostgresBackup>::namespaced(ctx.client.clone(), namespace)
+                .list(&ListParams::default())
+                .await
+                .map_err(api_err("list the cluster's backups"))?
+                .items;
+            if newest_completed(&backups, cluster_name) != Some(name.as_str()) {
+                return Ok(Action::await_change());
+            }
+            let Ok(cluster) = validate::validate(&pgc)? else {
+                return Ok(Action::await_change());
+            };
+            let owner =
+                backup
+                    .controller_owner_ref(&())
+                    .ok_or_else(|| BackupError::MissingUid {
+                        namespace: namespace.to_owned(),
+                        name: name.clone(),
+                    })?;
+            let job = build_verify_job(&cluster, &ctx.build, &name, &id, owner);
+            jobs.patch(
+                &job_name,
+                &PatchParams::apply(names::FIELD_MANAGER).force(),
+                &Patch::Apply(&job),
+            )
+            .await
+            .map_err(api_err("create the verification Job"))?;
+            tracing::info!(%namespace, backup = %name, %id, "verification started");
+            VerificationStatus {
+                phase: VerificationPhase::Running,
+                job: Some(job_name),
+                started_at: Some((ctx.now)().to_string()),
+                completed_at: None,
+                restore_milliseconds: None,
+                checks: Vec::new(),
+                message: None,
+            }
+        }
+        (None, Some(_)) => VerificationStatus {
+            phase: VerificationPhase::Running,
+            job: Some(job_name),
+            started_at: Some((ctx.now)().to_string()),
+            completed_at: None,
+            restore_milliseconds: None,
+            checks: Vec::new(),
+            message: None,
+        },
+    };
+    let updated = PostgresBackupStatus {
+        verification: Some(next.clone()),
+        ..status.clone()
+    };
+    write_status(ctx, backup, namespace, &updated).await?;
+    announce_verification(ctx, backup, &next).await;
+    if !next.finished() {
+        return Ok(Action::requeue(RUNNING_RESYNC));
+    }
+    record_verification(ctx, namespace, cluster_name, &updated, &next);
+    let backups = Api::<PostgresBackup>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("list the cluster's backups"))?
+        .items;
+    write_cluster_backups(ctx, namespace, cluster_name, &backups).await?;
+    Ok(Action::await_change())
+}
+
+/// Events of a verification: on the PostgresBackup always, on the
+/// cluster too when it failed (where people look first).
+async fn announce_verification(
+    ctx: &Context,
+    backup: &PostgresBackup,
+    verification: &VerificationStatus,
+) {
+    let name = backup.name_any();
+    let (type_, reason, note) = match verification.phase {
+        VerificationPhase::Running => (
+            EventType::Normal,
+            "VerificationStarted",
+            format!(
+                "restoring backup {} in Job {} to check it",
+                backup
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.id.as_deref())
+                    .unwrap_or_default(),
+                verification.job.as_deref().unwrap_or_default()
+            ),
+        ),
+        VerificationPhase::Passed => (
+            EventType::Normal,
+            "BackupVerified",
+            format!(
+                "restored in {:.1} s; {}",
+                verification.restore_milliseconds.unwrap_or_default() as f64 / 1000.0,
+                verification.checks.join("; ")
+            ),
+        ),
+        VerificationPhase::Failed => (
+            EventType::Warning,
+            "BackupVerificationFailed",
+            format!(
+                "backup {name}: {}",
+                verification.message.as_deref().unwrap_or_default()
+            ),
+        ),
+    };
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Verify".to_owned(),
+        secondary: None,
+    };
+    let mut targets = vec![backup.object_ref(&())];
+    if verification.phase == VerificationPhase::Failed
+        && let Some(namespace) = backup.namespace()
+        && let Some(pgc) = cached_cluster(ctx, &namespace, &backup.spec.cluster)
+    {
+        targets.push(pgc.object_ref(&()));
+    }
+    for target in targets {
+        if let Err(error) = ctx.recorder.publish(&event, &target).await {
+            tracing::warn!(%error, reason, "failed to publish an event");
+        }
+    }
+}
+
+/// The verification series of the cluster, from a finished verification.
+fn record_verification(
+    ctx: &Context,
+    namespace: &str,
+    cluster: &str,
+    status: &PostgresBackupStatus,
+    verification: &VerificationStatus,
+) {
+    let Some(completed) = status
+        .completed_at
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    else {
+        return;
+    };
+    ctx.metrics.record_verification(
+        namespace,
+        cluster,
+        completed.as_millisecond() as f64 / 1000.0,
+        verification.phase == VerificationPhase::Passed,
+        verification
+            .restore_milliseconds
+            .map(|ms| ms as f64 / 1000.0),
+    );
 }
 
 /// The field manager of `status.backups`.

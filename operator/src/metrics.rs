@@ -37,6 +37,8 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("ordinal_probe_duration_seconds", "histogram"),
     ("ordinal_backup_last_success_timestamp_seconds", "gauge"),
     ("ordinal_backup_duration_seconds", "gauge"),
+    ("ordinal_backup_verification_passed", "gauge"),
+    ("ordinal_backup_restore_seconds", "gauge"),
     ("ordinal_wal_archive_lag_seconds", "gauge"),
     ("ordinal_wal_archive_failures_total", "counter"),
 ];
@@ -62,6 +64,11 @@ pub struct Metrics {
     pub failover_lost_bytes: IntGaugeVec,
     pub backup_last_success: GaugeVec,
     pub backup_duration: GaugeVec,
+    pub verification_passed: IntGaugeVec,
+    pub restore_seconds: GaugeVec,
+    /// The completion time of the backup whose verification sets the
+    /// two series above, per (namespace, cluster).
+    verified_seen: Arc<Mutex<HashMap<(String, String), f64>>>,
     pub archive_lag: GaugeVec,
     pub archive_failures: IntCounterVec,
     /// The archiver's failed_count last seen, per (namespace, cluster).
@@ -190,6 +197,19 @@ impl Metrics {
                 ),
                 CLUSTER,
             )?,
+            verification_passed: gauge(
+                "ordinal_backup_verification_passed",
+                "1 when the newest verified base backup of the cluster passed its verification (restored and checked in a throwaway pod), 0 when it failed",
+                CLUSTER,
+            )?,
+            restore_seconds: GaugeVec::new(
+                Opts::new(
+                    "ordinal_backup_restore_seconds",
+                    "The restore time measured by the newest verification: download, unpack and WAL replay to consistency",
+                ),
+                CLUSTER,
+            )?,
+            verified_seen: Arc::default(),
             archive_lag: GaugeVec::new(
                 Opts::new(
                     "ordinal_wal_archive_lag_seconds",
@@ -233,6 +253,8 @@ impl Metrics {
             Box::new(self.failover_lost_bytes.clone()),
             Box::new(self.backup_last_success.clone()),
             Box::new(self.backup_duration.clone()),
+            Box::new(self.verification_passed.clone()),
+            Box::new(self.restore_seconds.clone()),
             Box::new(self.archive_lag.clone()),
             Box::new(self.archive_failures.clone()),
         ]
@@ -387,6 +409,11 @@ impl Metrics {
         let _ = self.failover_lost_bytes.remove_label_values(&labels);
         let _ = self.backup_last_success.remove_label_values(&labels);
         let _ = self.backup_duration.remove_label_values(&labels);
+        let _ = self.verification_passed.remove_label_values(&labels);
+        let _ = self.restore_seconds.remove_label_values(&labels);
+        if let Ok(mut seen) = self.verified_seen.lock() {
+            seen.remove(&(namespace.to_owned(), cluster.to_owned()));
+        }
         let _ = self.archive_lag.remove_label_values(&labels);
         let _ = self.archive_failures.remove_label_values(&labels);
         if let Ok(mut seen) = self.archive_failed_seen.lock() {
@@ -447,6 +474,36 @@ impl Metrics {
             self.backup_duration
                 .with_label_values(&[namespace, cluster])
                 .set(seconds);
+        }
+    }
+
+    /// A finished verification of a base backup completed at `completed`
+    /// (Unix seconds): the newest backup's sets the series.
+    pub fn record_verification(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        completed: f64,
+        passed: bool,
+        restore_seconds: Option<f64>,
+    ) {
+        let Ok(mut seen) = self.verified_seen.lock() else {
+            return;
+        };
+        let key = (namespace.to_owned(), cluster.to_owned());
+        if seen.get(&key).is_some_and(|&newest| newest > completed) {
+            return;
+        }
+        seen.insert(key, completed);
+        let labels = [namespace, cluster];
+        self.verification_passed
+            .with_label_values(&labels)
+            .set(i64::from(passed));
+        match restore_seconds {
+            Some(seconds) => self.restore_seconds.with_label_values(&labels).set(seconds),
+            None => {
+                let _ = self.restore_seconds.remove_label_values(&labels);
+            }
         }
     }
 

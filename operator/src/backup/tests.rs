@@ -101,9 +101,13 @@ fn pod(message: &str) -> Pod {
 
 #[test]
 fn the_job_outcome_carries_its_report() {
-    assert_eq!(outcome(&job(None), &[]), Outcome::Running);
+    assert_eq!(outcome(&job(None), &[], BACKUP_CONTAINER), Outcome::Running);
     assert_eq!(
-        outcome(&job(Some("Complete")), &[pod("{\"id\":\"x\"}\n")]),
+        outcome(
+            &job(Some("Complete")),
+            &[pod("{\"id\":\"x\"}\n")],
+            BACKUP_CONTAINER
+        ),
         Outcome::Succeeded(Some("{\"id\":\"x\"}".to_owned()))
     );
     assert_eq!(
@@ -111,16 +115,15 @@ fn the_job_outcome_carries_its_report() {
             &job(Some("Failed")),
             &[pod(
                 "cannot upload s3://b/p/base/x/data.tar.zst: 403 Forbidden"
-            )]
+            )],
+            BACKUP_CONTAINER
         ),
         Outcome::Failed("cannot upload s3://b/p/base/x/data.tar.zst: 403 Forbidden".to_owned())
     );
     // A pod gone (deleted, or never scheduled): the Job's own reason.
     assert_eq!(
-        outcome(&job(Some("Failed")), &[]),
-        Outcome::Failed(
-            "the backup Job failed: Job has reached the specified backoff limit".to_owned()
-        )
+        outcome(&job(Some("Failed")), &[], BACKUP_CONTAINER),
+        Outcome::Failed("the Job failed: Job has reached the specified backoff limit".to_owned())
     );
 }
 
@@ -209,4 +212,127 @@ fn the_cluster_counts_its_completed_backups() {
         Some("2026-12-01T00:00:00Z")
     );
     assert_eq!(summarize(&all, "none"), BackupsStatus::default());
+}
+
+fn verified(name: &str, completed: &str, phase: VerificationPhase) -> PostgresBackup {
+    let mut b = PostgresBackup::new(
+        name,
+        ordinal_crds::PostgresBackupSpec {
+            cluster: "db".to_owned(),
+            target: BackupTarget::PreferStandby,
+        },
+    );
+    b.status = Some(PostgresBackupStatus {
+        phase: Some(BackupPhase::Completed),
+        completed_at: Some(completed.to_owned()),
+        verification: Some(VerificationStatus {
+            phase,
+            job: Some(format!("{name}-verify")),
+            started_at: None,
+            completed_at: None,
+            restore_milliseconds: Some(3250),
+            checks: vec!["pg_checksums: 12 page(s), every checksum matches".to_owned()],
+            message: (phase == VerificationPhase::Failed)
+                .then(|| "pg_amcheck found corruption: heap table t".to_owned()),
+        }),
+        ..PostgresBackupStatus::default()
+    });
+    b
+}
+
+#[test]
+fn a_verification_reads_its_report_or_the_jobs_words() {
+    let running = VerificationStatus {
+        phase: VerificationPhase::Running,
+        job: Some("b-verify".to_owned()),
+        started_at: Some("2026-12-06T01:00:00Z".to_owned()),
+        completed_at: None,
+        restore_milliseconds: None,
+        checks: Vec::new(),
+        message: None,
+    };
+    let now = "2026-12-06T01:01:00Z";
+    assert_eq!(
+        verification_result(&running, Outcome::Running, now),
+        running
+    );
+    let passed = verification_result(
+        &running,
+        Outcome::Succeeded(Some(
+            r#"{"id":"x","passed":true,"restoreSeconds":2.3456,"checks":["pg_amcheck: ok"]}"#
+                .to_owned(),
+        )),
+        now,
+    );
+    assert_eq!(passed.phase, VerificationPhase::Passed);
+    assert_eq!(passed.restore_milliseconds, Some(2346));
+    assert_eq!(passed.checks, ["pg_amcheck: ok"]);
+    assert_eq!(passed.completed_at.as_deref(), Some(now));
+    let failed = verification_result(
+        &running,
+        Outcome::Failed(
+            r#"{"id":"x","passed":false,"message":"the archive lacks WAL"}"#.to_owned(),
+        ),
+        now,
+    );
+    assert_eq!(failed.phase, VerificationPhase::Failed);
+    assert_eq!(failed.message.as_deref(), Some("the archive lacks WAL"));
+    // Killed before it could report (its deadline, an eviction).
+    let killed = verification_result(
+        &running,
+        Outcome::Failed("the Job failed: Job was active longer than specified deadline".to_owned()),
+        now,
+    );
+    assert_eq!(killed.phase, VerificationPhase::Failed);
+    assert!(killed.message.unwrap_or_default().contains("deadline"));
+    // A report that says passed from a Job that failed is not a pass.
+    let odd = verification_result(
+        &running,
+        Outcome::Failed(r#"{"id":"x","passed":true}"#.to_owned()),
+        now,
+    );
+    assert_eq!(odd.phase, VerificationPhase::Failed);
+    assert!(odd.message.is_some());
+}
+
+#[test]
+fn the_newest_verification_sets_the_clusters_condition() {
+    let now = Time("2026-12-06T02:00:00Z".parse().expect("time"));
+    let older_pass = verified("b1", "2026-12-05T00:00:00Z", VerificationPhase::Passed);
+    let newer_fail = verified("b2", "2026-12-06T00:00:00Z", VerificationPhase::Failed);
+    let running = verified("b3", "2026-12-06T01:00:00Z", VerificationPhase::Running);
+    let all = [older_pass.clone(), newer_fail, running];
+    assert_eq!(newest_completed(&all, "db"), Some("b3"));
+    assert_eq!(newest_completed(&all, "other"), None);
+    let failed = verified_condition(&all, "db", None, now.clone()).expect("a condition");
+    assert_eq!(failed.type_, CONDITION_BACKUP_VERIFIED);
+    assert_eq!(failed.status, "False");
+    assert_eq!(failed.reason, "VerificationFailed");
+    assert!(failed.message.contains("b2") && failed.message.contains("corruption"));
+    assert_eq!(failed.last_transition_time, now);
+    let passed =
+        verified_condition(&[older_pass], "db", Some(&failed), now.clone()).expect("a condition");
+    assert_eq!(passed.status, "True");
+    assert!(passed.message.contains("in 3.2 s"), "{}", passed.message);
+    // Unchanged status: the transition time stays.
+    let earlier = Condition {
+        last_transition_time: Time("2026-12-01T00:00:00Z".parse().expect("time")),
+        ..passed.clone()
+    };
+    let again = verified_condition(
+        &[verified(
+            "b4",
+            "2026-12-07T00:00:00Z",
+            VerificationPhase::Passed,
+        )],
+        "db",
+        Some(&earlier),
+        now,
+    )
+    .expect("a condition");
+    assert_eq!(again.last_transition_time, earlier.last_transition_time);
+    assert_eq!(
+        verified_condition(&[], "db", None, Time(Timestamp::UNIX_EPOCH)),
+        None
+    );
 }

@@ -63,6 +63,7 @@ fn fed() -> Metrics {
     );
     m.record_failover("ns", "db", &record());
     m.record_backup("ns", "db", 1_796_000_000.0, 42.5);
+    m.record_verification("ns", "db", 1_796_000_000.0, true, Some(3.25));
     m.observe_archiver("ns", "db", Some(&archiver(3, 12.0)));
     m
 }

@@ -130,18 +130,118 @@ pub fn build_backup_job(
         empty_dir(VOLUME_TMP, None),
     ];
     volumes.extend(backup_credentials_volume(cluster));
+    job(cluster, backup, labels, owner, install, take, volumes, None)
+}
+
+/// The Job verifying base backup `id` of `cluster` for PostgresBackup
+/// `backup`: `ordinal-init verify-backup` restores it under a scratch
+/// volume and checks it, in the cluster's own image; it reads the store
+/// and nothing else (no instance, no replication credentials).
+pub fn build_verify_job(
+    cluster: &ValidCluster,
+    config: &BuildConfig,
+    backup: &str,
+    id: &str,
+    owner: OwnerReference,
+) -> Job {
+    let name = verify_job_name(backup);
+    let labels = backup_labels(&cluster.name, backup);
+    let install = install_container(config, false);
+    let check = Container {
+        name: VERIFY_CONTAINER.to_owned(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: cluster
+            .spec
+            .image_pull_policy
+            .map(|p| p.as_str().to_owned()),
+        command: Some(
+            [
+                paths::ORDINAL_INIT,
+                "verify-backup",
+                "--id",
+                id,
+                "--dir",
+                VERIFY_DIR,
+                "--report",
+                TERMINATION_LOG,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        env: Some(archive_env(cluster)),
+        volume_mounts: Some(vec![
+            mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
+            mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true),
+            mount(VOLUME_TMP, "/tmp", false),
+            mount(VOLUME_VERIFY, VERIFY_DIR, false),
+        ]),
+        security_context: Some(restricted()),
+        termination_message_path: Some(TERMINATION_LOG.to_owned()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    };
+    let mut volumes = vec![
+        empty_dir(VOLUME_ORDINAL, None),
+        empty_dir(VOLUME_TMP, None),
+        empty_dir(VOLUME_VERIFY, None),
+    ];
+    volumes.extend(backup_credentials_volume(cluster));
+    job(
+        cluster,
+        &name,
+        labels,
+        owner,
+        install,
+        check,
+        volumes,
+        Some(VERIFY_DEADLINE_SECONDS),
+    )
+}
+
+/// The verification Job of PostgresBackup `backup`: `<backup>-verify`,
+/// its name shortened to fit the 63 characters of a label value.
+pub fn verify_job_name(backup: &str) -> String {
+    let mut base: String = backup.chars().take(63 - VERIFY_SUFFIX.len()).collect();
+    while base.ends_with('-') {
+        base.pop();
+    }
+    format!("{base}{VERIFY_SUFFIX}")
+}
+
+const VERIFY_SUFFIX: &str = "-verify";
+/// The container that restores and checks a backup.
+pub const VERIFY_CONTAINER: &str = "verify";
+/// The scratch volume a backup is restored into.
+const VOLUME_VERIFY: &str = "scratch";
+const VERIFY_DIR: &str = "/verify";
+/// A verification that has not finished in six hours is stopped (and
+/// Failed): the same bound as a restore's replay.
+const VERIFY_DEADLINE_SECONDS: i64 = 6 * 3600;
+
+/// A one-pod Job of the cluster, owned by a PostgresBackup, never retried:
+/// a failure is said on the PostgresBackup, and the next one tries again.
+#[allow(clippy::too_many_arguments)]
+fn job(
+    cluster: &ValidCluster,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    owner: OwnerReference,
+    install: Container,
+    main: Container,
+    volumes: Vec<k8s_openapi::api::core::v1::Volume>,
+    deadline_seconds: Option<i64>,
+) -> Job {
     Job {
         metadata: ObjectMeta {
-            name: Some(backup.to_owned()),
+            name: Some(name.to_owned()),
             namespace: Some(cluster.namespace.clone()),
             labels: Some(labels.clone()),
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
         spec: Some(JobSpec {
-            // A failed backup is a Failed PostgresBackup that says why; the
-            // next one (or the schedule) tries again.
             backoff_limit: Some(0),
+            active_deadline_seconds: deadline_seconds,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -153,7 +253,7 @@ pub fn build_backup_job(
                     enable_service_links: Some(false),
                     security_context: Some(pod_security_context()),
                     init_containers: Some(vec![install]),
-                    containers: vec![take],
+                    containers: vec![main],
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -232,5 +332,51 @@ mod tests {
             .collect();
         assert_eq!(volumes, ["db-replication", "store"]);
         assert_eq!(pod.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn a_verify_job_reads_only_the_store_into_a_scratch_volume() {
+        let mut pgc = cluster().build();
+        pgc.spec.backup = Some(BackupSpec {
+            verify: true,
+            ..s3_backup()
+        });
+        let cluster = valid(pgc);
+        let backup = "a".repeat(63);
+        let job = build_verify_job(
+            &cluster,
+            &build_config(),
+            &backup,
+            "20261206T010203Z",
+            OwnerReference::default(),
+        );
+        let name = job.metadata.name.clone().expect("name");
+        assert_eq!(name.len(), 63);
+        assert!(name.ends_with("a-verify"), "{name}");
+        assert_eq!(verify_job_name("nightly"), "nightly-verify");
+        let spec = job.spec.expect("spec");
+        assert_eq!(spec.active_deadline_seconds, Some(6 * 3600));
+        let pod = spec.template.spec.expect("pod");
+        let check = &pod.containers[0];
+        assert_eq!(check.name, VERIFY_CONTAINER);
+        assert_eq!(
+            check.command.clone().expect("command").join(" "),
+            "/ordinal/ordinal-init verify-backup --id 20261206T010203Z --dir /verify \
+             --report /dev/termination-log"
+        );
+        let secrets: Vec<&str> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
+            .collect();
+        assert_eq!(secrets, ["store"], "no replication credentials");
+        let mounts: Vec<&str> = check
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(mounts.contains(&"/verify"), "{mounts:?}");
     }
 }
