@@ -131,6 +131,8 @@ pub mod env {
 /// The pod's first init container: it copies ordinal-init and waits for
 /// the data volume's lock.
 pub const INSTALL_CONTAINER: &str = "install";
+/// The init container that runs `ordinal-init init`.
+pub const INIT_CONTAINER: &str = "init";
 
 /// Keys of the ConfigMap.
 pub const CONFIG_POSTGRESQL_CONF: &str = "postgresql.conf";

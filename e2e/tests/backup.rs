@@ -8,12 +8,13 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use ordinal_crds::{
-    BackupPhase, BackupSpec, BackupTarget, BootstrapSpec, PostgresBackup, PostgresBackupSpec,
-    PostgresBackupStatus, PostgresClusterSpec, PostgresClusterStatus, RecoverySource, RecoverySpec,
-    RecoveryTargetSpec, RetentionSpec, S3Store, names,
+    BackupPhase, BackupSpec, BackupTarget, BootstrapSpec, CONDITION_BACKUP_VERIFIED,
+    PostgresBackup, PostgresBackupSpec, PostgresBackupStatus, PostgresClusterSpec,
+    PostgresClusterStatus, RecoverySource, RecoverySpec, RecoveryTargetSpec, RetentionSpec,
+    S3Store, VerificationPhase, VerificationStatus, names,
 };
 use ordinal_e2e::cluster::{Harness, Loss};
 
@@ -135,6 +136,7 @@ async fn backed_up(
         archive_timeout_seconds,
         schedule: None,
         retention: None,
+        verify: false,
     });
     spec
 }
@@ -190,11 +192,15 @@ async fn wal_is_archived_under_write_load_and_after_a_failover() {
 
 /// Creates PostgresBackup `name` of `cluster`, from a standby if one is ready.
 async fn request_backup(h: &Harness, name: &str, cluster: &str) {
+    request_backup_from(h, name, cluster, BackupTarget::PreferStandby).await;
+}
+
+async fn request_backup_from(h: &Harness, name: &str, cluster: &str, target: BackupTarget) {
     let backup = PostgresBackup::new(
         name,
         PostgresBackupSpec {
             cluster: cluster.to_owned(),
-            target: BackupTarget::PreferStandby,
+            target,
         },
     );
     h.api::<PostgresBackup>()
@@ -706,4 +712,177 @@ async fn scheduled_backups_run_and_retention_prunes_the_store() {
     );
     let summary = h.status(CLUSTER).await.backups.expect("status.backups");
     assert_eq!(summary.completed, 1, "{summary:?}");
+}
+
+/// The test's own prefix of the MinIO bucket, as the test host reaches it.
+fn store(h: &Harness) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
+    let url = url::Url::parse(&format!(
+        "s3://{}/e2e/{}",
+        minio_env("ORDINAL_MINIO_BUCKET"),
+        h.namespace
+    ))
+    .expect("url");
+    object_store::parse_url_opts(
+        &url,
+        [
+            ("aws_endpoint", minio_env("ORDINAL_MINIO_ENDPOINT")),
+            ("aws_region", "us-east-1".to_owned()),
+            ("aws_allow_http", "true".to_owned()),
+            ("aws_virtual_hosted_style_request", "false".to_owned()),
+            ("aws_access_key_id", minio_env("ORDINAL_MINIO_ACCESS_KEY")),
+            (
+                "aws_secret_access_key",
+                minio_env("ORDINAL_MINIO_SECRET_KEY"),
+            ),
+        ],
+    )
+    .expect("the store")
+}
+
+/// Waits until PostgresBackup `name`'s verification is finished.
+async fn verified(h: &Harness, name: &str) -> VerificationStatus {
+    h.wait_until(&format!("PostgresBackup {name} is verified"), async || {
+        let backup = h
+            .api::<PostgresBackup>()
+            .get(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        match backup.status.and_then(|s| s.verification) {
+            Some(v) if v.finished() => Ok(v),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// The reasons of the Events on `kind` `name`.
+async fn event_reasons(h: &Harness, kind: &str, name: &str) -> Vec<String> {
+    h.api::<Event>()
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind={kind},involvedObject.name={name}"
+        )))
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// `spec.backup.verify`: turned on, the newest backup is restored in a
+/// throwaway pod and checked. One whose WAL was deleted from the store
+/// fails, naming the segment, on the PostgresBackup, in an Event on it and
+/// on the cluster, in the cluster's BackupVerified condition and in the
+/// metric the alert reads; the next backup is restored, passes
+/// pg_amcheck and pg_checksums, and its measured restore time is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_are_verified_by_restoring_them_and_a_broken_one_is_said() {
+    let h = Harness::new("backups_are_verified_by_restoring_them_and_a_broken_one_is_said").await;
+    let mut spec = backed_up(&h, 2, 10).await;
+    h.apply(CLUSTER, &spec).await;
+    let status = h.wait_ready(CLUSTER, 2).await;
+    let primary = status.current_primary.expect("a primary");
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute(
+        "CREATE TABLE t (id bigserial PRIMARY KEY, pad text); \
+         CREATE INDEX ON t (pad); \
+         INSERT INTO t (pad) SELECT md5(i::text) FROM generate_series(1, 20000) i",
+    )
+    .await
+    .expect("write");
+
+    request_backup(&h, "broken", CLUSTER).await;
+    let broken = finished(&h, "broken").await;
+    assert_eq!(broken.phase, Some(BackupPhase::Completed), "{broken:?}");
+    assert_eq!(broken.verification, None, "verify is off: {broken:?}");
+    // The store loses the backup's first segment.
+    let begin_wal = broken.begin_wal.clone().expect("a first segment");
+    let (store, prefix) = store(&h);
+    let segment = prefix
+        .child("wal")
+        .child(&begin_wal[..16])
+        .child(format!("{begin_wal}.zst"));
+    store.delete(&segment).await.expect("delete the segment");
+
+    // Turned on: the newest backup, the broken one, is verified at once.
+    spec.backup.as_mut().expect("backup").verify = true;
+    h.apply(CLUSTER, &spec).await;
+    let failed = verified(&h, "broken").await;
+    assert_eq!(failed.phase, VerificationPhase::Failed, "{failed:?}");
+    eprintln!("verification of the first backup: {failed:?}");
+    let message = failed.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("lacks WAL") && message.contains(&begin_wal),
+        "{failed:?}"
+    );
+    let condition = h
+        .wait_until("BackupVerified is False", async || {
+            let status = h.try_status(CLUSTER).await?;
+            match status.condition(CONDITION_BACKUP_VERIFIED) {
+                Some(c) if c.status == "False" => Ok(c.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    assert_eq!(condition.reason, "VerificationFailed");
+    assert!(condition.message.contains(&begin_wal), "{condition:?}");
+    assert!(
+        event_reasons(&h, "PostgresBackup", "broken")
+            .await
+            .contains(&"BackupVerificationFailed".to_owned())
+    );
+    assert!(
+        event_reasons(&h, "PostgresCluster", CLUSTER)
+            .await
+            .contains(&"BackupVerificationFailed".to_owned())
+    );
+    let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
+    let page = h.operator_metrics().await;
+    assert!(
+        page.contains(&format!("ordinal_backup_verification_passed{labels} 0")),
+        "the failed verification in the operator's metrics"
+    );
+
+    // A new backup from the primary (a checkpoint of its own, past the
+    // lost segment) is verified as soon as it completes.
+    sql.batch_execute("INSERT INTO t (pad) SELECT md5(i::text) FROM generate_series(1, 5000) i")
+        .await
+        .expect("write");
+    request_backup_from(&h, "good", CLUSTER, BackupTarget::Primary).await;
+    let good = finished(&h, "good").await;
+    assert_eq!(good.phase, Some(BackupPhase::Completed), "{good:?}");
+    assert_eq!(good.instance.as_deref(), Some(primary.as_str()));
+    let passed = verified(&h, "good").await;
+    assert_eq!(passed.phase, VerificationPhase::Passed, "{passed:?}");
+    eprintln!("verification of the second backup: {passed:?}");
+    assert!(passed.restore_milliseconds.unwrap_or(0) > 0, "{passed:?}");
+    let checks = passed.checks.join("; ");
+    assert!(
+        checks.contains("pg_amcheck") && checks.contains("pg_checksums"),
+        "{passed:?}"
+    );
+    h.wait_until("BackupVerified is True", async || {
+        let status = h.try_status(CLUSTER).await?;
+        match status.condition(CONDITION_BACKUP_VERIFIED) {
+            Some(c) if c.status == "True" && c.message.contains("good") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let page = h.operator_metrics().await;
+    assert!(
+        page.contains(&format!("ordinal_backup_verification_passed{labels} 1")),
+        "the passed verification in the operator's metrics"
+    );
+    assert!(page.contains(&format!("ordinal_backup_restore_seconds{labels}")));
+    // The broken one stays as it was found.
+    let broken = h
+        .api::<PostgresBackup>()
+        .get("broken")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.verification)
+        .expect("verification");
+    assert_eq!(broken.phase, VerificationPhase::Failed);
 }

@@ -96,6 +96,19 @@ pub enum BackupError {
     NoBackup { detail: String },
     #[error("recovery from the backup failed: {why}; the end of its log:\n{log}")]
     Replay { why: String, log: String },
+    #[error("the archive {archive} lacks WAL that backup {id} needs to be consistent: {segments}")]
+    MissingWal {
+        archive: String,
+        id: String,
+        segments: String,
+    },
+    #[error("cannot look for WAL segment {segment} in {archive}")]
+    Lookup {
+        segment: String,
+        archive: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
     #[error("{pgdata} is not empty: a backup is restored into an empty directory only")]
     NotEmpty { pgdata: PathBuf },
     #[error("cannot restore {location} into {pgdata}: {source}")]
@@ -705,6 +718,62 @@ pub async fn prune(
         );
     }
     Ok(pruned)
+}
+
+/// Fails, naming them, when WAL segments of the backup's own range are
+/// missing from the archive: a restore could never be consistent, and
+/// PostgreSQL would only say "could not locate required checkpoint record".
+pub async fn check_wal(archive: &Archive, backup: &Manifest) -> Result<(), BackupError> {
+    let missing = missing_wal(archive, backup).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(BackupError::MissingWal {
+        archive: archive.url().to_string(),
+        id: backup.id.clone(),
+        segments: missing.join(", "),
+    })
+}
+
+/// The WAL segments from the backup's first to its last that are not in
+/// the archive. Across a timeline switch (a backup of a standby during a
+/// promotion) only the first and the last are looked for.
+async fn missing_wal(archive: &Archive, backup: &Manifest) -> Result<Vec<String>, BackupError> {
+    let same_timeline = backup.begin_wal.get(..8) == backup.end_wal.get(..8);
+    let needed: Vec<String> = match (
+        same_timeline,
+        parse_lsn(&backup.begin_lsn),
+        parse_lsn(&backup.end_lsn),
+    ) {
+        (true, Some(begin), Some(end)) if end >= begin => {
+            let first = begin / WAL_SEGMENT_SIZE;
+            let last = end / WAL_SEGMENT_SIZE;
+            (first..=last)
+                .map(|segno| segment_name(backup.timeline, segno * WAL_SEGMENT_SIZE))
+                .collect()
+        }
+        _ => vec![backup.begin_wal.clone(), backup.end_wal.clone()],
+    };
+    let mut missing = Vec::new();
+    for segment in needed {
+        // A name that is no segment's (a damaged manifest) is no WAL.
+        let Ok(location) = archive.location(&segment) else {
+            missing.push(segment);
+            continue;
+        };
+        match archive.store().head(&location).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => missing.push(segment),
+            Err(source) => {
+                return Err(BackupError::Lookup {
+                    segment,
+                    archive: archive.url().to_string(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// Unpacks base backup `manifest` into the empty directory `pgdata`,

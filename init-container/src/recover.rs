@@ -36,6 +36,7 @@ pub async fn recover(
         _ => None,
     };
     let chosen = basebackup::find(&source, recovery.backup.as_deref(), before).await?;
+    basebackup::check_wal(&source, &chosen).await?;
     tracing::info!(
         id = %chosen.id,
         from = %source.url(),

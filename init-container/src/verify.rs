@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use ordinal_crds::VerificationReport;
 
-use crate::basebackup::{self, Manifest};
+use crate::basebackup;
 use crate::bootstrap::{command_line, socket_only};
 use crate::recover::start_promoted;
 use crate::wal::Archive;
@@ -91,15 +91,7 @@ pub async fn verify(
         tracing::info!(id = %chosen.id, from = %archive.url(), "verifying a base backup");
         // Said at once and by name, rather than by the replay's
         // "could not locate required checkpoint record".
-        let missing = missing_wal(archive, &chosen).await?;
-        if !missing.is_empty() {
-            return Err(VerifyError::MissingWal {
-                archive: archive.url().to_string(),
-                id: chosen.id.clone(),
-                segments: missing.join(", "),
-            }
-            .into());
-        }
+        basebackup::check_wal(archive, &chosen).await?;
         let pgdata = work.join("data");
         let socket_dir = work.join("socket");
         fsutil::remove_staging(&pgdata)?;
@@ -171,46 +163,6 @@ pub async fn verify(
         }
     }
     report
-}
-
-/// The WAL segments from the backup's first to its last that are not in
-/// the archive. Across a timeline switch (a backup of a standby during a
-/// promotion) only the first and the last are looked for.
-async fn missing_wal(archive: &Archive, backup: &Manifest) -> Result<Vec<String>, InitError> {
-    let same_timeline = backup.begin_wal.get(..8) == backup.end_wal.get(..8);
-    let needed: Vec<String> = match (
-        same_timeline,
-        basebackup::parse_lsn(&backup.begin_lsn),
-        basebackup::parse_lsn(&backup.end_lsn),
-    ) {
-        (true, Some(begin), Some(end)) if end >= begin => {
-            let first = begin / basebackup::WAL_SEGMENT_SIZE;
-            let last = end / basebackup::WAL_SEGMENT_SIZE;
-            (first..=last)
-                .map(|segno| {
-                    basebackup::segment_name(backup.timeline, segno * basebackup::WAL_SEGMENT_SIZE)
-                })
-                .collect()
-        }
-        _ => vec![backup.begin_wal.clone(), backup.end_wal.clone()],
-    };
-    let mut missing = Vec::new();
-    for segment in needed {
-        let location = archive.location(&segment)?;
-        match archive.store().head(&location).await {
-            Ok(_) => {}
-            Err(object_store::Error::NotFound { .. }) => missing.push(segment),
-            Err(source) => {
-                return Err(VerifyError::Lookup {
-                    segment,
-                    archive: archive.url().to_string(),
-                    source,
-                }
-                .into());
-            }
-        }
-    }
-    Ok(missing)
 }
 
 /// The replay's settings, on the command line: to the first consistent

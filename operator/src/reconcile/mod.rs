@@ -323,6 +323,27 @@ async fn write_observed(
     };
     let computed = status::compute(&observed, old, Time((ctx.now)()));
     apply::apply_observed_status(&ctx.client, pgc, &status::observed_patch(&computed)).await?;
+    // An instance that cannot start (a restore that fails, data refused):
+    // said once per new reason, in ordinal-init's words.
+    let said = old
+        .and_then(|s| s.condition(ordinal_crds::CONDITION_READY))
+        .map(|c| c.message.as_str())
+        .unwrap_or_default();
+    for view in &views {
+        if let Some(why) = &view.failing {
+            let note = format!("{} cannot start: {why}", view.name);
+            if !said.contains(&note) {
+                ctx.publish(
+                    pgc,
+                    EventType::Warning,
+                    "InstanceCannotStart",
+                    "Start",
+                    note,
+                )
+                .await;
+            }
+        }
+    }
     Ok(computed)
 }
 

@@ -27,6 +27,9 @@ pub struct PodView {
     pub ready: bool,
     pub role: Option<String>,
     pub terminating: bool,
+    /// Why its `init` container keeps failing (the last line it wrote:
+    /// ordinal-init's error), while it does.
+    pub failing: Option<String>,
 }
 
 impl PodView {
@@ -41,8 +44,47 @@ impl PodView {
             ready,
             role: pod.labels().get(names::LABEL_ROLE).cloned(),
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            failing: init_failure(pod),
         }
     }
+}
+
+/// The error of the pod's `init` container while it fails: from its last
+/// termination message (the kubelet keeps the log's end), the last error
+/// ordinal-init logged and the lines after it, without the log line's
+/// time and level; else the last line.
+pub fn init_failure(pod: &Pod) -> Option<String> {
+    let init = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == names::INIT_CONTAINER)?;
+    // Done, or running again after a failure: not failing now.
+    if init.state.as_ref().is_some_and(|s| {
+        s.running.is_some() || s.terminated.as_ref().is_some_and(|t| t.exit_code == 0)
+    }) {
+        return None;
+    }
+    let terminated = init
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| init.last_state.as_ref()?.terminated.as_ref())
+        .filter(|t| t.exit_code != 0)?;
+    let message = terminated.message.as_deref().unwrap_or_default();
+    // The error and what follows it (a server log's end), else the last line.
+    let error = match message.rfind(" ERROR ") {
+        Some(at) => &message[at + " ERROR ".len()..],
+        None => message.lines().rev().find(|l| !l.trim().is_empty())?,
+    };
+    let said: Vec<&str> = error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    (!said.is_empty()).then(|| said.join(" | ").chars().take(800).collect())
 }
 
 /// Why the cluster cannot be built as asked.
@@ -184,7 +226,14 @@ pub fn compute(
                 .filter(|p| !p.ready)
                 .map(|p| p.name.as_str())
                 .collect();
-            let summary = format!("{ready_replicas}/{} instances ready", obs.desired);
+            let failing: Vec<String> = live
+                .iter()
+                .filter_map(|p| Some(format!("{} cannot start: {}", p.name, p.failing.as_ref()?)))
+                .collect();
+            let mut summary = format!("{ready_replicas}/{} instances ready", obs.desired);
+            if !failing.is_empty() {
+                summary = format!("{summary}; {}", failing.join("; "));
+            }
             // Degraded: the primary or an existing instance is down.
             // Creating: the cluster is new, or instances are still to be
             // created (a scale-up) while all existing ones are ready.

@@ -333,7 +333,7 @@ pub(super) fn install_container(config: &BuildConfig, with_data: bool) -> Contai
 
 fn init_container(cluster: &ValidCluster) -> Container {
     Container {
-        name: "init".to_owned(),
+        name: names::INIT_CONTAINER.to_owned(),
         image: Some(cluster.spec.image.clone()),
         image_pull_policy: cluster
             .spec
@@ -344,6 +344,9 @@ fn init_container(cluster: &ValidCluster) -> Container {
         volume_mounts: Some(postgres_mounts(cluster)),
         security_context: Some(restricted()),
         resources: cluster.spec.resources.clone(),
+        // Its error (the log's last line) is what the cluster's status
+        // says of an instance that cannot start.
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Container::default()
     }
 }

@@ -7,6 +7,7 @@ fn view(name: &str, ready: bool) -> PodView {
         ready,
         role: None,
         terminating: false,
+        failing: None,
     }
 }
 
@@ -209,4 +210,51 @@ fn initial_primary_choices() {
         initial_primary("db", &[], Some("db-1"), &volumes),
         Adopt("db-1".to_owned())
     );
+}
+
+/// An instance whose init container keeps failing: the status says why,
+/// in ordinal-init's own words.
+#[test]
+fn an_instance_that_cannot_start_says_why() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "db-0"},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {"name": "install", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                 "state": {"terminated": {"exitCode": 0}}},
+                {"name": "init", "ready": false, "restartCount": 3, "image": "i", "imageID": "",
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                 "lastState": {"terminated": {"exitCode": 1, "message":
+                    "2026-12-06T01:00:00Z  INFO restoring a base backup\n2026-12-06T01:00:02Z ERROR recovery from the backup failed: the archive lacks 000000010000000000000003\n"}}}
+            ]
+        }
+    }))
+    .expect("pod");
+    let failing = PodView::from_pod(&pod);
+    assert_eq!(
+        failing.failing.as_deref(),
+        Some("recovery from the backup failed: the archive lacks 000000010000000000000003")
+    );
+    let status = compute(&observed(&[failing], false), None, Time(now()));
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_READY)
+        .expect("Ready");
+    assert!(
+        ready
+            .message
+            .contains("db-0 cannot start: recovery from the backup failed: the archive lacks"),
+        "{}",
+        ready.message
+    );
+    // Running again (the kubelet's next try): no longer said.
+    let mut retried = pod.clone();
+    if let Some(s) = retried.status.as_mut()
+        && let Some(c) = s.init_container_statuses.as_mut()
+    {
+        c[1].state = serde_json::from_value(serde_json::json!({"running": {}})).ok();
+    }
+    assert_eq!(init_failure(&retried), None);
 }
