@@ -364,6 +364,19 @@ async fn restore(
     source_prefix: &str,
     time: Option<&str>,
 ) -> PostgresClusterStatus {
+    let spec = restore_spec(h, name, replicas, source_prefix, time).await;
+    h.apply(name, &spec).await;
+    h.wait_ready(name, replicas).await
+}
+
+/// The spec of a new cluster restored from `source_prefix`.
+async fn restore_spec(
+    h: &Harness,
+    name: &str,
+    replicas: i32,
+    source_prefix: &str,
+    time: Option<&str>,
+) -> PostgresClusterSpec {
     let mut spec = backed_up(h, replicas, 10).await;
     let own = spec.backup.as_mut().expect("backup");
     let source = own.clone();
@@ -385,8 +398,7 @@ async fn restore(
             }),
         }),
     });
-    h.apply(name, &spec).await;
-    h.wait_ready(name, replicas).await
+    spec
 }
 
 /// Point-in-time recovery on the real cluster: a new cluster bootstrapped
@@ -885,4 +897,64 @@ async fn backups_are_verified_by_restoring_them_and_a_broken_one_is_said() {
         .and_then(|s| s.verification)
         .expect("verification");
     assert_eq!(broken.phase, VerificationPhase::Failed);
+}
+
+/// A restore from an archive that lost a WAL segment its backup needs:
+/// the new cluster's pod cannot start, and the cluster's Ready condition
+/// and an Event say why, naming the segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_whose_wal_is_missing_says_which_segment() {
+    let h = Harness::new("a_restore_whose_wal_is_missing_says_which_segment").await;
+    let spec = backed_up(&h, 1, 10).await;
+    h.apply(CLUSTER, &spec).await;
+    h.wait_ready(CLUSTER, 1).await;
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)")
+        .await
+        .expect("write");
+    request_backup_from(&h, "base", CLUSTER, BackupTarget::Primary).await;
+    let base = finished(&h, "base").await;
+    assert_eq!(base.phase, Some(BackupPhase::Completed), "{base:?}");
+    let begin_wal = base.begin_wal.clone().expect("a first segment");
+    let (store, prefix) = store(&h);
+    store
+        .delete(
+            &prefix
+                .child("wal")
+                .child(&begin_wal[..16])
+                .child(format!("{begin_wal}.zst")),
+        )
+        .await
+        .expect("delete the segment");
+
+    let source_prefix = spec
+        .backup
+        .as_ref()
+        .and_then(|b| b.prefix.clone())
+        .expect("the source's prefix");
+    let copy = restore_spec(&h, "copy", 1, &source_prefix, None).await;
+    h.apply("copy", &copy).await;
+    let ready = h
+        .wait_until("the restore's failure in the status", async || {
+            let status = h.try_status("copy").await?;
+            match status.condition(ordinal_crds::CONDITION_READY) {
+                Some(c) if c.message.contains("copy-0 cannot start") => Ok(c.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    eprintln!("Ready: {}", ready.message);
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("lacks WAL") && ready.message.contains(&begin_wal),
+        "{ready:?}"
+    );
+    assert!(
+        event_reasons(&h, "PostgresCluster", "copy")
+            .await
+            .contains(&"InstanceCannotStart".to_owned())
+    );
+    // Nothing was made of it: no data directory, no primary bootstrapped.
+    let status = h.status("copy").await;
+    assert!(!status.bootstrapped, "{status:?}");
 }
