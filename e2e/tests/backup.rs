@@ -275,6 +275,10 @@ async fn a_base_backup_is_read_from_a_replica_and_restores() {
             }
         })
         .await;
+    let archiving = cluster
+        .condition("WalArchiving")
+        .expect("a WalArchiving condition");
+    assert_eq!(archiving.status, "True", "{archiving:?}");
     let summary = cluster.backups.expect("backups");
     assert_eq!(summary.last_backup.as_deref(), Some("first"));
     assert_eq!(summary.first_recoverability_point, done.completed_at);
@@ -563,6 +567,27 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
         })
         .await;
     assert!(archive.last_archived_wal.is_none(), "{archive:?}");
+    let condition = h
+        .wait_until("WalArchiving is False", async || {
+            let status = h.try_status(CLUSTER).await?;
+            match status.condition("WalArchiving") {
+                Some(c) if c.status == "False" => Ok(c.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    assert_eq!(condition.reason, "ArchiveFailing");
+    assert!(
+        condition
+            .message
+            .contains(&format!("kubectl logs {primary} -c postgres")),
+        "{condition:?}"
+    );
+    assert!(
+        event_reasons(&h, "PostgresCluster", CLUSTER)
+            .await
+            .contains(&"WalArchivingFailing".to_owned())
+    );
     let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
     h.wait_until("the failures reach the metrics", async || {
         let page = h.operator_metrics().await;

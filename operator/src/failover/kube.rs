@@ -29,6 +29,41 @@ use crate::reconcile::status::{PRIMARY_MANAGER, PrimaryStatus, primary_patch};
 /// Failover condition).
 pub const FAILOVER_MANAGER: &str = "ordinal-operator/failover";
 pub const CONDITION_FAILOVER: &str = "FailoverReady";
+/// Whether the primary's archive_command succeeds (with `spec.backup`).
+pub const CONDITION_ARCHIVING: &str = "WalArchiving";
+
+/// The `WalArchiving` condition from the primary's archiver: failing while
+/// the file it last failed on is not archived since (the archiver retries
+/// the same file until it succeeds).
+pub fn archiving_condition(
+    archive: &ordinal_crds::ArchiveStatus,
+    primary: &str,
+) -> (&'static str, &'static str, String) {
+    let failing = archive
+        .last_failed_wal
+        .as_deref()
+        .filter(|failed| archive.last_archived_wal.as_deref() < Some(*failed));
+    match failing {
+        Some(failed) => (
+            "False",
+            "ArchiveFailing",
+            format!(
+                "archive_command fails on {failed} ({} failures since {primary} started); \
+                 WAL waits on {primary} for {} s; the store's answer is in its log \
+                 (kubectl logs {primary} -c postgres)",
+                archive.failures, archive.lag_seconds
+            ),
+        ),
+        None => (
+            "True",
+            "Archiving",
+            match (&archive.last_archived_wal, &archive.last_archived_time) {
+                (Some(wal), Some(at)) => format!("{primary} archived {wal} at {at}"),
+                _ => format!("{primary} has nothing to archive yet"),
+            },
+        ),
+    }
+}
 
 mod pods;
 pub use pods::{PodFeed, PodWatch};
@@ -1134,8 +1169,46 @@ impl Seam for KubeSeam {
         });
         let mut body = body;
         // Present only while the primary archives (no null in an apply).
+        let old_archiving = pgc
+            .status
+            .as_ref()
+            .and_then(|s| s.condition(CONDITION_ARCHIVING))
+            .cloned();
+        let mut archiving_failed = None;
         if let Some(archive) = &report.archive {
             body["status"]["archive"] = json!(archive);
+            let primary = pgc
+                .status
+                .as_ref()
+                .and_then(|s| s.current_primary.clone())
+                .unwrap_or_else(|| "the primary".to_owned());
+            let (status, reason, message) = archiving_condition(archive, &primary);
+            let flipped = old_archiving.as_ref().is_none_or(|c| c.status != status);
+            if flipped && status == "False" {
+                archiving_failed = Some(message.clone());
+            }
+            let transition = match &old_archiving {
+                Some(c) if !flipped => c.last_transition_time.clone(),
+                _ => k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ),
+            };
+            if let Some(conditions) = body["status"]["conditions"].as_array_mut() {
+                conditions.push(json!({
+                    "type": CONDITION_ARCHIVING,
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": transition,
+                    "observedGeneration": pgc.metadata.generation,
+                }));
+            }
+        } else if let Some(old) = &old_archiving
+            && pgc.spec.backup.is_some()
+            && let Some(conditions) = body["status"]["conditions"].as_array_mut()
+        {
+            // The primary was not read this round: kept as it was.
+            conditions.push(json!(old));
         }
         self.clusters()
             .patch_status(
@@ -1149,6 +1222,10 @@ impl Seam for KubeSeam {
             && old.is_none_or(|c| c.message != why)
         {
             self.publish_event(&pgc, EventType::Warning, "FailoverWaiting", why.to_owned())
+                .await;
+        }
+        if let Some(why) = archiving_failed {
+            self.publish_event(&pgc, EventType::Warning, "WalArchivingFailing", why)
                 .await;
         }
         Ok(())

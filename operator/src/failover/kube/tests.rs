@@ -574,3 +574,33 @@ fn a_container_restarted_after_the_intent_confirms_the_fence() {
     );
     assert!(!restarted_after(&earlier, intent));
 }
+
+#[test]
+fn archiving_fails_while_the_file_it_failed_on_is_not_archived() {
+    let mut archive = ordinal_crds::ArchiveStatus {
+        last_archived_wal: Some("000000010000000000000004".to_owned()),
+        last_archived_time: Some("2026-12-06T01:00:00Z".to_owned()),
+        lag_seconds: 0,
+        failures: 0,
+        last_failed_wal: None,
+    };
+    let (status, reason, message) = archiving_condition(&archive, "db-0");
+    assert_eq!((status, reason), ("True", "Archiving"));
+    assert!(message.contains("db-0 archived 000000010000000000000004"));
+    archive.failures = 7;
+    archive.lag_seconds = 95;
+    archive.last_failed_wal = Some("000000010000000000000005".to_owned());
+    let (status, reason, message) = archiving_condition(&archive, "db-0");
+    assert_eq!((status, reason), ("False", "ArchiveFailing"));
+    assert!(
+        message.contains("fails on 000000010000000000000005 (7 failures")
+            && message.contains("for 95 s"),
+        "{message}"
+    );
+    // It got through since: archiving again.
+    archive.last_archived_wal = Some("000000010000000000000006".to_owned());
+    assert_eq!(archiving_condition(&archive, "db-0").0, "True");
+    // Nothing archived yet, and failing.
+    archive.last_archived_wal = None;
+    assert_eq!(archiving_condition(&archive, "db-0").0, "False");
+}
