@@ -69,12 +69,16 @@ command -v curl >/dev/null 2>&1 || apt_install curl
 minio_log=$CACHE_DIR/test-minio.log
 setsid bash -c 'nice -n 10 scripts/minio.sh build' >"$minio_log" 2>&1 </dev/null &
 minio_pid=$!
+# Azurite, the Azure Blob Storage emulator of the same tests (npm).
+emulators_log=$CACHE_DIR/test-emulators.log
+setsid bash -c 'nice -n 10 scripts/emulators.sh build' >"$emulators_log" 2>&1 </dev/null &
+emulators_pid=$!
 
 cluster_started=false
 minio_started=false
 on_exit() {
   local rc=$?
-  for pid in "$prepare_pid" "$minio_pid"; do
+  for pid in "$prepare_pid" "$minio_pid" "$emulators_pid"; do
     if kill -0 "$pid" 2>/dev/null; then
       kill -- "-$pid" 2>/dev/null || true
       wait "$pid" 2>/dev/null || true
@@ -120,6 +124,13 @@ step "waiting for MinIO's build"
 if ! wait "$minio_pid"; then
   tail -50 "$minio_log" >&2
   echo "building MinIO failed (log: $minio_log)" >&2
+  exit 1
+fi
+
+step "waiting for Azurite's install"
+if ! wait "$emulators_pid"; then
+  tail -50 "$emulators_log" >&2
+  echo "installing Azurite failed (log: $emulators_log)" >&2
   exit 1
 fi
 

@@ -610,13 +610,21 @@ pub struct GcsStore {
 }
 
 /// An Azure Blob Storage container.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AzureStore {
     #[schemars(length(min = 3, max = 24))]
     pub account: String,
     #[schemars(length(min = 3, max = 63))]
     pub container: String,
+    /// The account's blob endpoint, for a store other than Azure's public
+    /// cloud (a sovereign cloud, Azure Stack, a private endpoint, or
+    /// Azurite: `http://azurite:10000/devstoreaccount1`);
+    /// `https://<account>.blob.core.windows.net` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+(/[^?#]*)?$')").message("backup.azure.endpoint must be an http:// or https:// URL"))]
+    pub endpoint: Option<String>,
 }
 
 /// How a new cluster gets its data.

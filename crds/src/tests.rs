@@ -275,6 +275,18 @@ fn backup_names_exactly_one_store_and_a_clean_prefix() {
         create(spec(json!({"s3": s3, "credentialsSecret": "Store_1"}))),
         "backup.credentialsSecret must be a valid Secret name",
     );
+    let azure = |endpoint: &str| {
+        json!({"azure": {"account": "devstoreaccount1", "container": "wal", "endpoint": endpoint},
+               "credentialsSecret": "store"})
+    };
+    create(spec(azure("http://azurite:10000/devstoreaccount1"))).expect("azurite");
+    create(spec(azure("https://acct.blob.core.chinacloudapi.cn"))).expect("a sovereign cloud");
+    for endpoint in ["azurite:10000", "ftp://x", "http://"] {
+        assert_rejected(
+            create(spec(azure(endpoint))),
+            "backup.azure.endpoint must be an http:// or https:// URL",
+        );
+    }
     // The range is OpenAPI's (the API server checks it, not CEL).
     let timeout = &schema()["properties"]["spec"]["properties"]["backup"]["properties"]["archiveTimeoutSeconds"];
     assert_eq!(timeout["minimum"].as_f64(), Some(10.0));

@@ -11,6 +11,7 @@
 //! and the benchmarks of `benches/`. Both kinds run in every CI run.
 
 pub mod cluster;
+pub mod emulators;
 pub mod local;
 pub mod minio;
 pub mod scenario;

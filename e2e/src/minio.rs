@@ -31,7 +31,12 @@ pub fn minio_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("ORDINAL_MINIO_BIN") {
         return bin.into();
     }
-    let cache = std::env::var("ORDINAL_CACHE_DIR")
+    cache_dir().join("bin/minio")
+}
+
+/// The scripts' cache of built tools.
+pub fn cache_dir() -> PathBuf {
+    std::env::var("ORDINAL_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             std::env::var("XDG_CACHE_HOME")
@@ -40,8 +45,7 @@ pub fn minio_bin() -> PathBuf {
                     PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
                 })
                 .join("ordinal")
-        });
-    cache.join("bin/minio")
+        })
 }
 
 fn healthy(address: &str) -> bool {

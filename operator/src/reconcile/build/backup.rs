@@ -95,13 +95,26 @@ fn store_of(store: Store<'_>, prefix: &str, secret: &str) -> Archive {
             credentials: vec![("SERVICE_ACCOUNT_KEY", "google_service_account_key")],
         };
     }
-    let (account, container) = store
+    let (account, container, endpoint) = store
         .azure
-        .map(|a| (a.account.as_str(), a.container.as_str()))
+        .map(|a| {
+            (
+                a.account.as_str(),
+                a.container.as_str(),
+                a.endpoint.as_deref(),
+            )
+        })
         .unwrap_or_default();
+    let mut options = vec![format!("azure_storage_account_name={account}")];
+    if let Some(endpoint) = endpoint {
+        options.push(format!("azure_storage_endpoint={endpoint}"));
+        if endpoint.starts_with("http://") {
+            options.push("azure_allow_http=true".to_owned());
+        }
+    }
     Archive {
         url: format!("az://{container}/{prefix}"),
-        options: format!("azure_storage_account_name={account}"),
+        options: options.join(","),
         store: "Azure",
         secret: secret.to_owned(),
         credentials: vec![("STORAGE_ACCOUNT_KEY", "azure_storage_account_key")],
@@ -282,10 +295,21 @@ mod tests {
         b.azure = Some(AzureStore {
             account: "acct".to_owned(),
             container: "wal".to_owned(),
+            endpoint: None,
         });
         let a = archive_of(&b, "ns/db");
         assert_eq!(a.url, "az://wal/prod/db");
         assert_eq!(a.options, "azure_storage_account_name=acct");
+        b.azure = Some(AzureStore {
+            account: "devstoreaccount1".to_owned(),
+            container: "wal".to_owned(),
+            endpoint: Some("http://azurite:10000/devstoreaccount1".to_owned()),
+        });
+        assert_eq!(
+            archive_of(&b, "ns/db").options,
+            "azure_storage_account_name=devstoreaccount1,\
+             azure_storage_endpoint=http://azurite:10000/devstoreaccount1,azure_allow_http=true"
+        );
     }
 
     fn restoring(prefix: &str, backup_prefix: Option<&str>) -> ordinal_crds::PostgresCluster {
