@@ -120,6 +120,10 @@ pub struct ArchiveStatus {
     pub failures: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed_wal: Option<String>,
+    /// What the last failed attempt said: the store's own answer (wrong
+    /// credentials, unreachable, full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The base backups of the cluster.

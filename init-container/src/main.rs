@@ -409,6 +409,7 @@ fn wal_push(path: &std::path::Path, name: &str) -> ExitCode {
         })
         .map_err(|e| e.to_string())
     });
+    record_push_error(pushed.as_ref().err());
     match pushed {
         Ok(wal::Pushed::Uploaded { bytes }) => {
             tracing::info!(
@@ -427,6 +428,30 @@ fn wal_push(path: &std::path::Path, name: &str) -> ExitCode {
             tracing::error!(name, "{message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the archiver's last failure is kept, beside PGDATA (the archive
+/// command runs in PGDATA): the operator's probe reads it
+/// (`pg_read_file`) into `status.archive.lastError` and the `WalArchiving`
+/// condition, so that the store's answer is said where people look. Only
+/// when run by PostgreSQL's archiver, in a data directory.
+const ARCHIVE_ERROR_FILE: &str = "../ordinal-archive-error";
+
+fn record_push_error(error: Option<&String>) {
+    if !std::path::Path::new("PG_VERSION").exists() {
+        return;
+    }
+    let file = std::path::Path::new(ARCHIVE_ERROR_FILE);
+    let written = match error {
+        Some(message) => std::fs::write(file, message.chars().take(1000).collect::<String>()),
+        None => match std::fs::remove_file(file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+    };
+    if let Err(error) = written {
+        tracing::warn!(%error, "cannot record the archiver's last failure beside PGDATA");
     }
 }
 

@@ -220,12 +220,7 @@ pub(crate) async fn start_promoted(
     .await;
     if let Err(error) = started {
         // Stopped if it still runs (the time limit).
-        let _ = tools::run(
-            pg_ctl,
-            &["stop", "-m", "immediate", "-D", &staging_str],
-            None,
-        )
-        .await;
+        stop_immediately(pg_ctl, staging).await;
         return Err(BackupError::Replay {
             why: error.to_string(),
             log: log_tail(log),
@@ -248,12 +243,7 @@ pub(crate) async fn start_promoted(
             .is_ok();
         if !running || tokio::time::Instant::now() >= deadline {
             if running {
-                let _ = tools::run(
-                    pg_ctl,
-                    &["stop", "-m", "immediate", "-D", &staging_str],
-                    None,
-                )
-                .await;
+                stop_immediately(pg_ctl, staging).await;
             }
             return Err(BackupError::Replay {
                 why: if running {
@@ -267,6 +257,18 @@ pub(crate) async fn start_promoted(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// An immediate stop of the staging server, whatever it was doing: its
+/// directory is thrown away or started again from scratch.
+async fn stop_immediately(pg_ctl: &Path, staging: &Path) {
+    let staging_str = staging.to_string_lossy();
+    let _ = tools::run(
+        pg_ctl,
+        &["stop", "-m", "immediate", "-D", &staging_str],
+        None,
+    )
+    .await;
 }
 
 /// The last lines of a server's log, for an error.

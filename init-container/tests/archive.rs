@@ -558,24 +558,8 @@ async fn a_verified_backup_passes_and_a_corrupt_or_incomplete_one_fails() {
     let db0 = cluster.pod(0);
     let creds = credentials(&minio, &db0.data_mount);
     backup_env(&db0, &minio, "cluster-v", &creds);
-    cluster.set_state("db-0", false, 0);
-    let out = db0.init();
-    assert!(out.status.success(), "init: {}", stderr(&out));
-    append_conf(
-        &db0,
-        &format!(
-            "archive_mode = on\narchive_command = '{init} wal-push %p %f'\narchive_timeout = 5"
-        ),
-    );
-    db0.start().expect("db-0 starts");
-    let sql = db0.sql().await;
-    sql.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
-         INSERT INTO t SELECT i, repeat('x', 500) FROM generate_series(1, 1000) i; \
-         CHECKPOINT",
-    )
-    .await
-    .unwrap();
+    let sql = archiving_primary(&cluster, &db0, 1000).await;
+    sql.batch_execute("CHECKPOINT").await.unwrap();
     let file: String = sql
         .query_one("SELECT pg_relation_filepath('t')", &[])
         .await
@@ -685,6 +669,30 @@ async fn a_verified_backup_passes_and_a_corrupt_or_incomplete_one_fails() {
     assert!(failed["restoreSeconds"].is_null(), "{failed}");
 }
 
+/// db-0 initialized as the primary, archiving with `ordinal-init wal-push`
+/// (a short archive_timeout), with table `t` of `rows` rows.
+async fn archiving_primary(cluster: &Cluster, db0: &Pod, rows: i32) -> tokio_postgres::Client {
+    let init = env!("CARGO_BIN_EXE_ordinal-init");
+    cluster.set_state("db-0", false, 0);
+    let out = db0.init();
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    append_conf(
+        db0,
+        &format!(
+            "archive_mode = on\narchive_command = '{init} wal-push %p %f'\narchive_timeout = 5"
+        ),
+    );
+    db0.start().expect("db-0 starts");
+    let sql = db0.sql().await;
+    sql.batch_execute(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
+         INSERT INTO t SELECT i, repeat('x', 500) FROM generate_series(1, {rows}) i"
+    ))
+    .await
+    .unwrap();
+    sql
+}
+
 /// The store as the pods are told of it: a URL, object_store's options,
 /// and a credentials directory with one file per secret option.
 fn store_env(pod: &Pod, url: &str, options: &[(&str, &str)], secrets: &[(&str, &str)]) {
@@ -706,24 +714,7 @@ fn store_env(pod: &Pod, url: &str, options: &[(&str, &str)], secrets: &[(&str, &
 /// Archiving, a base backup and its verification by restoring, against
 /// the store of `pod`'s environment: what every kind of store must do.
 async fn archive_backup_and_verify(cluster: &Cluster, db0: &Pod, store: &str) {
-    let init = env!("CARGO_BIN_EXE_ordinal-init");
-    cluster.set_state("db-0", false, 0);
-    let out = db0.init();
-    assert!(out.status.success(), "{store} init: {}", stderr(&out));
-    append_conf(
-        db0,
-        &format!(
-            "archive_mode = on\narchive_command = '{init} wal-push %p %f'\narchive_timeout = 5"
-        ),
-    );
-    db0.start().expect("db-0 starts");
-    let sql = db0.sql().await;
-    sql.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY, pad text); \
-         INSERT INTO t SELECT i, repeat('x', 500) FROM generate_series(1, 20000) i",
-    )
-    .await
-    .unwrap();
+    let sql = archiving_primary(cluster, db0, 20000).await;
     let segment: String = sql
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
         .await

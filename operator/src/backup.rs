@@ -774,25 +774,9 @@ async fn verification(
             .await
             .map_err(api_err("create the verification Job"))?;
             tracing::info!(%namespace, backup = %name, %id, "verification started");
-            VerificationStatus {
-                phase: VerificationPhase::Running,
-                job: Some(job_name),
-                started_at: Some((ctx.now)().to_string()),
-                completed_at: None,
-                restore_milliseconds: None,
-                checks: Vec::new(),
-                message: None,
-            }
+            running_verification(job_name, ctx)
         }
-        (None, Some(_)) => VerificationStatus {
-            phase: VerificationPhase::Running,
-            job: Some(job_name),
-            started_at: Some((ctx.now)().to_string()),
-            completed_at: None,
-            restore_milliseconds: None,
-            checks: Vec::new(),
-            message: None,
-        },
+        (None, Some(_)) => running_verification(job_name, ctx),
     };
     let updated = PostgresBackupStatus {
         verification: Some(next.clone()),
@@ -811,6 +795,19 @@ async fn verification(
         .items;
     write_cluster_backups(ctx, namespace, cluster_name, &backups).await?;
     Ok(Action::await_change())
+}
+
+/// A verification whose Job runs, from now.
+fn running_verification(job: String, ctx: &Context) -> VerificationStatus {
+    VerificationStatus {
+        phase: VerificationPhase::Running,
+        job: Some(job),
+        started_at: Some((ctx.now)().to_string()),
+        completed_at: None,
+        restore_milliseconds: None,
+        checks: Vec::new(),
+        message: None,
+    }
 }
 
 /// Events of a verification: on the PostgresBackup always, on the

@@ -511,6 +511,7 @@ pub fn archive_status(archiver: &pg::Archiver) -> ArchiveStatus {
         lag_seconds: archiver.lag_seconds as i64,
         failures: archiver.failed,
         last_failed_wal: archiver.last_failed_wal.clone(),
+        last_error: archiver.last_error.clone(),
     }
 }
 

@@ -47,12 +47,19 @@ pub fn archiving_condition(
         Some(failed) => (
             "False",
             "ArchiveFailing",
-            format!(
-                "archive_command fails on {failed} ({} failures since {primary} started); \
-                 WAL waits on {primary} for {} s; the store's answer is in its log \
-                 (kubectl logs {primary} -c postgres)",
-                archive.failures, archive.lag_seconds
-            ),
+            match &archive.last_error {
+                Some(error) => format!(
+                    "archive_command fails on {failed} ({} failures since {primary} started; \
+                     WAL waits on {primary} for {} s): {error}",
+                    archive.failures, archive.lag_seconds
+                ),
+                None => format!(
+                    "archive_command fails on {failed} ({} failures since {primary} started); \
+                     WAL waits on {primary} for {} s; the store's answer is in its log \
+                     (kubectl logs {primary} -c postgres)",
+                    archive.failures, archive.lag_seconds
+                ),
+            },
         ),
         None => (
             "True",

@@ -145,6 +145,9 @@ pub struct Archiver {
     /// How long the oldest segment waiting to be archived has waited (0:
     /// none waits).
     pub lag_seconds: f64,
+    /// What `ordinal-init wal-push` said when it last failed (the store's
+    /// answer), while a failure is recorded.
+    pub last_error: Option<String>,
 }
 
 impl InstanceProbe {
@@ -501,7 +504,11 @@ SELECT pg_is_in_recovery(),
             (SELECT last_failed_wal FROM pg_stat_archiver) END,
        CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off' THEN
             COALESCE((SELECT extract(epoch FROM now() - min(modification))::float8
-                        FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), 0) END";
+                        FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), 0) END,
+       CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off'
+                 AND (SELECT failed_count > 0 FROM pg_stat_archiver) THEN
+            pg_read_file(current_setting('data_directory') || '/../ordinal-archive-error',
+                         0, 1000, true) END";
 
 /// The `host:port` a libpq conninfo string points at (port 5432 when it
 /// names none), "" when it names no host.
@@ -656,6 +663,10 @@ async fn query_probe(session: &mut Session, target: &str) -> Result<InstanceProb
                 last_archived_at: at,
                 last_failed_wal: row.get(14),
                 lag_seconds: row.get::<_, Option<f64>>(15).unwrap_or(0.0).max(0.0),
+                last_error: row
+                    .get::<_, Option<String>>(16)
+                    .map(|e| e.trim().to_owned())
+                    .filter(|e| !e.is_empty()),
             }
         }),
     })

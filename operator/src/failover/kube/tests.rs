@@ -583,6 +583,7 @@ fn archiving_fails_while_the_file_it_failed_on_is_not_archived() {
         lag_seconds: 0,
         failures: 0,
         last_failed_wal: None,
+        last_error: None,
     };
     let (status, reason, message) = archiving_condition(&archive, "db-0");
     assert_eq!((status, reason), ("True", "Archiving"));
@@ -595,6 +596,13 @@ fn archiving_fails_while_the_file_it_failed_on_is_not_archived() {
     assert!(
         message.contains("fails on 000000010000000000000005 (7 failures")
             && message.contains("for 95 s"),
+        "{message}"
+    );
+    // The store's answer, when wal-push left it.
+    archive.last_error = Some("cannot upload: Bucket quota exceeded".to_owned());
+    let (_, _, message) = archiving_condition(&archive, "db-0");
+    assert!(
+        message.ends_with("for 95 s): cannot upload: Bucket quota exceeded"),
         "{message}"
     );
     // It got through since: archiving again.

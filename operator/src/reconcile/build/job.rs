@@ -84,46 +84,35 @@ pub fn build_backup_job(
         .as_ref()
         .map_or(180, |b| i64::from(b.archive_timeout_seconds) * 2 + 60);
     let install = install_container(config, false);
-    let take = Container {
-        name: BACKUP_CONTAINER.to_owned(),
-        image: Some(cluster.spec.image.clone()),
-        image_pull_policy: cluster
-            .spec
-            .image_pull_policy
-            .map(|p| p.as_str().to_owned()),
-        command: Some(
-            [
-                paths::ORDINAL_INIT.to_owned(),
-                "base-backup".to_owned(),
-                "--host".to_owned(),
-                host.to_owned(),
-                "--port".to_owned(),
-                names::POSTGRES_PORT.to_string(),
-                "--backup".to_owned(),
-                backup.to_owned(),
-                "--wal-wait-seconds".to_owned(),
-                wal_wait.to_string(),
-                "--report".to_owned(),
-                TERMINATION_LOG.to_owned(),
-            ]
-            .into_iter()
-            .chain(retention_args(cluster))
-            .collect(),
-        ),
-        env: Some(vars),
-        volume_mounts: Some(vec![
+    let command = [
+        paths::ORDINAL_INIT.to_owned(),
+        "base-backup".to_owned(),
+        "--host".to_owned(),
+        host.to_owned(),
+        "--port".to_owned(),
+        names::POSTGRES_PORT.to_string(),
+        "--backup".to_owned(),
+        backup.to_owned(),
+        "--wal-wait-seconds".to_owned(),
+        wal_wait.to_string(),
+        "--report".to_owned(),
+        TERMINATION_LOG.to_owned(),
+    ]
+    .into_iter()
+    .chain(retention_args(cluster))
+    .collect();
+    let take = tool_container(
+        cluster,
+        BACKUP_CONTAINER,
+        command,
+        vars,
+        vec![
             mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
             mount(VOLUME_REPLICATION, paths::REPLICATION_SECRET_DIR, true),
             mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true),
             mount(VOLUME_TMP, "/tmp", false),
-        ]),
-        security_context: Some(restricted()),
-        // The report is written there; a crash before it leaves the log's
-        // last lines instead.
-        termination_message_path: Some(TERMINATION_LOG.to_owned()),
-        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-        ..Container::default()
-    };
+        ],
+    );
     let mut volumes = vec![
         empty_dir(VOLUME_ORDINAL, None),
         secret_volume(VOLUME_REPLICATION, &cluster.replication_secret),
@@ -147,39 +136,30 @@ pub fn build_verify_job(
     let name = verify_job_name(backup);
     let labels = backup_labels(&cluster.name, backup);
     let install = install_container(config, false);
-    let check = Container {
-        name: VERIFY_CONTAINER.to_owned(),
-        image: Some(cluster.spec.image.clone()),
-        image_pull_policy: cluster
-            .spec
-            .image_pull_policy
-            .map(|p| p.as_str().to_owned()),
-        command: Some(
-            [
-                paths::ORDINAL_INIT,
-                "verify-backup",
-                "--id",
-                id,
-                "--dir",
-                VERIFY_DIR,
-                "--report",
-                TERMINATION_LOG,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-        ),
-        env: Some(archive_env(cluster)),
-        volume_mounts: Some(vec![
+    let command = [
+        paths::ORDINAL_INIT,
+        "verify-backup",
+        "--id",
+        id,
+        "--dir",
+        VERIFY_DIR,
+        "--report",
+        TERMINATION_LOG,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let check = tool_container(
+        cluster,
+        VERIFY_CONTAINER,
+        command,
+        archive_env(cluster),
+        vec![
             mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
             mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true),
             mount(VOLUME_TMP, "/tmp", false),
             mount(VOLUME_VERIFY, VERIFY_DIR, false),
-        ]),
-        security_context: Some(restricted()),
-        termination_message_path: Some(TERMINATION_LOG.to_owned()),
-        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
-        ..Container::default()
-    };
+        ],
+    );
     let mut volumes = vec![
         empty_dir(VOLUME_ORDINAL, None),
         empty_dir(VOLUME_TMP, None),
@@ -196,6 +176,33 @@ pub fn build_verify_job(
         volumes,
         Some(VERIFY_DEADLINE_SECONDS),
     )
+}
+
+/// An `ordinal-init` command in the cluster's own image (installed from
+/// the operator's). Its report is the termination message; a crash before
+/// it leaves the log's last lines instead.
+fn tool_container(
+    cluster: &ValidCluster,
+    name: &str,
+    command: Vec<String>,
+    env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    mounts: Vec<k8s_openapi::api::core::v1::VolumeMount>,
+) -> Container {
+    Container {
+        name: name.to_owned(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: cluster
+            .spec
+            .image_pull_policy
+            .map(|p| p.as_str().to_owned()),
+        command: Some(command),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        security_context: Some(restricted()),
+        termination_message_path: Some(TERMINATION_LOG.to_owned()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    }
 }
 
 /// The verification Job of PostgresBackup `backup`: `<backup>-verify`,
