@@ -580,11 +580,7 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
     eprintln!("WalArchiving: {}", condition.message);
     // The store's own answer, as wal-push left it for the probe.
     assert!(condition.message.contains("Access Key"), "{condition:?}");
-    assert!(
-        event_reasons(&h, "PostgresCluster", CLUSTER)
-            .await
-            .contains(&"WalArchivingFailing".to_owned())
-    );
+    wait_event(&h, "PostgresCluster", CLUSTER, "WalArchivingFailing").await;
     let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
     h.wait_until("the failures reach the metrics", async || {
         let page = h.operator_metrics().await;
@@ -789,6 +785,20 @@ async fn verified(h: &Harness, name: &str) -> VerificationStatus {
     .await
 }
 
+/// Waits until an Event of `reason` is on `kind` `name` (it is published
+/// just after the status that announces it).
+async fn wait_event(h: &Harness, kind: &str, name: &str, reason: &str) {
+    h.wait_until(&format!("a {reason} Event on {kind} {name}"), async || {
+        let reasons = event_reasons(h, kind, name).await;
+        if reasons.iter().any(|r| r == reason) {
+            Ok(())
+        } else {
+            Err(format!("{reasons:?}"))
+        }
+    })
+    .await;
+}
+
 /// The reasons of the Events on `kind` `name`.
 async fn event_reasons(h: &Harness, kind: &str, name: &str) -> Vec<String> {
     h.api::<Event>()
@@ -860,16 +870,8 @@ async fn backups_are_verified_by_restoring_them_and_a_broken_one_is_said() {
         .await;
     assert_eq!(condition.reason, "VerificationFailed");
     assert!(condition.message.contains(&begin_wal), "{condition:?}");
-    assert!(
-        event_reasons(&h, "PostgresBackup", "broken")
-            .await
-            .contains(&"BackupVerificationFailed".to_owned())
-    );
-    assert!(
-        event_reasons(&h, "PostgresCluster", CLUSTER)
-            .await
-            .contains(&"BackupVerificationFailed".to_owned())
-    );
+    wait_event(&h, "PostgresBackup", "broken", "BackupVerificationFailed").await;
+    wait_event(&h, "PostgresCluster", CLUSTER, "BackupVerificationFailed").await;
     let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
     let page = h.operator_metrics().await;
     assert!(
@@ -971,11 +973,7 @@ async fn a_restore_whose_wal_is_missing_says_which_segment() {
         ready.message.contains("lacks WAL") && ready.message.contains(&begin_wal),
         "{ready:?}"
     );
-    assert!(
-        event_reasons(&h, "PostgresCluster", "copy")
-            .await
-            .contains(&"InstanceCannotStart".to_owned())
-    );
+    wait_event(&h, "PostgresCluster", "copy", "InstanceCannotStart").await;
     // Nothing was made of it: no data directory, no primary bootstrapped.
     let status = h.status("copy").await;
     assert!(!status.bootstrapped, "{status:?}");

@@ -159,7 +159,8 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            // The API server refuses a note over 1 kB (the Event is lost).
+            note: Some(note.chars().take(1000).collect()),
             action: action.to_owned(),
             secondary: None,
         };

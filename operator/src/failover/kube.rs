@@ -285,7 +285,8 @@ impl KubeSeam {
         let event = Event {
             type_,
             reason: reason.to_owned(),
-            note: Some(note),
+            // The API server refuses a note over 1 kB (the Event is lost).
+            note: Some(note.chars().take(1000).collect()),
             action: "Failover".to_owned(),
             secondary: None,
         };
