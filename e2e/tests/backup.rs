@@ -549,13 +549,7 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
         .await
         .expect("the wrong Secret");
     spec.backup.as_mut().expect("backup").credentials_secret = "wrong".to_owned();
-    h.apply(CLUSTER, &spec).await;
-    let status = h.wait_ready(CLUSTER, 1).await;
-    let primary = status.current_primary.expect("a primary");
-    let (_, sql) = h.sql_rw(CLUSTER).await;
-    sql.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()")
-        .await
-        .expect("writes go on");
+    let primary = writes_go_on(&h, &spec).await;
 
     let archive = h
         .wait_until("status.archive counts failures", async || {
@@ -979,6 +973,20 @@ async fn a_restore_whose_wal_is_missing_says_which_segment() {
     assert!(!status.bootstrapped, "{status:?}");
 }
 
+/// Creates cluster `db` of one instance from `spec` (whose store refuses
+/// the archive), writes and switches WAL segments: the writes go on.
+/// Returns the primary.
+async fn writes_go_on(h: &Harness, spec: &PostgresClusterSpec) -> String {
+    h.apply(CLUSTER, spec).await;
+    let status = h.wait_ready(CLUSTER, 1).await;
+    let primary = status.current_primary.expect("a primary");
+    let (_, sql) = h.sql_rw(CLUSTER).await;
+    sql.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()")
+        .await
+        .expect("writes go on");
+    primary
+}
+
 /// A request signed with MinIO's root credentials, by curl.
 fn minio_admin(method: &str, path: &str, body: Option<&str>) -> String {
     let mut command = std::process::Command::new("curl");
@@ -1036,13 +1044,7 @@ async fn a_full_store_is_said_in_the_status() {
     if let Some(s3) = spec.backup.as_mut().and_then(|b| b.s3.as_mut()) {
         s3.bucket.clone_from(&bucket);
     }
-    h.apply(CLUSTER, &spec).await;
-    let status = h.wait_ready(CLUSTER, 1).await;
-    let primary = status.current_primary.expect("a primary");
-    let (_, sql) = h.sql_rw(CLUSTER).await;
-    sql.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT pg_switch_wal()")
-        .await
-        .expect("writes go on");
+    let primary = writes_go_on(&h, &spec).await;
     let condition = h
         .wait_until("WalArchiving says the store is full", async || {
             let status = h.try_status(CLUSTER).await?;

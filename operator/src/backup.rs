@@ -484,15 +484,7 @@ async fn announce(
 /// The cluster's base backups as its status shows them, from its
 /// PostgresBackups.
 pub fn summarize(backups: &[PostgresBackup], cluster: &str) -> BackupsStatus {
-    let mut completed: Vec<(&str, &str)> = backups
-        .iter()
-        .filter(|b| b.spec.cluster == cluster)
-        .filter_map(|b| {
-            let s = b.status.as_ref()?;
-            (s.phase == Some(BackupPhase::Completed))
-                .then(|| Some((s.completed_at.as_deref()?, b.metadata.name.as_deref()?)))?
-        })
-        .collect();
+    let mut completed = completed(backups, cluster);
     completed.sort();
     BackupsStatus {
         completed: i32::try_from(completed.len()).unwrap_or(i32::MAX),
@@ -642,6 +634,14 @@ pub fn verified_condition(
 
 /// The name of the cluster's newest completed backup.
 pub fn newest_completed<'a>(backups: &'a [PostgresBackup], cluster: &str) -> Option<&'a str> {
+    completed(backups, cluster)
+        .into_iter()
+        .max()
+        .map(|(_, name)| name)
+}
+
+/// The cluster's completed backups: (completedAt, name).
+fn completed<'a>(backups: &'a [PostgresBackup], cluster: &str) -> Vec<(&'a str, &'a str)> {
     backups
         .iter()
         .filter(|b| b.spec.cluster == cluster)
@@ -650,8 +650,7 @@ pub fn newest_completed<'a>(backups: &'a [PostgresBackup], cluster: &str) -> Opt
             (s.phase == Some(BackupPhase::Completed))
                 .then(|| Some((s.completed_at.as_deref()?, b.metadata.name.as_deref()?)))?
         })
-        .max()
-        .map(|(_, name)| name)
+        .collect()
 }
 
 /// A verification from its Job's end: the report (its container's
