@@ -115,24 +115,33 @@ impl Minio {
     }
 
     /// A bucket, made with a request signed by curl (object_store makes
-    /// none: buckets belong to whoever runs the store).
+    /// none: buckets belong to whoever runs the store). A server that is
+    /// live may still be initializing its storage on a busy machine and
+    /// answer 503: asked again for up to 60 s.
     fn make_bucket(&self) {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "10",
-            ])
-            .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "-X", "PUT", "--user"])
-            .arg(format!("{}:{}", self.access_key, self.secret_key))
-            .arg(format!("{}/{}", self.endpoint, self.bucket))
-            .output()
-            .expect("curl (apt-get install curl)");
-        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        let start = Instant::now();
+        let code = loop {
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "10",
+                ])
+                .args(["--aws-sigv4", "aws:amz:us-east-1:s3", "-X", "PUT", "--user"])
+                .arg(format!("{}:{}", self.access_key, self.secret_key))
+                .arg(format!("{}/{}", self.endpoint, self.bucket))
+                .output()
+                .expect("curl (apt-get install curl)");
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            if code != "503" || start.elapsed() > Duration::from_secs(60) {
+                break code;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
         assert!(
             code == "200",
             "creating bucket {} answered {code}",
