@@ -1073,3 +1073,44 @@ async fn a_full_store_is_said_in_the_status() {
         .expect("exec");
     assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
 }
+
+/// A store that cannot be reached (nothing listens at its endpoint): the
+/// cluster runs on, and once the upload has given up retrying, its
+/// WalArchiving condition says so, naming the endpoint; the WAL waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_store_is_said_in_the_status() {
+    let h = Harness::new("an_unreachable_store_is_said_in_the_status").await;
+    let mut spec = backed_up(&h, 1, 10).await;
+    if let Some(s3) = spec.backup.as_mut().and_then(|b| b.s3.as_mut()) {
+        // The node's address, on a port nothing listens on.
+        s3.endpoint = Some("http://198.18.255.1:9".to_owned());
+    }
+    let primary = writes_go_on(&h, &spec).await;
+    let condition = h
+        .wait_until(
+            "WalArchiving says the store cannot be reached",
+            async || {
+                let status = h.try_status(CLUSTER).await?;
+                match status.condition("WalArchiving") {
+                    Some(c) if c.status == "False" => Ok(c.clone()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    eprintln!("WalArchiving: {}", condition.message);
+    assert!(
+        condition.message.contains("cannot upload") && condition.message.contains("198.18.255.1:9"),
+        "{condition:?}"
+    );
+    wait_event(&h, "PostgresCluster", CLUSTER, "WalArchivingFailing").await;
+    let ready = h
+        .exec(
+            &primary,
+            "postgres",
+            &["sh", "-c", "ls $PGDATA/pg_wal/archive_status"],
+        )
+        .await
+        .expect("exec");
+    assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
+}
