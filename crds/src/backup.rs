@@ -169,8 +169,8 @@ pub struct VerificationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
     /// The measured restore time: download and unpack, then WAL replay
-    /// to the first consistent point (what a restore of this backup costs
-    /// at the least).
+    /// to the archive's end (what a restore of this backup to "latest"
+    /// costs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_milliseconds: Option<u64>,
     /// The checks that ran, with what they covered.
@@ -194,7 +194,7 @@ impl VerificationStatus {
 pub struct VerificationReport {
     pub id: String,
     pub passed: bool,
-    /// Download and unpack, then replay to consistency; None when the
+    /// Download and unpack, then replay to the archive's end; None when the
     /// restore itself failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_seconds: Option<f64>,

@@ -546,8 +546,8 @@ pub struct BackupSpec {
     /// deleted from the store. Everything is kept when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
-    /// Restore each new base backup in a throwaway pod, replay its WAL to
-    /// a consistent point and run PostgreSQL's own checks (`pg_amcheck`
+    /// Restore each new base backup in a throwaway pod, replay the archived
+    /// WAL to its end and run PostgreSQL's own checks (`pg_amcheck`
     /// on every table and index, `pg_checksums` on every page); the
     /// result and the measured restore time go to the PostgresBackup's
     /// `status.verification`, and a failure to the cluster's

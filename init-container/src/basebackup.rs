@@ -735,27 +735,34 @@ pub async fn check_wal(archive: &Archive, backup: &Manifest) -> Result<(), Backu
     })
 }
 
-/// The WAL segments from the backup's first to its last that are not in
-/// the archive. Across a timeline switch (a backup of a standby during a
-/// promotion) only the first and the last are looked for.
-async fn missing_wal(archive: &Archive, backup: &Manifest) -> Result<Vec<String>, BackupError> {
+/// The WAL segments a backup needs to be consistent: from the one holding
+/// its start to the one holding the last byte before its end (an end on a
+/// segment's first byte needs nothing of that segment, which may not even
+/// be written yet: `end_wal`, which the backup waited for, says the same).
+/// Across a timeline switch (a backup of a standby during a promotion)
+/// only the first and the last.
+fn needed_wal(backup: &Manifest) -> Vec<String> {
     let same_timeline = backup.begin_wal.get(..8) == backup.end_wal.get(..8);
-    let needed: Vec<String> = match (
+    match (
         same_timeline,
         parse_lsn(&backup.begin_lsn),
         parse_lsn(&backup.end_lsn),
     ) {
         (true, Some(begin), Some(end)) if end >= begin => {
             let first = begin / WAL_SEGMENT_SIZE;
-            let last = end / WAL_SEGMENT_SIZE;
+            let last = end.saturating_sub(1).max(begin) / WAL_SEGMENT_SIZE;
             (first..=last)
                 .map(|segno| segment_name(backup.timeline, segno * WAL_SEGMENT_SIZE))
                 .collect()
         }
         _ => vec![backup.begin_wal.clone(), backup.end_wal.clone()],
-    };
+    }
+}
+
+/// The segments of [`needed_wal`] that are not in the archive.
+async fn missing_wal(archive: &Archive, backup: &Manifest) -> Result<Vec<String>, BackupError> {
     let mut missing = Vec::new();
-    for segment in needed {
+    for segment in needed_wal(backup) {
         // A name that is no segment's (a damaged manifest) is no WAL.
         let Ok(location) = archive.location(&segment) else {
             missing.push(segment);
@@ -860,6 +867,34 @@ mod tests {
                 end_lsn: Some(0x7000138),
                 end_timeline: Some(4),
             }
+        );
+    }
+
+    #[test]
+    fn the_wal_a_backup_needs_ends_before_its_end() {
+        let mut backup = manifest("b", "2026-12-06T02:37:13Z");
+        backup.begin_lsn = "0/2000028".to_owned();
+        backup.begin_wal = "000000010000000000000002".to_owned();
+        // Ended on the first byte of segment 3 (a standby right after the
+        // primary switched segments): segment 3 is not needed.
+        backup.end_lsn = "0/3000000".to_owned();
+        backup.end_wal = "000000010000000000000002".to_owned();
+        assert_eq!(needed_wal(&backup), ["000000010000000000000002"]);
+        backup.end_lsn = "0/4000100".to_owned();
+        backup.end_wal = "000000010000000000000004".to_owned();
+        assert_eq!(
+            needed_wal(&backup),
+            [
+                "000000010000000000000002",
+                "000000010000000000000003",
+                "000000010000000000000004"
+            ]
+        );
+        // Across a timeline switch: the ends only.
+        backup.end_wal = "000000020000000000000004".to_owned();
+        assert_eq!(
+            needed_wal(&backup),
+            ["000000010000000000000002", "000000020000000000000004"]
         );
     }
 

@@ -227,7 +227,21 @@ async fn reconcile(backup: Arc<PostgresBackup>, ctx: Arc<Context>) -> Result<Act
         .namespace()
         .ok_or_else(|| BackupError::MissingNamespace { name: name.clone() })?;
     let api_err = |action| api_error(action, &namespace, &name);
-    let status = backup.status.clone().unwrap_or_default();
+    let mut status = backup.status.clone().unwrap_or_default();
+    if !status.finished() {
+        // The cache can lag behind this controller's own last write, and a
+        // status computed from it would drop what that write said (an
+        // apply removes the fields it omits): the instance, the Job.
+        let api: Api<PostgresBackup> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api
+            .get_opt(&name)
+            .await
+            .map_err(api_err("read the PostgresBackup"))?
+        {
+            Some(fresh) => status = fresh.status.unwrap_or_default(),
+            None => return Ok(Action::await_change()),
+        }
+    }
     let cluster = &backup.spec.cluster;
     if status.finished() {
         if status.phase == Some(BackupPhase::Completed) {

@@ -205,7 +205,7 @@ impl Metrics {
             restore_seconds: GaugeVec::new(
                 Opts::new(
                     "ordinal_backup_restore_seconds",
-                    "The restore time measured by the newest verification: download, unpack and WAL replay to consistency",
+                    "The restore time measured by the newest verification: download, unpack and WAL replay to the archive's end",
                 ),
                 CLUSTER,
             )?,
