@@ -561,17 +561,8 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
         })
         .await;
     assert!(archive.last_archived_wal.is_none(), "{archive:?}");
-    let condition = h
-        .wait_until("WalArchiving is False", async || {
-            let status = h.try_status(CLUSTER).await?;
-            match status.condition("WalArchiving") {
-                Some(c) if c.status == "False" => Ok(c.clone()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
+    let condition = archiving_fails(&h, "").await;
     assert_eq!(condition.reason, "ArchiveFailing");
-    eprintln!("WalArchiving: {}", condition.message);
     // The store's own answer, as wal-push left it for the probe.
     assert!(condition.message.contains("Access Key"), "{condition:?}");
     wait_event(&h, "PostgresCluster", CLUSTER, "WalArchivingFailing").await;
@@ -589,15 +580,7 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
     })
     .await;
     // The segment waits on the primary, not lost.
-    let ready = h
-        .exec(
-            &primary,
-            "postgres",
-            &["sh", "-c", "ls $PGDATA/pg_wal/archive_status"],
-        )
-        .await
-        .expect("exec");
-    assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
+    wal_waits_on(&h, &primary).await;
 
     request_backup(&h, "refused", CLUSTER).await;
     let refused = finished(&h, "refused").await;
@@ -987,6 +970,41 @@ async fn writes_go_on(h: &Harness, spec: &PostgresClusterSpec) -> String {
     primary
 }
 
+/// Waits until the `WalArchiving` condition of `db` is False with a
+/// message that contains `said`, and returns it.
+async fn archiving_fails(
+    h: &Harness,
+    said: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let condition = h
+        .wait_until(
+            &format!("WalArchiving is False, saying {said:?}"),
+            async || {
+                let status = h.try_status(CLUSTER).await?;
+                match status.condition("WalArchiving") {
+                    Some(c) if c.status == "False" && c.message.contains(said) => Ok(c.clone()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+    eprintln!("WalArchiving: {}", condition.message);
+    condition
+}
+
+/// The WAL not yet archived waits on `primary` (`.ready`), not lost.
+async fn wal_waits_on(h: &Harness, primary: &str) {
+    let ready = h
+        .exec(
+            primary,
+            "postgres",
+            &["sh", "-c", "ls $PGDATA/pg_wal/archive_status"],
+        )
+        .await
+        .expect("exec");
+    assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
+}
+
 /// A request signed with MinIO's root credentials, by curl.
 fn minio_admin(method: &str, path: &str, body: Option<&str>) -> String {
     let mut command = std::process::Command::new("curl");
@@ -1045,16 +1063,7 @@ async fn a_full_store_is_said_in_the_status() {
         s3.bucket.clone_from(&bucket);
     }
     let primary = writes_go_on(&h, &spec).await;
-    let condition = h
-        .wait_until("WalArchiving says the store is full", async || {
-            let status = h.try_status(CLUSTER).await?;
-            match status.condition("WalArchiving") {
-                Some(c) if c.status == "False" && c.message.contains("quota") => Ok(c.clone()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
-    eprintln!("WalArchiving: {}", condition.message);
+    archiving_fails(&h, "quota").await;
     let archive = h.status(CLUSTER).await.archive.expect("status.archive");
     assert!(
         archive
@@ -1063,15 +1072,7 @@ async fn a_full_store_is_said_in_the_status() {
             .is_some_and(|e| e.contains("Bucket quota exceeded")),
         "{archive:?}"
     );
-    let ready = h
-        .exec(
-            &primary,
-            "postgres",
-            &["sh", "-c", "ls $PGDATA/pg_wal/archive_status"],
-        )
-        .await
-        .expect("exec");
-    assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
+    wal_waits_on(&h, &primary).await;
 }
 
 /// A store that cannot be reached (nothing listens at its endpoint): the
@@ -1086,31 +1087,11 @@ async fn an_unreachable_store_is_said_in_the_status() {
         s3.endpoint = Some("http://198.18.255.1:9".to_owned());
     }
     let primary = writes_go_on(&h, &spec).await;
-    let condition = h
-        .wait_until(
-            "WalArchiving says the store cannot be reached",
-            async || {
-                let status = h.try_status(CLUSTER).await?;
-                match status.condition("WalArchiving") {
-                    Some(c) if c.status == "False" => Ok(c.clone()),
-                    other => Err(format!("{other:?}")),
-                }
-            },
-        )
-        .await;
-    eprintln!("WalArchiving: {}", condition.message);
+    let condition = archiving_fails(&h, "").await;
     assert!(
         condition.message.contains("cannot upload") && condition.message.contains("198.18.255.1:9"),
         "{condition:?}"
     );
     wait_event(&h, "PostgresCluster", CLUSTER, "WalArchivingFailing").await;
-    let ready = h
-        .exec(
-            &primary,
-            "postgres",
-            &["sh", "-c", "ls $PGDATA/pg_wal/archive_status"],
-        )
-        .await
-        .expect("exec");
-    assert!(ready.stdout.contains(".ready"), "{}", ready.stdout);
+    wal_waits_on(&h, &primary).await;
 }

@@ -46,19 +46,6 @@ pub enum VerifyError {
     Corrupt { found: String },
     #[error("pg_checksums found {bad} page(s) whose checksum does not match: {found}")]
     BadChecksums { bad: String, found: String },
-    #[error("the archive {archive} lacks WAL that backup {id} needs to be consistent: {segments}")]
-    MissingWal {
-        archive: String,
-        id: String,
-        segments: String,
-    },
-    #[error("cannot look for WAL segment {segment} in {archive}")]
-    Lookup {
-        segment: String,
-        archive: String,
-        #[source]
-        source: object_store::Error,
-    },
     #[error("{tool} failed ({status}): {output}")]
     Failed {
         tool: &'static str,
