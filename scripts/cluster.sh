@@ -529,10 +529,13 @@ metadata:
 rules:
   - apiGroups: [""]
     resources: [persistentvolumes]
-    verbs: [get, list, watch, create, delete]
+    verbs: [get, list, watch, create, delete, patch]
   - apiGroups: [""]
     resources: [persistentvolumeclaims]
     verbs: [get, list, watch, update]
+  - apiGroups: [""]
+    resources: [persistentvolumeclaims/status]
+    verbs: [patch]
   - apiGroups: [storage.k8s.io]
     resources: [storageclasses]
     verbs: [get, list, watch]
@@ -560,6 +563,8 @@ metadata:
 provisioner: $PROVISIONER
 volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Delete
+# The provisioner is also the volumes' resizer (e2e/kube/resizer.go).
+allowVolumeExpansion: true
 EOF
 }
 

@@ -170,9 +170,10 @@ minio_started=true
 scripts/minio.sh up >/dev/null
 eval "$(scripts/minio.sh env)"
 
-step "the real-cluster suite (e2e/tests/cluster.rs, failover.rs, backup.rs)"
-ORDINAL_E2E_OPERATOR=external \
+step "the real-cluster suite (e2e/tests/cluster.rs, failover.rs, backup.rs, day2.rs; kubectl-ordinal/tests/plugin.rs)"
+export ORDINAL_E2E_OPERATOR=external \
   ORDINAL_E2E_POSTGRES_IMAGE=$POSTGRES_IMAGE \
   ORDINAL_E2E_IMAGE=$ORDINAL_IMAGE \
-  ORDINAL_E2E_CONTAINERD_STATE=/run/ordinal-cluster/containerd \
-  cargo test -p ordinal-e2e --features cluster --test cluster --test failover --test backup --locked -- --test-threads=1 --nocapture "${filter[@]}"
+  ORDINAL_E2E_CONTAINERD_STATE=/run/ordinal-cluster/containerd
+cargo test -p ordinal-e2e --features cluster --test cluster --test failover --test backup --test day2 --locked -- --test-threads=1 --nocapture "${filter[@]}"
+cargo test -p kubectl-ordinal --features cluster --test plugin --locked -- --test-threads=1 --nocapture "${filter[@]}"

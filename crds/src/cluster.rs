@@ -121,10 +121,18 @@ pub struct PostgresClusterSpec {
     pub replicas: i32,
 
     /// PostgreSQL container image; the official `postgres` images and images
-    /// built on them are supported.
+    /// built on them are supported. It names a tag (`postgres:17.2`) or a
+    /// digest (`postgres@sha256:…`): an untagged image and `:latest` are
+    /// refused, because they change under running pods. The tag's major
+    /// version cannot change once the cluster exists.
     #[serde(default = "default_image")]
     #[schemars(length(max = 512))]
-    #[x_kube(validation = Rule::new("size(self) > 0").message("image must not be empty"))]
+    #[x_kube(
+        validation = Rule::new("size(self) > 0").message("image must not be empty"),
+        validation = Rule::new(IMAGE_PINNED).message("image must name a tag (postgres:17.2) or a digest (postgres@sha256:...): an image without a tag is postgres:latest, which changes under running pods and breaks rolling updates"),
+        validation = Rule::new(IMAGE_NOT_LATEST).message("image must not use the tag latest: it changes under running pods and breaks rolling updates; name a version such as postgres:17.2, or a digest"),
+        validation = Rule::new(IMAGE_SAME_MAJOR).message("image cannot change the PostgreSQL major version (the tag's first number): the data files of one major version do not start on another, and Ordinal does not run pg_upgrade; keep this major, or move the data to a new cluster with pg_dump or logical replication")
+    )]
     pub image: String,
 
     /// Pull policy of the PostgreSQL image.
@@ -204,6 +212,24 @@ fn default_replicas() -> i32 {
     3
 }
 
+/// A digest pins an image whatever its tag says.
+macro_rules! digest {
+    () => {
+        "self.matches('@sha256:[0-9a-f]{64}$')"
+    };
+}
+
+/// A tag in the last path part (a registry's `:port` is not one).
+const IMAGE_PINNED: &str = concat!(digest!(), " || self.matches('^([^/]+/)*[^/:@]+:[^/:@]+$')");
+
+const IMAGE_NOT_LATEST: &str = concat!(digest!(), " || !self.matches(':latest$')");
+
+/// The major version is the tag's leading number (`postgres:17.2-bookworm`
+/// → `:17`), as the reconciler reads it: the last path part up to a digest,
+/// then its first `:digits`. A tag without one (or a digest alone) says
+/// nothing, and the reconciler's check stays the backstop.
+const IMAGE_SAME_MAJOR: &str = "oldSelf.find('[^/@]+(@|$)').find(':[0-9]+') == '' || self.find('[^/@]+(@|$)').find(':[0-9]+') == '' || self.find('[^/@]+(@|$)').find(':[0-9]+') == oldSelf.find('[^/@]+(@|$)').find(':[0-9]+')";
+
 fn default_image() -> String {
     "postgres:17".to_owned()
 }
@@ -235,10 +261,12 @@ impl ImagePullPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Size of each instance's volume, as a Kubernetes quantity (e.g. `10Gi`).
-    /// Immutable: a StatefulSet's volume claims cannot change.
+    /// It can grow when the StorageClass allows volume expansion: Ordinal
+    /// expands every PVC and reports it in the `VolumesResized` condition.
+    /// It cannot shrink.
     #[x_kube(
         validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"),
-        validation = Rule::new("self == oldSelf").message("storage.size is immutable: a StatefulSet's volume claims cannot change; expand the PVCs directly if the StorageClass allows it")
+        validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || !quantity(self).isLessThan(quantity(oldSelf))").message("storage.size cannot shrink: a volume never gets smaller; keep the current size or grow it")
     )]
     #[schemars(length(max = 64))]
     pub size: String,

@@ -39,6 +39,12 @@ pub const ROLE_REPLICA: &str = "replica";
 pub const ANNOTATION_PRIMARY: &str = "ordinal.dev/primary";
 /// Annotation on a PostgresCluster asking for a planned switchover to a pod.
 pub const ANNOTATION_SWITCHOVER_TO: &str = "ordinal.dev/switchover-to";
+/// Annotation on a PostgresCluster asking for a rolling restart (set by
+/// `kubectl ordinal restart`); copied to the pod template, where a new
+/// value is a new revision that the rolling update rolls out: replicas
+/// first, a switchover, the old primary last. The key `kubectl rollout
+/// restart` uses on a Deployment's template.
+pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// Annotation on the pod template: hash of the configuration that needs a
 /// restart, so that a changed configuration shows as a changed template.
 pub const ANNOTATION_CONFIG_HASH: &str = "ordinal.dev/config-hash";

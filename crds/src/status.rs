@@ -11,6 +11,13 @@ pub const CONDITION_DEGRADED: &str = "Degraded";
 /// Whether the newest verified base backup passed its verification
 /// (`spec.backup.verify`); written by the backup controller.
 pub const CONDITION_BACKUP_VERIFIED: &str = "BackupVerified";
+/// Whether every data volume has `spec.storage.size`; False while they
+/// grow, or when they cannot (written by the reconciler's volume step).
+pub const CONDITION_VOLUMES_RESIZED: &str = "VolumesResized";
+/// Whether the volumes are created where their pods can run: False for a
+/// StorageClass that binds Immediately, or a pod stranded by its volume's
+/// zone.
+pub const CONDITION_VOLUME_PLACEMENT: &str = "VolumePlacement";
 
 /// What the operator last observed of the cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -358,13 +358,89 @@ fn storage_class_name_is_immutable() {
 }
 
 #[test]
-fn storage_size_is_immutable() {
+fn storage_size_grows_but_never_shrinks() {
+    let size = |s: &str| json!({"storage": {"size": s}});
+    update(size("1Gi"), size("2Gi")).expect("growing");
+    update(size("1Gi"), size("1024Mi")).expect("the same size, written another way");
+    update(size("1Gi"), size("1Gi")).expect("unchanged");
     assert_rejected(
-        update(
-            json!({"storage": {"size": "1Gi"}}),
-            json!({"storage": {"size": "2Gi"}}),
+        update(size("2Gi"), size("1Gi")),
+        "storage.size cannot shrink",
+    );
+    assert_rejected(
+        update(size("1Gi"), size("1000Mi")),
+        "storage.size cannot shrink",
+    );
+}
+
+#[test]
+fn images_name_a_tag_or_a_digest_never_latest() {
+    let image = |i: &str| json!({"image": i, "storage": {"size": "1Gi"}});
+    let digest = format!("@sha256:{}", "0123456789abcdef".repeat(4));
+    for ok in [
+        "postgres:17".to_owned(),
+        "postgres:17.2-bookworm".to_owned(),
+        "registry.example:5000/team/postgres:16.4".to_owned(),
+        format!("postgres{digest}"),
+        format!("registry.example:5000/postgres:latest{digest}"),
+        format!("postgres:17{digest}"),
+    ] {
+        create(image(&ok)).unwrap_or_else(|e| panic!("{ok} refused: {e}"));
+    }
+    for untagged in [
+        "postgres",
+        "registry.example:5000/postgres",
+        "ghcr.io/org/pg",
+        "postgres:",
+    ] {
+        assert_rejected(create(image(untagged)), "image must name a tag");
+    }
+    for latest in ["postgres:latest", "registry.example:5000/postgres:latest"] {
+        assert_rejected(create(image(latest)), "image must not use the tag latest");
+    }
+    // A short or malformed digest pins nothing.
+    assert_rejected(
+        create(image("postgres@sha256:abc")),
+        "image must name a tag",
+    );
+}
+
+#[test]
+fn the_major_version_cannot_change() {
+    let image = |i: &str| json!({"image": i, "storage": {"size": "1Gi"}});
+    let digest = format!("@sha256:{}", "0123456789abcdef".repeat(4));
+    for (old, new) in [
+        ("postgres:17", "postgres:17.2"),
+        ("postgres:17.2", "postgres:17.3-bookworm"),
+        ("postgres:16", "registry.example:5000/mirror/postgres:16.8"),
+        (
+            "registry.example:5000/postgres:16",
+            "registry.example:5000/postgres:16.1",
         ),
-        "storage.size is immutable",
+    ] {
+        update(image(old), image(new)).unwrap_or_else(|e| panic!("{old} -> {new} refused: {e}"));
+    }
+    // A tag without a number, or a digest alone, says no major version:
+    // the reconciler reads the running pods' instead.
+    update(image("postgres:17"), image(&format!("postgres{digest}"))).expect("tag to digest");
+    update(image(&format!("postgres{digest}")), image("postgres:16")).expect("digest to tag");
+    for (old, new) in [
+        ("postgres:16", "postgres:17"),
+        ("postgres:17.2", "postgres:16.6-bookworm"),
+        (
+            "registry.example:5000/postgres:16",
+            "registry.example:5000/postgres:17",
+        ),
+    ] {
+        assert_rejected(
+            update(image(old), image(new)),
+            "image cannot change the PostgreSQL major version",
+        );
+    }
+    let pinned = format!("postgres:17{digest}");
+    assert_rejected(
+        update(image("postgres:16"), image(&pinned)),
+        "image cannot change the PostgreSQL major version",
     );
 }
 

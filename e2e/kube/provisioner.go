@@ -133,6 +133,7 @@ func runProvisioner(args []string) int {
 		controller.LeaderElection(false),
 	)
 	klog.InfoS("provisioning local volumes", "name", *name, "root", rootPath)
+	go runResizer(ctx, client)
 	pc.Run(ctx)
 	return 0
 }

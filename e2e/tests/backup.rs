@@ -8,7 +8,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use ordinal_crds::{
     BackupPhase, BackupSpec, BackupTarget, BootstrapSpec, CONDITION_BACKUP_VERIFIED,
@@ -565,7 +565,8 @@ async fn wrong_store_credentials_are_reported_and_lose_nothing() {
     assert_eq!(condition.reason, "ArchiveFailing");
     // The store's own answer, as wal-push left it for the probe.
     assert!(condition.message.contains("Access Key"), "{condition:?}");
-    wait_event(&h, "PostgresCluster", CLUSTER, "WalArchivingFailing").await;
+    h.wait_event("PostgresCluster", CLUSTER, "WalArchivingFailing")
+        .await;
     let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
     h.wait_until("the failures reach the metrics", async || {
         let page = h.operator_metrics().await;
@@ -762,34 +763,6 @@ async fn verified(h: &Harness, name: &str) -> VerificationStatus {
     .await
 }
 
-/// Waits until an Event of `reason` is on `kind` `name` (it is published
-/// just after the status that announces it).
-async fn wait_event(h: &Harness, kind: &str, name: &str, reason: &str) {
-    h.wait_until(&format!("a {reason} Event on {kind} {name}"), async || {
-        let reasons = event_reasons(h, kind, name).await;
-        if reasons.iter().any(|r| r == reason) {
-            Ok(())
-        } else {
-            Err(format!("{reasons:?}"))
-        }
-    })
-    .await;
-}
-
-/// The reasons of the Events on `kind` `name`.
-async fn event_reasons(h: &Harness, kind: &str, name: &str) -> Vec<String> {
-    h.api::<Event>()
-        .list(&ListParams::default().fields(&format!(
-            "involvedObject.kind={kind},involvedObject.name={name}"
-        )))
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect()
-}
-
 /// `spec.backup.verify`: turned on, the newest backup is restored in a
 /// throwaway pod and checked. One whose WAL was deleted from the store
 /// fails, naming the segment, on the PostgresBackup, in an Event on it and
@@ -847,8 +820,10 @@ async fn backups_are_verified_by_restoring_them_and_a_broken_one_is_said() {
         .await;
     assert_eq!(condition.reason, "VerificationFailed");
     assert!(condition.message.contains(&begin_wal), "{condition:?}");
-    wait_event(&h, "PostgresBackup", "broken", "BackupVerificationFailed").await;
-    wait_event(&h, "PostgresCluster", CLUSTER, "BackupVerificationFailed").await;
+    h.wait_event("PostgresBackup", "broken", "BackupVerificationFailed")
+        .await;
+    h.wait_event("PostgresCluster", CLUSTER, "BackupVerificationFailed")
+        .await;
     let labels = format!("{{cluster=\"{CLUSTER}\",namespace=\"{}\"}}", h.namespace);
     let page = h.operator_metrics().await;
     assert!(
@@ -950,7 +925,8 @@ async fn a_restore_whose_wal_is_missing_says_which_segment() {
         ready.message.contains("lacks WAL") && ready.message.contains(&begin_wal),
         "{ready:?}"
     );
-    wait_event(&h, "PostgresCluster", "copy", "InstanceCannotStart").await;
+    h.wait_event("PostgresCluster", "copy", "InstanceCannotStart")
+        .await;
     // Nothing was made of it: no data directory, no primary bootstrapped.
     let status = h.status("copy").await;
     assert!(!status.bootstrapped, "{status:?}");
@@ -1092,6 +1068,7 @@ async fn an_unreachable_store_is_said_in_the_status() {
         condition.message.contains("cannot upload") && condition.message.contains("198.18.255.1:9"),
         "{condition:?}"
     );
-    wait_event(&h, "PostgresCluster", CLUSTER, "WalArchivingFailing").await;
+    h.wait_event("PostgresCluster", CLUSTER, "WalArchivingFailing")
+        .await;
     wal_waits_on(&h, &primary).await;
 }

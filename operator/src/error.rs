@@ -29,6 +29,22 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to read {kind} {name}")]
+    GetClusterScoped {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to list StorageClasses for PostgresCluster {namespace}/{name}")]
+    ListStorageClasses {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("failed to create {kind} {namespace}/{name}")]
     Create {
         kind: &'static str,
@@ -111,7 +127,11 @@ impl Error {
         match self {
             Self::MissingNamespace { .. } | Self::MissingUid { .. } => "invalid_object",
             Self::Apply { .. } => "apply",
-            Self::Get { .. } | Self::ListPods { .. } | Self::ListVolumes { .. } => "read",
+            Self::Get { .. }
+            | Self::GetClusterScoped { .. }
+            | Self::ListStorageClasses { .. }
+            | Self::ListPods { .. }
+            | Self::ListVolumes { .. } => "read",
             Self::Create { .. } => "create",
             Self::Delete { .. } => "delete",
             Self::WriteStatus { .. } => "status",

@@ -41,6 +41,7 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("ordinal_backup_restore_seconds", "gauge"),
     ("ordinal_wal_archive_lag_seconds", "gauge"),
     ("ordinal_wal_archive_failures_total", "counter"),
+    ("ordinal_instance_unschedulable", "gauge"),
 ];
 
 /// Metrics fed by the controller and the failover loops.
@@ -73,6 +74,9 @@ pub struct Metrics {
     pub archive_failures: IntCounterVec,
     /// The archiver's failed_count last seen, per (namespace, cluster).
     archive_failed_seen: Arc<Mutex<HashMap<(String, String), i64>>>,
+    pub unschedulable: IntGaugeVec,
+    /// The pods with an unschedulable series, per (namespace, cluster).
+    unschedulable_seen: Arc<Mutex<PodsByCluster>>,
     /// The pods with series, per (namespace, cluster).
     pods: Arc<Mutex<PodsByCluster>>,
 }
@@ -225,6 +229,12 @@ impl Metrics {
                 CLUSTER,
             )?,
             archive_failed_seen: Arc::default(),
+            unschedulable: gauge(
+                "ordinal_instance_unschedulable",
+                "1 while the scheduler cannot place the instance's pod (PodScheduled False, Unschedulable); absent otherwise",
+                INSTANCE,
+            )?,
+            unschedulable_seen: Arc::default(),
             pods: Arc::default(),
             registry,
         };
@@ -257,6 +267,7 @@ impl Metrics {
             Box::new(self.restore_seconds.clone()),
             Box::new(self.archive_lag.clone()),
             Box::new(self.archive_failures.clone()),
+            Box::new(self.unschedulable.clone()),
         ]
     }
 
@@ -419,6 +430,7 @@ impl Metrics {
         if let Ok(mut seen) = self.archive_failed_seen.lock() {
             seen.remove(&(namespace.to_owned(), cluster.to_owned()));
         }
+        self.observe_unschedulable(namespace, cluster, &[]);
         for phase in PHASES {
             let _ = self
                 .failover_phase_seconds
@@ -428,6 +440,36 @@ impl Metrics {
             let _ = self
                 .reconcile_errors
                 .remove_label_values(&[namespace, cluster, reason]);
+        }
+    }
+
+    /// The cluster's pods the scheduler cannot place now: their series is
+    /// 1, the others' removed.
+    pub fn observe_unschedulable(&self, namespace: &str, cluster: &str, pods: &[String]) {
+        let Ok(mut seen) = self.unschedulable_seen.lock() else {
+            return;
+        };
+        let key = (namespace.to_owned(), cluster.to_owned());
+        let now: BTreeSet<String> = pods.iter().cloned().collect();
+        for gone in seen
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|p| !now.contains(*p))
+        {
+            let _ = self
+                .unschedulable
+                .remove_label_values(&[namespace, cluster, gone]);
+        }
+        for pod in &now {
+            self.unschedulable
+                .with_label_values(&[namespace, cluster, pod])
+                .set(1);
+        }
+        if now.is_empty() {
+            seen.remove(&key);
+        } else {
+            seen.insert(key, now);
         }
     }
 

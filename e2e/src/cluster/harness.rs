@@ -6,14 +6,17 @@ use std::fmt::Debug;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, Resource, ResourceExt};
 use ordinal_crds::{PostgresCluster, PostgresClusterSpec, PostgresClusterStatus, names};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -31,6 +34,9 @@ pub struct Harness {
     /// reads the log of the running operator.
     pub(super) operator: Option<OperatorLease>,
     pub(super) network_checked: AtomicBool,
+    /// Cluster-scoped objects the test made (a StorageClass, a
+    /// PersistentVolume): deleted with the namespace.
+    cluster_scoped: std::sync::Mutex<Vec<(ApiResource, String)>>,
 }
 
 /// `ordinal-e2e-` and six random lowercase letters and digits.
@@ -156,7 +162,30 @@ impl Harness {
             config,
             operator,
             network_checked: AtomicBool::new(false),
+            cluster_scoped: std::sync::Mutex::default(),
         }
+    }
+
+    /// Creates the cluster-scoped object `obj`, deleted when the test ends.
+    pub async fn create_cluster_scoped<K>(&self, obj: &K) -> K
+    where
+        K: Resource<Scope = ClusterResourceScope> + Clone + DeserializeOwned + Serialize + Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let name = obj.name_any();
+        if let Ok(mut made) = self.cluster_scoped.lock() {
+            made.push((ApiResource::erase::<K>(&Default::default()), name.clone()));
+        }
+        Api::<K>::all(self.client.clone())
+            .create(&PostParams::default(), obj)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "creating {} {name}: {}",
+                    K::kind(&Default::default()),
+                    error_text(&e)
+                )
+            })
     }
 
     /// The API of a namespaced kind in the test's namespace.
@@ -336,6 +365,11 @@ impl Drop for Harness {
         let namespace = self.namespace.clone();
         let keep = self.config.keep;
         let log = self.operator.as_ref().map(|o| o.log.clone());
+        let cluster_scoped = self
+            .cluster_scoped
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default();
         tokio::task::block_in_place(|| {
             handle.block_on(async {
                 if failed {
@@ -354,6 +388,25 @@ impl Drop for Harness {
                          (kubectl delete namespace {namespace} when done)"
                     );
                     return;
+                }
+                for (resource, name) in cluster_scoped {
+                    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+                    match tokio::time::timeout(
+                        Duration::from_secs(30),
+                        api.delete(&name, &DeleteParams::background()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))) => {}
+                        Ok(Err(e)) => eprintln!(
+                            "ordinal-e2e: cannot delete {} {name}: {}",
+                            resource.kind,
+                            error_text(&e)
+                        ),
+                        Err(_) => {
+                            eprintln!("ordinal-e2e: deleting {} {name} timed out", resource.kind)
+                        }
+                    }
                 }
                 let namespaces: Api<Namespace> = Api::all(client);
                 match tokio::time::timeout(

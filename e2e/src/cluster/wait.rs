@@ -53,6 +53,40 @@ impl Harness {
         }
     }
 
+    /// Waits until an Event of `reason` is on `kind` `name` (it is published
+    /// just after the status that announces it).
+    pub async fn wait_event(&self, kind: &str, name: &str, reason: &str) {
+        self.wait_until(&format!("a {reason} Event on {kind} {name}"), async || {
+            let reasons = self.event_reasons(kind, name).await;
+            if reasons.iter().any(|r| r == reason) {
+                Ok(())
+            } else {
+                Err(format!("{reasons:?}"))
+            }
+        })
+        .await;
+    }
+
+    /// The reasons of the Events on `kind` `name` in the test's namespace.
+    pub async fn event_reasons(&self, kind: &str, name: &str) -> Vec<String> {
+        self.events(kind, name)
+            .await
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// The Events on `kind` `name` in the test's namespace.
+    pub async fn events(&self, kind: &str, name: &str) -> Vec<k8s_openapi::api::core::v1::Event> {
+        self.api::<k8s_openapi::api::core::v1::Event>()
+            .list(&kube::api::ListParams::default().fields(&format!(
+                "involvedObject.kind={kind},involvedObject.name={name}"
+            )))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    }
+
     /// [`Self::wait_until`] for a yes/no condition.
     pub async fn wait_for(&self, what: &str, mut condition: impl AsyncFnMut() -> bool) {
         self.wait_until(what, async || {

@@ -65,6 +65,7 @@ fn fed() -> Metrics {
     m.record_backup("ns", "db", 1_796_000_000.0, 42.5);
     m.record_verification("ns", "db", 1_796_000_000.0, true, Some(3.25));
     m.observe_archiver("ns", "db", Some(&archiver(3, 12.0)));
+    m.observe_unschedulable("ns", "db", &["db-1".to_owned()]);
     m
 }
 
@@ -96,6 +97,24 @@ fn archive_failures_count_what_failed_since_the_last_look() {
         m.render()
             .contains("ordinal_wal_archive_lag_seconds{cluster=\"db\",namespace=\"ns\"} 0")
     );
+}
+
+/// A pod the scheduler places again loses its series; a deleted
+/// cluster loses them all.
+#[test]
+fn unschedulable_pods_have_a_series_while_they_are() {
+    let m = Metrics::new().expect("metrics");
+    let series = |pod: &str| {
+        format!("ordinal_instance_unschedulable{{cluster=\"db\",namespace=\"ns\",pod=\"{pod}\"}} 1")
+    };
+    m.observe_unschedulable("ns", "db", &["db-1".to_owned(), "db-2".to_owned()]);
+    assert!(m.render().contains(&series("db-1")));
+    assert!(m.render().contains(&series("db-2")));
+    m.observe_unschedulable("ns", "db", &["db-2".to_owned()]);
+    assert!(!m.render().contains(&series("db-1")));
+    assert!(m.render().contains(&series("db-2")));
+    m.forget_cluster("ns", "db");
+    assert!(!m.render().contains("ordinal_instance_unschedulable{"));
 }
 
 #[test]

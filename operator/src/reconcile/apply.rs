@@ -168,12 +168,14 @@ async fn ensure_store_secret(
 }
 
 /// Applies every child object, in dependency order: identity, config,
-/// Services (DNS must resolve before pods clone), PDB, StatefulSet.
+/// Services (DNS must resolve before pods clone), PDB, StatefulSet (with
+/// `claim_size`, when given).
 pub async fn apply_children(
     client: &Client,
     cluster: &ValidCluster,
     config: &build::BuildConfig,
-) -> Result<StatefulSet, Error> {
+    claim_size: Option<&str>,
+) -> Result<Option<StatefulSet>, Error> {
     apply(client, &build::build_service_account(cluster)).await?;
     apply(client, &build::build_role(cluster)).await?;
     apply(client, &build::build_role_binding(cluster)).await?;
@@ -187,7 +189,19 @@ pub async fn apply_children(
         }
         None => delete_pdb(client, cluster).await?,
     }
-    apply(client, &build::build_statefulset(cluster, config)).await
+    // The claim size the volume step chose: the StatefulSet's own until its
+    // volumes have grown and it is re-created; none while it is deleted.
+    let Some(size) = claim_size else {
+        return Ok(None);
+    };
+    let statefulset = if size == cluster.spec.storage.size {
+        build::build_statefulset(cluster, config)
+    } else {
+        let mut kept = cluster.clone();
+        kept.spec.storage.size = size.to_owned();
+        build::build_statefulset(&kept, config)
+    };
+    apply(client, &statefulset).await.map(Some)
 }
 
 /// Deletes a pod so that the StatefulSet recreates it from the current
@@ -302,7 +316,7 @@ pub async fn list_data_volumes(
     Ok(names)
 }
 
-async fn apply_status(
+pub(crate) async fn apply_status(
     client: &Client,
     pgc: &PostgresCluster,
     manager: &str,

@@ -8,6 +8,7 @@ pub mod rolling;
 pub mod schedule;
 pub mod status;
 pub mod validate;
+pub mod volumes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,8 @@ use status::{Blocker, InitialPrimary, Observed, PodView, PrimaryStatus};
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a cluster that is still converging is looked at again.
 const CONVERGING: Duration = Duration::from_secs(10);
+/// How soon a cluster whose volumes are growing is looked at again.
+const VOLUMES_CHANGING: Duration = Duration::from_secs(3);
 
 pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = pgc.name_any();
@@ -158,9 +161,19 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         return Ok(Action::await_change());
     }
 
-    let statefulset = apply::apply_children(&ctx.client, &cluster, &ctx.build).await?;
-    if primary.bootstrapped && primary.target_primary.is_none() {
-        roll(&ctx, &pgc, &statefulset, &pods, &primary.current_primary).await?;
+    let volumes = volumes::reconcile_volumes(&ctx, &pgc, &cluster, &pods).await?;
+    let statefulset = apply::apply_children(
+        &ctx.client,
+        &cluster,
+        &ctx.build,
+        volumes.template_size.as_deref(),
+    )
+    .await?;
+    if let Some(statefulset) = &statefulset
+        && primary.bootstrapped
+        && primary.target_primary.is_none()
+    {
+        roll(&ctx, &pgc, statefulset, &pods, &primary.current_primary).await?;
     }
 
     // From the first time the primary is Ready, an empty PGDATA on the
@@ -194,7 +207,10 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     };
 
     let written = write_observed(&ctx, &pgc, &pods, None).await?;
-    let settled = if written.phase == ordinal_crds::Phase::Healthy {
+    let settled = if statefulset.is_none() || volumes.in_progress {
+        // A resize: the StatefulSet comes back, the volumes grow.
+        VOLUMES_CHANGING
+    } else if written.phase == ordinal_crds::Phase::Healthy {
         RESYNC
     } else {
         CONVERGING

@@ -339,7 +339,7 @@ pub fn compute(
 }
 
 /// lastTransitionTime moves only when a condition's status flips.
-fn keep_transition_times(
+pub(crate) fn keep_transition_times(
     conditions: &mut [Condition],
     old: Option<&PostgresClusterStatus>,
     now: Time,

@@ -68,9 +68,116 @@ fn secrets_exist() -> Vec<Exchange> {
         .collect()
 }
 
+const STATEFULSET: &str = "/apis/apps/v1/namespaces/ns/statefulsets/db";
+const STORAGE_CLASSES: &str = "/apis/storage.k8s.io/v1/storageclasses";
+
+fn storage_class(name: &str, expandable: bool, binding: &str) -> Value {
+    json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+           "metadata": {"name": name, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+           "provisioner": "ordinal.dev/local-path", "allowVolumeExpansion": expandable,
+           "volumeBindingMode": binding})
+}
+
+fn claim(name: &str, requested: &str, capacity: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": name, "namespace": "ns", "labels": {"ordinal.dev/cluster": "db"}},
+           "spec": {"storageClassName": "standard", "volumeName": format!("pv-{name}"),
+                    "resources": {"requests": {"storage": requested}}},
+           "status": {"phase": "Bound", "capacity": {"storage": capacity}}})
+}
+
+/// The StatefulSet as the API server has it, with a claim template of `size`.
+fn existing_statefulset(size: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+           "metadata": {"name": "db", "namespace": "ns", "uid": "sts-uid", "resourceVersion": "7"},
+           "spec": {"selector": {}, "serviceName": "db-headless", "template": {},
+                    "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                        "spec": {"resources": {"requests": {"storage": size}}}}]}})
+}
+
+/// The volume step's reads: the StatefulSet (None: not there), the
+/// claims and the StorageClasses.
+fn volumes_read(
+    statefulset: Option<Value>,
+    claims: Vec<Value>,
+    classes: Vec<Value>,
+) -> Vec<Exchange> {
+    vec![
+        match statefulset {
+            Some(sts) => Exchange::get(STATEFULSET).answer(200, sts),
+            None => Exchange::get(STATEFULSET).not_found(),
+        },
+        Exchange::get(format!("{NS}/persistentvolumeclaims")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": claims}),
+        ),
+        Exchange::get(STORAGE_CLASSES).answer(
+            200,
+            json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClassList", "metadata": {}, "items": classes}),
+        ),
+    ]
+}
+
+/// The volume conditions' write, checked for their status and reasons.
+fn volume_conditions(
+    pgc: &PostgresCluster,
+    resized: (&'static str, &'static str),
+    placement: (&'static str, &'static str),
+) -> Exchange {
+    Exchange::apply(STATUS, "ordinal-operator/volumes")
+        .answer_with(with_status(pgc))
+        .check(move |body| {
+            let conditions = body["status"]["conditions"].as_array().expect("conditions");
+            let found: Vec<(&str, &str, &str)> = conditions
+                .iter()
+                .map(|c| {
+                    (
+                        c["type"].as_str().unwrap_or_default(),
+                        c["status"].as_str().unwrap_or_default(),
+                        c["reason"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                found,
+                [
+                    ("VolumesResized", resized.0, resized.1),
+                    ("VolumePlacement", placement.0, placement.1)
+                ]
+            );
+            assert!(
+                body["status"].get("phase").is_none(),
+                "only the volume conditions"
+            );
+        })
+}
+
+/// A new cluster's volume step: nothing to grow, the default class binds
+/// on first consumer.
+fn volumes_settled() -> Vec<Exchange> {
+    let mut script = volumes_read(
+        None,
+        vec![],
+        vec![storage_class("standard", true, "WaitForFirstConsumer")],
+    );
+    script.push(volume_conditions(
+        &cluster().build(),
+        ("True", "AsRequested"),
+        ("True", "WaitForFirstConsumer"),
+    ));
+    script
+}
+
 /// The children, applied in order; `replicas` and `min_available` are the
 /// values the StatefulSet and the PDB must carry (no PDB when None).
 fn children(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
+    let mut script = volumes_settled();
+    script.extend(objects(replicas, min_available));
+    script
+}
+
+/// The children after the volume step.
+fn objects(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
     let apply = |path: String| Exchange::apply(path, OPERATOR).check(owned_and_labelled);
     let mut script = vec![
         apply(format!("{NS}/serviceaccounts/db")),
@@ -590,4 +697,145 @@ async fn a_backup_secret_without_its_keys_is_reported() {
     ]);
     let err = run(pgc, script).await.expect_err("missing key");
     assert!(matches!(err, Error::MissingSecretKeys { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_bigger_storage_size_grows_the_claims_and_recreates_the_statefulset() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.storage.size = "2Gi".to_owned();
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.extend(volumes_read(
+        Some(existing_statefulset("1Gi")),
+        vec![
+            claim("data-db-0", "1Gi", "1Gi"),
+            claim("data-db-1", "1Gi", "1Gi"),
+        ],
+        vec![storage_class("standard", true, "WaitForFirstConsumer")],
+    ));
+    for name in ["data-db-0", "data-db-1"] {
+        script.push(
+            Exchange::new_patch(format!("{NS}/persistentvolumeclaims/{name}")).check(|body| {
+                assert_eq!(body["spec"]["resources"]["requests"]["storage"], "2Gi");
+            }),
+        );
+    }
+    script.push(Exchange::delete(STATEFULSET).check(|body| {
+        assert_eq!(body["propagationPolicy"], "Orphan", "the pods keep running");
+        assert_eq!(body["preconditions"]["uid"], "sts-uid");
+        assert_eq!(body["preconditions"]["resourceVersion"], "7");
+    }));
+    script.push(event(
+        "VolumeExpansion",
+        "growing the volumes from 1Gi to 2Gi: asked of data-db-0, data-db-1",
+    ));
+    script.push(volume_conditions(
+        &pgc,
+        ("False", "Resizing"),
+        ("True", "WaitForFirstConsumer"),
+    ));
+    // Every other child, but not the StatefulSet: it is being deleted.
+    let mut kids = objects(3, Some(2));
+    kids.pop();
+    script.extend(kids);
+    script.push(observed_status(&pgc, "Creating", "2/3"));
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(3)));
+}
+
+#[tokio::test]
+async fn the_new_statefulset_carries_the_new_claim_size() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.storage.size = "2Gi".to_owned();
+    let pods = [pod("db-0", true, Some("primary"))];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    // Deleted: the claims asked 2Gi, one has it.
+    script.extend(volumes_read(
+        None,
+        vec![
+            claim("data-db-0", "2Gi", "2Gi"),
+            claim("data-db-1", "2Gi", "1Gi"),
+        ],
+        vec![storage_class("standard", true, "WaitForFirstConsumer")],
+    ));
+    script.push(volume_conditions(
+        &pgc,
+        ("False", "Resizing"),
+        ("True", "WaitForFirstConsumer"),
+    ));
+    let mut kids = objects(3, Some(2));
+    let sts = kids.pop().expect("statefulset");
+    script.extend(kids);
+    script.push(sts.check(|body| {
+        assert_eq!(
+            body["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "2Gi"
+        );
+    }));
+    script.push(observed_status(&pgc, "Creating", "1/3"));
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(3)));
+}
+
+#[tokio::test]
+async fn a_class_without_expansion_keeps_the_statefulset_and_says_why() {
+    let mut pgc = cluster().replicas(1).primary("db-0", true).build();
+    pgc.spec.storage.size = "2Gi".to_owned();
+    let mut script = vec![list_pods(&[pod("db-0", true, Some("primary"))])];
+    script.extend(secrets_exist());
+    script.extend(volumes_read(
+        Some(existing_statefulset("1Gi")),
+        vec![claim("data-db-0", "1Gi", "1Gi")],
+        vec![storage_class("standard", false, "WaitForFirstConsumer")],
+    ));
+    script.push(volume_conditions(
+        &pgc,
+        ("False", "ExpansionNotAllowed"),
+        ("True", "WaitForFirstConsumer"),
+    ));
+    script.push(event(
+        "ExpansionNotAllowed",
+        "StorageClass standard does not allow volume expansion",
+    ));
+    let mut kids = objects(1, None);
+    let sts = kids.pop().expect("statefulset");
+    script.extend(kids);
+    script.push(sts.check(|body| {
+        assert_eq!(
+            body["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "1Gi",
+            "a StatefulSet's claim template cannot change in place"
+        );
+    }));
+    script.push(observed_status(&pgc, "Healthy", "1/1"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn an_immediate_storage_class_is_a_warning_with_the_fix() {
+    let pgc = cluster().replicas(1).primary("db-0", true).build();
+    let mut script = vec![list_pods(&[pod("db-0", true, Some("primary"))])];
+    script.extend(secrets_exist());
+    script.extend(volumes_read(
+        None,
+        vec![],
+        vec![storage_class("standard", true, "Immediate")],
+    ));
+    script.push(volume_conditions(
+        &pgc,
+        ("True", "AsRequested"),
+        ("False", "ImmediateBinding"),
+    ));
+    script.push(event(
+        "ImmediateBinding",
+        "volumeBindingMode: WaitForFirstConsumer",
+    ));
+    script.extend(objects(1, None));
+    script.push(observed_status(&pgc, "Healthy", "1/1"));
+    run(pgc, script).await.expect("reconcile");
 }

@@ -28,6 +28,9 @@ pub struct ValidCluster {
     /// primary's ordinal + 1 — a scale-down waits until the failover loop
     /// has switched over to a pod that stays.
     pub statefulset_replicas: i32,
+    /// The cluster's restart request ([`names::ANNOTATION_RESTARTED_AT`]),
+    /// carried to the pod template.
+    pub restarted_at: Option<String>,
 }
 
 /// One thing wrong with a spec.
@@ -77,6 +80,10 @@ pub fn validate(pgc: &PostgresCluster) -> Result<Result<ValidCluster, Vec<Invali
         namespace,
         owner,
         spec: pgc.spec.clone(),
+        restarted_at: pgc
+            .annotations()
+            .get(ordinal_crds::names::ANNOTATION_RESTARTED_AT)
+            .cloned(),
     };
     // A restored cluster archives under a prefix of its own: its new
     // timeline's files would otherwise land beside the source's (and an

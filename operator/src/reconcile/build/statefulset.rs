@@ -116,10 +116,17 @@ fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(&cluster.name)),
-            annotations: Some(BTreeMap::from([(
-                names::ANNOTATION_CONFIG_HASH.to_owned(),
-                conf_hash,
-            )])),
+            annotations: Some(
+                [(names::ANNOTATION_CONFIG_HASH.to_owned(), conf_hash)]
+                    .into_iter()
+                    .chain(
+                        cluster
+                            .restarted_at
+                            .clone()
+                            .map(|at| (names::ANNOTATION_RESTARTED_AT.to_owned(), at)),
+                    )
+                    .collect(),
+            ),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {

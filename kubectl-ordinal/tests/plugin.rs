@@ -1,0 +1,151 @@
+//! `kubectl ordinal` against a real cluster, run the way users run it: as
+//! a kubectl plugin (`kubectl ordinal …`, found on the PATH), under write
+//! load. Needs what `e2e/tests/cluster.rs` needs (see there); CI runs it
+//! in `scripts/test.sh` with `--features cluster`.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Output;
+
+use kube::ResourceExt;
+use ordinal_e2e::cluster::{Harness, Writer};
+
+const CLUSTER: &str = "cli";
+
+/// Runs `kubectl ordinal <args>` with this build's plugin first on the PATH.
+async fn kubectl_ordinal(h: &Harness, args: &[&str]) -> Output {
+    let plugin = Path::new(env!("CARGO_BIN_EXE_kubectl-ordinal"));
+    let dir = plugin.parent().expect("the plugin's directory");
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = tokio::process::Command::new("kubectl")
+        .arg("ordinal")
+        .args(args)
+        .args(["-n", &h.namespace])
+        .env("PATH", path)
+        .output()
+        .await
+        .expect("kubectl runs (scripts/cluster.sh env puts it on the PATH)");
+    eprintln!(
+        "$ kubectl ordinal {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn pod_uids(h: &Harness) -> BTreeMap<String, String> {
+    h.cluster_pods(CLUSTER)
+        .await
+        .expect("pods")
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap_or_default()))
+        .collect()
+}
+
+/// status, psql on the primary and a replica, a switchover (and its
+/// refusal), and a rolling restart that replaces every pod — while a writer
+/// writes through `-rw`, none of whose acknowledged rows is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_ordinal_status_psql_switchover_and_restart() {
+    let h = Harness::new("kubectl_ordinal_status_psql_switchover_and_restart").await;
+    h.apply(CLUSTER, &h.spec(2)).await;
+    h.wait_ready(CLUSTER, 2).await;
+    let writer = Writer::start(&h, CLUSTER).await;
+
+    let status = kubectl_ordinal(&h, &["status", CLUSTER]).await;
+    assert!(status.status.success());
+    let text = stdout(&status);
+    assert!(
+        text.starts_with(&format!(
+            "Cluster {}/{CLUSTER}: Healthy, 2/2 ready",
+            h.namespace
+        )),
+        "{text}"
+    );
+    let row = |pod: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{pod} ")))
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("cli-0"), ["cli-0", "primary", "yes"], "{text}");
+    assert_eq!(row("cli-1"), ["cli-1", "replica", "yes"], "{text}");
+
+    let on_primary = kubectl_ordinal(
+        &h,
+        &["psql", CLUSTER, "--", "-tAc", "select pg_is_in_recovery()"],
+    )
+    .await;
+    assert!(on_primary.status.success());
+    assert_eq!(stdout(&on_primary).trim(), "f");
+    let on_replica = kubectl_ordinal(
+        &h,
+        &[
+            "psql",
+            CLUSTER,
+            "--replica",
+            "--",
+            "-tAc",
+            "select pg_is_in_recovery()",
+        ],
+    )
+    .await;
+    assert_eq!(stdout(&on_replica).trim(), "t");
+    // psql's own exit code comes back.
+    let failing =
+        kubectl_ordinal(&h, &["psql", CLUSTER, "--", "-c", "select * from nowhere"]).await;
+    assert!(!failing.status.success());
+
+    let switched = kubectl_ordinal(&h, &["switchover", CLUSTER, "cli-1"]).await;
+    assert!(switched.status.success());
+    assert!(
+        stdout(&switched).contains("cli-1 is the primary"),
+        "{}",
+        stdout(&switched)
+    );
+    assert_eq!(
+        h.status(CLUSTER).await.current_primary.as_deref(),
+        Some("cli-1")
+    );
+    let again = kubectl_ordinal(&h, &["switchover", CLUSTER, "cli-1"]).await;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("cli-1 is the primary of cli already"),
+        "{again:?}"
+    );
+    h.wait_ready(CLUSTER, 2).await;
+
+    let before = pod_uids(&h).await;
+    let restarted = kubectl_ordinal(&h, &["restart", CLUSTER, "--timeout", "400"]).await;
+    assert!(restarted.status.success());
+    let after = pod_uids(&h).await;
+    for (pod, uid) in &before {
+        assert_ne!(
+            after.get(pod),
+            Some(uid),
+            "{pod} was replaced by the restart"
+        );
+    }
+    h.wait_ready(CLUSTER, 2).await;
+
+    let acks = writer.stop().await;
+    assert!(acks.ids.len() > 10, "the writer wrote: {}", acks.ids.len());
+    h.assert_acked_rows_present(CLUSTER, &acks.ids).await;
+    println!(
+        "ordinal-e2e: kubectl ordinal switchover and restart with {} acknowledged writes, none lost",
+        acks.ids.len()
+    );
+}
