@@ -52,6 +52,11 @@ impl PostgresCluster {
             .unwrap_or_else(|| names::replication_secret(&self.name_any()))
     }
 
+    /// The instances fenced by [`names::ANNOTATION_FENCED`], in its order.
+    pub fn fenced_instances(&self) -> Vec<String> {
+        names::parse_fenced(self.annotations().get(names::ANNOTATION_FENCED))
+    }
+
     /// The bootstrap primary: ordinal 0. Only used before any status exists.
     pub fn bootstrap_primary(&self) -> String {
         names::pod(&self.name_any(), 0)

@@ -39,6 +39,11 @@ pub const ROLE_REPLICA: &str = "replica";
 pub const ANNOTATION_PRIMARY: &str = "ordinal.dev/primary";
 /// Annotation on a PostgresCluster asking for a planned switchover to a pod.
 pub const ANNOTATION_SWITCHOVER_TO: &str = "ordinal.dev/switchover-to";
+/// Annotation on a PostgresCluster naming the fenced instances (pod names,
+/// comma-separated; set by `kubectl ordinal fence`): their postgres is
+/// stopped and stays stopped, their pods and volumes stay, they are never
+/// promoted, and a fenced primary is not failed over.
+pub const ANNOTATION_FENCED: &str = "ordinal.dev/fenced";
 /// Annotation on a PostgresCluster asking for a rolling restart (set by
 /// `kubectl ordinal restart`); copied to the pod template, where a new
 /// value is a new revision that the rolling update rolls out: replicas
@@ -193,6 +198,19 @@ pub fn pod_dns(pod: &str, service: &str, namespace: &str) -> String {
     format!("{pod}.{service}.{namespace}.svc")
 }
 
+/// The pod names of an [`ANNOTATION_FENCED`] value: comma-separated,
+/// blanks ignored, each once.
+pub fn parse_fenced(value: Option<&String>) -> Vec<String> {
+    let mut pods: Vec<String> = Vec::new();
+    for pod in value.map(String::as_str).unwrap_or_default().split(',') {
+        let pod = pod.trim();
+        if !pod.is_empty() && !pods.iter().any(|p| p == pod) {
+            pods.push(pod.to_owned());
+        }
+    }
+    pods
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +237,14 @@ mod tests {
             pod_dns("db-0", "db-headless", "ns"),
             "db-0.db-headless.ns.svc"
         );
+    }
+
+    #[test]
+    fn fenced_instances_are_a_comma_separated_list() {
+        let value = |v: &str| parse_fenced(Some(&v.to_owned()));
+        assert_eq!(value("db-1"), ["db-1"]);
+        assert_eq!(value(" db-2 ,db-1,,db-2 "), ["db-2", "db-1"]);
+        assert!(value("").is_empty());
+        assert!(parse_fenced(None).is_empty());
     }
 }

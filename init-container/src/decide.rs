@@ -140,6 +140,7 @@ mod tests {
             bootstrapped,
             epoch: 1,
             primary_address: None,
+            fenced: Vec::new(),
         }
     }
 

@@ -2,12 +2,16 @@
 //! decide, act. Every step is idempotent, so a pod killed at any moment
 //! comes back right on its next start.
 
+use std::time::Duration;
+
+use ordinal_crds::names;
+
 use crate::credentials::Credentials;
 use crate::decide::{Plan, decide};
 use crate::pgdata::{self, Pgdata};
 use crate::replica::{self, Primary};
 use crate::settings::Settings;
-use crate::state::StateSource;
+use crate::state::{ClusterState, StateSource};
 use crate::{InitError, bootstrap, fsutil, recover, tools};
 
 /// Marks, for the postgres container's probes, that its guard is still
@@ -41,10 +45,40 @@ pub fn preparing(settings: &Settings) -> bool {
         .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
+/// How often a fenced instance looks whether it still is.
+const FENCE_POLL: Duration = Duration::from_secs(2);
+
+/// The cluster state, once this instance is not fenced: a fenced one
+/// (`ordinal.dev/fenced`) starts no postgres and touches no data until it
+/// is unfenced; its pod stays alive and not ready.
+async fn wait_while_fenced(
+    settings: &Settings,
+    source: &StateSource,
+) -> Result<ClusterState, InitError> {
+    let mut state = source.read().await?;
+    let mut said = false;
+    while state.fenced.contains(&settings.pod) {
+        if !said {
+            tracing::warn!(
+                pod = %settings.pod,
+                "this instance is fenced ({}): postgres stays stopped until it is unfenced (kubectl ordinal unfence)",
+                names::ANNOTATION_FENCED
+            );
+            said = true;
+        }
+        tokio::time::sleep(FENCE_POLL).await;
+        state = source.read().await?;
+    }
+    if said {
+        tracing::info!(pod = %settings.pod, "unfenced: starting");
+    }
+    Ok(state)
+}
+
 /// Prepares PGDATA for this pod's role. Returns the plan that was carried out.
 pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
     let source = StateSource::new(settings).await?;
-    let state = source.read().await?;
+    let state = wait_while_fenced(settings, &source).await?;
     let credentials = Credentials::read(&settings.superuser_dir, &settings.replication_dir)?;
     let marker = replica::rewind_marker(settings);
     if marker.exists() {

@@ -27,6 +27,9 @@ pub struct ClusterState {
     /// (`status.instances[].ip`): connected to without a DNS lookup, which
     /// the cluster's DNS cache can answer with a recreated pod's old address.
     pub primary_address: Option<String>,
+    /// The fenced instances (`ordinal.dev/fenced`): their postgres stays
+    /// stopped.
+    pub fenced: Vec<String>,
 }
 
 /// How to reach a pod's PostgreSQL server.
@@ -82,6 +85,8 @@ struct StateFile {
     epoch: i64,
     #[serde(default)]
     endpoints: BTreeMap<String, String>,
+    #[serde(default)]
+    fenced: Vec<String>,
 }
 
 /// Where the state is read from, and the pod it is read for.
@@ -131,6 +136,7 @@ impl StateSource {
                         name: s.cluster.clone(),
                         source,
                     })?;
+                let fenced = pgc.fenced_instances();
                 let status = pgc.status.unwrap_or_default();
                 let current_primary = status.current_primary.ok_or_else(no_primary)?;
                 let primary_address = status
@@ -145,6 +151,7 @@ impl StateSource {
                     bootstrapped: status.bootstrapped,
                     epoch: status.epoch,
                     primary_address,
+                    fenced,
                 })
             }
             Backend::File(path) => {
@@ -155,6 +162,7 @@ impl StateSource {
                     bootstrapped: file.bootstrapped,
                     epoch: file.epoch,
                     primary_address: None,
+                    fenced: file.fenced,
                 })
             }
         }
@@ -315,6 +323,7 @@ mod tests {
                 bootstrapped: true,
                 epoch: 4,
                 primary_address: None,
+                fenced: Vec::new(),
             }
         );
     }

@@ -336,5 +336,113 @@ pub async fn psql(
     ))
 }
 
+/// The fenced instances once `pod` is fenced (`on`) or unfenced; Err when
+/// that makes no sense.
+pub fn fenced_after(
+    pgc: &PostgresCluster,
+    pods: &[Pod],
+    pod: &str,
+    on: bool,
+) -> Result<Vec<String>, Error> {
+    let name = pgc.name_any();
+    let mut fenced = pgc.fenced_instances();
+    let member = pods.iter().any(|p| p.name_any() == pod)
+        || pgc
+            .status
+            .as_ref()
+            .is_some_and(|s| s.instances.iter().any(|i| i.pod == pod));
+    if on && !member {
+        return Err(Error::Refused(format!(
+            "{pod} is not an instance of {name}"
+        )));
+    }
+    if on {
+        if !fenced.iter().any(|p| p == pod) {
+            fenced.push(pod.to_owned());
+        }
+    } else {
+        fenced.retain(|p| p != pod);
+    }
+    Ok(fenced)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub async fn fence(
+    ctx: &Ctx,
+    cluster: &str,
+    pod: &str,
+    on: bool,
+    wait: Option<Duration>,
+) -> Result<std::process::ExitCode, Error> {
+    let pgc = ctx.cluster(cluster).await?;
+    let pods = ctx.pods(cluster).await?;
+    let before = pgc.fenced_instances();
+    let fenced = fenced_after(&pgc, &pods, pod, on)?;
+    if fenced != before {
+        let value = fenced.join(",");
+        ctx.annotate(
+            cluster,
+            names::ANNOTATION_FENCED,
+            (!fenced.is_empty()).then_some(value.as_str()),
+        )
+        .await?;
+    }
+    let primary = pgc.status.as_ref().and_then(|s| s.current_primary.clone());
+    match (on, fenced == before) {
+        (true, true) => println!("{pod} is fenced already"),
+        (false, true) => println!("{pod} is not fenced"),
+        (true, false) => println!("{pod} fenced: its postgres stops and stays stopped"),
+        (false, false) => println!("{pod} unfenced: its postgres starts again"),
+    }
+    if on && primary.as_deref() == Some(pod) {
+        eprintln!(
+            "warning: {pod} is the primary of {cluster}: writes stop, and no failover replaces it until `kubectl ordinal unfence {cluster} {pod}`"
+        );
+    }
+    let Some(timeout) = wait else {
+        return Ok(std::process::ExitCode::SUCCESS);
+    };
+    let started = Instant::now();
+    let what = if on {
+        format!("{pod}'s postgres is stopped")
+    } else {
+        format!("{pod} is ready")
+    };
+    ctx.wait_until(&what, timeout, async || {
+        let pods = ctx.pods(cluster).await?;
+        let found = pods.iter().find(|p| p.name_any() == pod);
+        let (ready, terminating) = found.map_or((false, false), |p| {
+            (pod_ready(p), p.metadata.deletion_timestamp.is_some())
+        });
+        let done = if on {
+            !ready && !terminating
+        } else {
+            ready && !terminating
+        };
+        if done {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!(
+                "{pod}: {}",
+                match (found, ready, terminating) {
+                    (None, _, _) => "no pod",
+                    (_, _, true) => "terminating",
+                    (_, true, _) => "ready",
+                    _ => "not ready",
+                }
+            )))
+        }
+    })
+    .await?;
+    println!("{what} ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests;

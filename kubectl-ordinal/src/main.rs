@@ -6,6 +6,8 @@
 //! kubectl ordinal switchover <cluster> <pod>     a planned switchover, waited for
 //! kubectl ordinal restart <cluster>              a rolling restart: replicas, switchover, old primary
 //! kubectl ordinal psql <cluster> [-- args]       psql on the primary (or --replica, --pod)
+//! kubectl ordinal fence <cluster> <pod>          stop an instance's postgres, keep its pod and data
+//! kubectl ordinal unfence <cluster> <pod>
 //! ```
 //!
 //! Every command is a read or a small write of the PostgresCluster that the
@@ -83,6 +85,24 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fence an instance: its postgres stops cleanly and stays stopped, its
+    /// pod and volume stay; it takes no traffic and is never promoted.
+    /// Fencing the primary stops writes: no failover replaces it.
+    Fence {
+        cluster: String,
+        pod: String,
+        /// How long to wait for its postgres to stop (0: do not wait).
+        #[arg(long, default_value = "120", value_name = "SECONDS")]
+        timeout: u64,
+    },
+    /// Lift a fence: the instance starts again.
+    Unfence {
+        cluster: String,
+        pod: String,
+        /// How long to wait for it to be ready (0: do not wait).
+        #[arg(long, default_value = "300", value_name = "SECONDS")]
+        timeout: u64,
+    },
 }
 
 #[tokio::main]
@@ -143,5 +163,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             pod,
             args,
         } => commands::psql(&ctx, &cluster, replica, pod.as_deref(), &args).await,
+        Command::Fence {
+            cluster,
+            pod,
+            timeout,
+        } => commands::fence(&ctx, &cluster, &pod, true, wait(timeout)).await,
+        Command::Unfence {
+            cluster,
+            pod,
+            timeout,
+        } => commands::fence(&ctx, &cluster, &pod, false, wait(timeout)).await,
     }
 }

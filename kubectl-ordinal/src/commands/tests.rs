@@ -90,3 +90,30 @@ async fn psql_runs_in_the_postgres_container_through_kubectl_exec() {
     );
     assert_eq!(psql_command(&ctx, "db-1", true, &[])[5], "-it");
 }
+
+#[test]
+fn fencing_adds_and_unfencing_removes_one_instance() {
+    let mut pgc = cluster(None);
+    assert_eq!(
+        fenced_after(&pgc, &[], "db-1", true).expect("fence"),
+        ["db-1"]
+    );
+    assert_eq!(
+        fenced_after(&pgc, &[], "db-9", true).map_err(|e| e.to_string()),
+        Err("db-9 is not an instance of db".to_owned())
+    );
+    pgc.metadata.annotations =
+        Some([(names::ANNOTATION_FENCED.to_owned(), "db-2, db-1".to_owned())].into());
+    assert_eq!(
+        fenced_after(&pgc, &[], "db-1", true).expect("again"),
+        ["db-2", "db-1"]
+    );
+    assert_eq!(
+        fenced_after(&pgc, &[], "db-1", false).expect("unfence"),
+        ["db-2"]
+    );
+    assert_eq!(
+        fenced_after(&pgc, &[], "db-7", false).expect("not fenced"),
+        ["db-2", "db-1"]
+    );
+}

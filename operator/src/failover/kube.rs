@@ -732,6 +732,7 @@ impl Seam for KubeSeam {
                 .annotations()
                 .get(names::ANNOTATION_SWITCHOVER_TO)
                 .cloned(),
+            fenced: pgc.fenced_instances(),
         };
         let mut pods: Vec<(i32, Arc<Pod>)> = self
             .pods
@@ -871,6 +872,7 @@ impl Seam for KubeSeam {
             epoch: primary.epoch,
             version: String::new(),
             switchover_to: record.switchover_to.clone(),
+            fenced: record.fenced.clone(),
             pending: primary.pending.clone(),
             primary_lsn: record.primary_lsn,
             synchronous: record.synchronous.clone(),

@@ -261,6 +261,13 @@ pub fn next(v: &View<'_>) -> Action {
             primary_up: false,
         };
     };
+    // A fenced primary is stopped on purpose: nothing replaces it.
+    if v.obs.record.fenced.iter().any(|p| p == primary) {
+        return steady_blocked(format!(
+            "primary {primary} is fenced ({}): writes stop, and no failover replaces it until it is unfenced",
+            ordinal_crds::names::ANNOTATION_FENCED
+        ));
+    }
     // A primary given up for lost is not probed: its last failure stands.
     let remembered;
     let probes = match (&v.memory.last_error, v.probes.contains_key(primary)) {

@@ -87,6 +87,8 @@ pub struct Record {
     pub version: String,
     /// A planned switchover asked for (annotation `ordinal.dev/switchover-to`).
     pub switchover_to: Option<String>,
+    /// The fenced instances (annotation `ordinal.dev/fenced`).
+    pub fenced: Vec<String>,
     /// How the recorded target is being promoted (see `PendingPromotion`).
     pub pending: Option<ordinal_crds::PendingPromotion>,
     /// The primary's last WAL position, as recorded.

@@ -169,6 +169,7 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         volumes.template_size.as_deref(),
     )
     .await?;
+    fence(&ctx, &pgc, &views).await?;
     if let Some(statefulset) = &statefulset
         && primary.bootstrapped
         && primary.target_primary.is_none()
@@ -242,6 +243,34 @@ fn major_version_change(image: &str, pods: &[Pod]) -> Option<String> {
             )
         })
     })
+}
+
+/// Stops the postgres of each fenced instance that still runs it, by
+/// replacing its pod (a clean shutdown): the new pod's guard waits, without
+/// postgres, until the instance is unfenced. A fenced primary is not failed
+/// over (the failover loop reads the same annotation).
+async fn fence(ctx: &Context, pgc: &PostgresCluster, pods: &[PodView]) -> Result<(), Error> {
+    let fenced = pgc.fenced_instances();
+    let namespace = pgc.namespace().unwrap_or_default();
+    for pod in pods
+        .iter()
+        .filter(|p| p.ready && !p.terminating && fenced.contains(&p.name))
+    {
+        apply::replace_pod(&ctx.client, &namespace, &pod.name).await?;
+        ctx.publish(
+            pgc,
+            EventType::Normal,
+            "InstanceFenced",
+            "Fence",
+            format!(
+                "{} is fenced ({}): its postgres stops and stays stopped until it is unfenced",
+                pod.name,
+                names::ANNOTATION_FENCED
+            ),
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// One step of a rolling update, if one is due (DESIGN §5.7).

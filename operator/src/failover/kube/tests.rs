@@ -53,6 +53,7 @@ fn record(version: &str) -> Record {
         epoch: 4,
         version: version.to_owned(),
         switchover_to: None,
+        fenced: Vec::new(),
         pending: None,
         primary_lsn: None,
         synchronous: None,

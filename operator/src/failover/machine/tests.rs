@@ -54,6 +54,7 @@ fn record(primary: &str) -> Record {
         epoch: 3,
         version: "1".to_owned(),
         switchover_to: None,
+        fenced: Vec::new(),
         pending: None,
         primary_lsn: None,
         synchronous: None,
@@ -731,6 +732,35 @@ fn a_disabled_failover_only_says_why() {
         decide(&obs, &p, &Memory::default()),
         Action::Steady { blocked: Some(why), .. } if why.contains("disabled")
     ));
+}
+
+#[test]
+fn a_fenced_primary_is_never_failed_over() {
+    // Fenced: its pod was replaced, its postgres stays stopped.
+    let mut obs = observation(
+        [
+            PodState::NotRunning("pod phase Pending".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Async,
+    );
+    obs.record.fenced = vec!["db-0".to_owned()];
+    let p = probes([down(), detached(100), detached(90)]);
+    let memory = Memory {
+        streak: decide::FailureStreak {
+            failures: 10,
+            no_answer: 10,
+        },
+        ..Memory::default()
+    };
+    assert!(matches!(
+        decide(&obs, &p, &memory),
+        Action::Steady { blocked: Some(why), .. } if why.contains("primary db-0 is fenced")
+    ));
+    // Unfenced, the same loss is failed over.
+    obs.record.fenced.clear();
+    assert!(!matches!(decide(&obs, &p, &memory), Action::Steady { .. }));
 }
 
 #[test]

@@ -378,6 +378,32 @@ fn config_changes_change_the_template() {
 }
 
 #[test]
+fn a_restart_request_is_a_new_template() {
+    let annotations = |c| {
+        sts(c)
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .unwrap_or_default()
+    };
+    assert!(!annotations(cluster().build()).contains_key(names::ANNOTATION_RESTARTED_AT));
+    let mut asked = cluster().build();
+    asked.metadata.annotations = Some(
+        [(
+            names::ANNOTATION_RESTARTED_AT.to_owned(),
+            "2026-12-06T04:00:00Z".to_owned(),
+        )]
+        .into(),
+    );
+    assert_eq!(
+        annotations(asked)
+            .get(names::ANNOTATION_RESTARTED_AT)
+            .map(String::as_str),
+        Some("2026-12-06T04:00:00Z")
+    );
+}
+
+#[test]
 fn image_and_pull_policy_come_from_the_spec() {
     let mut c = cluster().build();
     c.spec.image = "registry.example/postgres:17.2".to_owned();
