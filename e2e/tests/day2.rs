@@ -222,6 +222,26 @@ async fn volumes_grow_in_place_and_bad_changes_are_refused() {
             pod.name_any()
         );
     }
+    // The setting that follows the volume's size is reloaded, not restarted.
+    let primary = h.status(cluster).await.current_primary.expect("a primary");
+    h.wait_until(
+        "the primary's max_slot_wal_keep_size follows the new size (reloaded)",
+        async || {
+            let session = h.sql(cluster, &primary).await;
+            let value: String = session
+                .query_one("SHOW max_slot_wal_keep_size", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if value == "512MB" { Ok(()) } else { Err(value) }
+        },
+    )
+    .await;
+    assert_eq!(
+        before,
+        pod_identities(&h, cluster).await,
+        "still the same pods"
+    );
     let acks = writer.stop().await;
     assert!(
         acks.ids.len() > 10,

@@ -122,6 +122,30 @@ fn resolve(settings: &Settings, command: &[String]) -> (PathBuf, Vec<String>) {
     (resolved, command.iter().skip(1).cloned().collect())
 }
 
+/// The `config_file` postgres is started with (`-c config_file=…`), if any.
+fn config_file(args: &[String]) -> Option<PathBuf> {
+    args.iter()
+        .find_map(|a| a.strip_prefix("config_file="))
+        .map(PathBuf::from)
+}
+
+/// How often the mounted configuration is compared with the one postgres
+/// last read.
+const CONFIG_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Whether the configuration changed since `seen` (updating it): the
+/// kubelet rewrites a mounted ConfigMap in place when it changes, and a
+/// reload (SIGHUP) applies what can be applied without a restart (the
+/// operator restarts the pods for the rest, through the pod template).
+fn config_changed(path: Option<&PathBuf>, seen: &mut Option<Vec<u8>>) -> bool {
+    let Some(now) = path.and_then(|p| std::fs::read(p).ok()) else {
+        return false;
+    };
+    let changed = seen.as_ref().is_some_and(|s| *s != now);
+    *seen = Some(now);
+    changed
+}
+
 /// The next fence the liveness check asks for (`health.rs`); never, when
 /// there is no check.
 async fn fence_asked(fences: &mut Option<UnboundedReceiver<String>>) -> String {
@@ -159,6 +183,7 @@ pub async fn supervise(
     let mut hup = signal(SignalKind::hangup()).map_err(failed("SIGHUP handler"))?;
     let mut child = signal(SignalKind::child()).map_err(failed("SIGCHLD handler"))?;
     let (program, args) = resolve(settings, command);
+    let config = config_file(&args);
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     loop {
         // A fence asked for while no postgres ran was for the last one:
@@ -176,6 +201,9 @@ pub async fn supervise(
             })?;
         let pid = Pid::from_raw(postmaster.id() as i32);
         let mut stop_asked = false;
+        let mut config_seen = None;
+        config_changed(config.as_ref(), &mut config_seen);
+        let mut config_checked = Instant::now();
         let ending = loop {
             let received = tokio::select! {
                 _ = term.recv() => Some(Signal::SIGTERM),
@@ -190,6 +218,13 @@ pub async fn supervise(
                 // A missed SIGCHLD is caught up with.
                 () = tokio::time::sleep(Duration::from_secs(1)) => None,
             };
+            if config_checked.elapsed() >= CONFIG_CHECK_EVERY {
+                config_checked = Instant::now();
+                if !stop_asked && config_changed(config.as_ref(), &mut config_seen) {
+                    tracing::info!("the configuration changed: postgres reloads it");
+                    let _ = kill(pid, Signal::SIGHUP);
+                }
+            }
             if let Some(received) = received {
                 let to = forwarded(received);
                 stop_asked |= to != Signal::SIGHUP;
@@ -310,5 +345,33 @@ mod tests {
         assert_eq!(forwarded(Signal::SIGINT), Signal::SIGINT);
         assert_eq!(forwarded(Signal::SIGQUIT), Signal::SIGQUIT);
         assert_eq!(forwarded(Signal::SIGHUP), Signal::SIGHUP);
+    }
+
+    #[test]
+    fn a_changed_configuration_file_is_seen_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("postgresql.conf");
+        std::fs::write(&path, "a = 1\n").expect("write");
+        let args = vec![
+            "-D".to_owned(),
+            "/x".to_owned(),
+            "-c".to_owned(),
+            format!("config_file={}", path.display()),
+        ];
+        let config = config_file(&args);
+        assert_eq!(config.as_ref(), Some(&path));
+        let mut seen = None;
+        assert!(
+            !config_changed(config.as_ref(), &mut seen),
+            "the first read"
+        );
+        assert!(!config_changed(config.as_ref(), &mut seen));
+        std::fs::write(&path, "a = 2\n").expect("write");
+        assert!(config_changed(config.as_ref(), &mut seen));
+        assert!(!config_changed(config.as_ref(), &mut seen));
+        assert!(
+            !config_changed(None, &mut seen),
+            "no config_file: nothing to watch"
+        );
     }
 }

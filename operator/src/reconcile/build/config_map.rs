@@ -122,8 +122,23 @@ pub fn pg_hba_conf(cluster: &ValidCluster) -> String {
 
 /// Hash of the configuration that only takes effect on restart: put on the
 /// pod template so that a change shows as a template change.
+/// Parameters left out of [`config_hash`]: a reload applies them (the
+/// supervisor in the pod reloads postgres when its mounted configuration
+/// changes), so a change of theirs must not restart every pod.
+/// `max_slot_wal_keep_size` follows `storage.size`, which grows on a
+/// running cluster.
+const RELOADED_PARAMETERS: &[&str] = &["max_slot_wal_keep_size"];
+
 pub fn config_hash(postgresql_conf: &str) -> String {
-    let digest = Sha256::digest(postgresql_conf.as_bytes());
+    let hashed: Vec<&str> = postgresql_conf
+        .lines()
+        .filter(|line| {
+            !RELOADED_PARAMETERS
+                .iter()
+                .any(|p| line.trim_start().starts_with(&format!("{p} =")))
+        })
+        .collect();
+    let digest = Sha256::digest(hashed.join("\n").as_bytes());
     hex::encode(&digest[..8])
 }
 
@@ -235,6 +250,19 @@ mod tests {
         assert_eq!(a.len(), 16);
         assert_ne!(a, b);
         assert_eq!(a, config_hash(&postgresql_conf(&valid(cluster().build()))));
+    }
+
+    #[test]
+    fn growing_the_volumes_changes_the_configuration_but_not_its_hash() {
+        let small = valid(cluster().build());
+        let mut big = small.clone();
+        big.spec.storage.size = "20Gi".to_owned();
+        assert_ne!(postgresql_conf(&small), postgresql_conf(&big));
+        assert_eq!(
+            config_hash(&postgresql_conf(&small)),
+            config_hash(&postgresql_conf(&big)),
+            "a reload applies it: no pod restarts"
+        );
     }
 
     #[test]
