@@ -224,10 +224,10 @@ async fn volumes_grow_in_place_and_bad_changes_are_refused() {
     }
     // The setting that follows the volume's size is reloaded, not restarted.
     let primary = h.status(cluster).await.current_primary.expect("a primary");
+    let session = h.sql(cluster, &primary).await;
     h.wait_until(
         "the primary's max_slot_wal_keep_size follows the new size (reloaded)",
         async || {
-            let session = h.sql(cluster, &primary).await;
             let value: String = session
                 .query_one("SHOW max_slot_wal_keep_size", &[])
                 .await
@@ -449,6 +449,20 @@ async fn a_stranded_volume_is_said_with_a_fix_that_works() {
         .await
         .expect("create the pinned claim");
 
+    // Bound before the pod exists: the scheduler's first attempt sees the
+    // conflict (an unschedulable pod is retried only every few minutes).
+    h.wait_until(&format!("{claim} is bound to {pv_name}"), async || {
+        let pvc = h
+            .api::<PersistentVolumeClaim>()
+            .get(&claim)
+            .await
+            .map_err(|e| e.to_string())?;
+        match pvc.status.and_then(|s| s.phase) {
+            Some(phase) if phase == "Bound" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     h.apply(cluster, &h.spec(2)).await;
     let message = wait_condition(
         &h,
@@ -465,7 +479,7 @@ async fn a_stranded_volume_is_said_with_a_fix_that_works() {
         "{message}"
     );
     assert!(
-        message.contains("volume node affinity conflict"),
+        message.contains("didn't match PersistentVolume's node affinity"),
         "the scheduler's words: {message}"
     );
     assert!(

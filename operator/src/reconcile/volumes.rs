@@ -358,8 +358,12 @@ fn volume_conflict(pod: &Pod) -> Option<String> {
         .iter()
         .find(|c| c.type_ == "PodScheduled")?;
     let message = scheduled.message.as_deref().unwrap_or_default();
-    (scheduled.status == "False" && message.contains("volume node affinity conflict"))
-        .then(|| message.trim().to_owned())
+    // The scheduler's words: "volume node affinity conflict" before
+    // Kubernetes 1.30ish, "didn't match PersistentVolume's node affinity"
+    // since.
+    let conflict = message.contains("volume node affinity conflict")
+        || message.contains("didn't match PersistentVolume's node affinity");
+    (scheduled.status == "False" && conflict).then(|| message.trim().to_owned())
 }
 
 /// Whether the scheduler refused `pod` (PodScheduled False, Unschedulable).
