@@ -268,6 +268,11 @@ pub fn psql_target(
     let name = pgc.name_any();
     let status = pgc.status.clone().unwrap_or_default();
     if let Some(pod) = pod {
+        if pgc.fenced_instances().iter().any(|p| p == pod) {
+            return Err(Error::Refused(format!(
+                "{pod} is fenced: its postgres is stopped (kubectl ordinal unfence {name} {pod})"
+            )));
+        }
         return if status.instances.iter().any(|i| i.pod == pod) {
             Ok(pod.to_owned())
         } else {
@@ -277,10 +282,11 @@ pub fn psql_target(
         };
     }
     if replica {
+        let fenced = pgc.fenced_instances();
         return status
             .instances
             .iter()
-            .find(|i| i.role == Role::Replica && i.ready)
+            .find(|i| i.role == Role::Replica && i.ready && !fenced.contains(&i.pod))
             .map(|i| i.pod.clone())
             .ok_or_else(|| Error::Refused(format!("{name} has no ready replica")));
     }

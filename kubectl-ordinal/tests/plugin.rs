@@ -23,10 +23,10 @@ async fn kubectl_ordinal(h: &Harness, args: &[&str]) -> Output {
         dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // The namespace first: what follows `--` is psql's.
     let output = tokio::process::Command::new("kubectl")
-        .arg("ordinal")
+        .args(["ordinal", "-n", &h.namespace])
         .args(args)
-        .args(["-n", &h.namespace])
         .env("PATH", path)
         .output()
         .await
@@ -150,15 +150,33 @@ async fn kubectl_ordinal_status_psql_switchover_and_restart() {
     );
 }
 
-/// Whether `pod`'s postgres answers (psql through the plugin).
-async fn answers(h: &Harness, pod: &str) -> bool {
-    kubectl_ordinal(
+/// Whether `pod`'s postgres container runs (a fenced instance's guard
+/// waits in its init container; no postgres is started).
+async fn postgres_runs(h: &Harness, pod: &str) -> bool {
+    let pods = h.cluster_pods(CLUSTER).await.expect("pods");
+    pods.iter()
+        .filter(|p| p.name_any() == pod)
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .any(|c| c.name == "postgres" && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+/// psql on a fenced instance is refused by the plugin, with the way out.
+async fn psql_refused_as_fenced(h: &Harness, pod: &str) {
+    let output = kubectl_ordinal(
         h,
         &["psql", CLUSTER, "--pod", pod, "--", "-tAc", "select 1"],
     )
-    .await
-    .status
-    .success()
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("{pod} is fenced: its postgres is stopped")),
+        "{stderr}"
+    );
 }
 
 /// fence and unfence: a fenced replica's postgres stops and stays stopped
@@ -204,9 +222,10 @@ async fn kubectl_ordinal_fence_and_unfence() {
     )
     .await;
     assert!(
-        !answers(&h, replica).await,
+        !postgres_runs(&h, replica).await,
         "a fenced instance runs no postgres"
     );
+    psql_refused_as_fenced(&h, replica).await;
     let during = writer.acked();
     let unfenced = kubectl_ordinal(&h, &["unfence", CLUSTER, replica]).await;
     assert!(unfenced.status.success());
@@ -241,9 +260,10 @@ async fn kubectl_ordinal_fence_and_unfence() {
     )
     .await;
     assert!(
-        !answers(&h, &primary).await,
+        !postgres_runs(&h, &primary).await,
         "the fenced primary runs no postgres"
     );
+    psql_refused_as_fenced(&h, &primary).await;
     let recovering = kubectl_ordinal(
         &h,
         &[

@@ -54,6 +54,17 @@ fn psql_goes_to_the_primary_a_ready_replica_or_the_pod_named() {
         target(false, Some("db-9")),
         Err("db-9 is not an instance of db".to_owned())
     );
+    let mut fenced = cluster(None);
+    fenced.metadata.annotations =
+        Some([(names::ANNOTATION_FENCED.to_owned(), "db-1".to_owned())].into());
+    assert_eq!(
+        psql_target(&fenced, false, Some("db-1")).map_err(|e| e.to_string()),
+        Err("db-1 is fenced: its postgres is stopped (kubectl ordinal unfence db db-1)".to_owned())
+    );
+    assert!(
+        psql_target(&fenced, true, None).is_err(),
+        "db-2 is not ready, db-1 fenced"
+    );
 }
 
 #[tokio::test]

@@ -58,6 +58,9 @@ pub const RETARGETED: &str = "holds more WAL than";
 /// isolationSeconds, whose read of the API gives up after 2 s; the rest for
 /// a check delayed by a busy node, and clocks.
 pub const ISOLATION_MARGIN: Duration = Duration::from_secs(5);
+/// How long an unfenced primary has to start (its pod was replaced when it
+/// was fenced: a guard, then postgres) before its absence is a loss.
+pub const UNFENCE_GRACE: Duration = Duration::from_secs(60);
 
 /// What the loop remembers between looks. Plain data: the driver updates
 /// it from each observation ([`Memory::observe`]).
@@ -88,6 +91,11 @@ pub struct Memory {
     pub fenced_at: Option<Instant>,
     /// The epoch whose old primary is being fenced, since when.
     pub fence_started: Option<(i64, Instant)>,
+    /// Whether the recorded primary was fenced (`ordinal.dev/fenced`) at
+    /// the last look, and when its fence was lifted: it then starts again
+    /// (its guard, then postgres), which is not a loss.
+    pub primary_fenced: bool,
+    pub unfenced_at: Option<Instant>,
 }
 
 impl Memory {
@@ -103,6 +111,20 @@ impl Memory {
         let Some(primary) = obs.record.current_primary.as_deref() else {
             return;
         };
+        // A fenced primary is stopped on purpose: its failures are no
+        // evidence, before or after its fence is lifted.
+        if obs.record.fenced.iter().any(|p| p == primary) {
+            self.streak = FailureStreak::default();
+            self.suspect_since = None;
+            self.last_failure_at = None;
+            self.last_error = None;
+            self.primary_fenced = true;
+            self.unfenced_at = None;
+            return;
+        }
+        if std::mem::take(&mut self.primary_fenced) {
+            self.unfenced_at = Some(now);
+        }
         match probes.get(primary) {
             // Not probed (given up for lost): the streak stands.
             None => {}
@@ -117,6 +139,7 @@ impl Memory {
                 self.suspect_since = None;
                 self.last_failure_at = None;
                 self.last_contact = Some(now);
+                self.unfenced_at = None;
                 if p.current_lsn.is_some() {
                     self.last_primary_lsn = p.current_lsn.max(self.last_primary_lsn);
                 }
@@ -313,7 +336,15 @@ pub fn next(v: &View<'_>) -> Action {
             blocked: Some(why),
             primary_up: false,
         },
-        Detection::Lost(loss) => lost(v, primary, loss),
+        Detection::Lost(loss) => match v.memory.unfenced_at {
+            Some(at) if v.now.duration_since(at) < UNFENCE_GRACE => steady_blocked(format!(
+                "{}, but its fence was lifted {}s ago: it is starting (failover after {}s)",
+                loss.reason(),
+                v.now.duration_since(at).as_secs(),
+                UNFENCE_GRACE.as_secs()
+            )),
+            _ => lost(v, primary, loss),
+        },
     }
 }
 

@@ -764,6 +764,61 @@ fn a_fenced_primary_is_never_failed_over() {
 }
 
 #[test]
+fn an_unfenced_primary_has_time_to_start_before_it_is_lost() {
+    let mut obs = observation(
+        [
+            PodState::NotRunning("pod phase Pending".to_owned()),
+            PodState::Running,
+            PodState::Running,
+        ],
+        ReplicationMode::Async,
+    );
+    let p = probes([down(), detached(100), detached(90)]);
+    let start = Instant::now();
+    let mut memory = Memory::default();
+    obs.record.fenced = vec!["db-0".to_owned()];
+    for i in 0..10 {
+        memory.observe(
+            &obs,
+            &p,
+            Duration::from_secs(1),
+            start + Duration::from_secs(i),
+        );
+    }
+    assert_eq!(
+        memory.streak,
+        decide::FailureStreak::default(),
+        "no evidence while fenced"
+    );
+    obs.record.fenced.clear();
+    let lifted = start + Duration::from_secs(10);
+    for i in 0..10 {
+        memory.observe(
+            &obs,
+            &p,
+            Duration::from_secs(1),
+            lifted + Duration::from_secs(i),
+        );
+    }
+    let at = |t: Instant| {
+        next(&View {
+            obs: &obs,
+            probes: &p,
+            memory: &memory,
+            now: t,
+        })
+    };
+    assert!(matches!(
+        at(lifted + Duration::from_secs(10)),
+        Action::Steady { blocked: Some(why), .. } if why.contains("its fence was lifted 10s ago")
+    ));
+    assert!(
+        !matches!(at(lifted + UNFENCE_GRACE), Action::Steady { .. }),
+        "still down after the grace: failed over"
+    );
+}
+
+#[test]
 fn the_operators_own_network_trouble_never_detaches_anything() {
     // The operator reaches nobody: no evidence, no action.
     let obs = running(ReplicationMode::Async);
