@@ -27,6 +27,22 @@ pub fn backup_crd_yaml() -> Result<String, serde_norway::Error> {
     serde_norway::to_string(&PostgresBackup::crd())
 }
 
+/// A byte count as people read it (`16.0MiB`, `512B`): lag, sizes.
+pub fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes.max(0) as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 impl PostgresCluster {
     /// The headless Service giving pods their stable DNS names.
     pub fn headless_service_name(&self) -> String {

@@ -21,20 +21,9 @@ fn table(rows: &[Vec<String>]) -> String {
     String::from_utf8(tw.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
-/// `1.5 MiB`.
+/// `1.5MiB`, as the operator writes sizes in the status.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    ordinal_crds::human_bytes(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
 /// `3m12s ago`, like kubectl's AGE.

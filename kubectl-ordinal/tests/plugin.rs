@@ -164,6 +164,18 @@ async fn postgres_runs(h: &Harness, pod: &str) -> bool {
         .any(|c| c.name == "postgres" && c.state.as_ref().is_some_and(|s| s.running.is_some()))
 }
 
+/// Ok while `primary` is the primary and nothing is being promoted.
+async fn primary_stays(h: &Harness, primary: &str) -> Result<(), String> {
+    let status = h.try_status(CLUSTER).await?;
+    if status.current_primary.as_deref() != Some(primary) || status.target_primary.is_some() {
+        return Err(format!(
+            "primary {:?}, promoting {:?}",
+            status.current_primary, status.target_primary
+        ));
+    }
+    Ok(())
+}
+
 /// psql on a fenced instance is refused by the plugin, with the way out.
 async fn psql_refused_as_fenced(h: &Harness, pod: &str) {
     let output = kubectl_ordinal(
@@ -208,16 +220,7 @@ async fn kubectl_ordinal_fence_and_unfence() {
             if ordinal_e2e::cluster::pod_ready(pod) {
                 return Err(format!("{replica} is ready"));
             }
-            let status = h.try_status(CLUSTER).await?;
-            if status.current_primary.as_deref() != Some(primary.as_str())
-                || status.target_primary.is_some()
-            {
-                return Err(format!(
-                    "primary {:?}, promoting {:?}",
-                    status.current_primary, status.target_primary
-                ));
-            }
-            Ok(())
+            primary_stays(&h, &primary).await
         },
     )
     .await;
@@ -245,18 +248,7 @@ async fn kubectl_ordinal_fence_and_unfence() {
     h.hold_for(
         "no failover replaces a fenced primary",
         std::time::Duration::from_secs(20),
-        async || {
-            let status = h.try_status(CLUSTER).await?;
-            if status.current_primary.as_deref() != Some(primary.as_str())
-                || status.target_primary.is_some()
-            {
-                return Err(format!(
-                    "primary {:?}, promoting {:?}",
-                    status.current_primary, status.target_primary
-                ));
-            }
-            Ok(())
-        },
+        async || primary_stays(&h, &primary).await,
     )
     .await;
     assert!(

@@ -92,7 +92,7 @@ fn the_report_says_members_roles_lag_failover_and_backups() {
         lines[header + 1].starts_with("db-0   replica   yes"),
         "{report}"
     );
-    assert_eq!(&lines[header + 1][lag..lag + 3], "0 B");
+    assert_eq!(&lines[header + 1][lag..lag + 2], "0B");
     assert!(
         lines[header + 2].starts_with("db-1   primary   yes"),
         "{report}"
@@ -101,7 +101,7 @@ fn the_report_says_members_roles_lag_failover_and_backups() {
         lines[header + 2].contains("Running, 1 restarts"),
         "{report}"
     );
-    assert!(lines[header + 3].contains("16.0 MiB / 12.2s"), "{report}");
+    assert!(lines[header + 3].contains("16.0MiB / 12.2s"), "{report}");
     assert!(
         lines[header + 4].starts_with("db-3   -"),
         "a pod the probes have not seen: {report}"
@@ -126,7 +126,7 @@ fn the_report_says_members_roles_lag_failover_and_backups() {
         report.contains("nightly   Completed   20261206T010000Z"),
         "{report}"
     );
-    assert!(report.contains("23.0 MiB   Passed"), "{report}");
+    assert!(report.contains("23.0MiB   Passed"), "{report}");
 }
 
 #[test]
@@ -152,9 +152,9 @@ fn a_new_cluster_says_what_it_lacks() {
 
 #[test]
 fn sizes_and_ages_read_like_kubectl() {
-    assert_eq!(bytes(512), "512 B");
-    assert_eq!(bytes(1536), "1.5 KiB");
-    assert_eq!(bytes(10 * 1024 * 1024 * 1024), "10.0 GiB");
+    assert_eq!(bytes(512), "512B");
+    assert_eq!(bytes(1536), "1.5KiB");
+    assert_eq!(bytes(10 * 1024 * 1024 * 1024), "10.0GiB");
     let t = |s: &str| s.parse::<Timestamp>().expect("time");
     assert_eq!(ago(t("2026-12-06T03:59:30Z"), now()), "30s ago");
     assert_eq!(ago(t("2026-12-06T01:30:00Z"), now()), "2h30m ago");

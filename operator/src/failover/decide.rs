@@ -520,20 +520,7 @@ pub fn max_lag(instances: &[InstanceStatus]) -> Option<String> {
     Some(human_bytes(max))
 }
 
-pub fn human_bytes(bytes: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes.max(0) as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
+pub use ordinal_crds::human_bytes;
 
 #[cfg(test)]
 mod tests;
