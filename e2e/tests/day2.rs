@@ -11,13 +11,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use ordinal_crds::{CONDITION_VOLUME_PLACEMENT, CONDITION_VOLUMES_RESIZED, PostgresClusterStatus};
 use ordinal_e2e::cluster::{Harness, Writer};
+use ordinal_operator::reconcile::volumes::{VolumeView, template_size};
 use serde_json::json;
 
 /// The cluster's StorageClass and provisioner (scripts/cluster.sh).
@@ -52,32 +52,15 @@ async fn wait_condition(
     .await
 }
 
-/// The storage request and capacity of a claim.
+/// The storage request and capacity of a claim, as the operator reads them.
 async fn claim_size(h: &Harness, claim: &str) -> (Option<String>, Option<String>) {
     let pvc = h
         .api::<PersistentVolumeClaim>()
         .get(claim)
         .await
         .expect("claim");
-    let requested = pvc
-        .spec
-        .and_then(|s| s.resources?.requests?.get("storage").map(|q| q.0.clone()));
-    let capacity = pvc
-        .status
-        .and_then(|s| s.capacity?.get("storage").map(|q| q.0.clone()));
-    (requested, capacity)
-}
-
-fn template_size(sts: &StatefulSet) -> Option<String> {
-    sts.spec.as_ref()?.volume_claim_templates.as_ref()?[0]
-        .spec
-        .as_ref()?
-        .resources
-        .as_ref()?
-        .requests
-        .as_ref()?
-        .get("storage")
-        .map(|q| q.0.clone())
+    let seen = VolumeView::from_pvc(&pvc);
+    (seen.requested, seen.capacity)
 }
 
 /// Refused by admission with `message` in the API server's answer.

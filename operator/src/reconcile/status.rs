@@ -155,7 +155,7 @@ pub struct ObservedStatus {
     pub selector: String,
 }
 
-fn condition(
+pub(crate) fn condition(
     type_: &str,
     status: bool,
     reason: &str,

@@ -17,7 +17,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -28,7 +28,7 @@ use ordinal_crds::{
 use serde_json::json;
 
 use crate::reconcile::build;
-use crate::reconcile::status::keep_transition_times;
+use crate::reconcile::status::{self, keep_transition_times};
 use crate::reconcile::validate::{ValidCluster, quantity_bytes};
 use crate::{Context, Error};
 
@@ -329,7 +329,7 @@ pub fn plan(seen: &Seen<'_>) -> Plan {
 }
 
 /// The claim size of an existing StatefulSet's data template.
-fn template_size(sts: &StatefulSet) -> Option<String> {
+pub fn template_size(sts: &StatefulSet) -> Option<String> {
     sts.spec
         .as_ref()?
         .volume_claim_templates
@@ -702,13 +702,8 @@ async fn write_conditions(
     placement: &Verdict,
 ) -> Result<(), Error> {
     let generation = pgc.metadata.generation;
-    let condition = |type_: &str, v: &Verdict| Condition {
-        type_: type_.to_owned(),
-        status: if v.ok { "True" } else { "False" }.to_owned(),
-        reason: v.reason.to_owned(),
-        message: v.message.clone(),
-        observed_generation: generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    let condition = |type_: &str, v: &Verdict| {
+        status::condition(type_, v.ok, v.reason, v.message.clone(), generation)
     };
     let mut conditions = vec![
         condition(CONDITION_VOLUMES_RESIZED, resized),
