@@ -43,6 +43,9 @@ pub const OPERATOR_OWNED_PARAMETERS: &[&str] = &[
     "recovery_target_time",
     "recovery_target_timeline",
     "recovery_target_xid",
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
 ];
 
 /// Default maximum lag, in bytes, of a replica that may still be promoted in
@@ -174,6 +177,11 @@ pub struct PostgresClusterSpec {
     /// Rolling updates of the pods.
     #[serde(default)]
     pub update_strategy: UpdateStrategySpec,
+
+    /// TLS of the PostgreSQL servers: on by default, with a certificate
+    /// the operator issues from a per-cluster CA.
+    #[serde(default)]
+    pub tls: TlsSpec,
 
     /// Continuous WAL archiving to object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -321,8 +329,8 @@ pub struct PostgresqlSpec {
     #[schemars(extend("maxProperties" = 256, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
     #[x_kube(
         // One map lookup per parameter: bounded cost, whatever the map holds.
-        validation = Rule::new("!('listen_addresses' in self) && !('port' in self) && !('unix_socket_directories' in self) && !('data_directory' in self) && !('config_file' in self) && !('hba_file' in self) && !('ident_file' in self) && !('external_pid_file' in self) && !('include' in self) && !('include_dir' in self) && !('include_if_exists' in self) && !('wal_level' in self) && !('hot_standby' in self) && !('wal_log_hints' in self) && !('primary_conninfo' in self) && !('primary_slot_name' in self) && !('synchronous_standby_names' in self) && !('promote_trigger_file' in self) && !('restore_command' in self) && !('recovery_target' in self) && !('recovery_target_action' in self) && !('recovery_target_inclusive' in self) && !('recovery_target_lsn' in self) && !('recovery_target_name' in self) && !('recovery_target_time' in self) && !('recovery_target_timeline' in self) && !('recovery_target_xid' in self)")
-            .message("postgresql.parameters sets a parameter that Ordinal manages (such as wal_level, hot_standby, primary_conninfo, synchronous_standby_names, port, include, recovery_target*): remove it, Ordinal sets it for replication and failover to work")
+        validation = Rule::new("!('listen_addresses' in self) && !('port' in self) && !('unix_socket_directories' in self) && !('data_directory' in self) && !('config_file' in self) && !('hba_file' in self) && !('ident_file' in self) && !('external_pid_file' in self) && !('include' in self) && !('include_dir' in self) && !('include_if_exists' in self) && !('wal_level' in self) && !('hot_standby' in self) && !('wal_log_hints' in self) && !('primary_conninfo' in self) && !('primary_slot_name' in self) && !('synchronous_standby_names' in self) && !('promote_trigger_file' in self) && !('restore_command' in self) && !('recovery_target' in self) && !('recovery_target_action' in self) && !('recovery_target_inclusive' in self) && !('recovery_target_lsn' in self) && !('recovery_target_name' in self) && !('recovery_target_time' in self) && !('recovery_target_timeline' in self) && !('recovery_target_xid' in self) && !('ssl' in self) && !('ssl_cert_file' in self) && !('ssl_key_file' in self)")
+            .message("postgresql.parameters sets a parameter that Ordinal manages (such as wal_level, hot_standby, primary_conninfo, synchronous_standby_names, port, include, recovery_target*, ssl, ssl_cert_file, ssl_key_file): remove it, Ordinal sets it for replication and failover to work")
     )]
     pub parameters: BTreeMap<String, String>,
 
@@ -520,6 +528,44 @@ fn default_isolation_seconds() -> i32 {
 }
 fn default_max_lag_on_failover() -> i64 {
     DEFAULT_MAX_LAG_BYTES_ON_FAILOVER
+}
+
+/// TLS of the servers. Replication (streaming, pg_basebackup, pg_rewind)
+/// always uses `sslmode=verify-full` against the CA while TLS is on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.enabled || (!has(self.serverSecret) && !self.requireForClients)")
+        .message("tls.serverSecret and tls.requireForClients need tls.enabled: true")
+)]
+pub struct TlsSpec {
+    /// Whether the servers speak TLS.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`, `ca.crt`;
+    /// cert-manager writes these) with the servers' certificate, for
+    /// example from a cert-manager `Certificate`. Its names must cover
+    /// `*.<name>-headless.<namespace>.svc`, the name replicas verify. When
+    /// unset the operator issues one from the CA in `<name>-ca` and renews
+    /// it 30 days before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("tls.serverSecret must be a valid Secret name"))]
+    pub server_secret: Option<String>,
+    /// Refuse clients that do not use TLS (`hostssl` lines in pg_hba).
+    /// Replication always needs TLS while TLS is on.
+    #[serde(default)]
+    pub require_for_clients: bool,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            server_secret: None,
+            require_for_clients: false,
+        }
+    }
 }
 
 /// Continuous WAL archiving to an object store: every WAL segment the

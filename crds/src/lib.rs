@@ -5,6 +5,8 @@ mod backup;
 mod cluster;
 pub mod conninfo;
 pub mod names;
+#[cfg(feature = "postgres-tls")]
+pub mod pgtls;
 mod reference;
 mod status;
 
@@ -66,6 +68,17 @@ impl PostgresCluster {
             .replication_secret
             .clone()
             .unwrap_or_else(|| names::replication_secret(&self.name_any()))
+    }
+
+    /// The Secret with the servers' certificate (`tls.crt`, `tls.key`,
+    /// `ca.crt`), None while TLS is off.
+    pub fn server_tls_secret_name(&self) -> Option<String> {
+        let tls = &self.spec.tls;
+        tls.enabled.then(|| {
+            tls.server_secret
+                .clone()
+                .unwrap_or_else(|| names::server_tls_secret(&self.name_any()))
+        })
     }
 
     /// The instances fenced by [`names::ANNOTATION_FENCED`], in its order.

@@ -60,6 +60,14 @@ pub const SUFFIX_RO: &str = "-ro";
 pub const SUFFIX_CONFIG: &str = "-config";
 pub const SUFFIX_SUPERUSER: &str = "-superuser";
 pub const SUFFIX_REPLICATION: &str = "-replication";
+/// The cluster's CA (`ca.crt`, `ca.key`), never mounted in a pod.
+pub const SUFFIX_CA: &str = "-ca";
+/// The servers' certificate the operator issues (`tls.crt`, `tls.key`, `ca.crt`).
+pub const SUFFIX_SERVER_TLS: &str = "-server";
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const TLS_CA_KEY: &str = "ca.crt";
+pub const CA_KEY_KEY: &str = "ca.key";
 
 /// Name of the volumeClaimTemplate; PVCs are `data-<cluster>-<ordinal>`.
 pub const VOLUME_DATA: &str = "data";
@@ -105,6 +113,11 @@ pub mod paths {
     pub const BACKUP_SECRET_DIR: &str = "/etc/ordinal/backup";
     /// The same, of the store a new cluster is restored from.
     pub const RECOVERY_SECRET_DIR: &str = "/etc/ordinal/recovery";
+    /// The servers' certificate, key and CA (the TLS Secret).
+    pub const TLS_DIR: &str = "/etc/ordinal/tls";
+    pub const TLS_CERT: &str = "/etc/ordinal/tls/tls.crt";
+    pub const TLS_KEY: &str = "/etc/ordinal/tls/tls.key";
+    pub const TLS_CA: &str = "/etc/ordinal/tls/ca.crt";
 }
 
 /// Environment variables the StatefulSet sets and `ordinal-init` reads.
@@ -137,6 +150,9 @@ pub mod env {
     pub const RECOVERY_TARGET_TIME: &str = "ORDINAL_RECOVERY_TARGET_TIME";
     pub const RECOVERY_TARGET_LSN: &str = "ORDINAL_RECOVERY_TARGET_LSN";
     pub const RECOVERY_TARGET_NAME: &str = "ORDINAL_RECOVERY_TARGET_NAME";
+    /// The CA file replication connections verify the primary against
+    /// (`sslmode=verify-full`); unset while TLS is off.
+    pub const TLS_CA: &str = "ORDINAL_TLS_CA";
 }
 
 /// The pod's first init container: it copies ordinal-init and waits for
@@ -167,6 +183,12 @@ pub fn superuser_secret(cluster: &str) -> String {
 }
 pub fn replication_secret(cluster: &str) -> String {
     format!("{cluster}{SUFFIX_REPLICATION}")
+}
+pub fn ca_secret(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_CA}")
+}
+pub fn server_tls_secret(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_SERVER_TLS}")
 }
 /// Name of the pod with `ordinal` in cluster `cluster`.
 pub fn pod(cluster: &str, ordinal: i32) -> String {

@@ -768,3 +768,27 @@ fn a_schedule_has_five_fields_and_retention_a_rule() {
         ["keep"];
     assert_eq!(keep["minimum"].as_f64(), Some(1.0));
 }
+
+#[test]
+fn tls_is_on_by_default_and_its_options_need_it() {
+    let spec: crate::PostgresClusterSpec =
+        serde_json::from_value(json!({"storage": {"size": "1Gi"}})).expect("spec");
+    assert!(spec.tls.enabled);
+    assert!(!spec.tls.require_for_clients);
+    create(json!({"storage": {"size": "1Gi"}, "tls": {"serverSecret": "pg-tls", "requireForClients": true}}))
+        .expect("a user's certificate, required of clients");
+    create(json!({"storage": {"size": "1Gi"}, "tls": {"enabled": false}})).expect("TLS off");
+    for tls in [
+        json!({"enabled": false, "serverSecret": "pg-tls"}),
+        json!({"enabled": false, "requireForClients": true}),
+    ] {
+        assert_rejected(
+            create(json!({"storage": {"size": "1Gi"}, "tls": tls})),
+            "tls.serverSecret and tls.requireForClients need tls.enabled: true",
+        );
+    }
+    assert_rejected(
+        create(json!({"storage": {"size": "1Gi"}, "tls": {"serverSecret": "Bad_Name"}})),
+        "tls.serverSecret must be a valid Secret name",
+    );
+}

@@ -309,6 +309,7 @@ impl Seam for LocalSeam {
             superuser_password: SUPERUSER_PASSWORD.to_owned(),
             replication_user: "streaming_replica".to_owned(),
             replication_password: REPLICATION_PASSWORD.to_owned(),
+            tls: None,
         })
     }
 

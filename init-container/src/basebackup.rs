@@ -128,6 +128,9 @@ pub struct Source {
     pub port: u16,
     pub user: String,
     pub password: String,
+    /// While TLS is on: pg_basebackup verifies `host` against this CA
+    /// (`sslmode=verify-full`).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// The name of the WAL segment holding byte `lsn` of timeline `timeline`.
@@ -349,7 +352,13 @@ fn read_backup(
         "-w",
     ];
     tracing::info!(tool = %tool.display(), ?args, "taking a base backup");
-    let mut child = std::process::Command::new(tool)
+    let mut command = std::process::Command::new(tool);
+    if let Some(ca) = &source.tls_ca {
+        command
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", ca);
+    }
+    let mut child = command
         .args(args)
         .env("PGPASSWORD", &source.password)
         .env("PGAPPNAME", "ordinal-base-backup")

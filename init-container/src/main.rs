@@ -520,6 +520,7 @@ fn base_backup(
             port,
             user,
             password,
+            tls_ca: std::env::var_os(ordinal_crds::names::env::TLS_CA).map(PathBuf::from),
         };
         let mut manifest = basebackup::take(&archive, &pg_bin, &source, backup, wal_wait).await?;
         // The backup is complete whatever happens now: a failed cleanup is

@@ -23,6 +23,20 @@ use crate::{InitError, autoconf, fsutil};
 pub struct Primary<'a> {
     pub name: &'a str,
     pub endpoint: Endpoint,
+    /// While TLS is on: the CA it is verified against.
+    pub tls_ca: Option<&'a Path>,
+}
+
+impl Primary<'_> {
+    /// libpq's `host=… [hostaddr=…] port=… [sslmode=verify-full sslrootcert=…]`.
+    fn server(&self) -> String {
+        ordinal_crds::conninfo::server(
+            &self.endpoint.host,
+            self.endpoint.hostaddr.as_deref(),
+            self.endpoint.port,
+            self.tls_ca.and_then(Path::to_str),
+        )
+    }
 }
 
 async fn superuser_conn(
@@ -31,6 +45,7 @@ async fn superuser_conn(
 ) -> Result<sql::Conn, InitError> {
     Ok(sql::remote(
         &primary.endpoint,
+        primary.tls_ca,
         sql::SUPERUSER,
         &credentials.superuser_password,
     )
@@ -140,11 +155,7 @@ pub async fn clone(
     let staging = settings.staging_dir("clone");
     fsutil::remove_staging(&staging)?;
     let staging_str = staging.to_string_lossy();
-    let server = ordinal_crds::conninfo::server(
-        &primary.endpoint.host,
-        primary.endpoint.hostaddr.as_deref(),
-        primary.endpoint.port,
-    );
+    let server = primary.server();
     tools::run(
         &settings.tool("pg_basebackup"),
         &[
@@ -246,11 +257,7 @@ async fn try_rewind(
     drop(conn);
     let source = format!(
         "{} user={} dbname=postgres connect_timeout=10",
-        ordinal_crds::conninfo::server(
-            &primary.endpoint.host,
-            primary.endpoint.hostaddr.as_deref(),
-            primary.endpoint.port
-        ),
+        primary.server(),
         ordinal_crds::conninfo::quote(sql::SUPERUSER)
     );
     let target = format!("--target-pgdata={}", settings.pgdata.display());
@@ -289,6 +296,7 @@ pub fn configure_standby(
         &primary.endpoint.host,
         primary.endpoint.hostaddr.as_deref(),
         primary.endpoint.port,
+        primary.tls_ca.and_then(Path::to_str),
         &credentials.replication_user,
         &credentials.replication_password,
         &settings.pod,

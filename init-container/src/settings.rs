@@ -58,6 +58,9 @@ pub struct Settings {
     pub health_address: Option<std::net::SocketAddr>,
     /// A new cluster is restored from a backup instead of initdb.
     pub recovery: Option<Recovery>,
+    /// While TLS is on, the CA the primary is verified against
+    /// (`sslmode=verify-full`) by every connection to it.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// `spec.bootstrap.recovery`, as the pod is told of it.
@@ -208,6 +211,7 @@ impl Settings {
             ),
             health_address: parsed(e::HEALTH_ADDRESS, "not an address and port (0.0.0.0:8008)")?,
             recovery: recovery_from_env()?,
+            tls_ca: var(e::TLS_CA).map(PathBuf::from),
             primary_wait: Duration::from_secs(
                 parsed("ORDINAL_PRIMARY_WAIT_SECONDS", "not a number of seconds")?.unwrap_or(300),
             ),

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::state::Endpoint;
@@ -20,6 +21,12 @@ pub enum SqlError {
         target: String,
         #[source]
         source: tokio_postgres::Error,
+    },
+    #[error("cannot set up TLS to {target} with the CA {ca}: {reason}")]
+    Tls {
+        target: String,
+        ca: std::path::PathBuf,
+        reason: String,
     },
     #[error("query on {target} failed: {query}")]
     Query {
@@ -39,24 +46,62 @@ pub struct Conn {
     prepared: Mutex<HashMap<&'static str, Statement>>,
 }
 
-async fn connect(config: Config, target: String) -> Result<Conn, SqlError> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|source| SqlError::Connect {
-            target: target.clone(),
-            source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "connection closed");
+async fn connect(config: Config, target: String, ca: Option<&Path>) -> Result<Conn, SqlError> {
+    let client = match ca {
+        None => config
+            .connect(NoTls)
+            .await
+            .map(|(client, connection)| {
+                spawn_connection(connection);
+                client
+            })
+            .map_err(|source| SqlError::Connect {
+                target: target.clone(),
+                source,
+            })?,
+        Some(ca) => {
+            let tls = std::fs::read(ca)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    ordinal_crds::pgtls::connector(&pem, ordinal_crds::pgtls::Verify::Full)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|reason| SqlError::Tls {
+                    target: target.clone(),
+                    ca: ca.to_owned(),
+                    reason,
+                })?;
+            let mut config = config;
+            config.ssl_mode(SslMode::Require);
+            config
+                .connect(tls)
+                .await
+                .map(|(client, connection)| {
+                    spawn_connection(connection);
+                    client
+                })
+                .map_err(|source| SqlError::Connect {
+                    target: target.clone(),
+                    source,
+                })?
         }
-    });
+    };
     Ok(Conn {
         client,
         target,
         prepared: Mutex::default(),
     })
+}
+
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "connection closed");
+        }
+    });
 }
 
 /// The local server, as the superuser, over the Unix socket (peer auth).
@@ -69,11 +114,22 @@ pub async fn local(socket_dir: &Path, port: u16) -> Result<Conn, SqlError> {
         .dbname("postgres")
         .application_name("ordinal-init")
         .connect_timeout(CONNECT_TIMEOUT);
-    connect(config, format!("local server ({})", socket_dir.display())).await
+    connect(
+        config,
+        format!("local server ({})", socket_dir.display()),
+        None,
+    )
+    .await
 }
 
-/// A remote server, as `user` with `password`.
-pub async fn remote(endpoint: &Endpoint, user: &str, password: &str) -> Result<Conn, SqlError> {
+/// A remote server, as `user` with `password`; over TLS verified against
+/// `ca` (`verify-full`: the certificate names `endpoint.host`) when given.
+pub async fn remote(
+    endpoint: &Endpoint,
+    ca: Option<&Path>,
+    user: &str,
+    password: &str,
+) -> Result<Conn, SqlError> {
     let mut config = Config::new();
     config.host(&endpoint.host);
     if let Some(addr) = endpoint
@@ -90,7 +146,7 @@ pub async fn remote(endpoint: &Endpoint, user: &str, password: &str) -> Result<C
         .dbname("postgres")
         .application_name("ordinal-init")
         .connect_timeout(CONNECT_TIMEOUT);
-    connect(config, format!("{}:{}", endpoint.host, endpoint.port)).await
+    connect(config, format!("{}:{}", endpoint.host, endpoint.port), ca).await
 }
 
 impl Conn {

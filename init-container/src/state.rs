@@ -266,6 +266,7 @@ mod tests {
             isolation: Duration::from_secs(10),
             health_address: None,
             recovery: None,
+            tls_ca: None,
         }
     }
 

@@ -24,7 +24,7 @@
 //! with postgres (see `lock.rs`).
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -133,14 +133,38 @@ fn config_file(args: &[String]) -> Option<PathBuf> {
 /// last read.
 const CONFIG_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Whether the configuration changed since `seen` (updating it): the
-/// kubelet rewrites a mounted ConfigMap in place when it changes, and a
-/// reload (SIGHUP) applies what can be applied without a restart (the
-/// operator restarts the pods for the rest, through the pod template).
-fn config_changed(path: Option<&PathBuf>, seen: &mut Option<Vec<u8>>) -> bool {
-    let Some(now) = path.and_then(|p| std::fs::read(p).ok()) else {
+/// The files a reload re-reads: the `config_file`, and while TLS is on the
+/// certificate, key and CA beside the CA file (postgres reloads its TLS
+/// files on SIGHUP: a renewed certificate is served without a restart).
+fn watched_files(config: Option<PathBuf>, tls_ca: Option<&Path>) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config.into_iter().collect();
+    if let Some(ca) = tls_ca {
+        let dir = ca.parent().unwrap_or(Path::new("/"));
+        files.push(ca.to_owned());
+        files.push(dir.join(ordinal_crds::names::TLS_CERT_KEY));
+        files.push(dir.join(ordinal_crds::names::TLS_KEY_KEY));
+    }
+    files
+}
+
+/// Whether the watched files changed since `seen` (updating it): the
+/// kubelet rewrites a mounted ConfigMap or Secret in place when it
+/// changes, and a reload (SIGHUP) applies what can be applied without a
+/// restart (the operator restarts the pods for the rest, through the pod
+/// template).
+fn config_changed(paths: &[PathBuf], seen: &mut Option<Vec<u8>>) -> bool {
+    let mut now = Vec::new();
+    let mut read_any = false;
+    for path in paths {
+        let content = std::fs::read(path).ok();
+        read_any |= content.is_some();
+        let content = content.unwrap_or_default();
+        now.extend_from_slice(&(content.len() as u64).to_be_bytes());
+        now.extend_from_slice(&content);
+    }
+    if !read_any {
         return false;
-    };
+    }
     let changed = seen.as_ref().is_some_and(|s| *s != now);
     *seen = Some(now);
     changed
@@ -183,7 +207,7 @@ pub async fn supervise(
     let mut hup = signal(SignalKind::hangup()).map_err(failed("SIGHUP handler"))?;
     let mut child = signal(SignalKind::child()).map_err(failed("SIGCHLD handler"))?;
     let (program, args) = resolve(settings, command);
-    let config = config_file(&args);
+    let watched = watched_files(config_file(&args), settings.tls_ca.as_deref());
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     loop {
         // A fence asked for while no postgres ran was for the last one:
@@ -202,7 +226,7 @@ pub async fn supervise(
         let pid = Pid::from_raw(postmaster.id() as i32);
         let mut stop_asked = false;
         let mut config_seen = None;
-        config_changed(config.as_ref(), &mut config_seen);
+        config_changed(&watched, &mut config_seen);
         let mut config_checked = Instant::now();
         let ending = loop {
             let received = tokio::select! {
@@ -220,8 +244,10 @@ pub async fn supervise(
             };
             if config_checked.elapsed() >= CONFIG_CHECK_EVERY {
                 config_checked = Instant::now();
-                if !stop_asked && config_changed(config.as_ref(), &mut config_seen) {
-                    tracing::info!("the configuration changed: postgres reloads it");
+                if !stop_asked && config_changed(&watched, &mut config_seen) {
+                    tracing::info!(
+                        "the configuration or the certificate changed: postgres reloads it"
+                    );
                     let _ = kill(pid, Signal::SIGHUP);
                 }
             }
@@ -360,18 +386,37 @@ mod tests {
         ];
         let config = config_file(&args);
         assert_eq!(config.as_ref(), Some(&path));
+        let watched = watched_files(config, None);
         let mut seen = None;
-        assert!(
-            !config_changed(config.as_ref(), &mut seen),
-            "the first read"
-        );
-        assert!(!config_changed(config.as_ref(), &mut seen));
+        assert!(!config_changed(&watched, &mut seen), "the first read");
+        assert!(!config_changed(&watched, &mut seen));
         std::fs::write(&path, "a = 2\n").expect("write");
-        assert!(config_changed(config.as_ref(), &mut seen));
-        assert!(!config_changed(config.as_ref(), &mut seen));
+        assert!(config_changed(&watched, &mut seen));
+        assert!(!config_changed(&watched, &mut seen));
         assert!(
-            !config_changed(None, &mut seen),
+            !config_changed(&[], &mut seen),
             "no config_file: nothing to watch"
         );
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_a_change() {
+        let dir = tempfile::tempdir().expect("dir");
+        let conf = dir.path().join("postgresql.conf");
+        std::fs::write(&conf, "a = 1\n").expect("write");
+        let tls = dir.path().join("tls");
+        std::fs::create_dir(&tls).expect("dir");
+        for file in ["ca.crt", "tls.crt", "tls.key"] {
+            std::fs::write(tls.join(file), "old").expect("write");
+        }
+        let watched = watched_files(Some(conf), Some(&tls.join("ca.crt")));
+        assert_eq!(watched.len(), 4);
+        let mut seen = None;
+        assert!(!config_changed(&watched, &mut seen));
+        std::fs::write(tls.join("tls.crt"), "new").expect("write");
+        assert!(config_changed(&watched, &mut seen));
+        std::fs::write(tls.join("tls.key"), "new").expect("write");
+        assert!(config_changed(&watched, &mut seen));
+        assert!(!config_changed(&watched, &mut seen));
     }
 }

@@ -108,6 +108,16 @@ pub enum Error {
         store: &'static str,
         keys: String,
     },
+
+    #[error(
+        "the TLS Secret {namespace}/{secret} of PostgresCluster {name} is not usable: {problem}"
+    )]
+    Tls {
+        namespace: String,
+        name: String,
+        secret: String,
+        problem: String,
+    },
 }
 
 impl Error {
@@ -135,7 +145,9 @@ impl Error {
             Self::Create { .. } => "create",
             Self::Delete { .. } => "delete",
             Self::WriteStatus { .. } => "status",
-            Self::MissingSecret { .. } | Self::MissingSecretKeys { .. } => "missing_secret",
+            Self::MissingSecret { .. } | Self::MissingSecretKeys { .. } | Self::Tls { .. } => {
+                "missing_secret"
+            }
         }
     }
 

@@ -254,7 +254,31 @@ impl KubeSeam {
                 format!("the {what} Secret has no password"),
             )
         };
+        let tls = match pgc.server_tls_secret_name() {
+            Some(name) => {
+                let secret = api
+                    .get(&name)
+                    .await
+                    .map_err(|e| self.failed("read the TLS Secret", e))?;
+                let ca = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(names::TLS_CA_KEY))
+                    .ok_or_else(|| {
+                        self.failed(
+                            "read credentials",
+                            format!("the TLS Secret {name} has no {}", names::TLS_CA_KEY),
+                        )
+                    })?;
+                Some(
+                    ordinal_crds::pgtls::connector(&ca.0, ordinal_crds::pgtls::Verify::Ca)
+                        .map_err(|e| self.failed("read the TLS Secret's CA", e))?,
+                )
+            }
+            None => None,
+        };
         Ok(Credentials {
+            tls,
             superuser_password: read(superuser, names::SECRET_PASSWORD_KEY)
                 .ok_or_else(|| missing("superuser"))?,
             replication_user: read(replication.clone(), names::SECRET_USERNAME_KEY)

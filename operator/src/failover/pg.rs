@@ -8,6 +8,8 @@ use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
 use ordinal_crds::names;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::seam::{Credentials, Endpoint};
@@ -234,23 +236,35 @@ fn config(endpoint: &Endpoint, password: &str) -> Config {
 /// configuration covers TCP alone: a postmaster that hangs after the
 /// kernel took the connection would hold the caller for as long as the
 /// call's own bound, and the loop's next look with it.)
-async fn connect(endpoint: &Endpoint, password: &str) -> Result<Client, PgError> {
+async fn connect(endpoint: &Endpoint, credentials: &Credentials) -> Result<Client, PgError> {
     let target = format!("{}:{}", endpoint.host, endpoint.port);
-    let config = config(endpoint, password);
-    let connecting = config.connect(NoTls);
-    let (client, connection) = match tokio::time::timeout(SESSION_WITHIN, connecting).await {
-        Ok(connected) => connected.map_err(|source| PgError::Connect { target, source })?,
-        Err(_) => {
-            return Err(PgError::Timeout {
-                target,
-                timeout: SESSION_WITHIN,
-            });
+    let mut config = config(endpoint, &credentials.superuser_password);
+    let connected = match &credentials.tls {
+        Some(tls) => {
+            config.ssl_mode(SslMode::Require);
+            tokio::time::timeout(SESSION_WITHIN, async {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            })
+            .await
+        }
+        None => {
+            tokio::time::timeout(SESSION_WITHIN, async {
+                let (client, connection) = config.connect(NoTls).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            })
+            .await
         }
     };
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    match connected {
+        Ok(connected) => connected.map_err(|source| PgError::Connect { target, source }),
+        Err(_) => Err(PgError::Timeout {
+            target,
+            timeout: SESSION_WITHIN,
+        }),
+    }
 }
 
 /// A TCP connection to an instance, with the failure classified.
@@ -290,21 +304,39 @@ fn no_answer(target: &str) -> ProbeError {
 
 /// A session for a probe, with the failure classified: TCP first (refused,
 /// unreachable), then PostgreSQL's startup (no answer, error).
-async fn connect_classified(endpoint: &Endpoint, password: &str) -> Result<Client, ProbeError> {
+async fn connect_classified(
+    endpoint: &Endpoint,
+    credentials: &Credentials,
+) -> Result<Client, ProbeError> {
     let target = endpoint.address();
     let stream = tcp_classified(endpoint).await?;
-    let startup = tokio::time::timeout(
-        STARTUP_TIMEOUT,
-        config(endpoint, password).connect_raw(stream, NoTls),
-    )
-    .await;
-    match startup {
-        Ok(Ok((client, connection))) => {
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok(client)
+    let mut config = config(endpoint, &credentials.superuser_password);
+    let startup = match &credentials.tls {
+        Some(tls) => {
+            config.ssl_mode(SslMode::Require);
+            let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
+                &mut tls.clone(),
+                &endpoint.host,
+            )
+            .map_err(|e| ProbeError::new(ProbeFailure::Error, format!("{target}: TLS: {e}")))?;
+            tokio::time::timeout(STARTUP_TIMEOUT, async {
+                let (client, connection) = config.connect_raw(stream, tls).await?;
+                tokio::spawn(connection);
+                Ok::<_, tokio_postgres::Error>(client)
+            })
+            .await
         }
+        None => {
+            tokio::time::timeout(STARTUP_TIMEOUT, async {
+                let (client, connection) = config.connect_raw(stream, NoTls).await?;
+                tokio::spawn(connection);
+                Ok(client)
+            })
+            .await
+        }
+    };
+    match startup {
+        Ok(Ok(client)) => Ok(client),
         Ok(Err(source)) => Err(ProbeError::new(
             ProbeFailure::Error,
             format!("{target}: {}", detail(&source)),
@@ -593,7 +625,7 @@ pub async fn probe_kept(
             return Ok(probe);
         }
         // No session, or the kept one failed: a fresh one says why.
-        let client = connect_classified(endpoint, &credentials.superuser_password).await?;
+        let client = connect_classified(endpoint, credentials).await?;
         let mut session = Session::new(client);
         let probe = query_probe(&mut session, &target).await?;
         sessions.keep(target.clone(), session);
@@ -698,7 +730,7 @@ pub async fn promote(endpoint: &Endpoint, credentials: &Credentials) -> Result<(
 }
 
 async fn promote_unbounded(endpoint: &Endpoint, credentials: &Credentials) -> Result<(), PgError> {
-    let client = connect(endpoint, &credentials.superuser_password).await?;
+    let client = connect(endpoint, credentials).await?;
     if !in_recovery(&client, endpoint).await? {
         return Ok(());
     }
@@ -740,6 +772,7 @@ pub fn primary_conninfo(primary: &Endpoint, replica: &str, credentials: &Credent
         &primary.host,
         primary.hostaddr.as_deref(),
         primary.port,
+        credentials.tls.as_ref().map(|_| names::paths::TLS_CA),
         &credentials.replication_user,
         &credentials.replication_password,
         replica,
@@ -779,7 +812,7 @@ async fn set_primary_conninfo(
     credentials: &Credentials,
     conninfo: &str,
 ) -> Result<(), PgError> {
-    let client = connect(replica_at, &credentials.superuser_password).await?;
+    let client = connect(replica_at, credentials).await?;
     // Separate statements: ALTER SYSTEM cannot run in the implicit
     // transaction of a multi-statement query.
     client
@@ -815,7 +848,7 @@ pub async fn set_synchronous_standby_names(
     value: &str,
 ) -> Result<(), PgError> {
     bounded(at, Duration::from_secs(5), async {
-        let client = connect(at, &credentials.superuser_password).await?;
+        let client = connect(at, credentials).await?;
         alter_synchronous_standby_names(&client, at, value).await
     })
     .await
@@ -987,9 +1020,7 @@ async fn session_or_connect(
 ) -> Result<Session, PgError> {
     match kept {
         Some(session) => Ok(session),
-        None => Ok(Session::new(
-            connect(at, &credentials.superuser_password).await?,
-        )),
+        None => Ok(Session::new(connect(at, credentials).await?)),
     }
 }
 
@@ -1055,7 +1086,7 @@ pub async fn ensure_slots(
     pods: &[String],
 ) -> Result<Vec<String>, PgError> {
     bounded(at, Duration::from_secs(5), async {
-        let client = connect(at, &credentials.superuser_password).await?;
+        let client = connect(at, credentials).await?;
         let existing = physical_slots(&client, at).await?;
         create_missing_slots(&client, at, &existing, pods).await
     })
@@ -1231,6 +1262,7 @@ mod tests {
             superuser_password: "x".to_owned(),
             replication_user: "streaming_replica".to_owned(),
             replication_password: "p'w".to_owned(),
+            tls: None,
         };
         let endpoint = Endpoint {
             host: "db-1.db-headless.ns.svc".to_owned(),

@@ -158,6 +158,10 @@ pub struct Credentials {
     pub superuser_password: String,
     pub replication_user: String,
     pub replication_password: String,
+    /// While TLS is on: the operator's connections trust the cluster's CA
+    /// (`verify-ca`: it dials pods by address), and standbys follow with
+    /// `sslmode=verify-full`.
+    pub tls: Option<ordinal_crds::pgtls::MakeRustlsConnect>,
 }
 
 impl std::fmt::Debug for Credentials {

@@ -118,6 +118,132 @@ pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(
     Ok(())
 }
 
+/// What [`ensure_tls`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsChange {
+    /// Nothing: TLS is off, or the certificate is current.
+    None,
+    /// A new CA was made (a new cluster).
+    CaCreated,
+    /// The server certificate was issued, and why.
+    Issued(build::tls::Renewal),
+}
+
+/// The certificates of `cluster`. With `tls.serverSecret` the user's Secret
+/// must exist with its three keys; otherwise the cluster's CA is made once
+/// (or a CA the user put in `<name>-ca` is used) and the server
+/// certificate is issued when [`build::tls::renewal`] says so. `now` is in
+/// unix seconds.
+pub async fn ensure_tls(
+    client: &Client,
+    cluster: &ValidCluster,
+    now: i64,
+) -> Result<Vec<TlsChange>, Error> {
+    let tls = &cluster.spec.tls;
+    if !tls.enabled {
+        return Ok(vec![TlsChange::None]);
+    }
+    let api: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
+    let get = |name: String| {
+        let api = api.clone();
+        async move {
+            api.get_opt(&name).await.map_err(|source| Error::Get {
+                kind: "Secret",
+                namespace: cluster.namespace.clone(),
+                name,
+                source,
+            })
+        }
+    };
+    if let Some(secret) = &tls.server_secret {
+        let Some(found) = get(secret.clone()).await? else {
+            return Err(Error::MissingSecret {
+                namespace: cluster.namespace.clone(),
+                name: cluster.name.clone(),
+                field: "tls.serverSecret",
+                secret: secret.clone(),
+            });
+        };
+        let missing: Vec<&str> = [names::TLS_CERT_KEY, names::TLS_KEY_KEY, names::TLS_CA_KEY]
+            .into_iter()
+            .filter(|key| !found.data.as_ref().is_some_and(|d| d.contains_key(*key)))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Tls {
+                namespace: cluster.namespace.clone(),
+                name: cluster.name.clone(),
+                secret: secret.clone(),
+                problem: format!(
+                    "it lacks {}: tls.serverSecret names a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (a cert-manager Certificate writes all three)",
+                    missing.join(", ")
+                ),
+            });
+        }
+        return Ok(vec![TlsChange::None]);
+    }
+
+    let mut changes = Vec::new();
+    let ca_name = names::ca_secret(&cluster.name);
+    let tls_failed = |secret: &str, problem: String| Error::Tls {
+        namespace: cluster.namespace.clone(),
+        name: cluster.name.clone(),
+        secret: secret.to_owned(),
+        problem,
+    };
+    let ca = match get(ca_name.clone()).await? {
+        Some(found) => build::tls::ca_of(&found).ok_or_else(|| {
+            tls_failed(
+                &ca_name,
+                format!(
+                    "it lacks {} or {}: give it both (PEM), or delete it and the operator makes a new CA",
+                    names::TLS_CA_KEY,
+                    names::CA_KEY_KEY
+                ),
+            )
+        })?,
+        None => {
+            let ca = build::tls::issue_ca(&cluster.namespace, &cluster.name, now)
+                .map_err(|e| tls_failed(&ca_name, e.to_string()))?;
+            match api
+                .create(&PostParams::default(), &build::tls::ca_secret(cluster, &ca))
+                .await
+            {
+                Ok(_) => {
+                    changes.push(TlsChange::CaCreated);
+                    ca
+                }
+                // Made by a concurrent reconcile: use theirs.
+                Err(kube::Error::Api(e)) if e.code == 409 => get(ca_name.clone())
+                    .await?
+                    .as_ref()
+                    .and_then(build::tls::ca_of)
+                    .ok_or_else(|| tls_failed(&ca_name, "it changed while read".to_owned()))?,
+                Err(source) => {
+                    return Err(Error::Create {
+                        kind: "Secret",
+                        namespace: cluster.namespace.clone(),
+                        name: ca_name,
+                        source,
+                    });
+                }
+            }
+        }
+    };
+    let server_name = names::server_tls_secret(&cluster.name);
+    let present = get(server_name.clone()).await?;
+    let wanted = build::tls::server_names(cluster);
+    if let Some(why) = build::tls::renewal(present.as_ref(), &ca.cert_pem, &wanted, now) {
+        let cert = build::tls::issue_server(&ca, &wanted, now)
+            .map_err(|e| tls_failed(&server_name, e.to_string()))?;
+        apply(client, &build::tls::server_secret(cluster, &cert)).await?;
+        changes.push(TlsChange::Issued(why));
+    }
+    if changes.is_empty() {
+        changes.push(TlsChange::None);
+    }
+    Ok(changes)
+}
+
 /// A store's credentials Secret exists with the keys its store needs: a
 /// missing key would leave the pods unable to mount it.
 async fn ensure_store_secret(

@@ -144,6 +144,47 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         }
         Err(error) => return Err(error),
     }
+    match apply::ensure_tls(&ctx.client, &cluster, (ctx.now)().as_second()).await {
+        Ok(changes) => {
+            for change in changes {
+                let (reason, note) = match change {
+                    apply::TlsChange::None => continue,
+                    apply::TlsChange::CaCreated => (
+                        "CACreated",
+                        format!(
+                            "made the cluster's CA in Secret {}",
+                            names::ca_secret(&cluster.name)
+                        ),
+                    ),
+                    apply::TlsChange::Issued(why) => (
+                        "CertificateIssued",
+                        format!(
+                            "issued the servers' certificate in Secret {} ({} days): {why}",
+                            names::server_tls_secret(&cluster.name),
+                            build::tls::SERVER_VALID_DAYS
+                        ),
+                    ),
+                };
+                tracing::info!(%note, "certificates");
+                ctx.publish(&pgc, EventType::Normal, reason, "Certificates", note)
+                    .await;
+            }
+        }
+        Err(error @ (Error::MissingSecret { .. } | Error::Tls { .. })) => {
+            let message = error.to_string();
+            ctx.publish(
+                &pgc,
+                EventType::Warning,
+                "TLSSecretInvalid",
+                "Certificates",
+                message.clone(),
+            )
+            .await;
+            write_observed(&ctx, &pgc, &pods, Some(Blocker::MissingSecret(message))).await?;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    }
 
     // A major-version change cannot be rolled out: postgres would refuse
     // the data directory and every pod would crash-loop.

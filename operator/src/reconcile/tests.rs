@@ -55,8 +55,16 @@ fn owned_and_labelled(body: &Value) {
     assert_eq!(labels["ordinal.dev/cluster"], "db");
 }
 
-/// Secrets that exist already: only their existence is read.
+/// Secrets that exist already: only the credentials' existence is read,
+/// then the cluster's CA and its current server certificate.
 fn secrets_exist() -> Vec<Exchange> {
+    let mut script = credentials_exist();
+    script.extend(certificates_current());
+    script
+}
+
+/// The generated credentials exist: only their existence is read.
+fn credentials_exist() -> Vec<Exchange> {
     ["db-superuser", "db-replication"]
         .into_iter()
         .map(|s| {
@@ -66,6 +74,26 @@ fn secrets_exist() -> Vec<Exchange> {
             )
         })
         .collect()
+}
+
+/// The CA and a server certificate it issued at the tests' clock: nothing
+/// to renew.
+fn certificates_current() -> Vec<Exchange> {
+    use crate::reconcile::build::tls;
+    let valid = crate::fixtures::valid(cluster().build());
+    let now = crate::fixtures::now().as_second();
+    let ca = tls::issue_ca("ns", "db", now).expect("CA");
+    let server = tls::issue_server(&ca, &tls::server_names(&valid), now).expect("certificate");
+    vec![
+        Exchange::get(format!("{NS}/secrets/db-ca")).answer(
+            200,
+            serde_json::to_value(tls::ca_secret(&valid, &ca)).expect("json"),
+        ),
+        Exchange::get(format!("{NS}/secrets/db-server")).answer(
+            200,
+            serde_json::to_value(tls::server_secret(&valid, &server)).expect("json"),
+        ),
+    ]
 }
 
 const STATEFULSET: &str = "/apis/apps/v1/namespaces/ns/statefulsets/db";
@@ -297,6 +325,29 @@ async fn new_cluster_chooses_db_0_then_builds_everything() {
             assert_eq!(labels_of(body)["ordinal.dev/cluster"], "db");
         }));
     }
+    // A new cluster's CA, then the servers' certificate it signs.
+    script.extend([
+        Exchange::get(format!("{NS}/secrets/db-ca")).not_found(),
+        Exchange::post(format!("{NS}/secrets")).check(|body| {
+            owned_and_labelled(body);
+            assert_eq!(body["metadata"]["name"], "db-ca");
+            assert!(body["data"]["ca.crt"].is_string());
+            assert!(body["data"]["ca.key"].is_string());
+        }),
+        Exchange::get(format!("{NS}/secrets/db-server")).not_found(),
+        Exchange::apply(format!("{NS}/secrets/db-server"), OPERATOR).check(|body| {
+            owned_and_labelled(body);
+            assert_eq!(body["type"], "kubernetes.io/tls");
+            for key in ["tls.crt", "tls.key", "ca.crt"] {
+                assert!(body["data"][key].is_string(), "{key}");
+            }
+        }),
+        event("CACreated", "made the cluster's CA in Secret db-ca"),
+        event(
+            "CertificateIssued",
+            "issued the servers' certificate in Secret db-server (90 days): there is none",
+        ),
+    ]);
     script.extend(children(3, Some(2)));
     script.push(observed_status(&pgc, "Creating", "0/3"));
     let action = run(pgc, script).await.expect("reconcile");
@@ -680,7 +731,7 @@ async fn a_backup_secret_without_its_keys_is_reported() {
     let mut pgc = cluster().primary("db-0", true).build();
     pgc.spec.backup = Some(crate::fixtures::s3_backup());
     let mut script = vec![list_pods(&[])];
-    script.extend(secrets_exist());
+    script.extend(credentials_exist());
     script.extend([
         Exchange::get(format!("{NS}/secrets/store")).answer(
             200,
@@ -837,5 +888,114 @@ async fn an_immediate_storage_class_is_a_warning_with_the_fix() {
     ));
     script.extend(objects(1, None));
     script.push(observed_status(&pgc, "Healthy", "1/1"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+/// A server certificate of the cluster's CA that expires at `not_after`
+/// (issued 90 days before).
+fn certificates_expiring_at(not_after: i64) -> Vec<Exchange> {
+    use crate::reconcile::build::tls;
+    let valid = crate::fixtures::valid(cluster().build());
+    let issued = not_after - tls::SERVER_VALID_DAYS * 86_400;
+    let ca = tls::issue_ca("ns", "db", issued).expect("CA");
+    let server = tls::issue_server(&ca, &tls::server_names(&valid), issued).expect("certificate");
+    vec![
+        Exchange::get(format!("{NS}/secrets/db-ca")).answer(
+            200,
+            serde_json::to_value(tls::ca_secret(&valid, &ca)).expect("json"),
+        ),
+        Exchange::get(format!("{NS}/secrets/db-server")).answer(
+            200,
+            serde_json::to_value(tls::server_secret(&valid, &server)).expect("json"),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_certificate_thirty_days_from_expiry_is_renewed_in_place() {
+    let pgc = cluster().primary("db-0", true).build();
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let now = crate::fixtures::now().as_second();
+    let mut script = vec![list_pods(&pods)];
+    script.extend(credentials_exist());
+    script.extend(certificates_expiring_at(now + 29 * 86_400));
+    script.extend([
+        Exchange::apply(format!("{NS}/secrets/db-server"), OPERATOR).check(move |body| {
+            use crate::reconcile::build::tls;
+            let pem = |key: &str| {
+                let b64 = body["data"][key].as_str().expect("key");
+                let bytes: k8s_openapi::ByteString =
+                    serde_json::from_value(json!(b64)).expect("base64");
+                bytes.0
+            };
+            let info = tls::cert_info(&pem("tls.crt")).expect("certificate");
+            assert_eq!(info.not_after, now + tls::SERVER_VALID_DAYS * 86_400);
+        }),
+        event("CertificateIssued", "less than 30 days from now"),
+    ]);
+    // The same Secret, updated: the pods are not touched.
+    script.extend(children(3, Some(2)));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_certificate_with_time_left_is_kept() {
+    let pgc = cluster().primary("db-0", true).build();
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let now = crate::fixtures::now().as_second();
+    let mut script = vec![list_pods(&pods)];
+    script.extend(credentials_exist());
+    script.extend(certificates_expiring_at(now + 31 * 86_400));
+    script.extend(children(3, Some(2)));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_user_tls_secret_without_its_key_is_reported() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.tls.server_secret = Some("pg-tls".to_owned());
+    let mut script = vec![list_pods(&[])];
+    script.extend(credentials_exist());
+    script.extend([
+        Exchange::get(format!("{NS}/secrets/pg-tls")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-tls", "namespace": "ns"},
+                   "type": "kubernetes.io/tls", "data": {"tls.crt": "eA==", "ca.crt": "eA=="}}),
+        ),
+        event(
+            "TLSSecretInvalid",
+            "the TLS Secret ns/pg-tls of PostgresCluster db is not usable: it lacks tls.key",
+        ),
+        Exchange::apply(STATUS, "ordinal-operator/status")
+            .answer_with(with_status(&pgc))
+            .check(|body| assert_eq!(body["status"]["phase"], "Degraded")),
+    ]);
+    let err = run(pgc, script).await.expect_err("missing key");
+    assert!(matches!(err, Error::Tls { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn without_tls_no_certificate_is_read() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.tls.enabled = false;
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(credentials_exist());
+    script.extend(children(3, Some(2)));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc, script).await.expect("reconcile");
 }

@@ -23,6 +23,8 @@ pub struct ValidCluster {
     pub service_name: String,
     pub superuser_secret: String,
     pub replication_secret: String,
+    /// The Secret with the servers' certificate; None while TLS is off.
+    pub tls_secret: Option<String>,
     pub pdb_min_available: Option<i32>,
     /// Pods the StatefulSet keeps: spec.replicas, but never fewer than the
     /// primary's ordinal + 1 — a scale-down waits until the failover loop
@@ -75,6 +77,7 @@ pub fn validate(pgc: &PostgresCluster) -> Result<Result<ValidCluster, Vec<Invali
         service_name: pgc.headless_service_name(),
         superuser_secret: pgc.superuser_secret_name(),
         replication_secret: pgc.replication_secret_name(),
+        tls_secret: pgc.server_tls_secret_name(),
         pdb_min_available: pgc.pdb_min_available(),
         name,
         namespace,

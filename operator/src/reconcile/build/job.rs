@@ -12,9 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use ordinal_crds::{names, names::paths};
 
 use super::statefulset::{
-    BuildConfig, VOLUME_BACKUP, VOLUME_ORDINAL, VOLUME_REPLICATION, VOLUME_TMP, archive_env,
-    backup_credentials_volume, empty_dir, env, install_container, mount, pod_security_context,
-    restricted, secret_volume,
+    BuildConfig, VOLUME_BACKUP, VOLUME_ORDINAL, VOLUME_REPLICATION, VOLUME_TLS, VOLUME_TMP,
+    archive_env, backup_credentials_volume, empty_dir, env, install_container, mount,
+    pod_security_context, restricted, secret_volume, tls_env, tls_volume,
 };
 use crate::reconcile::validate::ValidCluster;
 
@@ -76,6 +76,7 @@ pub fn build_backup_job(
         paths::REPLICATION_SECRET_DIR,
     )];
     vars.extend(archive_env(cluster));
+    vars.extend(tls_env(cluster));
     // The backup's last segment is archived by the primary within
     // archive_timeout of its end: wait for two, and a minute.
     let wal_wait = cluster
@@ -101,24 +102,24 @@ pub fn build_backup_job(
     .into_iter()
     .chain(retention_args(cluster))
     .collect();
-    let take = tool_container(
-        cluster,
-        BACKUP_CONTAINER,
-        command,
-        vars,
-        vec![
-            mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
-            mount(VOLUME_REPLICATION, paths::REPLICATION_SECRET_DIR, true),
-            mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true),
-            mount(VOLUME_TMP, "/tmp", false),
-        ],
-    );
+    let mut mounts = vec![
+        mount(VOLUME_ORDINAL, paths::ORDINAL_DIR, true),
+        mount(VOLUME_REPLICATION, paths::REPLICATION_SECRET_DIR, true),
+        mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true),
+        mount(VOLUME_TMP, "/tmp", false),
+    ];
+    // pg_basebackup verifies the instance it reads from.
+    if cluster.tls_secret.is_some() {
+        mounts.push(mount(VOLUME_TLS, paths::TLS_DIR, true));
+    }
+    let take = tool_container(cluster, BACKUP_CONTAINER, command, vars, mounts);
     let mut volumes = vec![
         empty_dir(VOLUME_ORDINAL, None),
         secret_volume(VOLUME_REPLICATION, &cluster.replication_secret),
         empty_dir(VOLUME_TMP, None),
     ];
     volumes.extend(backup_credentials_volume(cluster));
+    volumes.extend(tls_volume(cluster));
     job(cluster, backup, labels, owner, install, take, volumes, None)
 }
 
@@ -337,7 +338,9 @@ mod tests {
             .flatten()
             .filter_map(|v| v.secret.as_ref()?.secret_name.as_deref())
             .collect();
-        assert_eq!(volumes, ["db-replication", "store"]);
+        // The server certificate's CA: pg_basebackup verifies the instance.
+        assert_eq!(volumes, ["db-replication", "store", "db-server"]);
+        assert!(env.contains(&"ORDINAL_TLS_CA=/etc/ordinal/tls/ca.crt".to_owned()));
         assert_eq!(pod.automount_service_account_token, Some(false));
     }
 

@@ -9,6 +9,7 @@ mod rbac;
 mod secret;
 mod service;
 mod statefulset;
+pub mod tls;
 
 pub use config_map::{build_config_map, config_hash, postgresql_conf};
 pub use job::{build_backup_job, build_verify_job};

@@ -45,6 +45,7 @@ const VOLUME_SHM: &str = "shm";
 pub(super) const VOLUME_TMP: &str = "tmp";
 pub(super) const VOLUME_BACKUP: &str = "backup-credentials";
 const VOLUME_RECOVERY: &str = "recovery-credentials";
+pub(super) const VOLUME_TLS: &str = "tls";
 
 /// Where the `install` container's image keeps the binary.
 pub(super) const IMAGE_ORDINAL_INIT: &str = "/usr/local/bin/ordinal-init";
@@ -246,6 +247,7 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
         ),
     ];
     vars.extend(archive_env(cluster));
+    vars.extend(tls_env(cluster));
     // A new primary restores from here instead of initdb.
     if let Some(recovery) = cluster
         .spec
@@ -280,6 +282,27 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
     vars
 }
 
+/// The CA replication connections verify the primary against, while TLS
+/// is on.
+pub(super) fn tls_env(cluster: &ValidCluster) -> Option<EnvVar> {
+    cluster
+        .tls_secret
+        .as_ref()
+        .map(|_| env(names::env::TLS_CA, paths::TLS_CA))
+}
+
+/// The servers' certificate, key and CA, while TLS is on. Mode 0440 and
+/// root-owned (group: the pod's fsGroup): postgres accepts a key file
+/// owned by root and readable by its group. Not through subPath, which
+/// the kubelet never updates: a renewed certificate reaches the running
+/// pod.
+pub(super) fn tls_volume(cluster: &ValidCluster) -> Option<Volume> {
+    cluster
+        .tls_secret
+        .as_ref()
+        .map(|secret| secret_volume(VOLUME_TLS, secret))
+}
+
 /// Where the cluster's archive is, for ordinal-init (none without one).
 pub(super) fn archive_env(cluster: &ValidCluster) -> Vec<EnvVar> {
     use names::env as e;
@@ -307,6 +330,9 @@ fn postgres_mounts(cluster: &ValidCluster) -> Vec<VolumeMount> {
     ];
     if super::backup::recovery_source(cluster).is_some() {
         mounts.push(mount(VOLUME_RECOVERY, paths::RECOVERY_SECRET_DIR, true));
+    }
+    if cluster.tls_secret.is_some() {
+        mounts.push(mount(VOLUME_TLS, paths::TLS_DIR, true));
     }
     mounts
 }
@@ -503,6 +529,7 @@ fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
         empty_dir(VOLUME_TMP, None),
     ];
     volumes.extend(backup_credentials_volume(cluster));
+    volumes.extend(tls_volume(cluster));
     volumes.extend(
         super::backup::recovery_source(cluster)
             .map(|source| credentials_volume(VOLUME_RECOVERY, &source)),

@@ -273,7 +273,8 @@ fn secrets_are_files_never_env_vars() {
         secrets,
         [
             ("superuser", Some("db-superuser")),
-            ("replication", Some("db-replication"))
+            ("replication", Some("db-replication")),
+            ("tls", Some("db-server"))
         ]
     );
     let postgres = &pod.containers[0];
@@ -442,5 +443,62 @@ fn the_image_holds_the_binaries_where_the_pods_run_them() {
     assert!(
         dockerfile
             .contains("COPY --from=build /out/ordinal-operator /usr/local/bin/ordinal-operator")
+    );
+}
+
+#[test]
+fn the_tls_secret_is_mounted_whole_where_postgres_and_ordinal_init_read_it() {
+    let sts = build_statefulset(&valid(cluster().build()), &build_config());
+    let pod = sts.spec.expect("spec").template.spec.expect("pod");
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "tls")
+        .expect("tls volume");
+    let secret = volume.secret.as_ref().expect("secret");
+    assert_eq!(secret.secret_name.as_deref(), Some("db-server"));
+    // Root-owned, group-readable: postgres accepts the key file, and no
+    // subPath or item list, so a renewed certificate reaches the pod.
+    assert_eq!(secret.default_mode, Some(0o440));
+    assert!(secret.items.is_none());
+    for container in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        if container.name == "install" {
+            continue;
+        }
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "tls")
+            .unwrap_or_else(|| panic!("{} mounts the certificate", container.name));
+        assert_eq!(mount.mount_path, "/etc/ordinal/tls");
+        assert!(mount.sub_path.is_none());
+        let env = container
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "ORDINAL_TLS_CA");
+        assert_eq!(
+            env.and_then(|e| e.value.as_deref()),
+            Some("/etc/ordinal/tls/ca.crt")
+        );
+    }
+
+    let mut off = cluster().build();
+    off.spec.tls.enabled = false;
+    let sts = build_statefulset(&valid(off), &build_config());
+    let pod = sts.spec.expect("spec").template.spec.expect("pod");
+    assert!(!pod.volumes.iter().flatten().any(|v| v.name == "tls"));
+    assert!(
+        !pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "ORDINAL_TLS_CA")
     );
 }
