@@ -23,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 eval "$(scripts/cluster.sh env)"
-scripts/images.sh import pause postgres ordinal
+scripts/images.sh import pause postgres pgbouncer ordinal
 "$BIN/kubectl" apply --server-side --force-conflicts -k deploy/ >/dev/null
 "$BIN/kubectl" -n ordinal-system rollout restart deployment/ordinal-operator >/dev/null
 "$BIN/kubectl" -n ordinal-system rollout status deployment/ordinal-operator --timeout=180s

@@ -11,6 +11,9 @@
 #   postgres  PostgreSQL $POSTGRES_MAJOR from Debian's packages, laid out like the
 #             official `postgres` image: user postgres (uid/gid 999), the server
 #             binaries on PATH, PGDATA, stop signal SIGINT, bash
+#   pgbouncer PgBouncer from Debian's package, run as uid 999, for the pooler
+#             (spec.pooler); the operator's default pooler image, as
+#             deploy/pgbouncer.Dockerfile builds it
 #   ordinal   the release binaries of this workspace (ordinal-operator and
 #             ordinal-init) on a small glibc base, user 65532, like
 #             deploy/Dockerfile's distroless image
@@ -27,7 +30,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/scripts/lib/common.sh"
 
 CONTAINERD_SOCK=/run/ordinal-cluster/containerd/containerd.sock
-ALL_IMAGES=(pause postgres ordinal)
+ALL_IMAGES=(pause postgres pgbouncer ordinal)
 # Built only when named: not part of the default set (nor of CI's).
 EXTRA_IMAGES=(patroni)
 # The Debian release the PostgreSQL image is built from: the one whose
@@ -92,6 +95,17 @@ build_pause() {
 # directory. Images built on it install more packages with debian_install,
 # then call debian_clean before writing the archive.
 debian_postgres() {
+  local root=$1 log=$2
+  debian_base "$root" "$log"
+  debian_install "$root" "$log" postgresql-common
+  sed -ri 's/#(create_main_cluster) .*$/\1 = false/' "$root/etc/postgresql-common/createcluster.conf"
+  debian_install "$root" "$log" "postgresql-$POSTGRES_MAJOR"
+  [ -x "$root$(postgres_bin)/postgres" ] || die "no $(postgres_bin)/postgres in the image"
+}
+
+# debian_base ROOT LOG: a minimal Debian $POSTGRES_SUITE at ROOT, with the
+# user postgres (uid/gid 999) made first, as the official image does.
+debian_base() {
   local root=$1 log=$2 mirror
   command -v debootstrap >/dev/null || apt_install debootstrap
   mirror=$(debian_mirror)
@@ -99,16 +113,10 @@ debian_postgres() {
   debootstrap --variant=minbase --cache-dir="$CACHE_DIR/debs/$POSTGRES_SUITE" \
     "$POSTGRES_SUITE" "$root" "$mirror" >"$log" 2>&1 ||
     { tail -20 "$log" >&2; die "debootstrap failed"; }
-  # As the official image does: the user first, so that it gets uid 999,
-  # and no cluster created by the package (PGDATA starts empty).
   chroot "$root" groupadd -r -g 999 postgres
   chroot "$root" useradd -r -g postgres -u 999 --home-dir=/var/lib/postgresql --shell=/bin/bash postgres
   mkdir -p "$root/var/lib/postgresql"
   chroot "$root" chown postgres:postgres /var/lib/postgresql
-  debian_install "$root" "$log" postgresql-common
-  sed -ri 's/#(create_main_cluster) .*$/\1 = false/' "$root/etc/postgresql-common/createcluster.conf"
-  debian_install "$root" "$log" "postgresql-$POSTGRES_MAJOR"
-  [ -x "$root$(postgres_bin)/postgres" ] || die "no $(postgres_bin)/postgres in the image"
 }
 
 # debian_install ROOT LOG PACKAGE...: Debian packages into ROOT, without
@@ -187,6 +195,24 @@ build_patroni() {
   echo "$key" >"$IMAGES_DIR/patroni.key"
 }
 
+build_pgbouncer() {
+  local key
+  key=$(content_hash "$0" "$PGBOUNCER_IMAGE")
+  fresh pgbouncer "$key" && return 0
+  local root
+  root=$(mktemp -d "$IMAGES_DIR/.pgbouncer.XXXXXX")
+  log "image $PGBOUNCER_IMAGE: Debian $POSTGRES_SUITE with pgbouncer (about a minute)"
+  debian_base "$root" "$IMAGES_DIR/pgbouncer.debootstrap.log"
+  debian_install "$root" "$IMAGES_DIR/pgbouncer.debootstrap.log" pgbouncer
+  [ -x "$root/usr/sbin/pgbouncer" ] || die "no /usr/sbin/pgbouncer in the image"
+  debian_clean "$root"
+  write_archive "$PGBOUNCER_IMAGE" "$root" \
+    '{"User":"999:999","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":["pgbouncer"],"ExposedPorts":{"5432/tcp":{}}}' \
+    "$IMAGES_DIR/pgbouncer.tar"
+  rm -rf "$root"
+  echo "$key" >"$IMAGES_DIR/pgbouncer.key"
+}
+
 build_ordinal() {
   log "cargo build --release (ordinal-operator, ordinal-init)"
   (cd "$REPO" && cargo build --release --locked -p ordinal-operator -p ordinal-init)
@@ -241,6 +267,7 @@ import_image() {
     pause) ref=$PAUSE_IMAGE ;;
     postgres) ref=$POSTGRES_IMAGE ;;
     ordinal) ref=$ORDINAL_IMAGE ;;
+    pgbouncer) ref=$PGBOUNCER_IMAGE ;;
     patroni) ref=$PATRONI_IMAGE ;;
   esac
   local key

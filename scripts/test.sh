@@ -60,7 +60,7 @@ mkdir -p "$CACHE_DIR"
 prepare_log=$CACHE_DIR/test-prepare.log
 step "building the cluster and the PostgreSQL image in the background (log: $prepare_log)"
 # In a session of its own, so that stopping it stops everything it started.
-setsid bash -c 'nice -n 10 scripts/cluster.sh build && nice -n 10 scripts/images.sh build pause postgres' \
+setsid bash -c 'nice -n 10 scripts/cluster.sh build && nice -n 10 scripts/images.sh build pause postgres pgbouncer' \
   >"$prepare_log" 2>&1 </dev/null &
 prepare_pid=$!
 # MinIO, the S3-compatible server of the backup tests (built from its Go

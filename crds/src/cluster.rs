@@ -183,6 +183,11 @@ pub struct PostgresClusterSpec {
     #[serde(default)]
     pub tls: TlsSpec,
 
+    /// A PgBouncer pooler in front of the primary: a Deployment and the
+    /// Service `<name>-pooler`. None when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler: Option<PoolerSpec>,
+
     /// Continuous WAL archiving to object storage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
@@ -564,6 +569,68 @@ impl Default for TlsSpec {
             enabled: true,
             server_secret: None,
             require_for_clients: false,
+        }
+    }
+}
+
+/// PgBouncer in front of `<name>-rw`. Clients connect to `<name>-pooler`
+/// as they would to `<name>-rw`, with the same users and passwords. In
+/// `transaction` mode a failover or switchover is a pause for clients
+/// between transactions, not a broken connection: PgBouncer connects to
+/// the new primary behind `<name>-rw` (a transaction in flight fails).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolerSpec {
+    /// Pods of the pooler's Deployment.
+    #[serde(default = "default_pooler_instances")]
+    #[schemars(range(min = 1, max = 20))]
+    pub instances: i32,
+    /// `transaction` (the default: a server connection per transaction,
+    /// which lets clients ride through a failover) or `session`.
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// Server connections per user and database (`default_pool_size`).
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub default_pool_size: i32,
+    /// Client connections each pod accepts (`max_client_conn`).
+    #[serde(default = "default_max_client_connections")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_client_connections: i32,
+    /// The PgBouncer image (its `pgbouncer` on the PATH, run as uid 999);
+    /// the operator's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub image: Option<String>,
+    /// CPU and memory of the `pgbouncer` container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_pooler_instances() -> i32 {
+    2
+}
+fn default_pool_size() -> i32 {
+    20
+}
+fn default_max_client_connections() -> i32 {
+    1000
+}
+
+/// How PgBouncer shares server connections.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transaction => "transaction",
+            Self::Session => "session",
         }
     }
 }

@@ -62,6 +62,15 @@ pub const SUFFIX_SUPERUSER: &str = "-superuser";
 pub const SUFFIX_REPLICATION: &str = "-replication";
 /// The cluster's CA (`ca.crt`, `ca.key`), never mounted in a pod.
 pub const SUFFIX_CA: &str = "-ca";
+/// The PgBouncer pooler's Deployment, Service, ConfigMap and Secret.
+pub const SUFFIX_POOLER: &str = "-pooler";
+/// The pooler's pods: `app.kubernetes.io/name`, and the cluster they serve
+/// (never [`LABEL_CLUSTER`], which marks the instances).
+pub const POOLER_APP_NAME: &str = "pgbouncer";
+pub const LABEL_POOLER: &str = "ordinal.dev/pooler";
+/// Keys of the pooler's ConfigMap and Secret.
+pub const POOLER_INI: &str = "pgbouncer.ini";
+pub const POOLER_USERLIST: &str = "userlist.txt";
 /// The servers' certificate the operator issues (`tls.crt`, `tls.key`, `ca.crt`).
 pub const SUFFIX_SERVER_TLS: &str = "-server";
 pub const TLS_CERT_KEY: &str = "tls.crt";
@@ -115,6 +124,9 @@ pub mod paths {
     pub const RECOVERY_SECRET_DIR: &str = "/etc/ordinal/recovery";
     /// The servers' certificate, key and CA (the TLS Secret).
     pub const TLS_DIR: &str = "/etc/ordinal/tls";
+    /// The pooler's pgbouncer.ini (ConfigMap) and userlist.txt (Secret).
+    pub const POOLER_CONFIG_DIR: &str = "/etc/ordinal/pooler";
+    pub const POOLER_AUTH_DIR: &str = "/etc/ordinal/pooler-auth";
     pub const TLS_CERT: &str = "/etc/ordinal/tls/tls.crt";
     pub const TLS_KEY: &str = "/etc/ordinal/tls/tls.key";
     pub const TLS_CA: &str = "/etc/ordinal/tls/ca.crt";
@@ -183,6 +195,9 @@ pub fn superuser_secret(cluster: &str) -> String {
 }
 pub fn replication_secret(cluster: &str) -> String {
     format!("{cluster}{SUFFIX_REPLICATION}")
+}
+pub fn pooler(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_POOLER}")
 }
 pub fn ca_secret(cluster: &str) -> String {
     format!("{cluster}{SUFFIX_CA}")

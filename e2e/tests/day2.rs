@@ -17,6 +17,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::{Resource, ResourceExt};
 use ordinal_crds::{CONDITION_VOLUME_PLACEMENT, CONDITION_VOLUMES_RESIZED, PostgresClusterStatus};
 use ordinal_e2e::cluster::{Harness, Writer};
+use ordinal_operator::reconcile::build::tls;
 use ordinal_operator::reconcile::volumes::{VolumeView, template_size};
 use serde_json::json;
 
@@ -494,6 +495,500 @@ async fn a_stranded_volume_is_said_with_a_fix_that_works() {
         let metrics = h.operator_metrics().await;
         let series = format!("ordinal_instance_unschedulable{{cluster=\"{cluster}\",namespace=\"{}\",pod=\"{cluster}-1\"}}", h.namespace);
         if metrics.contains(&series) { Err(format!("{series} still there")) } else { Ok(()) }
+    })
+    .await;
+}
+
+/// The serial number of the certificate the server at `host` presents, as
+/// `openssl s_client` in `pod` sees it, verifying it against the cluster's
+/// CA: upper-case hex, no leading zeros.
+async fn served_serial(h: &Harness, pod: &str, host: &str) -> Result<String, String> {
+    let script = format!(
+        "openssl s_client -starttls postgres -connect {host}:5432 -servername {host} \
+         -verify_hostname {host} -CAfile /etc/ordinal/tls/ca.crt -verify_return_error \
+         </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    );
+    let out = h.exec(pod, "postgres", &["sh", "-c", &script]).await?;
+    let serial = out
+        .stdout
+        .trim()
+        .strip_prefix("serial=")
+        .ok_or_else(|| format!("{pod} → {host}: no verified certificate ({out:?})"))?;
+    Ok(normal_serial(serial))
+}
+
+fn normal_serial(serial: &str) -> String {
+    serial
+        .replace(':', "")
+        .to_uppercase()
+        .trim_start_matches('0')
+        .to_owned()
+}
+
+/// The servers' certificate in the cluster's Secret: its serial and when
+/// it expires.
+async fn secret_certificate(h: &Harness, cluster: &str) -> Result<(String, i64), String> {
+    let secret = h
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get(&ordinal_crds::names::server_tls_secret(cluster))
+        .await
+        .map_err(|e| e.to_string())?;
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("tls.crt"))
+        .ok_or("no tls.crt")?;
+    let info = tls::cert_info(&pem.0)?;
+    Ok((normal_serial(&info.serial), info.not_after))
+}
+
+/// psql in `pod` (as the replication role, in replication mode) with the
+/// connection options `options`: IDENTIFY_SYSTEM, and what came of it.
+async fn replication_connection(
+    h: &Harness,
+    pod: &str,
+    password: &str,
+    options: &str,
+) -> ordinal_e2e::cluster::ExecOutput {
+    let conninfo =
+        format!("{options} port=5432 user=streaming_replica dbname=postgres replication=true");
+    let password = format!("PGPASSWORD={password}");
+    h.exec(
+        pod,
+        "postgres",
+        &["env", &password, "psql", &conninfo, "-c", "IDENTIFY_SYSTEM"],
+    )
+    .await
+    .expect("exec")
+}
+
+/// TLS is on by default, on the real cluster: the replica streams over TLS
+/// with `sslmode=verify-full` against the cluster's CA; replication
+/// without TLS is refused by pg_hba; verify-full fails for a name the
+/// certificate does not hold. A certificate 29 days from expiry is renewed
+/// by the operator and served by both instances without a restart and
+/// without a lost write. `requireForClients` then refuses a client without
+/// TLS, and a client verifying the CA and the -rw name gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_is_verified_and_renewed_without_a_restart() {
+    let h = Harness::new("tls_is_verified_and_renewed_without_a_restart").await;
+    let cluster = "sec";
+    let spec = h.spec(2);
+    h.apply(cluster, &spec).await;
+    h.wait_ready(cluster, 2).await;
+    h.wait_event("PostgresCluster", cluster, "CACreated").await;
+    let (primary, session) = h.sql_rw(cluster).await;
+    let replica = if primary == "sec-0" { "sec-1" } else { "sec-0" };
+    h.wait_streaming_replica(cluster, &primary, replica).await;
+    let ns = h.namespace.clone();
+    let primary_dns = format!("{primary}.sec-headless.{ns}.svc");
+
+    // Streaming over TLS, as verify-full.
+    let row = session
+        .query_one(
+            "SELECT r.application_name, s.ssl, s.version FROM pg_stat_replication r \
+             JOIN pg_stat_ssl s USING (pid)",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl");
+    let (standby, ssl, version): (String, bool, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    assert_eq!(standby, replica);
+    assert!(ssl, "{replica} streams without TLS");
+    eprintln!("{replica} streams over {version:?}");
+    let conninfo: String = h
+        .sql(cluster, replica)
+        .await
+        .query_one("SHOW primary_conninfo", &[])
+        .await
+        .expect("primary_conninfo")
+        .get(0);
+    assert!(
+        conninfo.contains("sslmode=verify-full")
+            && conninfo.contains("sslrootcert='/etc/ordinal/tls/ca.crt'"),
+        "{conninfo}"
+    );
+
+    // pg_hba: replication only over TLS; verify-full checks the name.
+    let replication_password = {
+        let secret = h
+            .api::<k8s_openapi::api::core::v1::Secret>()
+            .get("sec-replication")
+            .await
+            .expect("replication secret");
+        String::from_utf8(secret.data.expect("data")["password"].0.clone()).expect("utf-8")
+    };
+    let plain = replication_connection(
+        &h,
+        replica,
+        &replication_password,
+        &format!("host={primary_dns} sslmode=disable"),
+    )
+    .await;
+    assert!(!plain.success(), "replication without TLS: {plain:?}");
+    assert!(
+        plain.stderr.contains("no pg_hba.conf entry") && plain.stderr.contains("no encryption"),
+        "{plain:?}"
+    );
+    let verified = replication_connection(
+        &h,
+        replica,
+        &replication_password,
+        &format!("host={primary_dns} sslmode=verify-full sslrootcert=/etc/ordinal/tls/ca.crt"),
+    )
+    .await;
+    assert!(verified.success(), "verify-full: {verified:?}");
+    let primary_ip = h
+        .pods()
+        .get(&primary)
+        .await
+        .expect("primary pod")
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("pod IP");
+    let wrong_name = replication_connection(
+        &h,
+        replica,
+        &replication_password,
+        &format!("host={primary_ip} sslmode=verify-full sslrootcert=/etc/ordinal/tls/ca.crt"),
+    )
+    .await;
+    assert!(!wrong_name.success(), "{wrong_name:?}");
+    assert!(
+        wrong_name.stderr.contains("does not match host name"),
+        "{wrong_name:?}"
+    );
+
+    let (issued_serial, _) = secret_certificate(&h, cluster).await.expect("certificate");
+    assert_eq!(
+        served_serial(&h, replica, &primary_dns)
+            .await
+            .expect("served"),
+        issued_serial
+    );
+
+    // A certificate 29 days from expiry, as one 61 days old would be.
+    let before = pod_identities(&h, cluster).await;
+    let writer = Writer::start(&h, cluster).await;
+    writer.wait_more_acks(&h, 20).await;
+    let ca_secret = h
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("sec-ca")
+        .await
+        .expect("CA secret");
+    let ca = tls::ca_of(&ca_secret).expect("CA");
+    let pgc = h.cluster(cluster).await;
+    let valid = ordinal_operator::reconcile::validate::validate(&pgc)
+        .expect("object")
+        .expect("spec");
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let old =
+        tls::issue_server(&ca, &tls::server_names(&valid), now - 61 * 86_400).expect("certificate");
+    let mut expiring = tls::server_secret(&valid, &old);
+    expiring.metadata.owner_references = None;
+    h.api::<k8s_openapi::api::core::v1::Secret>()
+        .patch(
+            "sec-server",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"data": serde_json::to_value(&expiring.data).unwrap()}),
+            ),
+        )
+        .await
+        .expect("expiring certificate");
+    let (expiring_serial, _) = secret_certificate(&h, cluster).await.expect("certificate");
+    // The operator looks at the certificate at every reconcile (at least
+    // every 5 minutes); an annotation asks for one now.
+    h.clusters()
+        .patch(
+            cluster,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"e2e.ordinal.dev/poke": "renew"}}}),
+            ),
+        )
+        .await
+        .expect("annotate");
+    let renewed = h
+        .wait_until("the operator renews the certificate", async || {
+            let (serial, not_after) = secret_certificate(&h, cluster).await?;
+            if serial != expiring_serial && not_after - now > 80 * 86_400 {
+                Ok(serial)
+            } else {
+                Err(format!(
+                    "serial {serial}, expires in {} days",
+                    (not_after - now) / 86_400
+                ))
+            }
+        })
+        .await;
+    h.wait_until("a CertificateRenewed Event that says why", async || {
+        let events = h.events("PostgresCluster", cluster).await;
+        events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("CertificateRenewed"))
+            .and_then(|e| e.message.clone())
+            .filter(|m| m.contains("less than 30 days"))
+            .ok_or_else(|| "no such Event yet".to_owned())
+    })
+    .await;
+    let replica_dns = format!("{replica}.sec-headless.{ns}.svc");
+    h.wait_until("both instances serve the renewed certificate", async || {
+        let on_primary = served_serial(&h, replica, &primary_dns).await?;
+        let on_replica = served_serial(&h, &primary, &replica_dns).await?;
+        if on_primary == renewed && on_replica == renewed {
+            Ok(())
+        } else {
+            Err(format!(
+                "{primary} serves {on_primary}, {replica} serves {on_replica}, renewed {renewed}"
+            ))
+        }
+    })
+    .await;
+    writer.wait_more_acks(&h, 20).await;
+    let acks = writer.stop().await;
+    assert_eq!(
+        pod_identities(&h, cluster).await,
+        before,
+        "the same pods, never restarted, through the renewal"
+    );
+    h.wait_streaming_replica(cluster, &primary, replica).await;
+    h.assert_acked_rows_present(cluster, &acks.ids).await;
+
+    // TLS required of clients: pg_hba is reloaded, no restart.
+    let mut required = spec.clone();
+    required.tls.require_for_clients = true;
+    h.apply(cluster, &required).await;
+    let refused = h
+        .wait_until("a client without TLS is refused", async || {
+            match h.try_sql(cluster, &primary).await {
+                Ok(_) => Err("a client without TLS still gets in".to_owned()),
+                Err(e) if e.contains("no encryption") => Ok(e),
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    eprintln!("without TLS: {refused}");
+    let connector =
+        ordinal_crds::pgtls::connector(ca.cert_pem.as_bytes(), ordinal_crds::pgtls::Verify::Full)
+            .expect("connector");
+    let password = h.superuser_password(cluster).await.expect("password");
+    let rw_name = format!("sec-rw.{ns}.svc");
+    let client = ordinal_e2e::cluster::connect_pod_with(
+        &h.client,
+        &ns,
+        &primary,
+        &password,
+        Some((&connector, &rw_name)),
+    )
+    .await
+    .expect("a client verifying the CA and the -rw name");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(ssl);
+    assert_eq!(
+        pod_identities(&h, cluster).await,
+        before,
+        "requiring TLS of clients restarts nothing"
+    );
+}
+
+/// The pooler's one Ready pod.
+async fn pooler_pod(h: &Harness, cluster: &str) -> String {
+    h.wait_until(&format!("{cluster}'s pooler has a Ready pod"), async || {
+        let pods = h
+            .pods()
+            .list(
+                &kube::api::ListParams::default().labels(&format!("ordinal.dev/pooler={cluster}")),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        pods.items
+            .iter()
+            .find(|p| ordinal_e2e::cluster::pod_ready(p) && p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .ok_or_else(|| format!("{} pods, none Ready", pods.items.len()))
+    })
+    .await
+}
+
+/// `spec.pooler` on the real cluster: PgBouncer in front of -rw, reached
+/// through its pod, with TLS verified as `<name>-pooler.<ns>.svc`. One
+/// client session writes through it in a loop while the primary is
+/// switched over: the session is never re-opened, its writes go on to the
+/// new primary, and every acknowledged write is there. Unsetting
+/// `spec.pooler` removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pooler_rides_through_a_switchover() {
+    let h = Harness::new("the_pooler_rides_through_a_switchover").await;
+    let cluster = "pool";
+    let mut spec = h.spec(2);
+    spec.pooler = Some(serde_json::from_value(json!({"instances": 1})).expect("pooler"));
+    h.apply(cluster, &spec).await;
+    h.wait_ready(cluster, 2).await;
+    let pod = pooler_pod(&h, cluster).await;
+    let password = h.superuser_password(cluster).await.expect("password");
+    let ns = h.namespace.clone();
+
+    // TLS to the pooler, verified against the cluster's CA for its name.
+    let ca_secret = h
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("pool-ca")
+        .await
+        .expect("CA secret");
+    let ca = tls::ca_of(&ca_secret).expect("CA");
+    let connector =
+        ordinal_crds::pgtls::connector(ca.cert_pem.as_bytes(), ordinal_crds::pgtls::Verify::Full)
+            .expect("connector");
+    let pooler_name = format!("pool-pooler.{ns}.svc");
+    let session = h
+        .wait_until("a TLS session through the pooler", async || {
+            ordinal_e2e::cluster::connect_pod_with(
+                &h.client,
+                &ns,
+                &pod,
+                &password,
+                Some((&connector, &pooler_name)),
+            )
+            .await
+        })
+        .await;
+    session
+        .batch_execute("CREATE TABLE pooled (id bigint PRIMARY KEY, at timestamptz DEFAULT now())")
+        .await
+        .expect("create table");
+    let (old_primary, _) = h.sql_rw(cluster).await;
+    let new_primary = if old_primary == "pool-0" {
+        "pool-1"
+    } else {
+        "pool-0"
+    };
+    h.wait_streaming_replica(cluster, &old_primary, new_primary)
+        .await;
+
+    // One session, writing in a loop, never re-opened.
+    let session = std::sync::Arc::new(session);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let session = session.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut id: i64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                id += 1;
+                match session
+                    .execute("INSERT INTO pooled (id) VALUES ($1)", &[&id])
+                    .await
+                {
+                    Ok(_) => acked.push(id),
+                    Err(e) => {
+                        failed.push(format!("{id}: {e}"));
+                        if session.is_closed() {
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (acked, failed)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    h.clusters()
+        .patch(
+            cluster,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"ordinal.dev/switchover-to": new_primary}}}),
+            ),
+        )
+        .await
+        .expect("ask for a switchover");
+    h.wait_until(&format!("{new_primary} is the primary"), async || {
+        let status = h.try_status(cluster).await?;
+        if status.current_primary.as_deref() == Some(new_primary) && status.target_primary.is_none()
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?} → {:?}",
+                status.current_primary, status.target_primary
+            ))
+        }
+    })
+    .await;
+    let switched = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, failed) = writing.await.expect("writer");
+    eprintln!(
+        "through the pooler: {} writes acknowledged, {} failed ({:?}), {:.1}s after the switchover",
+        acked.len(),
+        failed.len(),
+        failed,
+        switched.elapsed().as_secs_f64()
+    );
+    assert!(!session.is_closed(), "the client's session was closed");
+    let after: i64 = session
+        .query_one(
+            "SELECT count(*) FROM pooled WHERE at > now() - interval '4 seconds'",
+            &[],
+        )
+        .await
+        .expect("the same session reads on")
+        .get(0);
+    assert!(
+        after > 0,
+        "no write through the pooler after the switchover"
+    );
+    let primary_now: bool = session
+        .query_one("SELECT NOT pg_is_in_recovery()", &[])
+        .await
+        .expect("same session")
+        .get(0);
+    assert!(primary_now);
+    assert!(
+        failed.len() <= 2,
+        "at most the transactions in flight fail: {failed:?}"
+    );
+    let client = h.sql(cluster, new_primary).await;
+    let present: Vec<i64> = client
+        .query("SELECT id FROM pooled", &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let present: std::collections::BTreeSet<i64> = present.into_iter().collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged through the pooler, then lost: {lost:?}"
+    );
+
+    // Unset: the pooler goes.
+    spec.pooler = None;
+    h.apply(cluster, &spec).await;
+    h.wait_until("the pooler's objects are deleted", async || {
+        let deployment = h
+            .exists::<k8s_openapi::api::apps::v1::Deployment>("pool-pooler")
+            .await?;
+        let service = h
+            .exists::<k8s_openapi::api::core::v1::Service>("pool-pooler")
+            .await?;
+        if deployment || service {
+            Err(format!("deployment {deployment}, service {service}"))
+        } else {
+            Ok(())
+        }
     })
     .await;
 }

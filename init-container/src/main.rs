@@ -30,6 +30,7 @@ mod pgdata;
 mod prepare;
 mod probe;
 mod recover;
+mod reload;
 mod replica;
 mod settings;
 mod sql;
@@ -46,6 +47,8 @@ use settings::Settings;
 pub enum InitError {
     #[error(transparent)]
     Settings(#[from] settings::SettingsError),
+    #[error(transparent)]
+    Reload(#[from] reload::ReloadError),
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
@@ -137,6 +140,14 @@ enum Command {
     /// arguments) under supervision: the container's stop signal is a fast
     /// shutdown, and a crash restarts it in place after the same checks.
     Run {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run the command (PgBouncer, in the pooler's pods), passing the
+    /// stop signals on, and SIGHUP it when a watched file changes.
+    ReloadOnChange {
+        #[arg(long = "watch")]
+        watch: Vec<PathBuf>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -245,6 +256,15 @@ fn main() -> ExitCode {
             wait_for_volume,
         } => install_after(&dir, wait_for_volume.as_deref()),
         Command::Init => with_runtime(init()).map_err(|e| report(&e)),
+        Command::ReloadOnChange { watch, command } => {
+            return match with_runtime(async { Ok(reload::run(&watch, &command).await?) }) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(error) => {
+                    tracing::error!("{}", report(&error));
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Run { command } => {
             let supervised = with_runtime(async {
                 let settings = Settings::from_env()?;

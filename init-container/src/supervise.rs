@@ -152,7 +152,7 @@ fn watched_files(config: Option<PathBuf>, tls_ca: Option<&Path>) -> Vec<PathBuf>
 /// changes, and a reload (SIGHUP) applies what can be applied without a
 /// restart (the operator restarts the pods for the rest, through the pod
 /// template).
-fn config_changed(paths: &[PathBuf], seen: &mut Option<Vec<u8>>) -> bool {
+pub(crate) fn config_changed(paths: &[PathBuf], seen: &mut Option<Vec<u8>>) -> bool {
     let mut now = Vec::new();
     let mut read_any = false;
     for path in paths {

@@ -109,6 +109,7 @@ fn main() {
             BuildConfig {
                 init_image: "ghcr.io/ordinal-dev/ordinal:bench".to_owned(),
                 init_image_pull_policy: None,
+                pooler_image: "ordinal.local/pgbouncer:test".to_owned(),
             },
         );
         ctx.run_failover_loops = false;

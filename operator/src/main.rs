@@ -54,6 +54,9 @@ struct RunArgs {
     /// Pull policy of the init image (Always, IfNotPresent, Never).
     #[arg(long, env = "ORDINAL_INIT_IMAGE_PULL_POLICY")]
     init_image_pull_policy: Option<String>,
+    /// The PgBouncer image of a `spec.pooler` that names none.
+    #[arg(long, env = "ORDINAL_POOLER_IMAGE", default_value = ordinal_operator::reconcile::build::DEFAULT_POOLER_IMAGE)]
+    pooler_image: String,
     /// Log format.
     #[arg(long, env = "ORDINAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -135,6 +138,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         BuildConfig {
             init_image: args.init_image,
             init_image_pull_policy: args.init_image_pull_policy,
+            pooler_image: args.pooler_image,
         },
     ));
     let ready = Arc::new(AtomicBool::new(false));

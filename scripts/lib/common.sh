@@ -20,6 +20,9 @@ POSTGRES_IMAGE=ordinal.local/postgres:$POSTGRES_MAJOR
 # (e2e/patroni/); built only when named (scripts/images.sh import patroni).
 PATRONI_IMAGE=ordinal.local/patroni:$POSTGRES_MAJOR
 PAUSE_IMAGE=ordinal.local/pause:3.10
+# The operator's default pooler image (DEFAULT_POOLER_IMAGE), built here
+# from Debian's package as deploy/pgbouncer.Dockerfile builds it.
+PGBOUNCER_IMAGE=ghcr.io/ordinal-dev/pgbouncer:1.24
 PROVISIONER=ordinal.dev/local-path
 
 as_root() {

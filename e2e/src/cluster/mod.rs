@@ -78,7 +78,7 @@ pub use config::{Config, OperatorMode};
 pub use harness::Harness;
 pub use pods::{ExecOutput, Loss, pod_ready, pod_revision, postgres_restarts};
 pub use sampler::{Sampler, SamplerReport, SplitBrain};
-pub use sql::{connect_pod, routed_endpoints, routed_pods};
+pub use sql::{connect_pod, connect_pod_with, routed_endpoints, routed_pods};
 pub use writer::Writer;
 
 /// The epoch after one failover from `before`: one more, and one more

@@ -255,6 +255,18 @@ pub async fn connect_pod(
     pod: &str,
     password: &str,
 ) -> Result<tokio_postgres::Client, String> {
+    connect_pod_with(client, namespace, pod, password, None).await
+}
+
+/// As [`connect_pod`]; with `tls`, over TLS (required) that verifies the
+/// server as the name given, with the connector given.
+pub async fn connect_pod_with(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    password: &str,
+    tls: Option<(&ordinal_crds::pgtls::MakeRustlsConnect, &str)>,
+) -> Result<tokio_postgres::Client, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut forward = tokio::time::timeout(CONNECT_TIMEOUT, pods.portforward(pod, &[PG_PORT]))
         .await
@@ -270,10 +282,24 @@ pub async fn connect_pod(
         .password(password)
         .dbname("postgres")
         .application_name("ordinal-e2e");
-    let connecting = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        config.connect_raw(stream, tokio_postgres::NoTls),
-    );
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, async move {
+        match tls {
+            None => {
+                let (session, connection) = config
+                    .connect_raw(stream, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                let driven: Driven = Box::pin(async move {
+                    let _ = connection.await;
+                });
+                Ok::<_, String>((session, driven))
+            }
+            Some((connector, server_name)) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                connect_tls(&config, stream, connector, server_name).await
+            }
+        }
+    });
     let forward_failed = async move {
         match failed {
             Some(failed) => failed
@@ -291,11 +317,52 @@ pub async fn connect_pod(
         why = forward_failed => return Err(format!("port-forward to {pod}: {why}")),
     };
     tokio::spawn(async move {
-        let _ = connection.await;
+        connection.await;
         // The forwarder's task ends with the websocket; keep it until then.
         drop(forward);
     });
     Ok(session)
+}
+
+/// What PostgreSQL said, not only "db error".
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// A session's connection to drive (boxed: with and without TLS its type
+/// differs).
+type Driven = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A session over `stream` with TLS, verified by `connector` as `server_name`.
+async fn connect_tls<S>(
+    config: &tokio_postgres::Config,
+    stream: S,
+    connector: &ordinal_crds::pgtls::MakeRustlsConnect,
+    server_name: &str,
+) -> Result<(tokio_postgres::Client, Driven), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio_postgres::tls::MakeTlsConnect;
+    let tls = <ordinal_crds::pgtls::MakeRustlsConnect as MakeTlsConnect<S>>::make_tls_connect(
+        &mut connector.clone(),
+        server_name,
+    )
+    .map_err(|e| format!("TLS: {e}"))?;
+    let (session, connection) = config
+        .connect_raw(stream, tls)
+        .await
+        .map_err(|e| pg_error(&e))?;
+    let driven: Driven = Box::pin(async move {
+        let _ = connection.await;
+    });
+    Ok((session, driven))
 }
 
 /// The pods Service `service` routes to now: the ready endpoints of its

@@ -118,6 +118,103 @@ pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(
     Ok(())
 }
 
+/// The pooler of `spec.pooler`: its ConfigMap, Secret (the superuser's
+/// password, read from the cluster's Secret), Service and Deployment. When
+/// `spec.pooler` is unset, a pooler left from before is deleted (one read
+/// when there is none).
+pub async fn apply_pooler(
+    client: &Client,
+    cluster: &ValidCluster,
+    config: &build::BuildConfig,
+) -> Result<(), Error> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    let name = names::pooler(&cluster.name);
+    let Some(pooler) = &cluster.spec.pooler else {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &cluster.namespace);
+        let present = deployments
+            .get_metadata_opt(&name)
+            .await
+            .map_err(|source| Error::Get {
+                kind: "Deployment",
+                namespace: cluster.namespace.clone(),
+                name: name.clone(),
+                source,
+            })?;
+        if present.is_some() {
+            delete_named::<Deployment>(client, cluster, &name).await?;
+            delete_named::<Service>(client, cluster, &name).await?;
+            delete_named::<ConfigMap>(client, cluster, &name).await?;
+            delete_named::<Secret>(client, cluster, &name).await?;
+            tracing::info!(pooler = %name, "spec.pooler is unset: the pooler is deleted");
+        }
+        return Ok(());
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
+    let superuser = secrets
+        .get(&cluster.superuser_secret)
+        .await
+        .map_err(|source| Error::Get {
+            kind: "Secret",
+            namespace: cluster.namespace.clone(),
+            name: cluster.superuser_secret.clone(),
+            source,
+        })?;
+    let password = superuser
+        .data
+        .as_ref()
+        .and_then(|d| d.get(names::SECRET_PASSWORD_KEY))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .map(|p| p.trim_end_matches(['\n', '\r']).to_owned())
+        .ok_or_else(|| Error::MissingSecretKeys {
+            namespace: cluster.namespace.clone(),
+            name: cluster.name.clone(),
+            field: "superuserSecret",
+            secret: cluster.superuser_secret.clone(),
+            store: "pooler",
+            keys: names::SECRET_PASSWORD_KEY.to_owned(),
+        })?;
+    apply(
+        client,
+        &build::pooler::build_pooler_config_map(cluster, pooler),
+    )
+    .await?;
+    apply(
+        client,
+        &build::pooler::build_pooler_secret(cluster, &password),
+    )
+    .await?;
+    apply(client, &build::pooler::build_pooler_service(cluster)).await?;
+    apply(
+        client,
+        &build::pooler::build_pooler_deployment(cluster, pooler, config),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes `name` of kind `K` in the cluster's namespace; gone already is fine.
+async fn delete_named<K>(client: &Client, cluster: &ValidCluster, name: &str) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &cluster.namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: <K as k8s_openapi::Resource>::KIND,
+            namespace: cluster.namespace.clone(),
+            name: name.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// What [`ensure_tls`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsChange {
@@ -315,6 +412,7 @@ pub async fn apply_children(
         }
         None => delete_pdb(client, cluster).await?,
     }
+    apply_pooler(client, cluster, config).await?;
     // The claim size the volume step chose: the StatefulSet's own until its
     // volumes have grown and it is re-created; none while it is deleted.
     let Some(size) = claim_size else {

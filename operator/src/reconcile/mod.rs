@@ -156,8 +156,14 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
                             names::ca_secret(&cluster.name)
                         ),
                     ),
+                    // Renewed apart from issued: an Event series keeps
+                    // its first note, and a renewal says why.
                     apply::TlsChange::Issued(why) => (
-                        "CertificateIssued",
+                        if why == build::tls::Renewal::Missing {
+                            "CertificateIssued"
+                        } else {
+                            "CertificateRenewed"
+                        },
                         format!(
                             "issued the servers' certificate in Secret {} ({} days): {why}",
                             names::server_tls_secret(&cluster.name),

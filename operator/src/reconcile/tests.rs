@@ -241,6 +241,8 @@ fn objects(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
         }),
         None => Exchange::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db").not_found(),
     });
+    // No pooler, and none left from before.
+    script.push(Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").not_found());
     script.push(
         Exchange::apply("/apis/apps/v1/namespaces/ns/statefulsets/db", OPERATOR).check(
             move |body| {
@@ -577,6 +579,7 @@ async fn a_pdb_that_is_not_ours_is_left_alone() {
     script.extend(secrets_exist());
     let mut kids = children(1, None);
     let sts = kids.pop().expect("statefulset");
+    let pooler = kids.pop().expect("pooler");
     kids.pop();
     script.extend(kids);
     // Someone else's PDB named like the cluster: read, never deleted.
@@ -588,6 +591,7 @@ async fn a_pdb_that_is_not_ours_is_left_alone() {
                                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "other", "uid": "other-uid"}]}}),
         ),
     );
+    script.push(pooler);
     script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "1/1"));
     run(pgc, script).await.expect("reconcile");
@@ -935,7 +939,7 @@ async fn a_certificate_thirty_days_from_expiry_is_renewed_in_place() {
             let info = tls::cert_info(&pem("tls.crt")).expect("certificate");
             assert_eq!(info.not_after, now + tls::SERVER_VALID_DAYS * 86_400);
         }),
-        event("CertificateIssued", "less than 30 days from now"),
+        event("CertificateRenewed", "less than 30 days from now"),
     ]);
     // The same Secret, updated: the pods are not touched.
     script.extend(children(3, Some(2)));
@@ -996,6 +1000,79 @@ async fn without_tls_no_certificate_is_read() {
     let mut script = vec![list_pods(&pods)];
     script.extend(credentials_exist());
     script.extend(children(3, Some(2)));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset() {
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.pooler = Some(serde_json::from_value(json!({"instances": 1})).expect("pooler"));
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    let mut kids = children(3, Some(2));
+    let sts = kids.pop().expect("statefulset");
+    kids.pop().expect("no pooler read");
+    script.extend(kids);
+    script.extend([
+        Exchange::get(format!("{NS}/secrets/db-superuser")).answer(
+            200,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-superuser", "namespace": "ns"},
+                   "data": {"password": "c2VjcmV0"}}),
+        ),
+        Exchange::apply(format!("{NS}/configmaps/db-pooler"), OPERATOR).check(|body| {
+            let ini = body["data"]["pgbouncer.ini"].as_str().unwrap_or_default();
+            assert!(ini.contains("host=db-rw.ns.svc"), "{ini}");
+        }),
+        Exchange::apply(format!("{NS}/secrets/db-pooler"), OPERATOR).check(|body| {
+            // "postgres" "secret", base64.
+            assert_eq!(body["data"]["userlist.txt"], "InBvc3RncmVzIiAic2VjcmV0Igo=");
+        }),
+        Exchange::apply(format!("{NS}/services/db-pooler"), OPERATOR),
+        Exchange::apply("/apis/apps/v1/namespaces/ns/deployments/db-pooler", OPERATOR).check(
+            |body| {
+                assert_eq!(body["spec"]["replicas"], 1);
+                assert!(
+                    body["spec"]["template"]["metadata"]["labels"]
+                        .get("ordinal.dev/cluster")
+                        .is_none()
+                );
+            },
+        ),
+    ]);
+    script.push(sts);
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc.clone(), script).await.expect("reconcile");
+
+    // Unset: the pooler found is deleted.
+    pgc.spec.pooler = None;
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    let mut kids = children(3, Some(2));
+    let sts = kids.pop().expect("statefulset");
+    kids.pop().expect("pooler read");
+    script.extend(kids);
+    script.push(
+        Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").answer(
+            200,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                   "metadata": {"name": "db-pooler", "namespace": "ns"}}),
+        ),
+    );
+    for path in [
+        "/apis/apps/v1/namespaces/ns/deployments/db-pooler".to_owned(),
+        format!("{NS}/services/db-pooler"),
+        format!("{NS}/configmaps/db-pooler"),
+        format!("{NS}/secrets/db-pooler"),
+    ] {
+        script.push(Exchange::delete(path));
+    }
+    script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc, script).await.expect("reconcile");
 }

@@ -5,6 +5,7 @@ pub mod backup;
 mod config_map;
 pub mod job;
 mod pdb;
+pub mod pooler;
 mod rbac;
 mod secret;
 mod service;
@@ -18,6 +19,9 @@ pub use rbac::{build_role, build_role_binding, build_service_account};
 pub use secret::{build_generated_secret, generate_password};
 pub use service::{build_headless_service, build_ro_service, build_rw_service};
 pub use statefulset::{BuildConfig, build_statefulset};
+
+/// PgBouncer from Debian's package (`deploy/pgbouncer.Dockerfile`).
+pub const DEFAULT_POOLER_IMAGE: &str = "ghcr.io/ordinal-dev/pgbouncer:1.24";
 
 use std::collections::BTreeMap;
 

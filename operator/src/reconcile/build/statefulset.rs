@@ -34,6 +34,8 @@ pub struct BuildConfig {
     /// Image holding `ordinal-init` (the operator's own image).
     pub init_image: String,
     pub init_image_pull_policy: Option<String>,
+    /// PgBouncer's image, for a pooler that names none.
+    pub pooler_image: String,
 }
 
 pub(super) const VOLUME_ORDINAL: &str = "ordinal";

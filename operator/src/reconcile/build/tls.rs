@@ -101,6 +101,7 @@ pub fn server_names(cluster: &ValidCluster) -> Vec<String> {
     for service in [
         names::rw_service(&cluster.name),
         names::ro_service(&cluster.name),
+        names::pooler(&cluster.name),
     ] {
         out.push(service.clone());
         out.push(format!("{service}.{ns}"));
