@@ -15,6 +15,20 @@ command -v go >/dev/null || {
 }
 
 SRC=$REPO/e2e/kube
+
+# kube-router, the cluster's NetworkPolicy enforcer (its firewall only: the
+# bridge CNI and kube-proxy do the rest). Its own module at a pinned
+# version: v2.1.0 is the newest the Go module proxy here serves (it has
+# published advisories; it runs only inside this test cluster).
+KUBE_ROUTER_VERSION=v2.1.0
+if [ "$(cat "$BIN/.kube-router" 2>/dev/null)" != "$KUBE_ROUTER_VERSION $(go version)" ] || [ ! -x "$BIN/kube-router" ]; then
+  echo "==> building kube-router $KUBE_ROUTER_VERSION (a few minutes cold)" >&2
+  mkdir -p "$BIN"
+  GOBIN=$BIN GOFLAGS=-mod=mod CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+  echo "$KUBE_ROUTER_VERSION $(go version)" >"$BIN/.kube-router"
+fi
+
 stamp=$(content_hash "$SRC/go.mod" "$SRC/go.sum" "$SRC"/*.go "$SRC"/pause/*.go "$0" "$(go version)")
 if [ -x "$BIN/ordinal-kube" ] && [ -x "$BIN/pause" ] && [ "$(cat "$BIN/.stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node Kubernetes cluster on this machine, for the tests and
 # the quick start: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kube-proxy and CoreDNS built from their upstream
+# kube-scheduler, kubelet, kube-proxy, kube-router (NetworkPolicy) and CoreDNS built from their upstream
 # Go modules (e2e/kube/go.mod pins the versions), Debian's containerd, runc
 # and CNI plugins, a local-volume provisioner, and images built from
 # Debian's packages (scripts/images.sh). Run as root.
@@ -54,7 +54,7 @@ CONTAINERD_SOCK=$RUN/containerd/containerd.sock
 FORWARD_CHAIN=ORDINAL-FORWARD
 
 # The order `up` starts them in; `down` stops them in reverse.
-COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner)
+COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router coredns provisioner)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'cluster.sh: %s\n' "$*" >&2; exit 1; }
@@ -75,6 +75,7 @@ install_packages() {
   command -v openssl >/dev/null || missing+=(openssl)
   command -v curl >/dev/null || missing+=(curl)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v ipset >/dev/null || missing+=(ipset)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt_install "${missing[@]}"
@@ -177,6 +178,10 @@ setup_network() {
 }
 
 teardown_network() {
+  # kube-router's NetworkPolicy chains and ipsets.
+  if [ -x "$BIN/kube-router" ]; then
+    "$BIN/kube-router" --cleanup-config >>"$LOGS/kube-router.log" 2>&1 || true
+  fi
   if [ -x "$BIN/ordinal-kube" ] && [ -f "$STATE/kube-proxy.yaml" ]; then
     "$BIN/ordinal-kube" kube-proxy --config "$STATE/kube-proxy.yaml" --cleanup >>"$LOGS/kube-proxy.log" 2>&1 || true
   fi
@@ -275,7 +280,8 @@ write_pki() {
   cert kube-proxy "/CN=system:kube-proxy"
   cert coredns "/CN=ordinal-cluster:coredns"
   cert provisioner "/CN=ordinal-cluster:provisioner"
-  for name in admin controller-manager scheduler kubelet kube-proxy coredns provisioner; do
+  cert kube-router "/CN=ordinal-cluster:kube-router"
+  for name in admin controller-manager scheduler kubelet kube-proxy coredns provisioner kube-router; do
     kubeconfig "$name"
   done
 }
@@ -493,6 +499,13 @@ start_node() {
     --containerd "$CONTAINERD_SOCK" \
     --v=1
   start kube-proxy "$BIN/ordinal-kube" kube-proxy --config "$STATE/kube-proxy.yaml" --v=1
+  # NetworkPolicy: kube-router's firewall alone.
+  start kube-router "$BIN/kube-router" \
+    --kubeconfig "$STATE/kube-router.kubeconfig" \
+    --hostname-override "$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --health-port 20244 --metrics-port 0 --v=1
   start coredns "$BIN/ordinal-kube" coredns -conf "$STATE/Corefile"
   start provisioner "$BIN/ordinal-kube" provisioner \
     --kubeconfig "$STATE/provisioner.kubeconfig" --root "$STATE/volumes" --name "$PROVISIONER"
@@ -553,6 +566,32 @@ metadata:
 roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ordinal-cluster:provisioner }
 subjects:
   - { apiGroup: rbac.authorization.k8s.io, kind: User, name: "ordinal-cluster:provisioner" }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: ordinal-cluster:kube-router
+rules:
+  - apiGroups: [""]
+    resources: [namespaces, pods, services, nodes, endpoints]
+    verbs: [get, list, watch]
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [get, list, watch]
+  - apiGroups: ["", events.k8s.io]
+    resources: [events]
+    verbs: [create, update, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: ordinal-cluster:kube-router
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ordinal-cluster:kube-router }
+subjects:
+  - { apiGroup: rbac.authorization.k8s.io, kind: User, name: "ordinal-cluster:kube-router" }
 ---
 apiVersion: storage.k8s.io/v1
 kind: StorageClass

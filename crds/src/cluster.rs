@@ -183,6 +183,10 @@ pub struct PostgresClusterSpec {
     #[serde(default)]
     pub tls: TlsSpec,
 
+    /// Who may reach the cluster's pods: NetworkPolicies, on by default.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+
     /// A PgBouncer pooler in front of the primary: a Deployment and the
     /// Service `<name>-pooler`. None when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -569,6 +573,35 @@ impl Default for TlsSpec {
             enabled: true,
             server_secret: None,
             require_for_clients: false,
+        }
+    }
+}
+
+/// The NetworkPolicies of the cluster (`<name>`, and `<name>-pooler` with
+/// a pooler): PostgreSQL's port takes the cluster's own instances, its
+/// backup Jobs, its pooler and the operator, plus the `clients` named
+/// here; the probe port (8008, health only) is open. Egress is not
+/// restricted. They take effect where the cluster's network plugin
+/// enforces NetworkPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Whether the operator makes the NetworkPolicies.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who else may connect to PostgreSQL (the instances, `-rw`, `-ro` and
+    /// the pooler): NetworkPolicy peers (`podSelector`,
+    /// `namespaceSelector`, `ipBlock`). Unset: every pod in the cluster's
+    /// namespace. Empty: nobody else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            clients: None,
         }
     }
 }

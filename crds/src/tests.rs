@@ -81,9 +81,10 @@ fn every_field_a_rule_can_reach_is_bounded() {
                     }
                     unbounded(&node["additionalProperties"], &format!("{path}{{}}"), out);
                 }
-                // resources is a Kubernetes type that no rule reads.
+                // resources and networkPolicy's peers are Kubernetes
+                // types that no rule reads.
                 for (name, child) in node["properties"].as_object().into_iter().flatten() {
-                    if name != "resources" {
+                    if name != "resources" && name != "clients" {
                         unbounded(child, &format!("{path}.{name}"), out);
                     }
                 }
@@ -96,7 +97,7 @@ fn every_field_a_rule_can_reach_is_bounded() {
             unbounded(node, path, out);
         }
         for (name, child) in node["properties"].as_object().into_iter().flatten() {
-            if name != "resources" {
+            if name != "resources" && name != "clients" {
                 walk(child, &format!("{path}.{name}"), out);
             }
         }
@@ -791,4 +792,25 @@ fn tls_is_on_by_default_and_its_options_need_it() {
         create(json!({"storage": {"size": "1Gi"}, "tls": {"serverSecret": "Bad_Name"}})),
         "tls.serverSecret must be a valid Secret name",
     );
+}
+
+#[test]
+fn network_policy_is_on_by_default_and_takes_peers() {
+    let spec: crate::PostgresClusterSpec =
+        serde_json::from_value(json!({"storage": {"size": "1Gi"}})).expect("spec");
+    assert!(spec.network_policy.enabled);
+    assert!(spec.network_policy.clients.is_none());
+    create(json!({"storage": {"size": "1Gi"}, "networkPolicy": {"clients": [
+        {"namespaceSelector": {"matchLabels": {"team": "payments"}}},
+        {"podSelector": {"matchLabels": {"app": "api"}}},
+        {"ipBlock": {"cidr": "198.18.0.0/15"}}
+    ]}}))
+    .expect("peers");
+    create(json!({"storage": {"size": "1Gi"}, "networkPolicy": {"enabled": false}}))
+        .expect("off");
+    create(json!({"storage": {"size": "1Gi"}, "pooler": {"poolMode": "session", "instances": 3}}))
+        .expect("a session pooler");
+    // Only transaction and session: statement mode breaks transactions.
+    let pool_modes = &schema()["properties"]["spec"]["properties"]["pooler"]["properties"]["poolMode"]["enum"];
+    assert_eq!(pool_modes, &json!(["transaction", "session"]));
 }

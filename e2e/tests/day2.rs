@@ -992,3 +992,145 @@ async fn the_pooler_rides_through_a_switchover() {
     })
     .await;
 }
+
+/// A pod of the postgres image that idles, to run psql from, with `labels`.
+async fn client_pod(h: &Harness, name: &str, labels: serde_json::Value) -> String {
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "securityContext": {"runAsUser": 999, "runAsGroup": 999, "runAsNonRoot": true},
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "postgres",
+                "image": h.config.postgres_image,
+                "command": ["sleep", "3600"],
+            }],
+        },
+    }))
+    .expect("client pod");
+    h.pods()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create the client pod");
+    h.wait_until(&format!("{name} runs"), async || {
+        let pod = h.pods().get(name).await.map_err(|e| e.to_string())?;
+        if ordinal_e2e::cluster::pod_ready(&pod) {
+            Ok(())
+        } else {
+            Err("not Ready".to_owned())
+        }
+    })
+    .await;
+    name.to_owned()
+}
+
+/// `SELECT 1` from `pod` through `host`, as the superuser, within 4 s.
+async fn psql_from(h: &Harness, pod: &str, host: &str, password: &str) -> Result<(), String> {
+    let conninfo = format!("host={host} user=postgres dbname=postgres connect_timeout=4");
+    let password = format!("PGPASSWORD={password}");
+    let out = h
+        .exec(
+            pod,
+            "postgres",
+            &["env", &password, "psql", &conninfo, "-tAc", "SELECT 1"],
+        )
+        .await?;
+    if out.success() && out.stdout.trim() == "1" {
+        Ok(())
+    } else {
+        Err(format!("{}{}", out.stdout, out.stderr).trim().to_owned())
+    }
+}
+
+/// `spec.networkPolicy` on the real cluster, enforced by kube-router: the
+/// cluster forms and switches over under its policy (the operator and the
+/// instances reach each other); by default any pod of the namespace
+/// reaches `-rw`; with `clients` naming a label, a pod without it is
+/// dropped and a pod with it gets in, through `-rw` and the pooler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_network_policy_admits_the_cluster_and_the_named_clients() {
+    let h = Harness::new("the_network_policy_admits_the_cluster_and_the_named_clients").await;
+    let cluster = "np";
+    let mut spec = h.spec(2);
+    spec.pooler = Some(serde_json::from_value(json!({"instances": 1})).expect("pooler"));
+    h.apply(cluster, &spec).await;
+    h.wait_ready(cluster, 2).await;
+    assert!(
+        h.exists::<k8s_openapi::api::networking::v1::NetworkPolicy>(cluster)
+            .await
+            .expect("read"),
+        "the instances' NetworkPolicy"
+    );
+    let password = h.superuser_password(cluster).await.expect("password");
+    let stranger = client_pod(&h, "stranger", json!({"app": "psql"})).await;
+    let friend = client_pod(&h, "friend", json!({"app": "psql", "ordinal-e2e/client": "yes"})).await;
+    let rw = format!("np-rw.{}.svc", h.namespace);
+    let pooler = format!("np-pooler.{}.svc", h.namespace);
+    h.wait_until("by default, any pod of the namespace reaches -rw", async || {
+        psql_from(&h, &stranger, &rw, &password).await
+    })
+    .await;
+
+    // Only the pods labelled ordinal-e2e/client=yes.
+    spec.network_policy.clients = Some(vec![
+        serde_json::from_value(json!({"podSelector": {"matchLabels": {"ordinal-e2e/client": "yes"}}}))
+            .expect("peer"),
+    ]);
+    h.apply(cluster, &spec).await;
+    let refused = h
+        .wait_until("a pod without the label is dropped", async || {
+            match psql_from(&h, &stranger, &rw, &password).await {
+                Ok(()) => Err("it still gets in".to_owned()),
+                // kube-router drops or rejects the packets.
+                Err(e) if e.contains("timeout expired") || e.contains("Connection refused") => {
+                    Ok(e)
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+    eprintln!("without the label: {refused}");
+    for host in [&rw, &pooler] {
+        h.wait_until(&format!("the labelled pod reaches {host}"), async || {
+            psql_from(&h, &friend, host, &password).await
+        })
+        .await;
+    }
+    assert!(
+        psql_from(&h, &stranger, &pooler, &password).await.is_err(),
+        "the pooler admits the named clients only"
+    );
+
+    // Under the policy, the operator still reaches the instances: a
+    // switchover completes and the old primary streams from the new one.
+    let (old_primary, _) = h.sql_rw(cluster).await;
+    let new_primary = if old_primary == "np-0" { "np-1" } else { "np-0" };
+    h.wait_streaming_replica(cluster, &old_primary, new_primary).await;
+    h.clusters()
+        .patch(
+            cluster,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"ordinal.dev/switchover-to": new_primary}}}),
+            ),
+        )
+        .await
+        .expect("ask for a switchover");
+    h.wait_until(&format!("{new_primary} is the primary"), async || {
+        let status = h.try_status(cluster).await?;
+        if status.current_primary.as_deref() == Some(new_primary)
+            && status.target_primary.is_none()
+        {
+            Ok(())
+        } else {
+            Err(format!("{:?} → {:?}", status.current_primary, status.target_primary))
+        }
+    })
+    .await;
+    h.wait_streaming_replica(cluster, new_primary, &old_primary).await;
+    h.wait_until("the labelled pod reaches the new primary", async || {
+        psql_from(&h, &friend, &rw, &password).await
+    })
+    .await;
+}

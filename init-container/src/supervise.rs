@@ -133,11 +133,18 @@ fn config_file(args: &[String]) -> Option<PathBuf> {
 /// last read.
 const CONFIG_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// The files a reload re-reads: the `config_file`, and while TLS is on the
+/// The files a reload re-reads: the `config_file` and the pg_hba.conf
+/// beside it (both from the ConfigMap), and while TLS is on the
 /// certificate, key and CA beside the CA file (postgres reloads its TLS
 /// files on SIGHUP: a renewed certificate is served without a restart).
 fn watched_files(config: Option<PathBuf>, tls_ca: Option<&Path>) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = config.into_iter().collect();
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(config) = config {
+        if let Some(dir) = config.parent() {
+            files.push(dir.join(ordinal_crds::names::CONFIG_PG_HBA));
+        }
+        files.push(config);
+    }
     if let Some(ca) = tls_ca {
         let dir = ca.parent().unwrap_or(Path::new("/"));
         files.push(ca.to_owned());
@@ -393,6 +400,14 @@ mod tests {
         std::fs::write(&path, "a = 2\n").expect("write");
         assert!(config_changed(&watched, &mut seen));
         assert!(!config_changed(&watched, &mut seen));
+        // pg_hba.conf beside it, which a reload re-reads too.
+        std::fs::write(
+            dir.path().join("pg_hba.conf"),
+            "hostssl all all all scram-sha-256\n",
+        )
+        .expect("write");
+        assert!(config_changed(&watched, &mut seen));
+        assert!(!config_changed(&watched, &mut seen));
         assert!(
             !config_changed(&[], &mut seen),
             "no config_file: nothing to watch"
@@ -410,7 +425,7 @@ mod tests {
             std::fs::write(tls.join(file), "old").expect("write");
         }
         let watched = watched_files(Some(conf), Some(&tls.join("ca.crt")));
-        assert_eq!(watched.len(), 4);
+        assert_eq!(watched.len(), 5);
         let mut seen = None;
         assert!(!config_changed(&watched, &mut seen));
         std::fs::write(tls.join("tls.crt"), "new").expect("write");

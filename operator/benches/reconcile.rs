@@ -110,6 +110,7 @@ fn main() {
                 init_image: "ghcr.io/ordinal-dev/ordinal:bench".to_owned(),
                 init_image_pull_policy: None,
                 pooler_image: "ordinal.local/pgbouncer:test".to_owned(),
+                operator_namespace: Some("ordinal-system".to_owned()),
             },
         );
         ctx.run_failover_loops = false;

@@ -123,6 +123,7 @@ pub fn build_config() -> BuildConfig {
         init_image: "ghcr.io/ordinal-dev/ordinal:test".to_owned(),
         init_image_pull_policy: None,
         pooler_image: "ordinal.local/pgbouncer:test".to_owned(),
+        operator_namespace: Some("ordinal-system".to_owned()),
     }
 }
 

@@ -139,6 +139,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             init_image: args.init_image,
             init_image_pull_policy: args.init_image_pull_policy,
             pooler_image: args.pooler_image,
+            // Its pods may reach PostgreSQL through the NetworkPolicies.
+            operator_namespace: Some(args.lease_namespace.clone()),
         },
     ));
     let ready = Arc::new(AtomicBool::new(false));

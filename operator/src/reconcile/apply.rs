@@ -118,6 +118,42 @@ pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(
     Ok(())
 }
 
+/// The instances' NetworkPolicy while `spec.networkPolicy.enabled`; one
+/// left from before is deleted when it is off (one read when there is none).
+async fn apply_network_policy(
+    client: &Client,
+    cluster: &ValidCluster,
+    config: &build::BuildConfig,
+) -> Result<(), Error> {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    if cluster.spec.network_policy.enabled {
+        apply(
+            client,
+            &build::network_policy::build_network_policy(
+                cluster,
+                config.operator_namespace.as_deref(),
+            ),
+        )
+        .await?;
+        return Ok(());
+    }
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &cluster.namespace);
+    let present = api
+        .get_metadata_opt(&cluster.name)
+        .await
+        .map_err(|source| Error::Get {
+            kind: "NetworkPolicy",
+            namespace: cluster.namespace.clone(),
+            name: cluster.name.clone(),
+            source,
+        })?;
+    if present.is_some() {
+        delete_named::<NetworkPolicy>(client, cluster, &cluster.name).await?;
+        delete_named::<NetworkPolicy>(client, cluster, &names::pooler(&cluster.name)).await?;
+    }
+    Ok(())
+}
+
 /// The pooler of `spec.pooler`: its ConfigMap, Secret (the superuser's
 /// password, read from the cluster's Secret), Service and Deployment. When
 /// `spec.pooler` is unset, a pooler left from before is deleted (one read
@@ -146,6 +182,8 @@ pub async fn apply_pooler(
             delete_named::<Service>(client, cluster, &name).await?;
             delete_named::<ConfigMap>(client, cluster, &name).await?;
             delete_named::<Secret>(client, cluster, &name).await?;
+            delete_named::<k8s_openapi::api::networking::v1::NetworkPolicy>(client, cluster, &name)
+                .await?;
             tracing::info!(pooler = %name, "spec.pooler is unset: the pooler is deleted");
         }
         return Ok(());
@@ -190,6 +228,13 @@ pub async fn apply_pooler(
         &build::pooler::build_pooler_deployment(cluster, pooler, config),
     )
     .await?;
+    if cluster.spec.network_policy.enabled {
+        apply(
+            client,
+            &build::network_policy::build_pooler_network_policy(cluster),
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -412,6 +457,7 @@ pub async fn apply_children(
         }
         None => delete_pdb(client, cluster).await?,
     }
+    apply_network_policy(client, cluster, config).await?;
     apply_pooler(client, cluster, config).await?;
     // The claim size the volume step chose: the StatefulSet's own until its
     // volumes have grown and it is re-created; none while it is deleted.

@@ -241,6 +241,13 @@ fn objects(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
         }),
         None => Exchange::get("/apis/policy/v1/namespaces/ns/poddisruptionbudgets/db").not_found(),
     });
+    script.push(
+        Exchange::apply(
+            "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db",
+            OPERATOR,
+        )
+        .check(owned_and_labelled),
+    );
     // No pooler, and none left from before.
     script.push(Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").not_found());
     script.push(
@@ -580,6 +587,7 @@ async fn a_pdb_that_is_not_ours_is_left_alone() {
     let mut kids = children(1, None);
     let sts = kids.pop().expect("statefulset");
     let pooler = kids.pop().expect("pooler");
+    let network_policy = kids.pop().expect("network policy");
     kids.pop();
     script.extend(kids);
     // Someone else's PDB named like the cluster: read, never deleted.
@@ -591,6 +599,7 @@ async fn a_pdb_that_is_not_ours_is_left_alone() {
                                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "other", "uid": "other-uid"}]}}),
         ),
     );
+    script.push(network_policy);
     script.push(pooler);
     script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "1/1"));
@@ -1044,6 +1053,10 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
                 );
             },
         ),
+        Exchange::apply(
+            "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db-pooler",
+            OPERATOR,
+        ),
     ]);
     script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "3/3"));
@@ -1069,6 +1082,7 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
         format!("{NS}/services/db-pooler"),
         format!("{NS}/configmaps/db-pooler"),
         format!("{NS}/secrets/db-pooler"),
+        "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db-pooler".to_owned(),
     ] {
         script.push(Exchange::delete(path));
     }

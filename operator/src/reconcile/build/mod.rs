@@ -4,6 +4,7 @@
 pub mod backup;
 mod config_map;
 pub mod job;
+pub mod network_policy;
 mod pdb;
 pub mod pooler;
 mod rbac;

@@ -36,6 +36,9 @@ pub struct BuildConfig {
     pub init_image_pull_policy: Option<String>,
     /// PgBouncer's image, for a pooler that names none.
     pub pooler_image: String,
+    /// The operator's namespace when it runs in the cluster: its pods may
+    /// reach PostgreSQL through the NetworkPolicy.
+    pub operator_namespace: Option<String>,
 }
 
 pub(super) const VOLUME_ORDINAL: &str = "ordinal";
