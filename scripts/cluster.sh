@@ -387,7 +387,9 @@ maxPods: 400
 # Node status every 4 s, as kubeadm clusters do with the lease.
 nodeStatusUpdateFrequency: 4s
 EOF
-  cat >"$STATE/kube-proxy.yaml" <<EOF
+  # Written only when it changes: kube-proxy exits when its configuration
+  # file is rewritten, and `up` on a running cluster must not stop it.
+  cat >"$STATE/kube-proxy.yaml.new" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -404,6 +406,11 @@ conntrack:
   # Leave the machine's conntrack table size alone.
   maxPerCore: 0
 EOF
+  if cmp -s "$STATE/kube-proxy.yaml.new" "$STATE/kube-proxy.yaml"; then
+    rm -f "$STATE/kube-proxy.yaml.new"
+  else
+    mv "$STATE/kube-proxy.yaml.new" "$STATE/kube-proxy.yaml"
+  fi
   cat >"$STATE/Corefile" <<EOF
 .:53 {
     bind $NODE_IP

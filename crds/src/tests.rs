@@ -800,17 +800,19 @@ fn network_policy_is_on_by_default_and_takes_peers() {
         serde_json::from_value(json!({"storage": {"size": "1Gi"}})).expect("spec");
     assert!(spec.network_policy.enabled);
     assert!(spec.network_policy.clients.is_none());
-    create(json!({"storage": {"size": "1Gi"}, "networkPolicy": {"clients": [
-        {"namespaceSelector": {"matchLabels": {"team": "payments"}}},
-        {"podSelector": {"matchLabels": {"app": "api"}}},
-        {"ipBlock": {"cidr": "198.18.0.0/15"}}
-    ]}}))
+    create(
+        json!({"storage": {"size": "1Gi"}, "networkPolicy": {"clients": [
+            {"namespaceSelector": {"matchLabels": {"team": "payments"}}},
+            {"podSelector": {"matchLabels": {"app": "api"}}},
+            {"ipBlock": {"cidr": "198.18.0.0/15"}}
+        ]}}),
+    )
     .expect("peers");
-    create(json!({"storage": {"size": "1Gi"}, "networkPolicy": {"enabled": false}}))
-        .expect("off");
+    create(json!({"storage": {"size": "1Gi"}, "networkPolicy": {"enabled": false}})).expect("off");
     create(json!({"storage": {"size": "1Gi"}, "pooler": {"poolMode": "session", "instances": 3}}))
         .expect("a session pooler");
     // Only transaction and session: statement mode breaks transactions.
-    let pool_modes = &schema()["properties"]["spec"]["properties"]["pooler"]["properties"]["poolMode"]["enum"];
+    let pool_modes =
+        &schema()["properties"]["spec"]["properties"]["pooler"]["properties"]["poolMode"]["enum"];
     assert_eq!(pool_modes, &json!(["transaction", "session"]));
 }

@@ -127,7 +127,10 @@ pub fn pgbouncer_ini(cluster: &ValidCluster, pooler: &PoolerSpec) -> String {
              server_tls_ca_file = {ca}\n\
              client_tls_sslmode = {clients}\n\
              client_tls_cert_file = {cert}\n\
-             client_tls_key_file = {key}\n",
+             client_tls_key_file = {key}\n\
+             ; Client certificates are not asked for; without a CA file\n\
+             ; PgBouncer would load the system's bundle, which the image lacks.\n\
+             client_tls_ca_file = {ca}\n",
             ca = paths::TLS_CA,
             cert = paths::TLS_CERT,
             key = paths::TLS_KEY,
