@@ -697,7 +697,12 @@ async fn tls_is_verified_and_renewed_without_a_restart() {
         )
         .await
         .expect("expiring certificate");
-    let (expiring_serial, _) = secret_certificate(&h, cluster).await.expect("certificate");
+    // Its serial as issued: a reconcile may renew it before it is read back.
+    let expiring_serial = normal_serial(
+        &tls::cert_info(old.cert_pem.as_bytes())
+            .expect("certificate")
+            .serial,
+    );
     // The operator looks at the certificate at every reconcile (at least
     // every 5 minutes); an annotation asks for one now.
     h.clusters()
@@ -798,6 +803,32 @@ async fn tls_is_verified_and_renewed_without_a_restart() {
         before,
         "requiring TLS of clients restarts nothing"
     );
+}
+
+/// Asks for a switchover to `to` and waits until it is the primary.
+async fn switch_over(h: &Harness, cluster: &str, to: &str) {
+    h.clusters()
+        .patch(
+            cluster,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"ordinal.dev/switchover-to": to}}}),
+            ),
+        )
+        .await
+        .expect("ask for a switchover");
+    h.wait_until(&format!("{to} is the primary"), async || {
+        let status = h.try_status(cluster).await?;
+        if status.current_primary.as_deref() == Some(to) && status.target_primary.is_none() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?} → {:?}",
+                status.current_primary, status.target_primary
+            ))
+        }
+    })
+    .await;
 }
 
 /// The pooler's one Ready pod.
@@ -914,30 +945,7 @@ async fn the_pooler_rides_through_a_switchover() {
     };
     let switching = async {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        h.clusters()
-            .patch(
-                cluster,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(
-                    json!({"metadata": {"annotations": {"ordinal.dev/switchover-to": new_primary}}}),
-                ),
-            )
-            .await
-            .expect("ask for a switchover");
-        h.wait_until(&format!("{new_primary} is the primary"), async || {
-            let status = h.try_status(cluster).await?;
-            if status.current_primary.as_deref() == Some(new_primary)
-                && status.target_primary.is_none()
-            {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{:?} → {:?}",
-                    status.current_primary, status.target_primary
-                ))
-            }
-        })
-        .await;
+        switch_over(&h, cluster, new_primary).await;
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     };
@@ -1133,29 +1141,7 @@ async fn the_network_policy_admits_the_cluster_and_the_named_clients() {
     };
     h.wait_streaming_replica(cluster, &old_primary, new_primary)
         .await;
-    h.clusters()
-        .patch(
-            cluster,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(
-                json!({"metadata": {"annotations": {"ordinal.dev/switchover-to": new_primary}}}),
-            ),
-        )
-        .await
-        .expect("ask for a switchover");
-    h.wait_until(&format!("{new_primary} is the primary"), async || {
-        let status = h.try_status(cluster).await?;
-        if status.current_primary.as_deref() == Some(new_primary) && status.target_primary.is_none()
-        {
-            Ok(())
-        } else {
-            Err(format!(
-                "{:?} → {:?}",
-                status.current_primary, status.target_primary
-            ))
-        }
-    })
-    .await;
+    switch_over(&h, cluster, new_primary).await;
     h.wait_streaming_replica(cluster, new_primary, &old_primary)
         .await;
     h.wait_until("the labelled pod reaches the new primary", async || {

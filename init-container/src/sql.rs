@@ -47,18 +47,11 @@ pub struct Conn {
 }
 
 async fn connect(config: Config, target: String, ca: Option<&Path>) -> Result<Conn, SqlError> {
-    let client = match ca {
-        None => config
-            .connect(NoTls)
-            .await
-            .map(|(client, connection)| {
-                spawn_connection(connection);
-                client
-            })
-            .map_err(|source| SqlError::Connect {
-                target: target.clone(),
-                source,
-            })?,
+    let connected = match ca {
+        None => config.connect(NoTls).await.map(|(client, connection)| {
+            spawn_connection(connection);
+            client
+        }),
         Some(ca) => {
             let tls = std::fs::read(ca)
                 .map_err(|e| e.to_string())
@@ -73,19 +66,16 @@ async fn connect(config: Config, target: String, ca: Option<&Path>) -> Result<Co
                 })?;
             let mut config = config;
             config.ssl_mode(SslMode::Require);
-            config
-                .connect(tls)
-                .await
-                .map(|(client, connection)| {
-                    spawn_connection(connection);
-                    client
-                })
-                .map_err(|source| SqlError::Connect {
-                    target: target.clone(),
-                    source,
-                })?
+            config.connect(tls).await.map(|(client, connection)| {
+                spawn_connection(connection);
+                client
+            })
         }
     };
+    let client = connected.map_err(|source| SqlError::Connect {
+        target: target.clone(),
+        source,
+    })?;
     Ok(Conn {
         client,
         target,
