@@ -177,11 +177,29 @@ setup_network() {
   iptables -w -C FORWARD -j "$FORWARD_CHAIN" 2>/dev/null || iptables -w -I FORWARD 1 -j "$FORWARD_CHAIN"
 }
 
-teardown_network() {
-  # kube-router's NetworkPolicy chains and ipsets.
-  if [ -x "$BIN/kube-router" ]; then
-    "$BIN/kube-router" --cleanup-config >>"$LOGS/kube-router.log" 2>&1 || true
+# kube-router's NetworkPolicy chains and ipsets. (Its own --cleanup-config
+# leaves the KUBE-ROUTER-* chains behind, then crashes on the service proxy
+# it does not run here.)
+kube_router_cleanup() {
+  local hook rule chain set chains
+  for hook in INPUT FORWARD OUTPUT; do
+    iptables -w -S "$hook" 2>/dev/null | grep -- '-j KUBE-ROUTER-' | sed 's/^-A /-D /' |
+      while read -r rule; do
+        eval "iptables -w $rule" 2>/dev/null || true
+      done
+  done
+  chains=$(iptables -w -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|POD-FW|NWPLCY)-/ {print $2}')
+  for chain in $chains; do iptables -w -F "$chain" 2>/dev/null || true; done
+  for chain in $chains; do iptables -w -X "$chain" 2>/dev/null || true; done
+  if command -v ipset >/dev/null; then
+    for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-(SRC|DST)-|kube-router-)'); do
+      ipset destroy "$set" 2>/dev/null || true
+    done
   fi
+}
+
+teardown_network() {
+  kube_router_cleanup
   if [ -x "$BIN/ordinal-kube" ] && [ -f "$STATE/kube-proxy.yaml" ]; then
     "$BIN/ordinal-kube" kube-proxy --config "$STATE/kube-proxy.yaml" --cleanup >>"$LOGS/kube-proxy.log" 2>&1 || true
   fi
