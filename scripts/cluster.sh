@@ -182,17 +182,20 @@ setup_network() {
 # it does not run here.)
 kube_router_cleanup() {
   local hook rule chain set chains
+  # Every step tolerates finding nothing (set -e, pipefail): `down` must
+  # always get to the end.
   for hook in INPUT FORWARD OUTPUT; do
-    iptables -w -S "$hook" 2>/dev/null | grep -- '-j KUBE-ROUTER-' | sed 's/^-A /-D /' |
+    { iptables -w -S "$hook" 2>/dev/null || true; } | { grep -- '-j KUBE-ROUTER-' || true; } |
+      sed 's/^-A /-D /' |
       while read -r rule; do
         eval "iptables -w $rule" 2>/dev/null || true
       done
   done
-  chains=$(iptables -w -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|POD-FW|NWPLCY)-/ {print $2}')
+  chains=$({ iptables -w -S 2>/dev/null || true; } | awk '$1 == "-N" && $2 ~ /^KUBE-(ROUTER|POD-FW|NWPLCY)-/ {print $2}')
   for chain in $chains; do iptables -w -F "$chain" 2>/dev/null || true; done
   for chain in $chains; do iptables -w -X "$chain" 2>/dev/null || true; done
   if command -v ipset >/dev/null; then
-    for set in $(ipset list -n 2>/dev/null | grep -E '^(KUBE-(SRC|DST)-|kube-router-)'); do
+    for set in $({ ipset list -n 2>/dev/null || true; } | { grep -E '^(KUBE-(SRC|DST)-|kube-router-)' || true; }); do
       ipset destroy "$set" 2>/dev/null || true
     done
   fi

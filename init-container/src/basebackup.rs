@@ -125,6 +125,9 @@ pub use ordinal_crds::BackupManifest as Manifest;
 #[derive(Clone)]
 pub struct Source {
     pub host: String,
+    /// `host`'s address, when known: libpq connects there and still
+    /// verifies the certificate against `host`.
+    pub hostaddr: Option<String>,
     pub port: u16,
     pub user: String,
     pub password: String,
@@ -353,6 +356,9 @@ fn read_backup(
     ];
     tracing::info!(tool = %tool.display(), ?args, "taking a base backup");
     let mut command = std::process::Command::new(tool);
+    if let Some(addr) = &source.hostaddr {
+        command.env("PGHOSTADDR", addr);
+    }
     if let Some(ca) = &source.tls_ca {
         command
             .env("PGSSLMODE", "verify-full")

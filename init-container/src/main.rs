@@ -178,9 +178,13 @@ enum Command {
     /// Take a base backup of the instance at HOST into the backup
     /// destination, streamed (the Job of a PostgresBackup runs this).
     BaseBackup {
-        /// The instance to read it from (a streaming replica, or the primary).
+        /// The instance to read it from (a streaming replica, or the
+        /// primary): its DNS name, which TLS verifies.
         #[arg(long)]
         host: String,
+        /// Its address, connected to without a name lookup.
+        #[arg(long)]
+        hostaddr: Option<String>,
         #[arg(long, default_value_t = 5432)]
         port: u16,
         /// The PostgresBackup it is taken for, recorded in its manifest.
@@ -293,6 +297,7 @@ fn main() -> ExitCode {
         } => return wal_fetch(&name, &path, recovery),
         Command::BaseBackup {
             host,
+            hostaddr,
             port,
             backup,
             wal_wait_seconds,
@@ -301,6 +306,7 @@ fn main() -> ExitCode {
             keep_days,
         } => base_backup(
             host,
+            hostaddr,
             port,
             backup.as_deref(),
             Duration::from_secs(wal_wait_seconds),
@@ -520,6 +526,7 @@ struct Retention {
 /// error, which the operator then shows on the PostgresBackup).
 fn base_backup(
     host: String,
+    hostaddr: Option<String>,
     port: u16,
     backup: Option<&str>,
     wal_wait: Duration,
@@ -537,6 +544,7 @@ fn base_backup(
         let (user, password) = credentials::Credentials::replication(&dir)?;
         let source = basebackup::Source {
             host,
+            hostaddr,
             port,
             user,
             password,

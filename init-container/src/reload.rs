@@ -2,8 +2,11 @@
 //! pooler's pods) and sends it SIGHUP when one of the watched files
 //! changes — its configuration, its credentials, the certificate the
 //! kubelet updates in place — so a change or a renewal is taken without a
-//! restart and without dropping a client. The container's stop signals are
-//! passed on; its exit code is the program's.
+//! restart and without dropping a client. The container's stop signal
+//! (SIGTERM) reaches the program as SIGINT: PgBouncer's safe shutdown,
+//! which lets transactions finish (its own SIGTERM waits, since 1.23, for
+//! every client to leave, which pooled applications never do). Its exit
+//! code is the program's.
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -67,7 +70,7 @@ pub async fn run(watched: &[PathBuf], command: &[String]) -> Result<i32, ReloadE
     let status: ExitStatus = loop {
         tokio::select! {
             status = child.wait() => break status.map_err(io("wait for the program"))?,
-            _ = term.recv() => send(Signal::SIGTERM),
+            _ = term.recv() => send(Signal::SIGINT),
             _ = int.recv() => send(Signal::SIGINT),
             _ = hup.recv() => send(Signal::SIGHUP),
             _ = tick.tick() => {

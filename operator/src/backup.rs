@@ -383,21 +383,29 @@ async fn start(
             "PostgresCluster {cluster_name} has no primary, or a promotion is under way"
         )));
     };
-    // The pod's address as last seen (its DNS name may be stale right
-    // after it was recreated), else its DNS name.
-    let host = cluster_status
+    // The pod's DNS name, which its certificate holds (pg_basebackup
+    // verifies it), at its address as last seen: the name may resolve to
+    // the old pod's address for a while after the pod was recreated.
+    let host = ordinal_crds::names::pod_dns(&instance, &cluster.service_name, namespace);
+    let hostaddr = cluster_status
         .instances
         .iter()
         .find(|i| i.pod == instance)
-        .and_then(|i| i.ip.clone())
-        .unwrap_or_else(|| format!("{instance}.{}", cluster.service_name));
+        .and_then(|i| i.ip.clone());
     let owner = backup
         .controller_owner_ref(&())
         .ok_or_else(|| BackupError::MissingUid {
             namespace: namespace.to_owned(),
             name: name.clone(),
         })?;
-    let job = build_backup_job(&cluster, &ctx.build, &name, owner, &host);
+    let job = build_backup_job(
+        &cluster,
+        &ctx.build,
+        &name,
+        owner,
+        &host,
+        hostaddr.as_deref(),
+    );
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
     jobs.patch(
         &name,

@@ -147,9 +147,9 @@ async fn apply_network_policy(
             name: cluster.name.clone(),
             source,
         })?;
-    if present.is_some() {
-        delete_named::<NetworkPolicy>(client, cluster, &cluster.name).await?;
+    if present.is_some_and(|p| owned_by(&p.metadata, cluster)) {
         delete_named::<NetworkPolicy>(client, cluster, &names::pooler(&cluster.name)).await?;
+        delete_named::<NetworkPolicy>(client, cluster, &cluster.name).await?;
     }
     Ok(())
 }
@@ -177,13 +177,16 @@ pub async fn apply_pooler(
                 name: name.clone(),
                 source,
             })?;
-        if present.is_some() {
-            delete_named::<Deployment>(client, cluster, &name).await?;
+        // Only the cluster's own (a PgBouncer of the user's may share the
+        // name); the Deployment last, so that a failed delete is tried
+        // again at the next reconcile.
+        if present.is_some_and(|d| owned_by(&d.metadata, cluster)) {
             delete_named::<Service>(client, cluster, &name).await?;
             delete_named::<ConfigMap>(client, cluster, &name).await?;
             delete_named::<Secret>(client, cluster, &name).await?;
             delete_named::<k8s_openapi::api::networking::v1::NetworkPolicy>(client, cluster, &name)
                 .await?;
+            delete_named::<Deployment>(client, cluster, &name).await?;
             tracing::info!(pooler = %name, "spec.pooler is unset: the pooler is deleted");
         }
         return Ok(());
@@ -238,7 +241,19 @@ pub async fn apply_pooler(
     Ok(())
 }
 
-/// Deletes `name` of kind `K` in the cluster's namespace; gone already is fine.
+/// Whether the cluster is the controller owner of the object `meta`.
+fn owned_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    cluster: &ValidCluster,
+) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == cluster.owner.uid && o.controller == Some(true))
+}
+
+/// Deletes `name` of kind `K` in the cluster's namespace (made by the
+/// cluster, whose Deployment or policy was checked); gone already is fine.
 async fn delete_named<K>(client: &Client, cluster: &ValidCluster, name: &str) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -318,6 +333,37 @@ pub async fn ensure_tls(
                 problem: format!(
                     "it lacks {}: tls.serverSecret names a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (a cert-manager Certificate writes all three)",
                     missing.join(", ")
+                ),
+            });
+        }
+        // The names the cluster's own connections verify.
+        let lacking = found
+            .data
+            .as_ref()
+            .and_then(|d| d.get(names::TLS_CERT_KEY))
+            .map(|pem| build::tls::cert_info(&pem.0))
+            .transpose()
+            .map_err(|why| Error::Tls {
+                namespace: cluster.namespace.clone(),
+                name: cluster.name.clone(),
+                secret: secret.clone(),
+                problem: format!("its tls.crt cannot be read: {why}"),
+            })?
+            .map(|info| {
+                build::tls::verified_names(cluster)
+                    .into_iter()
+                    .filter(|n| !info.dns_names.contains(n))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !lacking.is_empty() {
+            return Err(Error::Tls {
+                namespace: cluster.namespace.clone(),
+                name: cluster.name.clone(),
+                secret: secret.clone(),
+                problem: format!(
+                    "its certificate lacks the names {}, which the replicas (and the pooler) verify",
+                    lacking.join(", ")
                 ),
             });
         }

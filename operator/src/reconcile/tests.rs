@@ -1074,19 +1074,77 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
         Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").answer(
             200,
             json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                   "metadata": {"name": "db-pooler", "namespace": "ns"}}),
+                   "metadata": {"name": "db-pooler", "namespace": "ns",
+                                "ownerReferences": [{"apiVersion": "ordinal.dev/v1alpha1", "kind": "PostgresCluster",
+                                                     "name": "db", "uid": "7d3b2c1a-0000-4000-8000-000000000001",
+                                                     "controller": true}]}}),
         ),
     );
+    // The Deployment last: a failed delete is tried again.
     for path in [
-        "/apis/apps/v1/namespaces/ns/deployments/db-pooler".to_owned(),
         format!("{NS}/services/db-pooler"),
         format!("{NS}/configmaps/db-pooler"),
         format!("{NS}/secrets/db-pooler"),
         "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db-pooler".to_owned(),
+        "/apis/apps/v1/namespaces/ns/deployments/db-pooler".to_owned(),
     ] {
         script.push(Exchange::delete(path));
     }
     script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_pooler_named_like_the_cluster_but_not_its_own_is_left_alone() {
+    let pgc = cluster().primary("db-0", true).build();
+    let pods = [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ];
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    let mut kids = children(3, Some(2));
+    let sts = kids.pop().expect("statefulset");
+    kids.pop().expect("pooler read");
+    script.extend(kids);
+    // The user's own PgBouncer: read, never deleted.
+    script.push(
+        Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").answer(
+            200,
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                   "metadata": {"name": "db-pooler", "namespace": "ns"}}),
+        ),
+    );
+    script.push(sts);
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
+}
+
+#[tokio::test]
+async fn a_user_certificate_without_the_pods_names_is_reported() {
+    use crate::reconcile::build::tls;
+    let mut pgc = cluster().primary("db-0", true).build();
+    pgc.spec.tls.server_secret = Some("pg-tls".to_owned());
+    let now = crate::fixtures::now().as_second();
+    let ca = tls::issue_ca("ns", "db", now).expect("CA");
+    let cert = tls::issue_server(&ca, &["db.example.com".to_owned()], now).expect("cert");
+    let mut secret = tls::server_secret(&crate::fixtures::valid(cluster().build()), &cert);
+    secret.metadata.name = Some("pg-tls".to_owned());
+    let mut script = vec![list_pods(&[])];
+    script.extend(credentials_exist());
+    script.extend([
+        Exchange::get(format!("{NS}/secrets/pg-tls"))
+            .answer(200, serde_json::to_value(&secret).expect("json")),
+        event(
+            "TLSSecretInvalid",
+            "its certificate lacks the names *.db-headless.ns.svc",
+        ),
+        Exchange::apply(STATUS, "ordinal-operator/status")
+            .answer_with(with_status(&pgc))
+            .check(|body| assert_eq!(body["status"]["phase"], "Degraded")),
+    ]);
+    let err = run(pgc, script).await.expect_err("names");
+    assert!(matches!(err, Error::Tls { .. }), "{err}");
 }

@@ -14,7 +14,7 @@ use ordinal_crds::{names, names::paths};
 use super::statefulset::{
     BuildConfig, VOLUME_BACKUP, VOLUME_ORDINAL, VOLUME_REPLICATION, VOLUME_TLS, VOLUME_TMP,
     archive_env, backup_credentials_volume, empty_dir, env, install_container, mount,
-    pod_security_context, restricted, secret_volume, tls_env, tls_volume,
+    pod_security_context, restricted, secret_volume, tls_ca_volume, tls_env,
 };
 use crate::reconcile::validate::ValidCluster;
 
@@ -62,13 +62,14 @@ fn retention_args(cluster: &ValidCluster) -> Vec<String> {
 }
 
 /// The Job taking base backup `backup` of `cluster` from `host` (a pod's
-/// DNS name under the headless Service).
+/// DNS name under the headless Service), at `hostaddr` when known.
 pub fn build_backup_job(
     cluster: &ValidCluster,
     config: &BuildConfig,
     backup: &str,
     owner: OwnerReference,
     host: &str,
+    hostaddr: Option<&str>,
 ) -> Job {
     let labels = backup_labels(&cluster.name, backup);
     let mut vars = vec![env(
@@ -100,6 +101,11 @@ pub fn build_backup_job(
         TERMINATION_LOG.to_owned(),
     ]
     .into_iter()
+    .chain(
+        hostaddr
+            .into_iter()
+            .flat_map(|addr| ["--hostaddr".to_owned(), addr.to_owned()]),
+    )
     .chain(retention_args(cluster))
     .collect();
     let mut mounts = vec![
@@ -119,7 +125,8 @@ pub fn build_backup_job(
         empty_dir(VOLUME_TMP, None),
     ];
     volumes.extend(backup_credentials_volume(cluster));
-    volumes.extend(tls_volume(cluster));
+    // The CA, not the servers' key.
+    volumes.extend(tls_ca_volume(cluster));
     job(cluster, backup, labels, owner, install, take, volumes, None)
 }
 
@@ -298,7 +305,14 @@ mod tests {
             controller: Some(true),
             ..OwnerReference::default()
         };
-        let job = build_backup_job(&cluster, &build_config(), "nightly", owner, "198.18.0.7");
+        let job = build_backup_job(
+            &cluster,
+            &build_config(),
+            "nightly",
+            owner,
+            "db-1.db-headless.ns.svc",
+            Some("198.18.0.7"),
+        );
         let spec = job.spec.expect("spec");
         assert_eq!(spec.backoff_limit, Some(0));
         let template_labels = spec
@@ -314,8 +328,9 @@ mod tests {
         let command = take.command.clone().expect("command").join(" ");
         assert_eq!(
             command,
-            "/ordinal/ordinal-init base-backup --host 198.18.0.7 --port 5432 --backup nightly \
-             --wal-wait-seconds 120 --report /dev/termination-log --keep 3"
+            "/ordinal/ordinal-init base-backup --host db-1.db-headless.ns.svc --port 5432 \
+             --backup nightly --wal-wait-seconds 120 --report /dev/termination-log \
+             --hostaddr 198.18.0.7 --keep 3"
         );
         assert_eq!(
             take.termination_message_policy.as_deref(),
@@ -340,6 +355,16 @@ mod tests {
             .collect();
         // The server certificate's CA: pg_basebackup verifies the instance.
         assert_eq!(volumes, ["db-replication", "store", "db-server"]);
+        // Of the servers' Secret, the CA only: never the private key.
+        let tls = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "tls")
+            .and_then(|v| v.secret.as_ref())
+            .expect("tls volume");
+        let items: Vec<&str> = tls.items.iter().flatten().map(|i| i.key.as_str()).collect();
+        assert_eq!(items, ["ca.crt"]);
         assert!(env.contains(&"ORDINAL_TLS_CA=/etc/ordinal/tls/ca.crt".to_owned()));
         assert_eq!(pod.automount_service_account_token, Some(false));
     }

@@ -306,7 +306,8 @@ pub fn build_pooler_deployment(
                     security_context: Some(pod_security_context()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    // SIGTERM: PgBouncer lets its clients finish first.
+                    // The stop signal becomes PgBouncer's safe shutdown
+                    // (ordinal-init reload-on-change): transactions finish.
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
                 }),

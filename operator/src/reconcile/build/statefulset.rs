@@ -308,6 +308,20 @@ pub(super) fn tls_volume(cluster: &ValidCluster) -> Option<Volume> {
         .map(|secret| secret_volume(VOLUME_TLS, secret))
 }
 
+/// The CA alone (no key), for pods that only verify the instances (the
+/// backup Job).
+pub(super) fn tls_ca_volume(cluster: &ValidCluster) -> Option<Volume> {
+    let mut volume = tls_volume(cluster)?;
+    if let Some(source) = volume.secret.as_mut() {
+        source.items = Some(vec![KeyToPath {
+            key: names::TLS_CA_KEY.to_owned(),
+            path: names::TLS_CA_KEY.to_owned(),
+            mode: None,
+        }]);
+    }
+    Some(volume)
+}
+
 /// Where the cluster's archive is, for ordinal-init (none without one).
 pub(super) fn archive_env(cluster: &ValidCluster) -> Vec<EnvVar> {
     use names::env as e;

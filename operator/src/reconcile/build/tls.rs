@@ -114,6 +114,18 @@ pub fn server_names(cluster: &ValidCluster) -> Vec<String> {
     out
 }
 
+/// The names the cluster's own connections verify, which a user's
+/// certificate must hold: every pod under the headless Service (the
+/// replicas, pg_basebackup), and `-rw` (the pooler) when there is one.
+pub fn verified_names(cluster: &ValidCluster) -> Vec<String> {
+    let ns = &cluster.namespace;
+    let mut out = vec![format!("*.{}.{ns}.svc", cluster.service_name)];
+    if cluster.spec.pooler.is_some() {
+        out.push(format!("{}.{ns}.svc", names::rw_service(&cluster.name)));
+    }
+    out
+}
+
 /// A server certificate for `dns_names`, signed by `ca`, valid from `now`
 /// for [`SERVER_VALID_DAYS`].
 pub fn issue_server(ca: &Ca, dns_names: &[String], now: i64) -> Result<ServerCert, CertError> {
