@@ -527,17 +527,23 @@ start_node() {
     --containerd "$CONTAINERD_SOCK" \
     --v=1
   start kube-proxy "$BIN/ordinal-kube" kube-proxy --config "$STATE/kube-proxy.yaml" --v=1
-  # NetworkPolicy: kube-router's firewall alone.
+  start coredns "$BIN/ordinal-kube" coredns -conf "$STATE/Corefile"
+  start provisioner "$BIN/ordinal-kube" provisioner \
+    --kubeconfig "$STATE/provisioner.kubeconfig" --root "$STATE/volumes" --name "$PROVISIONER"
+}
+
+# NetworkPolicy: kube-router's firewall alone. Started once the Node
+# exists: kube-router exits when it cannot find its node.
+start_network_policy() {
   start kube-router "$BIN/kube-router" \
     --kubeconfig "$STATE/kube-router.kubeconfig" \
     --hostname-override "$NODE_NAME" \
     --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
     --service-cluster-ip-range "$SERVICE_CIDR" \
     --health-port 20244 --metrics-port 0 --v=1
-  start coredns "$BIN/ordinal-kube" coredns -conf "$STATE/Corefile"
-  start provisioner "$BIN/ordinal-kube" provisioner \
-    --kubeconfig "$STATE/provisioner.kubeconfig" --root "$STATE/volumes" --name "$PROVISIONER"
 }
+
+network_policy_ready() { running kube-router && curl -sf --max-time 2 http://127.0.0.1:20244/healthz >/dev/null; }
 
 apply_addons() {
   # RBAC for the add-ons, the default StorageClass, and the API server's
@@ -654,6 +660,8 @@ cmd_up() {
   start_control_plane
   start_node
   wait_for "node $NODE_NAME is Ready" 180 node_ready
+  start_network_policy
+  wait_for "kube-router enforces NetworkPolicy" 60 network_policy_ready
   wait_for "CoreDNS is ready" 60 dns_ready
   wait_for "the default service account exists" 60 kubectl_admin -n default get serviceaccount default
   log "cluster up: node $NODE_NAME Ready; to use it: eval \"\$(scripts/cluster.sh env)\""
