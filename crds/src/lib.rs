@@ -108,3 +108,12 @@ impl PostgresCluster {
 
 #[cfg(test)]
 mod tests;
+
+/// The text under `key` of a Secret, without the trailing newline a
+/// Secret written from a file often has; None when absent or not UTF-8.
+pub fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    std::str::from_utf8(&bytes.0)
+        .ok()
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+}

@@ -234,12 +234,7 @@ impl KubeSeam {
     async fn read_credentials(&self) -> Result<Credentials, SeamError> {
         let pgc = self.cluster_for_look().await?;
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-        let read = |secret: Secret, key: &str| -> Option<String> {
-            let bytes = secret.data?.get(key)?.0.clone();
-            String::from_utf8(bytes)
-                .ok()
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-        };
+        let read = |secret: Secret, key: &str| ordinal_crds::secret_text(&secret, key);
         let superuser = api
             .get(&pgc.superuser_secret_name())
             .await

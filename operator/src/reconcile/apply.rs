@@ -137,17 +137,7 @@ async fn apply_network_policy(
         .await?;
         return Ok(());
     }
-    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &cluster.namespace);
-    let present = api
-        .get_metadata_opt(&cluster.name)
-        .await
-        .map_err(|source| Error::Get {
-            kind: "NetworkPolicy",
-            namespace: cluster.namespace.clone(),
-            name: cluster.name.clone(),
-            source,
-        })?;
-    if present.is_some_and(|p| owned_by(&p.metadata, cluster)) {
+    if owned::<NetworkPolicy>(client, cluster, &cluster.name).await? == Some(true) {
         delete_named::<NetworkPolicy>(client, cluster, &names::pooler(&cluster.name)).await?;
         delete_named::<NetworkPolicy>(client, cluster, &cluster.name).await?;
     }
@@ -167,20 +157,10 @@ pub async fn apply_pooler(
     use k8s_openapi::api::core::v1::{ConfigMap, Service};
     let name = names::pooler(&cluster.name);
     let Some(pooler) = &cluster.spec.pooler else {
-        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &cluster.namespace);
-        let present = deployments
-            .get_metadata_opt(&name)
-            .await
-            .map_err(|source| Error::Get {
-                kind: "Deployment",
-                namespace: cluster.namespace.clone(),
-                name: name.clone(),
-                source,
-            })?;
         // Only the cluster's own (a PgBouncer of the user's may share the
         // name); the Deployment last, so that a failed delete is tried
         // again at the next reconcile.
-        if present.is_some_and(|d| owned_by(&d.metadata, cluster)) {
+        if owned::<Deployment>(client, cluster, &name).await? == Some(true) {
             delete_named::<Service>(client, cluster, &name).await?;
             delete_named::<ConfigMap>(client, cluster, &name).await?;
             delete_named::<Secret>(client, cluster, &name).await?;
@@ -201,19 +181,16 @@ pub async fn apply_pooler(
             name: cluster.superuser_secret.clone(),
             source,
         })?;
-    let password = superuser
-        .data
-        .as_ref()
-        .and_then(|d| d.get(names::SECRET_PASSWORD_KEY))
-        .and_then(|b| String::from_utf8(b.0.clone()).ok())
-        .map(|p| p.trim_end_matches(['\n', '\r']).to_owned())
-        .ok_or_else(|| Error::MissingSecretKeys {
-            namespace: cluster.namespace.clone(),
-            name: cluster.name.clone(),
-            field: "superuserSecret",
-            secret: cluster.superuser_secret.clone(),
-            store: "pooler",
-            keys: names::SECRET_PASSWORD_KEY.to_owned(),
+    let password =
+        ordinal_crds::secret_text(&superuser, names::SECRET_PASSWORD_KEY).ok_or_else(|| {
+            Error::MissingSecretKeys {
+                namespace: cluster.namespace.clone(),
+                name: cluster.name.clone(),
+                field: "superuserSecret",
+                secret: cluster.superuser_secret.clone(),
+                store: "pooler",
+                keys: names::SECRET_PASSWORD_KEY.to_owned(),
+            }
         })?;
     apply(
         client,
@@ -241,19 +218,42 @@ pub async fn apply_pooler(
     Ok(())
 }
 
-/// Whether the cluster is the controller owner of the object `meta`.
-fn owned_by(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+/// Whether `name` of kind `K` exists (None: it does not) and is the
+/// cluster's own (the cluster is its controller): one of the user's may
+/// share the name, and is never deleted.
+async fn owned<K>(
+    client: &Client,
     cluster: &ValidCluster,
-) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.uid == cluster.owner.uid && o.controller == Some(true))
+    name: &str,
+) -> Result<Option<bool>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &cluster.namespace);
+    let found = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(|source| Error::Get {
+            kind: <K as k8s_openapi::Resource>::KIND,
+            namespace: cluster.namespace.clone(),
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(found.map(|o| {
+        o.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == cluster.owner.uid && r.controller == Some(true))
+    }))
 }
 
-/// Deletes `name` of kind `K` in the cluster's namespace (made by the
-/// cluster, whose Deployment or policy was checked); gone already is fine.
+/// Deletes `name` of kind `K` in the cluster's namespace (the cluster's
+/// own, as [`owned`] said); gone already is fine.
 async fn delete_named<K>(client: &Client, cluster: &ValidCluster, name: &str) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -275,15 +275,41 @@ where
     }
 }
 
-/// What [`ensure_tls`] did.
+/// What [`ensure_tls`] changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsChange {
-    /// Nothing: TLS is off, or the certificate is current.
-    None,
     /// A new CA was made (a new cluster).
     CaCreated,
     /// The server certificate was issued, and why.
     Issued(build::tls::Renewal),
+}
+
+impl TlsChange {
+    /// The Event that says it: its reason and note. Renewed apart from
+    /// issued: an Event series keeps its first note, and a renewal says why.
+    pub fn event(&self, cluster: &str) -> (&'static str, String) {
+        match self {
+            Self::CaCreated => (
+                "CACreated",
+                format!(
+                    "made the cluster's CA in Secret {}",
+                    names::ca_secret(cluster)
+                ),
+            ),
+            Self::Issued(why) => (
+                if *why == build::tls::Renewal::Missing {
+                    "CertificateIssued"
+                } else {
+                    "CertificateRenewed"
+                },
+                format!(
+                    "issued the servers' certificate in Secret {} ({} days): {why}",
+                    names::server_tls_secret(cluster),
+                    build::tls::SERVER_VALID_DAYS
+                ),
+            ),
+        }
+    }
 }
 
 /// The certificates of `cluster`. With `tls.serverSecret` the user's Secret
@@ -298,7 +324,7 @@ pub async fn ensure_tls(
 ) -> Result<Vec<TlsChange>, Error> {
     let tls = &cluster.spec.tls;
     if !tls.enabled {
-        return Ok(vec![TlsChange::None]);
+        return Ok(Vec::new());
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
     let get = |name: String| {
@@ -367,7 +393,7 @@ pub async fn ensure_tls(
                 ),
             });
         }
-        return Ok(vec![TlsChange::None]);
+        return Ok(Vec::new());
     }
 
     let mut changes = Vec::new();
@@ -425,9 +451,6 @@ pub async fn ensure_tls(
             .map_err(|e| tls_failed(&server_name, e.to_string()))?;
         apply(client, &build::tls::server_secret(cluster, &cert)).await?;
         changes.push(TlsChange::Issued(why));
-    }
-    if changes.is_empty() {
-        changes.push(TlsChange::None);
     }
     Ok(changes)
 }
@@ -564,33 +587,17 @@ pub async fn request_switchover(
 /// A single-instance cluster has no PDB: remove ours if it exists. A PDB
 /// of that name that is not ours is left alone.
 async fn delete_pdb(client: &Client, cluster: &ValidCluster) -> Result<(), Error> {
-    let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &cluster.namespace);
-    let err = |source| Error::Delete {
-        kind: "PodDisruptionBudget",
-        namespace: cluster.namespace.clone(),
-        name: cluster.name.clone(),
-        source,
-    };
-    let Some(existing) = api.get_metadata_opt(&cluster.name).await.map_err(err)? else {
-        return Ok(());
-    };
-    let ours = existing
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.uid == cluster.owner.uid);
-    if !ours {
-        tracing::warn!(pdb = %cluster.name, "a PodDisruptionBudget of this name is not ours: left alone");
-        return Ok(());
-    }
-    match api.delete(&cluster.name, &DeleteParams::default()).await {
-        Ok(_) => {
+    match owned::<PodDisruptionBudget>(client, cluster, &cluster.name).await? {
+        None => Ok(()),
+        Some(false) => {
+            tracing::warn!(pdb = %cluster.name, "a PodDisruptionBudget of this name is not ours: left alone");
+            Ok(())
+        }
+        Some(true) => {
+            delete_named::<PodDisruptionBudget>(client, cluster, &cluster.name).await?;
             tracing::info!(pdb = %cluster.name, "removed the PodDisruptionBudget of a single-instance cluster");
             Ok(())
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => Err(err(source)),
     }
 }
 

@@ -130,64 +130,22 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     match apply::ensure_secrets(&ctx.client, &cluster).await {
         Ok(()) => {}
         Err(error @ (Error::MissingSecret { .. } | Error::MissingSecretKeys { .. })) => {
-            let message = error.to_string();
-            ctx.publish(
-                &pgc,
-                EventType::Warning,
-                "MissingSecret",
-                "Secrets",
-                message.clone(),
-            )
-            .await;
-            write_observed(&ctx, &pgc, &pods, Some(Blocker::MissingSecret(message))).await?;
-            return Err(error);
+            return blocked_by_secret(&ctx, &pgc, &pods, "MissingSecret", "Secrets", error).await;
         }
         Err(error) => return Err(error),
     }
     match apply::ensure_tls(&ctx.client, &cluster, (ctx.now)().as_second()).await {
         Ok(changes) => {
             for change in changes {
-                let (reason, note) = match change {
-                    apply::TlsChange::None => continue,
-                    apply::TlsChange::CaCreated => (
-                        "CACreated",
-                        format!(
-                            "made the cluster's CA in Secret {}",
-                            names::ca_secret(&cluster.name)
-                        ),
-                    ),
-                    // Renewed apart from issued: an Event series keeps
-                    // its first note, and a renewal says why.
-                    apply::TlsChange::Issued(why) => (
-                        if why == build::tls::Renewal::Missing {
-                            "CertificateIssued"
-                        } else {
-                            "CertificateRenewed"
-                        },
-                        format!(
-                            "issued the servers' certificate in Secret {} ({} days): {why}",
-                            names::server_tls_secret(&cluster.name),
-                            build::tls::SERVER_VALID_DAYS
-                        ),
-                    ),
-                };
+                let (reason, note) = change.event(&cluster.name);
                 tracing::info!(%note, "certificates");
                 ctx.publish(&pgc, EventType::Normal, reason, "Certificates", note)
                     .await;
             }
         }
         Err(error @ (Error::MissingSecret { .. } | Error::Tls { .. })) => {
-            let message = error.to_string();
-            ctx.publish(
-                &pgc,
-                EventType::Warning,
-                "TLSSecretInvalid",
-                "Certificates",
-                message.clone(),
-            )
-            .await;
-            write_observed(&ctx, &pgc, &pods, Some(Blocker::MissingSecret(message))).await?;
-            return Err(error);
+            return blocked_by_secret(&ctx, &pgc, &pods, "TLSSecretInvalid", "Certificates", error)
+                .await;
         }
         Err(error) => return Err(error),
     }
@@ -395,6 +353,23 @@ async fn roll(
 }
 
 /// Computes and writes the reconciler-owned status.
+/// A Secret the cluster cannot run without is missing or unusable: a
+/// Warning Event and the status say so, and the error is returned.
+async fn blocked_by_secret(
+    ctx: &Context,
+    pgc: &PostgresCluster,
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    reason: &str,
+    action: &str,
+    error: Error,
+) -> Result<Action, Error> {
+    let message = error.to_string();
+    ctx.publish(pgc, EventType::Warning, reason, action, message.clone())
+        .await;
+    write_observed(ctx, pgc, pods, Some(Blocker::MissingSecret(message))).await?;
+    Err(error)
+}
+
 async fn write_observed(
     ctx: &Context,
     pgc: &PostgresCluster,

@@ -19,6 +19,15 @@ const STATUS: &str = "/apis/ordinal.dev/v1alpha1/namespaces/ns/postgresclusters/
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
 const OPERATOR: &str = "ordinal-operator";
 
+/// db-0 the Ready primary, db-1 and db-2 Ready replicas.
+fn healthy_pods() -> [k8s_openapi::api::core::v1::Pod; 3] {
+    [
+        pod("db-0", true, Some("primary")),
+        pod("db-1", true, Some("replica")),
+        pod("db-2", true, Some("replica")),
+    ]
+}
+
 fn list_pods(pods: &[k8s_openapi::api::core::v1::Pod]) -> Exchange {
     let list = pod_list(pods);
     Exchange::get(format!("{NS}/pods")).answer(200, list)
@@ -366,11 +375,7 @@ async fn new_cluster_chooses_db_0_then_builds_everything() {
 #[tokio::test]
 async fn unchanged_healthy_cluster_only_reapplies() {
     let pgc = cluster().primary("db-0", true).build();
-    let pods = [
-        pod("db-0", true, Some("primary")),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
+    let pods = healthy_pods();
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     script.extend(children(3, Some(2)));
@@ -382,11 +387,7 @@ async fn unchanged_healthy_cluster_only_reapplies() {
 #[tokio::test]
 async fn scaled_cluster_resizes_statefulset_and_pdb() {
     let pgc = cluster().replicas(5).primary("db-0", true).build();
-    let pods = [
-        pod("db-0", true, Some("primary")),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
+    let pods = healthy_pods();
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     script.extend(children(5, Some(4)));
@@ -927,11 +928,7 @@ fn certificates_expiring_at(not_after: i64) -> Vec<Exchange> {
 #[tokio::test]
 async fn a_certificate_thirty_days_from_expiry_is_renewed_in_place() {
     let pgc = cluster().primary("db-0", true).build();
-    let pods = [
-        pod("db-0", true, Some("primary")),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
+    let pods = healthy_pods();
     let now = crate::fixtures::now().as_second();
     let mut script = vec![list_pods(&pods)];
     script.extend(credentials_exist());
@@ -959,11 +956,7 @@ async fn a_certificate_thirty_days_from_expiry_is_renewed_in_place() {
 #[tokio::test]
 async fn a_certificate_with_time_left_is_kept() {
     let pgc = cluster().primary("db-0", true).build();
-    let pods = [
-        pod("db-0", true, Some("primary")),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
+    let pods = healthy_pods();
     let now = crate::fixtures::now().as_second();
     let mut script = vec![list_pods(&pods)];
     script.extend(credentials_exist());
@@ -1001,11 +994,7 @@ async fn a_user_tls_secret_without_its_key_is_reported() {
 async fn without_tls_no_certificate_is_read() {
     let mut pgc = cluster().primary("db-0", true).build();
     pgc.spec.tls.enabled = false;
-    let pods = [
-        pod("db-0", true, Some("primary")),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
+    let pods = healthy_pods();
     let mut script = vec![list_pods(&pods)];
     script.extend(credentials_exist());
     script.extend(children(3, Some(2)));
@@ -1017,11 +1006,7 @@ async fn without_tls_no_certificate_is_read() {
 async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset() {
     let mut pgc = cluster().primary("db-0", true).build();
     pgc.spec.pooler = Some(serde_json::from_value(json!({"instances": 1})).expect("pooler"));
-    let pods = [
-        pod("db-0", true, Some("primary")),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
+    let pods = healthy_pods();
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     let mut kids = children(3, Some(2));
@@ -1098,11 +1083,7 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
 #[tokio::test]
 async fn a_pooler_named_like_the_cluster_but_not_its_own_is_left_alone() {
     let pgc = cluster().primary("db-0", true).build();
-    let pods = [
-        pod("db-0", true, Some("primary")),
-        pod("db-1", true, Some("replica")),
-        pod("db-2", true, Some("replica")),
-    ];
+    let pods = healthy_pods();
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     let mut kids = children(3, Some(2));

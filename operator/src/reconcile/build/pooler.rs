@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSpec, PodTemplateSpec, Probe,
-    Secret, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    ConfigMap, Container, ContainerPort, PodSpec, PodTemplateSpec, Probe, Secret, Service,
+    ServicePort, ServiceSpec, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -27,8 +27,8 @@ use ordinal_crds::{PoolerSpec, names, names::paths};
 
 use super::child_meta;
 use super::statefulset::{
-    BuildConfig, VOLUME_ORDINAL, VOLUME_TLS, empty_dir, install_container, mount,
-    pod_security_context, restricted, secret_volume, tls_volume,
+    BuildConfig, VOLUME_ORDINAL, VOLUME_TLS, config_map_volume, empty_dir, install_container,
+    mount, pod_security_context, restricted, secret_volume, tls_volume,
 };
 use crate::reconcile::validate::ValidCluster;
 
@@ -233,15 +233,7 @@ pub fn build_pooler_deployment(
     ];
     let mut volumes = vec![
         empty_dir(VOLUME_ORDINAL, None),
-        Volume {
-            name: VOLUME_POOLER_CONFIG.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names::pooler(&cluster.name),
-                default_mode: Some(0o444),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        config_map_volume(VOLUME_POOLER_CONFIG, &names::pooler(&cluster.name)),
         secret_volume(VOLUME_POOLER_AUTH, &names::pooler(&cluster.name)),
     ];
     if let Some(volume) = tls_volume(cluster) {

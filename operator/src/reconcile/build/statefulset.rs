@@ -516,6 +516,19 @@ pub(super) fn empty_dir(name: &str, medium: Option<&str>) -> Volume {
     }
 }
 
+/// A ConfigMap's keys as read-only files.
+pub(super) fn config_map_volume(name: &str, config_map: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_map.to_owned(),
+            default_mode: Some(0o444),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// Secrets are files readable by the postgres group only, never env vars.
 pub(super) fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {
@@ -532,15 +545,7 @@ pub(super) fn secret_volume(name: &str, secret: &str) -> Volume {
 fn volumes(cluster: &ValidCluster) -> Vec<Volume> {
     let mut volumes = vec![
         empty_dir(VOLUME_ORDINAL, None),
-        Volume {
-            name: VOLUME_CONFIG.to_owned(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: names::config_map(&cluster.name),
-                default_mode: Some(0o444),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
+        config_map_volume(VOLUME_CONFIG, &names::config_map(&cluster.name)),
         secret_volume(VOLUME_SUPERUSER, &cluster.superuser_secret),
         secret_volume(VOLUME_REPLICATION, &cluster.replication_secret),
         empty_dir(VOLUME_RUN, None),
