@@ -81,6 +81,12 @@ impl PostgresCluster {
         })
     }
 
+    /// TLS as the reconciler last recorded it on the running instances
+    /// (None before its first look).
+    pub fn tls_status(&self) -> Option<&TlsStatus> {
+        self.status.as_ref()?.tls.as_ref()
+    }
+
     /// The instances fenced by [`names::ANNOTATION_FENCED`], in its order.
     pub fn fenced_instances(&self) -> Vec<String> {
         names::parse_fenced(self.annotations().get(names::ANNOTATION_FENCED))

@@ -176,6 +176,8 @@ pub const INIT_CONTAINER: &str = "init";
 /// Keys of the ConfigMap.
 pub const CONFIG_POSTGRESQL_CONF: &str = "postgresql.conf";
 pub const CONFIG_PG_HBA: &str = "pg_hba.conf";
+/// How ordinal-init connects to the primary: `verify-full` or `prefer`.
+pub const CONFIG_REPLICATION_SSLMODE: &str = "replication-sslmode";
 
 /// Names of the objects of cluster `cluster`.
 pub fn headless_service(cluster: &str) -> String {

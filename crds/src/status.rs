@@ -106,6 +106,68 @@ pub struct PostgresClusterStatus {
     /// The cluster's base backups (its completed PostgresBackups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<BackupsStatus>,
+
+    /// How far TLS has reached the running instances (spec.tls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// TLS as the running instances have it. Turning TLS on (or off) on a
+/// cluster that runs takes steps, each begun once every instance has
+/// taken the one before, so that no connection ever needs what a server
+/// does not offer yet: the certificate reaches every pod (a rolling
+/// update), then every server offers TLS (a reload), then replication
+/// requires it and verifies the primary (a reload and a re-point). Off,
+/// the same steps in reverse.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    pub phase: TlsPhase,
+    /// The Secret the instances mount (none while Off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub secret: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TlsPhase {
+    /// No certificate in the pods; the servers speak plaintext.
+    #[default]
+    Off,
+    /// The pods are being replaced with ones that mount the certificate;
+    /// the servers do not offer TLS yet.
+    Mounting,
+    /// Every server offers TLS; nothing requires it yet (or any more).
+    Offered,
+    /// Replication (and, with `tls.requireForClients`, every client)
+    /// connects over TLS, and standbys verify their primary
+    /// (`sslmode=verify-full`).
+    Required,
+}
+
+impl TlsPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "Off",
+            Self::Mounting => "Mounting",
+            Self::Offered => "Offered",
+            Self::Required => "Required",
+        }
+    }
+
+    /// Whether the pods mount the certificate.
+    pub fn mounted(self) -> bool {
+        self != Self::Off
+    }
+
+    /// Whether the servers offer TLS (`ssl = on`).
+    pub fn offered(self) -> bool {
+        matches!(self, Self::Offered | Self::Required)
+    }
+
+    pub fn required(self) -> bool {
+        self == Self::Required
+    }
 }
 
 /// WAL archiving on the primary. The last archived file bounds what a
@@ -214,6 +276,14 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub ip: Option<String>,
+    /// Whether the server offers TLS (its `ssl` setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl: Option<bool>,
+    /// Replica: the `sslmode` it follows its primary with (`verify-full`,
+    /// or libpq's default `prefer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub upstream_sslmode: Option<String>,
 }
 
 /// A promotion recorded but not published yet: the failover's state, from

@@ -107,6 +107,7 @@ impl LocalSeam {
                     quorum,
                     replicas: n as i32,
                     isolation: Duration::from_secs(10),
+                    replication_tls: None,
                 },
                 instances: Vec::new(),
                 blocked: None,

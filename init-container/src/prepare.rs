@@ -96,7 +96,7 @@ pub async fn prepare(settings: &Settings) -> Result<Plan, InitError> {
     let primary = Primary {
         name: &state.current_primary,
         endpoint,
-        tls_ca: settings.tls_ca.as_deref(),
+        tls_ca: settings.replication_ca(),
     };
     // A pod that is not the primary but holds data compares it with the
     // primary's (timeline, system identifier).

@@ -58,9 +58,12 @@ pub struct Settings {
     pub health_address: Option<std::net::SocketAddr>,
     /// A new cluster is restored from a backup instead of initdb.
     pub recovery: Option<Recovery>,
-    /// While TLS is on, the CA the primary is verified against
-    /// (`sslmode=verify-full`) by every connection to it.
+    /// While the pod mounts the servers' certificate: its CA.
     pub tls_ca: Option<PathBuf>,
+    /// Whether connections to the primary require TLS and verify it
+    /// (`replication-sslmode` in the cluster's ConfigMap): false while TLS
+    /// is being turned on or off (see [`Settings::replication_ca`]).
+    pub replication_tls: bool,
 }
 
 /// `spec.bootstrap.recovery`, as the pod is told of it.
@@ -212,6 +215,7 @@ impl Settings {
             health_address: parsed(e::HEALTH_ADDRESS, "not an address and port (0.0.0.0:8008)")?,
             recovery: recovery_from_env()?,
             tls_ca: var(e::TLS_CA).map(PathBuf::from),
+            replication_tls: replication_tls(Path::new(paths::CONFIG_DIR)),
             primary_wait: Duration::from_secs(
                 parsed("ORDINAL_PRIMARY_WAIT_SECONDS", "not a number of seconds")?.unwrap_or(300),
             ),
@@ -219,6 +223,13 @@ impl Settings {
             cluster,
             state,
         })
+    }
+
+    /// The CA every connection to the primary verifies it against
+    /// (`sslmode=verify-full`), once TLS is required; before, libpq's
+    /// default (TLS when the primary offers it).
+    pub fn replication_ca(&self) -> Option<&Path> {
+        self.tls_ca.as_deref().filter(|_| self.replication_tls)
     }
 
     /// A PostgreSQL tool of the server's own version.
@@ -272,4 +283,33 @@ pub fn pg_bin_dir() -> Result<PathBuf, SettingsError> {
         .pop()
         .map(|(_, bin)| bin)
         .ok_or(SettingsError::NoPostgres)
+}
+
+/// Whether the ConfigMap mounted at `config_dir` says connections to the
+/// primary verify it. A ConfigMap without the key (an older operator's)
+/// means yes: that operator mounted the certificate only with TLS on.
+fn replication_tls(config_dir: &Path) -> bool {
+    match std::fs::read_to_string(config_dir.join(names::CONFIG_REPLICATION_SSLMODE)) {
+        Ok(mode) => mode.trim() == "verify-full",
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configmap_says_when_the_primary_is_verified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(
+            replication_tls(dir.path()),
+            "an older operator's ConfigMap has no key: TLS was on whenever mounted"
+        );
+        let key = dir.path().join(names::CONFIG_REPLICATION_SSLMODE);
+        std::fs::write(&key, "prefer").expect("write");
+        assert!(!replication_tls(dir.path()));
+        std::fs::write(&key, "verify-full\n").expect("write");
+        assert!(replication_tls(dir.path()));
+    }
 }

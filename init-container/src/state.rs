@@ -267,6 +267,7 @@ mod tests {
             health_address: None,
             recovery: None,
             tls_ca: None,
+            replication_tls: false,
         }
     }
 

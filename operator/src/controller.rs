@@ -208,6 +208,8 @@ mod tests {
             lag_seconds: Some(0.0),
             timeline: Some(1),
             ip: None,
+            ssl: None,
+            upstream_sslmode: None,
         }
     }
 

@@ -85,6 +85,11 @@ impl ClusterBuilder {
             .get_or_insert_with(PostgresClusterStatus::default);
         status.current_primary = Some(primary.to_owned());
         status.bootstrapped = bootstrapped;
+        // A running cluster whose instances all require TLS already.
+        status.tls = Some(ordinal_crds::TlsStatus {
+            phase: ordinal_crds::TlsPhase::Required,
+            secret: Some("db-server".to_owned()),
+        });
         self
     }
     pub fn build(self) -> PostgresCluster {

@@ -15,6 +15,8 @@ fn instance(pod: &str, role: Role, ready: bool, lag: Option<i64>) -> InstanceSta
         lag_seconds: None,
         timeline: Some(1),
         ip: None,
+        ssl: None,
+        upstream_sslmode: None,
     }
 }
 

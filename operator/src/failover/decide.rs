@@ -473,6 +473,8 @@ pub fn instances(members: &[Member], probes: &Probes) -> Vec<InstanceStatus> {
                 },
                 timeline: p.timeline,
                 ip: m.stable.hostaddr.clone(),
+                ssl: Some(p.ssl),
+                upstream_sslmode: p.upstream_sslmode.clone(),
             },
             _ => InstanceStatus {
                 pod: m.name.clone(),
@@ -483,6 +485,8 @@ pub fn instances(members: &[Member], probes: &Probes) -> Vec<InstanceStatus> {
                 lag_seconds: None,
                 timeline: None,
                 ip: m.stable.hostaddr.clone(),
+                ssl: None,
+                upstream_sslmode: None,
             },
         })
         .collect();

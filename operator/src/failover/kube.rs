@@ -20,8 +20,8 @@ use super::decide;
 use super::machine::Intent;
 use super::pg;
 use super::seam::{
-    Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PodState, Record, Report,
-    Seam, SeamError, Settings,
+    ClientTls, Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PodState,
+    Record, Report, Seam, SeamError, Settings,
 };
 use crate::reconcile::status::{PRIMARY_MANAGER, PrimaryStatus, primary_patch};
 
@@ -91,14 +91,18 @@ pub struct KubeSeam {
     /// copy older than that is not used.
     written: Mutex<Option<(i64, Option<String>)>>,
     /// The credentials, and when they were read.
-    credentials: Mutex<Option<(Credentials, Instant)>>,
+    credentials: Mutex<Option<CachedCredentials>>,
     /// The shared cache of the nodes (their Ready condition).
     nodes: Store<Node>,
 }
 
 /// How long the credentials read from the Secrets are used before they
-/// are read again (at once after a probe is refused for them).
+/// are read again (at once after a probe is refused for them, or when the
+/// TLS phase they were read for has moved on).
 const CREDENTIALS_FOR: Duration = Duration::from_secs(30);
+
+/// Credentials, when they were read, and the TLS phase they follow.
+type CachedCredentials = (Credentials, Instant, Option<ordinal_crds::TlsStatus>);
 
 /// See [`KubeSeam::watch_for_stop`].
 type Stops = Arc<Mutex<HashMap<String, StopWatch>>>;
@@ -249,26 +253,54 @@ impl KubeSeam {
                 format!("the {what} Secret has no password"),
             )
         };
-        let tls = match pgc.server_tls_secret_name() {
+        // The Secret the pods mount, and whether TLS is required yet. A
+        // cluster with no TLS phase recorded (the reconciler has not
+        // looked since an upgrade) may run with or without TLS: its
+        // sessions use TLS when offered, and a Secret not made yet is
+        // no error.
+        let (secret, required, optional) = match pgc.tls_status() {
+            Some(tls) => (
+                tls.secret.clone().filter(|_| tls.phase.mounted()),
+                tls.phase.required(),
+                false,
+            ),
+            None => (pgc.server_tls_secret_name(), false, true),
+        };
+        let tls = match secret {
             Some(name) => {
-                let secret = api
-                    .get(&name)
-                    .await
-                    .map_err(|e| self.failed("read the TLS Secret", e))?;
-                let ca = secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(names::TLS_CA_KEY))
-                    .ok_or_else(|| {
-                        self.failed(
-                            "read credentials",
-                            format!("the TLS Secret {name} has no {}", names::TLS_CA_KEY),
-                        )
-                    })?;
-                Some(
-                    ordinal_crds::pgtls::connector(&ca.0, ordinal_crds::pgtls::Verify::Ca)
-                        .map_err(|e| self.failed("read the TLS Secret's CA", e))?,
-                )
+                let secret = match api.get_opt(&name).await {
+                    Ok(Some(secret)) => Some(secret),
+                    Ok(None) if optional => None,
+                    Ok(None) => {
+                        return Err(
+                            self.failed("read the TLS Secret", format!("Secret {name} not found"))
+                        );
+                    }
+                    Err(e) => return Err(self.failed("read the TLS Secret", e)),
+                };
+                match secret {
+                    Some(secret) => {
+                        let ca = secret
+                            .data
+                            .as_ref()
+                            .and_then(|d| d.get(names::TLS_CA_KEY))
+                            .ok_or_else(|| {
+                                self.failed(
+                                    "read credentials",
+                                    format!("the TLS Secret {name} has no {}", names::TLS_CA_KEY),
+                                )
+                            })?;
+                        Some(ClientTls {
+                            connect: ordinal_crds::pgtls::connector(
+                                &ca.0,
+                                ordinal_crds::pgtls::Verify::Ca,
+                            )
+                            .map_err(|e| self.failed("read the TLS Secret's CA", e))?,
+                            required,
+                        })
+                    }
+                    None => None,
+                }
             }
             None => None,
         };
@@ -676,6 +708,7 @@ pub fn settings_of(pgc: &PostgresCluster) -> Settings {
         isolation: std::time::Duration::from_secs(
             u64::try_from(spec.failover.isolation_seconds.max(1)).unwrap_or(10),
         ),
+        replication_tls: pgc.tls_status().map(|tls| tls.phase.required()),
     }
 }
 
@@ -811,12 +844,14 @@ impl Seam for KubeSeam {
     }
 
     async fn credentials(&self) -> Result<Credentials, SeamError> {
-        if let Some((credentials, at)) = self
+        let tls = self.cluster_for_look().await?.tls_status().cloned();
+        if let Some((credentials, at, read_for)) = self
             .credentials
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             && at.elapsed() < CREDENTIALS_FOR
+            && read_for == tls
         {
             return Ok(credentials);
         }
@@ -824,7 +859,8 @@ impl Seam for KubeSeam {
         *self
             .credentials
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((credentials.clone(), Instant::now()));
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((credentials.clone(), Instant::now(), tls));
         Ok(credentials)
     }
 

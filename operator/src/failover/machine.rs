@@ -385,7 +385,14 @@ fn healthy(v: &View<'_>, primary: &str) -> Action {
         });
     let mut repoint = Vec::new();
     for (m, p) in standbys {
-        if !p.follows(host) {
+        // A standby that verifies its primary while TLS is not required
+        // (or the other way round) is re-pointed too: TLS reaches a
+        // running standby that way, without a restart.
+        let tls_changed = obs
+            .settings
+            .replication_tls
+            .is_some_and(|required| required != p.verifies_upstream());
+        if !p.follows(host) || tls_changed {
             repoint.push(m.name.clone());
             continue;
         }

@@ -12,7 +12,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use super::seam::{Credentials, Endpoint};
+use super::seam::{ClientTls, Credentials, Endpoint};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A new session (not a probe's) is set up within this long or not at all.
@@ -122,6 +122,11 @@ pub struct InstanceProbe {
     pub upstream: Option<String>,
     /// Replica: the `hostaddr` of its `primary_conninfo`, when it names one.
     pub upstream_addr: Option<String>,
+    /// Replica: the `sslmode` of its `primary_conninfo` (`prefer`, libpq's
+    /// default, when it names none; None when it follows nobody).
+    pub upstream_sslmode: Option<String>,
+    /// Whether the server offers TLS (`ssl = on`).
+    pub ssl: bool,
     /// Replica: seconds since its WAL receiver last heard from the primary.
     pub last_message_age: Option<f64>,
     /// Primary: its standbys.
@@ -176,6 +181,12 @@ impl InstanceProbe {
 }
 
 impl InstanceProbe {
+    /// Whether this replica verifies its primary's certificate
+    /// (`sslmode=verify-full`).
+    pub fn verifies_upstream(&self) -> bool {
+        self.upstream_sslmode.as_deref() == Some("verify-full")
+    }
+
     /// Whether this replica's primary_conninfo points at `primary`.
     /// When both name an address, it must be the same: a standby pointed
     /// at a pod recreated since (a new address) follows nobody.
@@ -231,6 +242,14 @@ fn config(endpoint: &Endpoint, password: &str) -> Config {
     config
 }
 
+fn ssl_mode(tls: &ClientTls) -> SslMode {
+    if tls.required {
+        SslMode::Require
+    } else {
+        SslMode::Prefer
+    }
+}
+
 /// A new session, given [`SESSION_WITHIN`] for the whole of it — TCP, the
 /// startup message and authentication. (The connect timeout of the
 /// configuration covers TCP alone: a postmaster that hangs after the
@@ -241,9 +260,9 @@ async fn connect(endpoint: &Endpoint, credentials: &Credentials) -> Result<Clien
     let mut config = config(endpoint, &credentials.superuser_password);
     let connected = match &credentials.tls {
         Some(tls) => {
-            config.ssl_mode(SslMode::Require);
+            config.ssl_mode(ssl_mode(tls));
             tokio::time::timeout(SESSION_WITHIN, async {
-                let (client, connection) = config.connect(tls.clone()).await?;
+                let (client, connection) = config.connect(tls.connect.clone()).await?;
                 tokio::spawn(connection);
                 Ok(client)
             })
@@ -313,9 +332,9 @@ async fn connect_classified(
     let mut config = config(endpoint, &credentials.superuser_password);
     let startup = match &credentials.tls {
         Some(tls) => {
-            config.ssl_mode(SslMode::Require);
+            config.ssl_mode(ssl_mode(tls));
             let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
-                &mut tls.clone(),
+                &mut tls.connect.clone(),
                 &endpoint.host,
             )
             .map_err(|e| ProbeError::new(ProbeFailure::Error, format!("{target}: TLS: {e}")))?;
@@ -540,7 +559,8 @@ SELECT pg_is_in_recovery(),
        CASE WHEN NOT pg_is_in_recovery() AND current_setting('archive_mode') <> 'off'
                  AND (SELECT failed_count > 0 FROM pg_stat_archiver) THEN
             pg_read_file(current_setting('data_directory') || '/../ordinal-archive-error',
-                         0, 1000, true) END";
+                         0, 1000, true) END,
+       current_setting('ssl') = 'on'";
 
 /// The `host:port` a libpq conninfo string points at (port 5432 when it
 /// names none), "" when it names no host.
@@ -676,6 +696,11 @@ async fn query_probe(session: &mut Session, target: &str) -> Result<InstanceProb
         upstream_addr: conninfo
             .as_deref()
             .and_then(|c| conninfo_value(c, "hostaddr")),
+        upstream_sslmode: conninfo
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(|c| conninfo_value(c, "sslmode").unwrap_or_else(|| "prefer".to_owned())),
+        ssl: row.get(17),
         last_message_age: row.get(9),
         standbys: parse_standbys(row.get(10)),
         slots: row
@@ -772,7 +797,7 @@ pub fn primary_conninfo(primary: &Endpoint, replica: &str, credentials: &Credent
         &primary.host,
         primary.hostaddr.as_deref(),
         primary.port,
-        credentials.tls.as_ref().map(|_| names::paths::TLS_CA),
+        credentials.replication_ca(),
         &credentials.replication_user,
         &credentials.replication_password,
         replica,

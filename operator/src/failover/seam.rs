@@ -75,6 +75,10 @@ pub struct Settings {
     pub replicas: i32,
     /// How long an isolated primary takes to stop accepting writes by itself.
     pub isolation: Duration,
+    /// Whether standbys follow their primary over TLS and verify it (TLS
+    /// phase Required): one that does not is re-pointed (or one that does,
+    /// when false). None (no TLS phase recorded yet) leaves them be.
+    pub replication_tls: Option<bool>,
 }
 
 /// Who is primary, as recorded (status), with the version that guards the
@@ -158,10 +162,30 @@ pub struct Credentials {
     pub superuser_password: String,
     pub replication_user: String,
     pub replication_password: String,
-    /// While TLS is on: the operator's connections trust the cluster's CA
-    /// (`verify-ca`: it dials pods by address), and standbys follow with
-    /// `sslmode=verify-full`.
-    pub tls: Option<ordinal_crds::pgtls::MakeRustlsConnect>,
+    /// While the pods mount a certificate: the operator's connections
+    /// trust the cluster's CA (`verify-ca`: it dials pods by address).
+    pub tls: Option<ClientTls>,
+}
+
+/// How the loop's sessions use TLS.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub connect: ordinal_crds::pgtls::MakeRustlsConnect,
+    /// TLS phase Required: sessions require TLS, and standbys follow with
+    /// `sslmode=verify-full`. Before (or after), a session uses TLS when
+    /// the server offers it (libpq's `prefer`): while TLS is being turned
+    /// on or off, servers differ for as long as their reloads.
+    pub required: bool,
+}
+
+impl Credentials {
+    /// The CA standbys verify their primary against, while TLS is required.
+    pub fn replication_ca(&self) -> Option<&'static str> {
+        self.tls
+            .as_ref()
+            .filter(|tls| tls.required)
+            .map(|_| ordinal_crds::names::paths::TLS_CA)
+    }
 }
 
 impl std::fmt::Debug for Credentials {

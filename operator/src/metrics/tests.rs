@@ -14,6 +14,8 @@ fn instance(pod: &str, role: Role) -> InstanceStatus {
         lag_seconds: Some(0.0),
         timeline: Some(2),
         ip: None,
+        ssl: None,
+        upstream_sslmode: None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod build;
 pub mod rolling;
 pub mod schedule;
 pub mod status;
+pub mod tls_phase;
 pub mod validate;
 pub mod volumes;
 
@@ -44,7 +45,7 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         ctx.ensure_failover_loop(&namespace, &name, pgc.uid().as_deref());
     }
 
-    let cluster = match validate::validate(&pgc)? {
+    let mut cluster = match validate::validate(&pgc)? {
         Ok(cluster) => cluster,
         Err(problems) => {
             let message = problems
@@ -150,6 +151,9 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         Err(error) => return Err(error),
     }
 
+    let tls_settled = tls_phase::settled(pgc.server_tls_secret_name());
+    cluster.tls = advance_tls(&ctx, &mut pgc, &pods).await?;
+
     // A major-version change cannot be rolled out: postgres would refuse
     // the data directory and every pod would crash-loop.
     if let Some(why) = major_version_change(&cluster.spec.image, &pods) {
@@ -216,7 +220,7 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     let settled = if statefulset.is_none() || volumes.in_progress {
         // A resize: the StatefulSet comes back, the volumes grow.
         VOLUMES_CHANGING
-    } else if written.phase == ordinal_crds::Phase::Healthy {
+    } else if written.phase == ordinal_crds::Phase::Healthy && cluster.tls == tls_settled {
         RESYNC
     } else {
         CONVERGING
@@ -225,6 +229,55 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
     Ok(Action::requeue(next_backup.map_or(settled, |next| {
         settled.min(next + Duration::from_secs(1))
     })))
+}
+
+/// Moves status.tls on by one step when the instances have all taken the
+/// last one (see [`tls_phase`]), and returns it.
+async fn advance_tls(
+    ctx: &Context,
+    pgc: &mut Arc<PostgresCluster>,
+    pods: &[Pod],
+) -> Result<ordinal_crds::TlsStatus, Error> {
+    let wanted = pgc.server_tls_secret_name();
+    let pods: Vec<tls_phase::PodTls> = pods
+        .iter()
+        .map(|pod| tls_phase::PodTls {
+            name: pod.name_any(),
+            mounts: build::mounted_tls_secret(pod),
+            ready: PodView::from_pod(pod).ready,
+        })
+        .collect();
+    let instances = pgc
+        .status
+        .as_ref()
+        .map(|s| s.instances.as_slice())
+        .unwrap_or_default();
+    let recorded = pgc.tls_status().cloned();
+    let next = tls_phase::next(recorded.as_ref(), wanted.as_deref(), &pods, instances);
+    if recorded.as_ref() != Some(&next) {
+        *pgc = Arc::new(
+            apply::apply_status(
+                &ctx.client,
+                pgc,
+                status::TLS_MANAGER,
+                &status::tls_patch(&next),
+            )
+            .await?,
+        );
+        // The first record of a cluster already where its spec asks is
+        // no news.
+        if recorded.is_some() || next.phase != ordinal_crds::TlsPhase::Required {
+            let note = format!(
+                "TLS {}: {}",
+                next.phase.as_str(),
+                tls_phase::describe(&next)
+            );
+            tracing::info!(%note, "TLS");
+            ctx.publish(pgc, EventType::Normal, "TLSPhase", "TLS", note)
+                .await;
+        }
+    }
+    Ok(next)
 }
 
 /// The running pods' PostgreSQL major when `image` runs another one.

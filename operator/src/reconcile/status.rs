@@ -8,6 +8,8 @@
 //!   `targetPrimary`, `epoch`, `bootstrapped`. It is always written with the
 //!   resourceVersion it was computed from, so a stale writer fails with a
 //!   conflict instead of overwriting a newer primary.
+//! - [`TLS_MANAGER`] owns `tls`, the step TLS has reached on the instances
+//!   (see [`super::tls_phase`]).
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -19,6 +21,16 @@ use serde_json::{Value, json};
 
 pub const STATUS_MANAGER: &str = "ordinal-operator/status";
 pub const PRIMARY_MANAGER: &str = "ordinal-operator/primary";
+pub const TLS_MANAGER: &str = "ordinal-operator/tls";
+
+/// status.tls, as [`TLS_MANAGER`] writes it.
+pub fn tls_patch(tls: &ordinal_crds::TlsStatus) -> Value {
+    json!({
+        "apiVersion": "ordinal.dev/v1alpha1",
+        "kind": "PostgresCluster",
+        "status": { "tls": tls }
+    })
+}
 
 /// What the reconciler saw of one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]

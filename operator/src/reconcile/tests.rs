@@ -366,10 +366,103 @@ async fn new_cluster_chooses_db_0_then_builds_everything() {
             "issued the servers' certificate in Secret db-server (90 days): there is none",
         ),
     ]);
+    // A new cluster's pods are made with everything: TLS is required at once.
+    script.push(tls_recorded(&pgc, "Required"));
     script.extend(children(3, Some(2)));
     script.push(observed_status(&pgc, "Creating", "0/3"));
     let action = run(pgc, script).await.expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+}
+
+/// status.tls written by its own field manager.
+fn tls_recorded(pgc: &PostgresCluster, phase: &'static str) -> Exchange {
+    Exchange::apply(STATUS, "ordinal-operator/tls")
+        .check(move |body| {
+            assert_eq!(body["status"]["tls"]["phase"], phase);
+            assert_eq!(body["status"]["tls"]["secret"], "db-server");
+            assert_eq!(
+                body["status"].as_object().map(|s| s.len()),
+                Some(1),
+                "only status.tls: {body}"
+            );
+        })
+        .answer_with(with_status(pgc))
+}
+
+/// The children, with the ConfigMap's TLS settings checked.
+fn children_with_tls(ssl: &'static str, hba: &'static str, sslmode: &'static str) -> Vec<Exchange> {
+    let mut script = volumes_settled();
+    let mut objects = objects(3, Some(2));
+    objects[3] =
+        Exchange::apply(format!("{NS}/configmaps/db-config"), OPERATOR).check(move |body| {
+            let conf = body["data"]["postgresql.conf"].as_str().unwrap_or_default();
+            assert!(conf.contains(&format!("ssl = '{ssl}'")), "{conf}");
+            let hba_conf = body["data"]["pg_hba.conf"].as_str().unwrap_or_default();
+            assert!(
+                hba_conf.contains(&format!("{hba} replication")),
+                "{hba_conf}"
+            );
+            assert_eq!(body["data"]["replication-sslmode"], sslmode);
+        });
+    script.extend(objects);
+    script
+}
+
+#[tokio::test]
+async fn a_cluster_made_without_tls_mounts_the_certificate_before_the_servers_offer_it() {
+    // An operator upgrade over a cluster made before TLS: no phase
+    // recorded, no pod mounts a certificate.
+    let mut pgc = cluster().primary("db-0", true).build();
+    if let Some(status) = pgc.status.as_mut() {
+        status.tls = None;
+    }
+    let pods = healthy_pods();
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.push(tls_recorded(&pgc, "Mounting"));
+    script.push(event("TLSPhase", "TLS Mounting"));
+    script.extend(children_with_tls("off", "host   ", "prefer"));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    let action = run(pgc, script).await.expect("reconcile");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(10)),
+        "looked at again soon: TLS is not where the spec asks"
+    );
+}
+
+#[tokio::test]
+async fn tls_is_required_once_every_server_reports_it_offered() {
+    let mut pgc = rolling_cluster("db-0");
+    if let Some(status) = pgc.status.as_mut() {
+        status.tls = Some(ordinal_crds::TlsStatus {
+            phase: ordinal_crds::TlsPhase::Offered,
+            secret: Some("db-server".to_owned()),
+        });
+        for instance in &mut status.instances {
+            instance.ssl = Some(true);
+        }
+    }
+    let pods = healthy_pods().map(|mut pod| {
+        if let Some(spec) = pod.spec.as_mut() {
+            spec.volumes = Some(vec![k8s_openapi::api::core::v1::Volume {
+                name: "tls".to_owned(),
+                secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+                    secret_name: Some("db-server".to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        }
+        pod
+    });
+    let mut script = vec![list_pods(&pods)];
+    script.extend(secrets_exist());
+    script.push(tls_recorded(&pgc, "Required"));
+    script.push(event("TLSPhase", "replication requires TLS"));
+    script.extend(children_with_tls("on", "hostssl", "verify-full"));
+    script.push(observed_status(&pgc, "Healthy", "3/3"));
+    run(pgc, script).await.expect("reconcile");
 }
 
 #[tokio::test]
@@ -574,6 +667,11 @@ async fn the_primary_annotation_adopts_existing_data() {
         ),
     ];
     script.extend(secrets_exist());
+    // Answered with the primary recorded before.
+    script.push(tls_recorded(
+        &cluster().primary("db-2", true).build(),
+        "Required",
+    ));
     script.extend(children(3, Some(2)));
     // Adopted data is bootstrapped: a primary that is not up is Degraded.
     script.push(observed_status(&pgc, "Degraded", "0/3"));
@@ -633,6 +731,8 @@ fn rolling_cluster(primary: &str) -> PostgresCluster {
                 lag_seconds: Some(0.0),
                 timeline: Some(1),
                 ip: None,
+                ssl: None,
+                upstream_sslmode: None,
             })
             .collect();
     }
@@ -994,6 +1094,9 @@ async fn a_user_tls_secret_without_its_key_is_reported() {
 async fn without_tls_no_certificate_is_read() {
     let mut pgc = cluster().primary("db-0", true).build();
     pgc.spec.tls.enabled = false;
+    if let Some(status) = pgc.status.as_mut() {
+        status.tls = Some(ordinal_crds::TlsStatus::default());
+    }
     let pods = healthy_pods();
     let mut script = vec![list_pods(&pods)];
     script.extend(credentials_exist());

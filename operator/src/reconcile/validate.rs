@@ -7,7 +7,8 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use ordinal_crds::{
-    OPERATOR_OWNED_PARAMETERS, PostgresCluster, PostgresClusterSpec, ReplicationMode, names,
+    OPERATOR_OWNED_PARAMETERS, PostgresCluster, PostgresClusterSpec, ReplicationMode, TlsStatus,
+    names,
 };
 
 use crate::Error;
@@ -23,8 +24,10 @@ pub struct ValidCluster {
     pub service_name: String,
     pub superuser_secret: String,
     pub replication_secret: String,
-    /// The Secret with the servers' certificate; None while TLS is off.
-    pub tls_secret: Option<String>,
+    /// TLS on the instances: the Secret they mount and how far TLS has
+    /// reached them (status.tls; the reconciler moves it on, see
+    /// [`super::tls_phase`]). Before any is recorded, what the spec asks for.
+    pub tls: TlsStatus,
     pub pdb_min_available: Option<i32>,
     /// Pods the StatefulSet keeps: spec.replicas, but never fewer than the
     /// primary's ordinal + 1 — a scale-down waits until the failover loop
@@ -33,6 +36,26 @@ pub struct ValidCluster {
     /// The cluster's restart request ([`names::ANNOTATION_RESTARTED_AT`]),
     /// carried to the pod template.
     pub restarted_at: Option<String>,
+}
+
+impl ValidCluster {
+    /// The Secret the pods mount, while they mount one.
+    pub fn tls_secret(&self) -> Option<&str> {
+        self.tls
+            .secret
+            .as_deref()
+            .filter(|_| self.tls.phase.mounted())
+    }
+
+    /// Whether the servers offer TLS (`ssl = on`).
+    pub fn tls_offered(&self) -> bool {
+        self.tls_secret().is_some() && self.tls.phase.offered()
+    }
+
+    /// Whether replication requires TLS and verifies the primary.
+    pub fn tls_required(&self) -> bool {
+        self.tls_secret().is_some() && self.tls.phase.required()
+    }
 }
 
 /// One thing wrong with a spec.
@@ -77,7 +100,10 @@ pub fn validate(pgc: &PostgresCluster) -> Result<Result<ValidCluster, Vec<Invali
         service_name: pgc.headless_service_name(),
         superuser_secret: pgc.superuser_secret_name(),
         replication_secret: pgc.replication_secret_name(),
-        tls_secret: pgc.server_tls_secret_name(),
+        tls: pgc
+            .tls_status()
+            .cloned()
+            .unwrap_or_else(|| super::tls_phase::settled(pgc.server_tls_secret_name())),
         pdb_min_available: pgc.pdb_min_available(),
         name,
         namespace,

@@ -53,6 +53,8 @@ fn replica(received: u64, streaming: bool) -> Result<InstanceProbe, ProbeError> 
         synchronous_standby_names: String::new(),
         upstream: Some("db-0.db-headless:5432".to_owned()),
         upstream_addr: None,
+        upstream_sslmode: None,
+        ssl: false,
         last_message_age: Some(0.5),
         standbys: Vec::new(),
         slots: None,
@@ -94,6 +96,7 @@ fn settings(mode: ReplicationMode, quorum: i32) -> Settings {
         quorum,
         replicas: 3,
         isolation: Duration::from_secs(10),
+        replication_tls: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn settings(mode: ReplicationMode) -> Settings {
         },
         replicas: 3,
         isolation: Duration::from_secs(10),
+        replication_tls: None,
     }
 }
 
@@ -165,6 +166,41 @@ fn a_standby_that_follows_nobody_or_another_host_is_repointed() {
         decide(&obs, &p, &Memory::default()),
         Action::Repoint {
             standbys: vec!["db-1".to_owned(), "db-2".to_owned()]
+        }
+    );
+}
+
+#[test]
+fn standbys_are_repointed_when_tls_becomes_required_or_stops_being() {
+    let verifying = || {
+        let mut p = streaming(100).expect("probe");
+        p.upstream_sslmode = Some("verify-full".to_owned());
+        Ok(p)
+    };
+    let plain = || {
+        let mut p = streaming(100).expect("probe");
+        p.upstream_sslmode = Some("prefer".to_owned());
+        Ok(p)
+    };
+    let mut obs = running(ReplicationMode::Async);
+    let p = probes([primary(100), verifying(), plain()]);
+    // No TLS phase recorded yet: each standby is left as it follows.
+    assert!(matches!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Steady { .. }
+    ));
+    obs.settings.replication_tls = Some(true);
+    assert_eq!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Repoint {
+            standbys: vec!["db-2".to_owned()]
+        }
+    );
+    obs.settings.replication_tls = Some(false);
+    assert_eq!(
+        decide(&obs, &p, &Memory::default()),
+        Action::Repoint {
+            standbys: vec!["db-1".to_owned()]
         }
     );
 }

@@ -52,13 +52,13 @@ fn max_slot_wal_keep_size(size: &str) -> String {
 
 /// Settings replication and failover depend on; users cannot change them.
 fn operator_parameters(cluster: &ValidCluster) -> BTreeMap<&'static str, String> {
-    let mut tls = match cluster.tls_secret {
-        Some(_) => BTreeMap::from([
+    let mut tls = match cluster.tls_offered() {
+        true => BTreeMap::from([
             ("ssl", "on".to_owned()),
             ("ssl_cert_file", paths::TLS_CERT.to_owned()),
             ("ssl_key_file", paths::TLS_KEY.to_owned()),
         ]),
-        None => BTreeMap::from([("ssl", "off".to_owned())]),
+        false => BTreeMap::from([("ssl", "off".to_owned())]),
     };
     tls.extend([
         ("listen_addresses", "*".to_owned()),
@@ -114,7 +114,7 @@ pub fn postgresql_conf(cluster: &ValidCluster) -> String {
 /// on, replication connects only over TLS (`hostssl`), and clients too
 /// with `tls.requireForClients`.
 pub fn pg_hba_conf(cluster: &ValidCluster) -> String {
-    let tls = cluster.tls_secret.is_some();
+    let tls = cluster.tls_required();
     let replication = if tls { "hostssl" } else { "host   " };
     let clients = if tls && cluster.spec.tls.require_for_clients {
         "hostssl"
@@ -145,7 +145,14 @@ pub fn pg_hba_conf(cluster: &ValidCluster) -> String {
 /// changes), so a change of theirs must not restart every pod.
 /// `max_slot_wal_keep_size` follows `storage.size`, which grows on a
 /// running cluster.
-const RELOADED_PARAMETERS: &[&str] = &["max_slot_wal_keep_size"];
+/// The TLS settings change on a reload too (see
+/// [`crate::reconcile::tls_phase`]): TLS is turned on for running servers.
+const RELOADED_PARAMETERS: &[&str] = &[
+    "max_slot_wal_keep_size",
+    "ssl",
+    "ssl_cert_file",
+    "ssl_key_file",
+];
 
 pub fn config_hash(postgresql_conf: &str) -> String {
     let hashed: Vec<&str> = postgresql_conf
@@ -160,6 +167,19 @@ pub fn config_hash(postgresql_conf: &str) -> String {
     hex::encode(&digest[..8])
 }
 
+/// How ordinal-init's connections to the primary use TLS (the standby's
+/// `primary_conninfo`, pg_basebackup, pg_rewind, its own sessions):
+/// `verify-full` once TLS is required, else libpq's default `prefer`. In
+/// the ConfigMap, not the pod template: it changes on a running cluster
+/// without a rolling update, and a pod starting reads the current value.
+pub fn replication_sslmode(cluster: &ValidCluster) -> &'static str {
+    if cluster.tls_required() {
+        "verify-full"
+    } else {
+        "prefer"
+    }
+}
+
 pub fn build_config_map(cluster: &ValidCluster) -> ConfigMap {
     ConfigMap {
         metadata: child_meta(cluster, names::config_map(&cluster.name)),
@@ -169,6 +189,10 @@ pub fn build_config_map(cluster: &ValidCluster) -> ConfigMap {
                 postgresql_conf(cluster),
             ),
             (names::CONFIG_PG_HBA.to_owned(), pg_hba_conf(cluster)),
+            (
+                names::CONFIG_REPLICATION_SSLMODE.to_owned(),
+                replication_sslmode(cluster).to_owned(),
+            ),
         ])),
         ..ConfigMap::default()
     }
@@ -284,6 +308,46 @@ mod tests {
         assert!(!conf.contains("ssl_cert_file"));
         let hba = pg_hba_conf(&off);
         assert!(!hba.contains("hostssl"), "{hba}");
+    }
+
+    fn at(phase: ordinal_crds::TlsPhase) -> ValidCluster {
+        let mut c = valid(cluster().build());
+        c.tls.phase = phase;
+        c
+    }
+
+    #[test]
+    fn tls_is_offered_then_required_by_reloads_alone() {
+        use ordinal_crds::TlsPhase::*;
+        let mounting = at(Mounting);
+        assert!(postgresql_conf(&mounting).contains("ssl = 'off'"));
+        assert!(!pg_hba_conf(&mounting).contains("hostssl"));
+        assert_eq!(replication_sslmode(&mounting), "prefer");
+
+        let offered = at(Offered);
+        assert!(postgresql_conf(&offered).contains("ssl = 'on'"));
+        assert!(
+            !pg_hba_conf(&offered).contains("hostssl"),
+            "nothing requires TLS while a server may not offer it yet"
+        );
+        assert_eq!(replication_sslmode(&offered), "prefer");
+
+        let required = at(Required);
+        assert!(pg_hba_conf(&required).contains("hostssl replication"));
+        assert_eq!(replication_sslmode(&required), "verify-full");
+        let data = build_config_map(&required).data.unwrap_or_default();
+        assert_eq!(
+            data.get(names::CONFIG_REPLICATION_SSLMODE)
+                .map(String::as_str),
+            Some("verify-full")
+        );
+
+        // No step restarts a pod: the configuration's hash stays.
+        let hashes: Vec<String> = [Off, Mounting, Offered, Required]
+            .into_iter()
+            .map(|phase| config_hash(&postgresql_conf(&at(phase))))
+            .collect();
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
     }
 
     #[test]

@@ -77,7 +77,11 @@ pub fn build_backup_job(
         paths::REPLICATION_SECRET_DIR,
     )];
     vars.extend(archive_env(cluster));
-    vars.extend(tls_env(cluster));
+    // pg_basebackup verifies the instance it reads from, once TLS is
+    // required (before, libpq's default: TLS when offered).
+    if cluster.tls_required() {
+        vars.extend(tls_env(cluster));
+    }
     // The backup's last segment is archived by the primary within
     // archive_timeout of its end: wait for two, and a minute.
     let wal_wait = cluster
@@ -114,8 +118,7 @@ pub fn build_backup_job(
         mount(VOLUME_BACKUP, paths::BACKUP_SECRET_DIR, true),
         mount(VOLUME_TMP, "/tmp", false),
     ];
-    // pg_basebackup verifies the instance it reads from.
-    if cluster.tls_secret.is_some() {
+    if cluster.tls_required() {
         mounts.push(mount(VOLUME_TLS, paths::TLS_DIR, true));
     }
     let take = tool_container(cluster, BACKUP_CONTAINER, command, vars, mounts);
@@ -126,7 +129,7 @@ pub fn build_backup_job(
     ];
     volumes.extend(backup_credentials_volume(cluster));
     // The CA, not the servers' key.
-    volumes.extend(tls_ca_volume(cluster));
+    volumes.extend(tls_ca_volume(cluster).filter(|_| cluster.tls_required()));
     job(cluster, backup, labels, owner, install, take, volumes, None)
 }
 

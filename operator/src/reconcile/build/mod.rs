@@ -19,7 +19,7 @@ pub use pdb::build_pdb;
 pub use rbac::{build_role, build_role_binding, build_service_account};
 pub use secret::{build_generated_secret, generate_password};
 pub use service::{build_headless_service, build_ro_service, build_rw_service};
-pub use statefulset::{BuildConfig, build_statefulset};
+pub use statefulset::{BuildConfig, build_statefulset, mounted_tls_secret};
 
 /// PgBouncer from Debian's package (`deploy/pgbouncer.Dockerfile`).
 pub const DEFAULT_POOLER_IMAGE: &str = "ghcr.io/ordinal-dev/pgbouncer:1.24";

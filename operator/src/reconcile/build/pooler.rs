@@ -66,7 +66,9 @@ fn pooler_meta(cluster: &ValidCluster) -> ObjectMeta {
 
 /// pgbouncer.ini.
 pub fn pgbouncer_ini(cluster: &ValidCluster, pooler: &PoolerSpec) -> String {
-    let tls = cluster.tls_secret.is_some();
+    // The pooler speaks TLS once the instances require it: before, the
+    // servers it connects to may not offer it yet.
+    let tls = cluster.tls_required();
     let primary = format!(
         "{}.{}.svc",
         names::rw_service(&cluster.name),
@@ -213,9 +215,8 @@ pub fn build_pooler_deployment(
     ];
     for file in watched.iter().map(String::as_str).chain(
         cluster
-            .tls_secret
-            .as_ref()
-            .map(|_| [paths::TLS_CERT, paths::TLS_KEY, paths::TLS_CA])
+            .tls_required()
+            .then_some([paths::TLS_CERT, paths::TLS_KEY, paths::TLS_CA])
             .into_iter()
             .flatten(),
     ) {
@@ -236,7 +237,7 @@ pub fn build_pooler_deployment(
         config_map_volume(VOLUME_POOLER_CONFIG, &names::pooler(&cluster.name)),
         secret_volume(VOLUME_POOLER_AUTH, &names::pooler(&cluster.name)),
     ];
-    if let Some(volume) = tls_volume(cluster) {
+    if let Some(volume) = tls_volume(cluster).filter(|_| cluster.tls_required()) {
         volumes.push(volume);
         mounts.push(mount(VOLUME_TLS, paths::TLS_DIR, true));
     }

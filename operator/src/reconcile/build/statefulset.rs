@@ -287,12 +287,12 @@ fn ordinal_env(cluster: &ValidCluster) -> Vec<EnvVar> {
     vars
 }
 
-/// The CA replication connections verify the primary against, while TLS
-/// is on.
+/// The CA replication connections verify the primary against, while the
+/// pods mount the certificate. ordinal-init verifies only once the
+/// ConfigMap's `replication-sslmode` says `verify-full`.
 pub(super) fn tls_env(cluster: &ValidCluster) -> Option<EnvVar> {
     cluster
-        .tls_secret
-        .as_ref()
+        .tls_secret()
         .map(|_| env(names::env::TLS_CA, paths::TLS_CA))
 }
 
@@ -303,9 +303,22 @@ pub(super) fn tls_env(cluster: &ValidCluster) -> Option<EnvVar> {
 /// pod.
 pub(super) fn tls_volume(cluster: &ValidCluster) -> Option<Volume> {
     cluster
-        .tls_secret
-        .as_ref()
+        .tls_secret()
         .map(|secret| secret_volume(VOLUME_TLS, secret))
+}
+
+/// The Secret a pod of the cluster mounts as its TLS volume, if any.
+pub fn mounted_tls_secret(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .as_ref()?
+        .iter()
+        .find(|v| v.name == VOLUME_TLS)?
+        .secret
+        .as_ref()?
+        .secret_name
+        .clone()
 }
 
 /// The CA alone (no key), for pods that only verify the instances (the
@@ -350,7 +363,7 @@ fn postgres_mounts(cluster: &ValidCluster) -> Vec<VolumeMount> {
     if super::backup::recovery_source(cluster).is_some() {
         mounts.push(mount(VOLUME_RECOVERY, paths::RECOVERY_SECRET_DIR, true));
     }
-    if cluster.tls_secret.is_some() {
+    if cluster.tls_secret().is_some() {
         mounts.push(mount(VOLUME_TLS, paths::TLS_DIR, true));
     }
     mounts

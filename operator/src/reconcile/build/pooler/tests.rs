@@ -40,10 +40,15 @@ fn pgbouncer_follows_the_rw_service_and_verifies_it() {
     assert_eq!(setting(&ini, "client_tls_sslmode"), Some("require"));
 
     let mut off = cluster.clone();
-    off.tls_secret = None;
+    off.tls = ordinal_crds::TlsStatus::default();
     let ini = pgbouncer_ini(&off, &pooler);
     assert_eq!(setting(&ini, "client_tls_sslmode"), Some("disable"));
     assert!(!ini.contains("server_tls_ca_file"));
+
+    // While TLS is being turned on, the servers may not offer it yet.
+    let mut offered = cluster.clone();
+    offered.tls.phase = ordinal_crds::TlsPhase::Offered;
+    assert_eq!(pgbouncer_ini(&offered, &pooler), ini);
 }
 
 #[test]

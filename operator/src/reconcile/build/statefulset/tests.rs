@@ -447,6 +447,31 @@ fn the_image_holds_the_binaries_where_the_pods_run_them() {
 }
 
 #[test]
+fn turning_tls_on_replaces_each_pod_once() {
+    use ordinal_crds::TlsPhase::*;
+    let template = |phase| {
+        let mut c = valid(cluster().build());
+        c.tls.phase = phase;
+        build_statefulset(&c, &build_config())
+            .spec
+            .expect("spec")
+            .template
+    };
+    let mounting = template(Mounting);
+    assert!(
+        mounting
+            .spec
+            .as_ref()
+            .and_then(|p| p.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name == "tls")),
+        "the first step mounts the certificate"
+    );
+    assert_eq!(mounting, template(Offered), "Offered is a reload");
+    assert_eq!(mounting, template(Required), "Required is a reload");
+    assert_ne!(mounting, template(Off));
+}
+
+#[test]
 fn the_tls_secret_is_mounted_whole_where_postgres_and_ordinal_init_read_it() {
     let sts = build_statefulset(&valid(cluster().build()), &build_config());
     let pod = sts.spec.expect("spec").template.spec.expect("pod");
