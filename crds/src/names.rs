@@ -53,6 +53,10 @@ pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 /// Annotation on the pod template: hash of the configuration that needs a
 /// restart, so that a changed configuration shows as a changed template.
 pub const ANNOTATION_CONFIG_HASH: &str = "ordinal.dev/config-hash";
+/// On each pod: a digest of the ConfigMap and certificate it should have
+/// mounted. The operator sets it when they change, which makes the kubelet
+/// refresh the pod's volumes at once.
+pub const ANNOTATION_MOUNTED: &str = "ordinal.dev/mounted";
 
 pub const SUFFIX_HEADLESS: &str = "-headless";
 pub const SUFFIX_RW: &str = "-rw";

@@ -138,10 +138,13 @@ pub fn pod(name: &str, ready: bool, role: Option<&str>) -> Pod {
     if let Some(role) = role {
         labels.insert(names::LABEL_ROLE.to_owned(), role.to_owned());
     }
+    // Mounting what the default cluster's ConfigMap and certificate hold.
+    let mounted = crate::reconcile::build::mounted_digest(&valid(cluster().build()), None);
     serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": "ns", "labels": labels},
+        "metadata": {"name": name, "namespace": "ns", "labels": labels,
+                     "annotations": {names::ANNOTATION_MOUNTED: mounted}},
         "spec": {"containers": [{"name": "postgres", "image": "postgres:17"}]},
         "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
     }))

@@ -321,10 +321,10 @@ pub async fn ensure_tls(
     client: &Client,
     cluster: &ValidCluster,
     now: i64,
-) -> Result<Vec<TlsChange>, Error> {
+) -> Result<Certificates, Error> {
     let tls = &cluster.spec.tls;
     if !tls.enabled {
-        return Ok(Vec::new());
+        return Ok(Certificates::default());
     }
     let api: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
     let get = |name: String| {
@@ -393,7 +393,10 @@ pub async fn ensure_tls(
                 ),
             });
         }
-        return Ok(Vec::new());
+        return Ok(Certificates {
+            changes: Vec::new(),
+            version: found.resource_version(),
+        });
     }
 
     let mut changes = Vec::new();
@@ -446,13 +449,70 @@ pub async fn ensure_tls(
     let server_name = names::server_tls_secret(&cluster.name);
     let present = get(server_name.clone()).await?;
     let wanted = build::tls::server_names(cluster);
+    let mut version = present.as_ref().and_then(ResourceExt::resource_version);
     if let Some(why) = build::tls::renewal(present.as_ref(), &ca.cert_pem, &wanted, now) {
         let cert = build::tls::issue_server(&ca, &wanted, now)
             .map_err(|e| tls_failed(&server_name, e.to_string()))?;
-        apply(client, &build::tls::server_secret(cluster, &cert)).await?;
+        version = apply(client, &build::tls::server_secret(cluster, &cert))
+            .await?
+            .resource_version();
         changes.push(TlsChange::Issued(why));
     }
-    Ok(changes)
+    Ok(Certificates { changes, version })
+}
+
+/// What [`ensure_tls`] did, and the version of the servers' Secret now.
+#[derive(Debug, Default)]
+pub struct Certificates {
+    pub changes: Vec<TlsChange>,
+    /// The servers' Secret's resourceVersion: it changes with the
+    /// certificate (None while TLS is off).
+    pub version: Option<String>,
+}
+
+/// Has the kubelet rewrite each pod's mounted ConfigMap and Secrets now,
+/// not at its next periodic sync of the pod (a minute or more): a change
+/// of a pod's annotations makes the kubelet sync the pod, and a sync
+/// refreshes its ConfigMap and Secret volumes. `digest` names what they
+/// should hold; a pod annotated with it already is left alone, and so is
+/// a pod being deleted.
+pub async fn refresh_mounts(
+    client: &Client,
+    namespace: &str,
+    pods: &[Pod],
+    digest: &str,
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    for pod in pods {
+        let current = pod.annotations().get(names::ANNOTATION_MOUNTED);
+        if pod.metadata.deletion_timestamp.is_some() || current.map(String::as_str) == Some(digest)
+        {
+            continue;
+        }
+        let body =
+            serde_json::json!({"metadata": {"annotations": {names::ANNOTATION_MOUNTED: digest}}});
+        match api
+            .patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&body),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Gone since it was listed: its replacement mounts what is current.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: "Pod",
+                    namespace: namespace.to_owned(),
+                    name: pod.name_any(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A store's credentials Secret exists with the keys its store needs: a

@@ -135,21 +135,30 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         }
         Err(error) => return Err(error),
     }
-    match apply::ensure_tls(&ctx.client, &cluster, (ctx.now)().as_second()).await {
-        Ok(changes) => {
-            for change in changes {
-                let (reason, note) = change.event(&cluster.name);
-                tracing::info!(%note, "certificates");
-                ctx.publish(&pgc, EventType::Normal, reason, "Certificates", note)
-                    .await;
+    let certificate_version =
+        match apply::ensure_tls(&ctx.client, &cluster, (ctx.now)().as_second()).await {
+            Ok(certificates) => {
+                for change in certificates.changes {
+                    let (reason, note) = change.event(&cluster.name);
+                    tracing::info!(%note, "certificates");
+                    ctx.publish(&pgc, EventType::Normal, reason, "Certificates", note)
+                        .await;
+                }
+                certificates.version
             }
-        }
-        Err(error @ (Error::MissingSecret { .. } | Error::Tls { .. })) => {
-            return blocked_by_secret(&ctx, &pgc, &pods, "TLSSecretInvalid", "Certificates", error)
+            Err(error @ (Error::MissingSecret { .. } | Error::Tls { .. })) => {
+                return blocked_by_secret(
+                    &ctx,
+                    &pgc,
+                    &pods,
+                    "TLSSecretInvalid",
+                    "Certificates",
+                    error,
+                )
                 .await;
-        }
-        Err(error) => return Err(error),
-    }
+            }
+            Err(error) => return Err(error),
+        };
 
     let tls_settled = tls_phase::settled(pgc.server_tls_secret_name());
     cluster.tls = advance_tls(&ctx, &mut pgc, &pods).await?;
@@ -178,6 +187,11 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         volumes.template_size.as_deref(),
     )
     .await?;
+    // The pods' mounts, refreshed now rather than at the kubelet's next
+    // look: a reload step (a TLS step, a renewed certificate, a changed
+    // parameter) reaches the servers in seconds.
+    let mounted = build::mounted_digest(&cluster, certificate_version.as_deref());
+    apply::refresh_mounts(&ctx.client, &namespace, &pods, &mounted).await?;
     fence(&ctx, &pgc, &views).await?;
     if let Some(statefulset) = &statefulset
         && primary.bootstrapped

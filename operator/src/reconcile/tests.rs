@@ -374,6 +374,37 @@ async fn new_cluster_chooses_db_0_then_builds_everything() {
     assert_eq!(action, Action::requeue(Duration::from_secs(10)));
 }
 
+/// Each pod's annotation set to what it should mount now, so that the
+/// kubelet refreshes its ConfigMap and certificate at once.
+fn mounts_refreshed(cluster: &PostgresCluster, pods: &[&str]) -> Vec<Exchange> {
+    let valid = crate::fixtures::valid(cluster.clone());
+    let digest = crate::reconcile::build::mounted_digest(&valid, None);
+    assert_ne!(
+        digest,
+        crate::reconcile::build::mounted_digest(
+            &crate::fixtures::valid(self::cluster().build()),
+            None
+        ),
+        "the pods' mounts are stale"
+    );
+    pods.iter()
+        .map(|pod| {
+            let digest = digest.clone();
+            Exchange::new_patch(format!("{NS}/pods/{pod}")).check(move |body| {
+                assert_eq!(
+                    body["metadata"]["annotations"]["ordinal.dev/mounted"],
+                    digest
+                );
+                assert_eq!(
+                    body.as_object().map(|o| o.len()),
+                    Some(1),
+                    "only the annotation: {body}"
+                );
+            })
+        })
+        .collect()
+}
+
 /// status.tls written by its own field manager.
 fn tls_recorded(pgc: &PostgresCluster, phase: &'static str) -> Exchange {
     Exchange::apply(STATUS, "ordinal-operator/tls")
@@ -422,6 +453,14 @@ async fn a_cluster_made_without_tls_mounts_the_certificate_before_the_servers_of
     script.push(tls_recorded(&pgc, "Mounting"));
     script.push(event("TLSPhase", "TLS Mounting"));
     script.extend(children_with_tls("off", "host   ", "prefer"));
+    let mut mounting = pgc.clone();
+    if let Some(status) = mounting.status.as_mut() {
+        status.tls = Some(ordinal_crds::TlsStatus {
+            phase: ordinal_crds::TlsPhase::Mounting,
+            secret: Some("db-server".to_owned()),
+        });
+    }
+    script.extend(mounts_refreshed(&mounting, &["db-0", "db-1", "db-2"]));
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     let action = run(pgc, script).await.expect("reconcile");
     assert_eq!(
@@ -907,6 +946,7 @@ async fn a_bigger_storage_size_grows_the_claims_and_recreates_the_statefulset() 
     let mut kids = objects(3, Some(2));
     kids.pop();
     script.extend(kids);
+    script.extend(mounts_refreshed(&pgc, &["db-0", "db-1"]));
     script.push(observed_status(&pgc, "Creating", "2/3"));
     let action = run(pgc, script).await.expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(3)));
@@ -942,6 +982,7 @@ async fn the_new_statefulset_carries_the_new_claim_size() {
             "2Gi"
         );
     }));
+    script.extend(mounts_refreshed(&pgc, &["db-0"]));
     script.push(observed_status(&pgc, "Creating", "1/3"));
     let action = run(pgc, script).await.expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(3)));
@@ -977,6 +1018,7 @@ async fn a_class_without_expansion_keeps_the_statefulset_and_says_why() {
             "a StatefulSet's claim template cannot change in place"
         );
     }));
+    script.extend(mounts_refreshed(&pgc, &["db-0"]));
     script.push(observed_status(&pgc, "Healthy", "1/1"));
     run(pgc, script).await.expect("reconcile");
 }
@@ -1101,6 +1143,7 @@ async fn without_tls_no_certificate_is_read() {
     let mut script = vec![list_pods(&pods)];
     script.extend(credentials_exist());
     script.extend(children(3, Some(2)));
+    script.extend(mounts_refreshed(&pgc, &["db-0", "db-1", "db-2"]));
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc, script).await.expect("reconcile");
 }

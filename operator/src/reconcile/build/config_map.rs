@@ -180,6 +180,20 @@ pub fn replication_sslmode(cluster: &ValidCluster) -> &'static str {
     }
 }
 
+/// What a pod should have mounted: its ConfigMap and the servers'
+/// certificate (by the Secret's version). See `apply::refresh_mounts`.
+pub fn mounted_digest(cluster: &ValidCluster, certificate_version: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in build_config_map(cluster).data.iter().flatten() {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    hasher.update(certificate_version.unwrap_or_default().as_bytes());
+    hex::encode(&hasher.finalize()[..8])
+}
+
 pub fn build_config_map(cluster: &ValidCluster) -> ConfigMap {
     ConfigMap {
         metadata: child_meta(cluster, names::config_map(&cluster.name)),
