@@ -10,6 +10,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -803,6 +804,329 @@ async fn tls_is_verified_and_renewed_without_a_restart() {
         before,
         "requiring TLS of clients restarts nothing"
     );
+}
+
+/// The TLS phase recorded in the status ("Off" before any).
+async fn tls_phase(h: &Harness, cluster: &str) -> Result<String, String> {
+    Ok(h.try_status(cluster)
+        .await?
+        .tls
+        .map_or("none", |t| t.phase.as_str())
+        .to_owned())
+}
+
+/// Every TLS phase the cluster's status goes through, in order, with its
+/// time: a watch sees every write of the status, so a step that lasts a
+/// moment is seen too.
+struct PhaseWatch {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PhaseWatch {
+    fn start(h: &Harness, cluster: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Instant)>::new()));
+        let stream = watcher(
+            h.clusters(),
+            watcher::Config::default().fields(&format!("metadata.name={cluster}")),
+        )
+        .applied_objects();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(pgc)) = stream.next().await {
+                let phase = pgc
+                    .tls_status()
+                    .map_or("none", |t| t.phase.as_str())
+                    .to_owned();
+                let mut seen = record.lock().unwrap();
+                if seen.last().is_none_or(|(last, _)| *last != phase) {
+                    seen.push((phase, Instant::now()));
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    /// The phases seen after `from`, and when.
+    fn since(&self, from: Instant) -> Vec<(String, f64)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, at)| *at >= from)
+            .map(|(phase, at)| (phase.clone(), at.duration_since(from).as_secs_f64()))
+            .collect()
+    }
+
+    /// Waits until `phase` is seen after `from`; its seconds since `from`.
+    async fn wait(&self, h: &Harness, phase: &str, from: Instant) -> f64 {
+        h.wait_until(&format!("TLS phase {phase}"), async || {
+            let since = self.since(from);
+            since
+                .iter()
+                .find(|(p, _)| p == phase)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| format!("phases since: {since:?}"))
+        })
+        .await
+    }
+}
+
+impl Drop for PhaseWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Samples, every 250 ms, whether `pod`'s WAL receiver streams; the
+/// longest run of samples in which it did not is the replication outage.
+struct StreamWatch {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl StreamWatch {
+    async fn start(h: &Harness, cluster: &str, pod: &str) -> Self {
+        let client = h.sql(cluster, pod).await;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            let mut down_since: Option<Instant> = None;
+            while !*stopped.borrow() {
+                let streaming = client
+                    .query_one(
+                        "SELECT COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)",
+                        &[],
+                    )
+                    .await
+                    .is_ok_and(|row| row.get::<_, bool>(0));
+                let now = Instant::now();
+                match (streaming, down_since) {
+                    (false, None) => down_since = Some(now),
+                    (true, Some(since)) => {
+                        longest = longest.max(now - since);
+                        down_since = None;
+                    }
+                    _ => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            down_since.map_or(longest, |since| longest.max(since.elapsed()))
+        });
+        Self { stop, task }
+    }
+
+    /// The longest the replica did not stream.
+    async fn stop(self) -> Duration {
+        let _ = self.stop.send(true);
+        self.task.await.expect("stream watch")
+    }
+}
+
+/// The replica's replication connection as the primary sees it: its
+/// application name and whether it is TLS; and the replica's
+/// primary_conninfo.
+async fn replication_tls(
+    h: &Harness,
+    cluster: &str,
+    primary: &str,
+    replica: &str,
+) -> Result<(bool, String), String> {
+    let on_primary = h.try_sql(cluster, primary).await?;
+    let ssl: bool = on_primary
+        .query_one(
+            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) \
+             WHERE r.application_name = $1 AND r.state = 'streaming'",
+            &[&replica],
+        )
+        .await
+        .map_err(|e| format!("{replica} does not stream from {primary}: {e}"))?
+        .get(0);
+    let conninfo: String = h
+        .try_sql(cluster, replica)
+        .await?
+        .query_one("SHOW primary_conninfo", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    Ok((ssl, conninfo))
+}
+
+/// `SHOW ssl` on `pod`.
+async fn serves_tls(h: &Harness, cluster: &str, pod: &str) -> Result<bool, String> {
+    let ssl: String = h
+        .try_sql(cluster, pod)
+        .await?
+        .query_one("SHOW ssl", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    Ok(ssl == "on")
+}
+
+/// TLS turned on, then off, for a cluster that runs, under write load.
+/// On: one rolling update mounts the certificate (Mounting), a reload
+/// makes every server offer TLS (Offered), then replication requires it
+/// and the running standby is re-pointed with verify-full (Required) —
+/// the same pods as at Offered, no second rolling update, and the standby
+/// streams throughout the reloads and the re-point. Off walks back:
+/// Offered (the standby re-pointed without verification), Off (ssl off,
+/// a rolling update drops the certificate). No acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_is_turned_on_and_off_for_a_running_cluster() {
+    let h = Harness::new("tls_is_turned_on_and_off_for_a_running_cluster").await;
+    let cluster = "late";
+    let mut spec = h.spec(2);
+    spec.tls.enabled = false;
+    h.apply(cluster, &spec).await;
+    h.wait_ready(cluster, 2).await;
+    assert_eq!(tls_phase(&h, cluster).await.as_deref(), Ok("Off"));
+    let phases = PhaseWatch::start(&h, cluster);
+    let writer = Writer::start(&h, cluster).await;
+    writer.wait_more_acks(&h, 20).await;
+
+    // On.
+    let on = Instant::now();
+    spec.tls.enabled = true;
+    h.apply(cluster, &spec).await;
+    let mounting = phases.wait(&h, "Mounting", on).await;
+    let offered = phases.wait(&h, "Offered", on).await;
+    let at_offered = pod_identities(&h, cluster).await;
+    let (primary, _) = h.sql_rw(cluster).await;
+    let replica = if primary == "late-0" {
+        "late-1"
+    } else {
+        "late-0"
+    };
+    h.wait_streaming_replica(cluster, &primary, replica).await;
+    let watch = StreamWatch::start(&h, cluster, replica).await;
+    let required = phases.wait(&h, "Required", on).await;
+    let (ssl, conninfo) = h
+        .wait_until(
+            &format!("{replica} streams over TLS, verifying {primary}"),
+            async || {
+                let (ssl, conninfo) = replication_tls(&h, cluster, &primary, replica).await?;
+                if ssl && conninfo.contains("sslmode=verify-full") {
+                    Ok((ssl, conninfo))
+                } else {
+                    Err(format!("ssl {ssl}, primary_conninfo {conninfo}"))
+                }
+            },
+        )
+        .await;
+    let repointed = on.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let outage = watch.stop().await;
+    eprintln!(
+        "TLS on: Mounting {mounting:.1}s, Offered {offered:.1}s, Required {required:.1}s, \
+         {replica} verifies {primary} at {repointed:.1}s (ssl {ssl}); \
+         longest replication outage from Offered on: {:.1}s",
+        outage.as_secs_f64()
+    );
+    assert!(
+        conninfo.contains("sslrootcert='/etc/ordinal/tls/ca.crt'"),
+        "{conninfo}"
+    );
+    for pod in [primary.as_str(), replica] {
+        assert_eq!(serves_tls(&h, cluster, pod).await, Ok(true), "{pod}");
+    }
+    assert_eq!(
+        pod_identities(&h, cluster).await,
+        at_offered,
+        "Offered and Required are reloads: the same pods, never restarted"
+    );
+    assert!(
+        outage < Duration::from_secs(5),
+        "{replica} stopped streaming for {outage:?} while TLS became required"
+    );
+    let steps: Vec<String> = phases.since(on).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        steps,
+        ["Mounting", "Offered", "Required"],
+        "one step at a time"
+    );
+    let reasons = h.event_reasons("PostgresCluster", cluster).await;
+    for reason in ["TLSMounting", "TLSOffered", "TLSRequired"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "{reason} in {reasons:?}"
+        );
+    }
+
+    // Off.
+    let off = Instant::now();
+    let watch = StreamWatch::start(&h, cluster, replica).await;
+    spec.tls.enabled = false;
+    h.apply(cluster, &spec).await;
+    let off_at = phases.wait(&h, "Off", off).await;
+    let outage = watch.stop().await;
+    let conninfo = h
+        .wait_until("the standby follows without verifying", async || {
+            let (primary, _) = h.sql_rw(cluster).await;
+            let replica = if primary == "late-0" {
+                "late-1"
+            } else {
+                "late-0"
+            };
+            let (_, conninfo) = replication_tls(&h, cluster, &primary, replica).await?;
+            if conninfo.contains("verify-full") {
+                Err(conninfo)
+            } else {
+                Ok(conninfo)
+            }
+        })
+        .await;
+    // The rolling update that drops the certificate.
+    h.wait_until("no pod mounts the certificate", async || {
+        let pods = h.cluster_pods(cluster).await?;
+        match pods.iter().find(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.volumes.as_ref())
+                .is_some_and(|v| v.iter().any(|v| v.name == "tls"))
+        }) {
+            Some(p) => Err(format!("{} still mounts it", p.name_any())),
+            None if pods.len() == 2 => Ok(()),
+            None => Err(format!("{} pods", pods.len())),
+        }
+    })
+    .await;
+    h.wait_ready(cluster, 2).await;
+    let (primary, _) = h.sql_rw(cluster).await;
+    let replica = if primary == "late-0" {
+        "late-1"
+    } else {
+        "late-0"
+    };
+    h.wait_streaming_replica(cluster, &primary, replica).await;
+    for pod in [primary.as_str(), replica] {
+        assert_eq!(serves_tls(&h, cluster, pod).await, Ok(false), "{pod}");
+    }
+    let steps = phases.since(off);
+    eprintln!(
+        "TLS off: {steps:?}; longest replication outage until Off ({off_at:.1}s): {:.1}s; \
+         primary_conninfo without verify-full: {}",
+        outage.as_secs_f64(),
+        !conninfo.contains("sslmode")
+    );
+    assert_eq!(
+        steps.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["Offered", "Off"],
+        "TLS stops being required before the servers stop offering it"
+    );
+    assert!(
+        outage < Duration::from_secs(5),
+        "the standby stopped streaming for {outage:?} while TLS stopped being required"
+    );
+    writer.wait_more_acks(&h, 20).await;
+    let acks = writer.stop().await;
+    h.assert_acked_rows_present(cluster, &acks.ids).await;
 }
 
 /// Asks for a switchover to `to` and waits until it is the primary.

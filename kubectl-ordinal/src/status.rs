@@ -52,6 +52,38 @@ fn or_dash(value: Option<String>) -> String {
 }
 
 /// The whole report.
+/// TLS as the instances have it (status.tls), and where it is going.
+fn tls_fact(pgc: &PostgresCluster) -> String {
+    use ordinal_crds::TlsPhase;
+    let spec = &pgc.spec.tls;
+    let Some(tls) = pgc.tls_status() else {
+        return if spec.enabled {
+            "on (not observed yet)"
+        } else {
+            "off"
+        }
+        .to_owned();
+    };
+    let mut out = match tls.phase {
+        TlsPhase::Off => "off".to_owned(),
+        TlsPhase::Mounting => "mounting the certificate (not offered yet)".to_owned(),
+        TlsPhase::Offered => "offered, not required".to_owned(),
+        TlsPhase::Required => "required for replication, verify-full".to_owned(),
+    };
+    if spec.enabled && spec.require_for_clients && tls.phase == TlsPhase::Required {
+        out.push_str(" and clients");
+    }
+    if let Some(secret) = tls.secret.as_ref().filter(|_| tls.phase.mounted()) {
+        out.push_str(&format!(", Secret {secret}"));
+    }
+    match (spec.enabled, tls.phase) {
+        (true, TlsPhase::Required) | (false, TlsPhase::Off) => {}
+        (true, _) => out.push_str(" (being turned on)"),
+        (false, _) => out.push_str(" (being turned off)"),
+    }
+    out
+}
+
 pub fn render(
     pgc: &PostgresCluster,
     pods: &[Pod],
@@ -106,6 +138,18 @@ pub fn render(
             ),
         ],
     ];
+    facts.push(vec!["TLS".to_owned(), tls_fact(pgc)]);
+    if let Some(pooler) = &spec.pooler {
+        facts.push(vec![
+            "Pooler".to_owned(),
+            format!(
+                "{} PgBouncer, {} pooling, Service {}",
+                pooler.instances,
+                format!("{:?}", pooler.pool_mode).to_lowercase(),
+                ordinal_crds::names::pooler(&pgc.name_any())
+            ),
+        ]);
+    }
     if let Some(target) = &status.target_primary {
         facts.push(vec!["Promoting".to_owned(), target.clone()]);
     }

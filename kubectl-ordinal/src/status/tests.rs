@@ -31,7 +31,8 @@ fn cluster() -> PostgresCluster {
             "conditions": [{"type": "Ready", "status": "True", "reason": "AllInstancesReady",
                             "message": "3/3 instances ready", "lastTransitionTime": "2026-12-06T03:56:00Z"}],
             "archive": {"lastArchivedWal": "000000020000000000000005", "lastArchivedTime": "2026-12-06T03:59:00Z", "lagSeconds": 0, "failures": 0},
-            "backups": {"completed": 1, "firstRecoverabilityPoint": "2026-12-06T01:00:00Z"}
+            "backups": {"completed": 1, "firstRecoverabilityPoint": "2026-12-06T01:00:00Z"},
+            "tls": {"phase": "Offered", "secret": "db-server"}
         }
     }))
     .expect("cluster")
@@ -127,6 +128,10 @@ fn the_report_says_members_roles_lag_failover_and_backups() {
         "{report}"
     );
     assert!(report.contains("23.0MiB   Passed"), "{report}");
+    assert!(
+        report.contains("TLS           offered, not required, Secret db-server (being turned on)"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -143,6 +148,10 @@ fn a_new_cluster_says_what_it_lacks() {
         "{report}"
     );
     assert!(report.contains("Primary       -"), "{report}");
+    assert!(
+        report.contains("TLS           on (not observed yet)"),
+        "{report}"
+    );
     assert!(report.contains("Last failover\n  none"), "{report}");
     assert!(
         !report.contains("Backups"),

@@ -587,20 +587,23 @@ pub async fn apply_children(
         None => delete_pdb(client, cluster).await?,
     }
     apply_network_policy(client, cluster, config).await?;
-    apply_pooler(client, cluster, config).await?;
     // The claim size the volume step chose: the StatefulSet's own until its
     // volumes have grown and it is re-created; none while it is deleted.
-    let Some(size) = claim_size else {
-        return Ok(None);
+    let statefulset = match claim_size {
+        Some(size) if size == cluster.spec.storage.size => {
+            Some(apply(client, &build::build_statefulset(cluster, config)).await?)
+        }
+        Some(size) => {
+            let mut kept = cluster.clone();
+            kept.spec.storage.size = size.to_owned();
+            Some(apply(client, &build::build_statefulset(&kept, config)).await?)
+        }
+        None => None,
     };
-    let statefulset = if size == cluster.spec.storage.size {
-        build::build_statefulset(cluster, config)
-    } else {
-        let mut kept = cluster.clone();
-        kept.spec.storage.size = size.to_owned();
-        build::build_statefulset(&kept, config)
-    };
-    apply(client, &statefulset).await.map(Some)
+    // The pooler last: one that cannot be applied (a quota, an admission
+    // webhook) holds up nothing of the database's own.
+    apply_pooler(client, cluster, config).await?;
+    Ok(statefulset)
 }
 
 /// Deletes a pod so that the StatefulSet recreates it from the current

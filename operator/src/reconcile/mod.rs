@@ -279,15 +279,13 @@ async fn advance_tls(
             .await?,
         );
         // The first record of a cluster already where its spec asks is
-        // no news.
-        if recorded.is_some() || next.phase != ordinal_crds::TlsPhase::Required {
-            let note = format!(
-                "TLS {}: {}",
-                next.phase.as_str(),
-                tls_phase::describe(&next)
-            );
-            tracing::info!(%note, "TLS");
-            ctx.publish(pgc, EventType::Normal, "TLSPhase", "TLS", note)
+        // no news. A reason per step: kube's Recorder folds Events of one
+        // reason into a series that keeps the first note.
+        if recorded.is_some() || next != tls_phase::settled(wanted) {
+            let reason = format!("TLS{}", next.phase.as_str());
+            let note = tls_phase::describe(&next).to_owned();
+            tracing::info!(%reason, %note, "TLS");
+            ctx.publish(pgc, EventType::Normal, &reason, "TLS", note)
                 .await;
         }
     }

@@ -257,8 +257,6 @@ fn objects(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
         )
         .check(owned_and_labelled),
     );
-    // No pooler, and none left from before.
-    script.push(Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").not_found());
     script.push(
         Exchange::apply("/apis/apps/v1/namespaces/ns/statefulsets/db", OPERATOR).check(
             move |body| {
@@ -275,6 +273,8 @@ fn objects(replicas: i32, min_available: Option<i32>) -> Vec<Exchange> {
             },
         ),
     );
+    // No pooler, and none left from before: after the StatefulSet.
+    script.push(Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").not_found());
     script
 }
 
@@ -451,7 +451,7 @@ async fn a_cluster_made_without_tls_mounts_the_certificate_before_the_servers_of
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     script.push(tls_recorded(&pgc, "Mounting"));
-    script.push(event("TLSPhase", "TLS Mounting"));
+    script.push(event("TLSMounting", "mount the certificate"));
     script.extend(children_with_tls("off", "host   ", "prefer"));
     let mut mounting = pgc.clone();
     if let Some(status) = mounting.status.as_mut() {
@@ -498,7 +498,7 @@ async fn tls_is_required_once_every_server_reports_it_offered() {
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     script.push(tls_recorded(&pgc, "Required"));
-    script.push(event("TLSPhase", "replication requires TLS"));
+    script.push(event("TLSRequired", "replication requires TLS"));
     script.extend(children_with_tls("on", "hostssl", "verify-full"));
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc, script).await.expect("reconcile");
@@ -626,6 +626,7 @@ async fn api_error_stops_the_pipeline_with_the_object_named() {
     let mut script = vec![list_pods(&[])];
     script.extend(secrets_exist());
     let mut kids = children(3, Some(2));
+    kids.pop().expect("the pooler read, never reached");
     let sts = kids.pop().expect("statefulset exchange");
     script.extend(kids);
     script.push(sts.answer(500, status_body(500, "InternalError")));
@@ -723,8 +724,8 @@ async fn a_pdb_that_is_not_ours_is_left_alone() {
     let mut script = vec![list_pods(&[pod("db-0", true, Some("primary"))])];
     script.extend(secrets_exist());
     let mut kids = children(1, None);
-    let sts = kids.pop().expect("statefulset");
     let pooler = kids.pop().expect("pooler");
+    let sts = kids.pop().expect("statefulset");
     let network_policy = kids.pop().expect("network policy");
     kids.pop();
     script.extend(kids);
@@ -738,8 +739,8 @@ async fn a_pdb_that_is_not_ours_is_left_alone() {
         ),
     );
     script.push(network_policy);
-    script.push(pooler);
     script.push(sts);
+    script.push(pooler);
     script.push(observed_status(&pgc, "Healthy", "1/1"));
     run(pgc, script).await.expect("reconcile");
 }
@@ -780,12 +781,14 @@ fn rolling_cluster(primary: &str) -> PostgresCluster {
 
 fn children_with_revision(revision: &'static str) -> Vec<Exchange> {
     let mut kids = children(3, Some(2));
+    let pooler = kids.pop().expect("pooler");
     let sts = kids.pop().expect("statefulset");
     kids.push(sts.answer_with(move |body| {
         let mut body = body.clone();
         body["status"] = json!({"replicas": 3, "updateRevision": revision});
         (200, body)
     }));
+    kids.push(pooler);
     kids
 }
 
@@ -944,8 +947,10 @@ async fn a_bigger_storage_size_grows_the_claims_and_recreates_the_statefulset() 
     ));
     // Every other child, but not the StatefulSet: it is being deleted.
     let mut kids = objects(3, Some(2));
-    kids.pop();
+    let pooler = kids.pop().expect("pooler");
+    kids.pop().expect("statefulset");
     script.extend(kids);
+    script.push(pooler);
     script.extend(mounts_refreshed(&pgc, &["db-0", "db-1"]));
     script.push(observed_status(&pgc, "Creating", "2/3"));
     let action = run(pgc, script).await.expect("reconcile");
@@ -974,6 +979,7 @@ async fn the_new_statefulset_carries_the_new_claim_size() {
         ("True", "WaitForFirstConsumer"),
     ));
     let mut kids = objects(3, Some(2));
+    let pooler = kids.pop().expect("pooler");
     let sts = kids.pop().expect("statefulset");
     script.extend(kids);
     script.push(sts.check(|body| {
@@ -982,6 +988,7 @@ async fn the_new_statefulset_carries_the_new_claim_size() {
             "2Gi"
         );
     }));
+    script.push(pooler);
     script.extend(mounts_refreshed(&pgc, &["db-0"]));
     script.push(observed_status(&pgc, "Creating", "1/3"));
     let action = run(pgc, script).await.expect("reconcile");
@@ -1009,6 +1016,7 @@ async fn a_class_without_expansion_keeps_the_statefulset_and_says_why() {
         "StorageClass standard does not allow volume expansion",
     ));
     let mut kids = objects(1, None);
+    let pooler = kids.pop().expect("pooler");
     let sts = kids.pop().expect("statefulset");
     script.extend(kids);
     script.push(sts.check(|body| {
@@ -1018,6 +1026,7 @@ async fn a_class_without_expansion_keeps_the_statefulset_and_says_why() {
             "a StatefulSet's claim template cannot change in place"
         );
     }));
+    script.push(pooler);
     script.extend(mounts_refreshed(&pgc, &["db-0"]));
     script.push(observed_status(&pgc, "Healthy", "1/1"));
     run(pgc, script).await.expect("reconcile");
@@ -1156,9 +1165,10 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     let mut kids = children(3, Some(2));
-    let sts = kids.pop().expect("statefulset");
     kids.pop().expect("no pooler read");
+    let sts = kids.pop().expect("statefulset");
     script.extend(kids);
+    script.push(sts);
     script.extend([
         Exchange::get(format!("{NS}/secrets/db-superuser")).answer(
             200,
@@ -1189,7 +1199,6 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
             OPERATOR,
         ),
     ]);
-    script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc.clone(), script).await.expect("reconcile");
 
@@ -1198,9 +1207,10 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     let mut kids = children(3, Some(2));
-    let sts = kids.pop().expect("statefulset");
     kids.pop().expect("pooler read");
+    let sts = kids.pop().expect("statefulset");
     script.extend(kids);
+    script.push(sts);
     script.push(
         Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").answer(
             200,
@@ -1221,7 +1231,6 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
     ] {
         script.push(Exchange::delete(path));
     }
-    script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc, script).await.expect("reconcile");
 }
@@ -1233,9 +1242,10 @@ async fn a_pooler_named_like_the_cluster_but_not_its_own_is_left_alone() {
     let mut script = vec![list_pods(&pods)];
     script.extend(secrets_exist());
     let mut kids = children(3, Some(2));
-    let sts = kids.pop().expect("statefulset");
     kids.pop().expect("pooler read");
+    let sts = kids.pop().expect("statefulset");
     script.extend(kids);
+    script.push(sts);
     // The user's own PgBouncer: read, never deleted.
     script.push(
         Exchange::get("/apis/apps/v1/namespaces/ns/deployments/db-pooler").answer(
@@ -1244,7 +1254,6 @@ async fn a_pooler_named_like_the_cluster_but_not_its_own_is_left_alone() {
                    "metadata": {"name": "db-pooler", "namespace": "ns"}}),
         ),
     );
-    script.push(sts);
     script.push(observed_status(&pgc, "Healthy", "3/3"));
     run(pgc, script).await.expect("reconcile");
 }
