@@ -90,6 +90,12 @@ pub const SECRET_PASSWORD_KEY: &str = "password";
 /// PostgreSQL role names written into generated Secrets.
 pub const SUPERUSER_NAME: &str = "postgres";
 pub const REPLICATION_USER_NAME: &str = "streaming_replica";
+/// The role PgBouncer looks passwords up as (`auth_user`): it may only
+/// call [`POOLER_LOOKUP`], never read a table.
+pub const POOLER_AUTH_USER: &str = "ordinal_pooler";
+/// The SECURITY DEFINER function PgBouncer's `auth_query` calls, in the
+/// `postgres` database.
+pub const POOLER_LOOKUP: &str = "ordinal.pooler_lookup";
 
 /// The PostgreSQL port every instance listens on.
 pub const POSTGRES_PORT: i32 = 5432;
@@ -204,6 +210,10 @@ pub fn replication_secret(cluster: &str) -> String {
 }
 pub fn pooler(cluster: &str) -> String {
     format!("{cluster}{SUFFIX_POOLER}")
+}
+/// The generated credentials of [`POOLER_AUTH_USER`].
+pub fn pooler_auth_secret(cluster: &str) -> String {
+    format!("{cluster}{SUFFIX_POOLER}-auth")
 }
 pub fn ca_secret(cluster: &str) -> String {
     format!("{cluster}{SUFFIX_CA}")

@@ -311,6 +311,7 @@ impl Seam for LocalSeam {
             replication_user: "streaming_replica".to_owned(),
             replication_password: REPLICATION_PASSWORD.to_owned(),
             tls: None,
+            pooler_password: None,
         })
     }
 

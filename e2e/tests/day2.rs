@@ -1193,6 +1193,24 @@ async fn the_pooler_rides_through_a_switchover() {
     let password = h.superuser_password(cluster).await.expect("password");
     let ns = h.namespace.clone();
 
+    // The pooler holds the password of its lookup role only: never the
+    // superuser's, which it looks up (as a verifier) like any role's.
+    let userlist = h
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("pool-pooler")
+        .await
+        .expect("pooler Secret")
+        .data
+        .expect("data")["userlist.txt"]
+        .0
+        .clone();
+    let userlist = String::from_utf8(userlist).expect("utf-8");
+    assert!(userlist.starts_with("\"ordinal_pooler\" "), "{userlist}");
+    assert!(
+        !userlist.contains(&password),
+        "the superuser's password is in the pooler's userlist"
+    );
+
     // TLS to the pooler, verified against the cluster's CA for its name.
     let ca_secret = h
         .api::<k8s_openapi::api::core::v1::Secret>()

@@ -82,6 +82,9 @@ pub struct FailoverLoop<S> {
     sessions: pg::Sessions,
     /// The epoch whose promotion target was readied in advance.
     readied: Option<i64>,
+    /// The primary instance (pod UID) and password the pooler's lookup
+    /// role was last set up for.
+    pooler_role: Option<(String, String)>,
 }
 
 /// How long after detaching its standbys a lost primary is not probed.
@@ -104,6 +107,7 @@ impl<S: Seam> FailoverLoop<S> {
             last_blocked: None,
             sessions: pg::Sessions::default(),
             readied: None,
+            pooler_role: None,
         }
     }
 
@@ -730,6 +734,25 @@ impl<S: Seam> FailoverLoop<S> {
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "primary housekeeping failed")
+            }
+        }
+        // The pooler's lookup role, once per primary instance and password.
+        if let Some(password) = &credentials.pooler_password {
+            let instance = member(obs, primary)
+                .ok()
+                .and_then(|m| m.instance.clone())
+                .unwrap_or_default();
+            let done = (instance, password.clone());
+            if self.pooler_role.as_ref() != Some(&done) {
+                match pg::ensure_pooler_role(&at, credentials, password).await {
+                    Ok(()) => {
+                        tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, primary, "the pooler's lookup role is set up");
+                        self.pooler_role = Some(done);
+                    }
+                    Err(error) => {
+                        tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "setting up the pooler's lookup role failed")
+                    }
+                }
             }
         }
         if !quorum {

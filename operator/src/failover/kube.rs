@@ -304,8 +304,19 @@ impl KubeSeam {
             }
             None => None,
         };
+        // The pooler's lookup role: its Secret is made by the reconciler
+        // with the pooler, so it may not exist yet.
+        let pooler_password = match &pgc.spec.pooler {
+            Some(_) => api
+                .get_opt(&names::pooler_auth_secret(&self.cluster))
+                .await
+                .map_err(|e| self.failed("read the pooler's Secret", e))?
+                .and_then(|s| read(s, names::SECRET_PASSWORD_KEY)),
+            None => None,
+        };
         Ok(Credentials {
             tls,
+            pooler_password,
             superuser_password: read(superuser, names::SECRET_PASSWORD_KEY)
                 .ok_or_else(|| missing("superuser"))?,
             replication_user: read(replication.clone(), names::SECRET_USERNAME_KEY)

@@ -853,6 +853,54 @@ async fn set_primary_conninfo(
         .map_err(query_err(replica_at, "pg_reload_conf"))
 }
 
+/// The role and function PgBouncer looks passwords up with, on the
+/// primary (`verifier`: the role's SCRAM verifier, never the password).
+/// Idempotent. The function returns a role's verifier only to
+/// [`names::POOLER_AUTH_USER`], who can do nothing else; the pooler never
+/// holds the superuser's password.
+pub fn pooler_role_sql(verifier: &str) -> String {
+    let user = names::POOLER_AUTH_USER;
+    let lookup = names::POOLER_LOOKUP;
+    let schema = lookup.split('.').next().unwrap_or("ordinal");
+    format!(
+        "DO $$ BEGIN \
+           IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{user}') THEN \
+             CREATE ROLE {user} LOGIN; \
+           END IF; \
+         END $$; \
+         ALTER ROLE {user} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+           PASSWORD {verifier}; \
+         CREATE SCHEMA IF NOT EXISTS {schema}; \
+         REVOKE ALL ON SCHEMA {schema} FROM PUBLIC; \
+         GRANT USAGE ON SCHEMA {schema} TO {user}; \
+         CREATE OR REPLACE FUNCTION {lookup}(name text) \
+           RETURNS TABLE (usename name, passwd text) \
+           LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog \
+           AS $f$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = name $f$; \
+         REVOKE ALL ON FUNCTION {lookup}(text) FROM PUBLIC; \
+         GRANT EXECUTE ON FUNCTION {lookup}(text) TO {user};",
+        verifier = quote_literal(verifier),
+    )
+}
+
+/// Sets up [`pooler_role_sql`] on the primary at `primary_at` for
+/// `password`.
+pub async fn ensure_pooler_role(
+    primary_at: &Endpoint,
+    credentials: &Credentials,
+    password: &str,
+) -> Result<(), PgError> {
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    bounded(primary_at, Duration::from_secs(15), async {
+        let client = connect(primary_at, credentials).await?;
+        client
+            .batch_execute(&pooler_role_sql(&verifier))
+            .await
+            .map_err(query_err(primary_at, "set up the pooler's lookup role"))
+    })
+    .await
+}
+
 /// Cuts a standby off from its primary: an empty primary_conninfo, and a
 /// reload, so that its WAL receiver stops and its position stops moving.
 /// It follows a primary again when re-pointed.
@@ -1282,12 +1330,31 @@ mod tests {
     }
 
     #[test]
+    fn the_pooler_lookup_role_gets_a_verifier_and_one_function() {
+        let verifier = postgres_protocol::password::scram_sha_256(b"it's");
+        assert!(verifier.starts_with("SCRAM-SHA-256$4096:"), "{verifier}");
+        let sql = pooler_role_sql(&verifier);
+        assert!(
+            sql.contains(&format!("PASSWORD '{verifier}'")),
+            "the verifier, quoted, never the password: {sql}"
+        );
+        assert!(!sql.contains("it's"));
+        assert!(sql.contains("NOSUPERUSER"));
+        assert!(sql.contains("SECURITY DEFINER SET search_path = pg_catalog"));
+        assert!(sql.contains("REVOKE ALL ON FUNCTION ordinal.pooler_lookup(text) FROM PUBLIC"));
+        assert!(
+            sql.contains("GRANT EXECUTE ON FUNCTION ordinal.pooler_lookup(text) TO ordinal_pooler")
+        );
+    }
+
+    #[test]
     fn conninfo_quotes_values() {
         let creds = Credentials {
             superuser_password: "x".to_owned(),
             replication_user: "streaming_replica".to_owned(),
             replication_password: "p'w".to_owned(),
             tls: None,
+            pooler_password: None,
         };
         let endpoint = Endpoint {
             host: "db-1.db-headless.ns.svc".to_owned(),

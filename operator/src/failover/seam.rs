@@ -165,6 +165,9 @@ pub struct Credentials {
     /// While the pods mount a certificate: the operator's connections
     /// trust the cluster's CA (`verify-ca`: it dials pods by address).
     pub tls: Option<ClientTls>,
+    /// With a pooler: the password of its lookup role, which the loop
+    /// sets up on the primary.
+    pub pooler_password: Option<String>,
 }
 
 /// How the loop's sessions use TLS.

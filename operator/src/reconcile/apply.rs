@@ -148,6 +148,52 @@ async fn apply_network_policy(
 /// password, read from the cluster's Secret), Service and Deployment. When
 /// `spec.pooler` is unset, a pooler left from before is deleted (one read
 /// when there is none).
+/// The password of PgBouncer's `auth_user`, from its generated Secret
+/// (made on first use; the failover loop gives the role this password).
+async fn ensure_pooler_auth(client: &Client, cluster: &ValidCluster) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
+    let name = names::pooler_auth_secret(&cluster.name);
+    let read = |found: Option<Secret>| {
+        found
+            .as_ref()
+            .and_then(|s| ordinal_crds::secret_text(s, names::SECRET_PASSWORD_KEY))
+    };
+    let get = || async {
+        api.get_opt(&name).await.map_err(|source| Error::Get {
+            kind: "Secret",
+            namespace: cluster.namespace.clone(),
+            name: name.clone(),
+            source,
+        })
+    };
+    if let Some(password) = read(get().await?) {
+        return Ok(password);
+    }
+    let password = build::generate_password(&mut rand::rng());
+    let secret = build::pooler::build_pooler_auth_secret(cluster, &password);
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(password),
+        // Made by a concurrent reconcile (or one without the key, which
+        // is said): use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            read(get().await?).ok_or_else(|| Error::MissingSecretKeys {
+                namespace: cluster.namespace.clone(),
+                name: cluster.name.clone(),
+                field: "pooler",
+                secret: name.clone(),
+                store: "pooler",
+                keys: names::SECRET_PASSWORD_KEY.to_owned(),
+            })
+        }
+        Err(source) => Err(Error::Create {
+            kind: "Secret",
+            namespace: cluster.namespace.clone(),
+            name: name.clone(),
+            source,
+        }),
+    }
+}
+
 pub async fn apply_pooler(
     client: &Client,
     cluster: &ValidCluster,
@@ -164,6 +210,8 @@ pub async fn apply_pooler(
             delete_named::<Service>(client, cluster, &name).await?;
             delete_named::<ConfigMap>(client, cluster, &name).await?;
             delete_named::<Secret>(client, cluster, &name).await?;
+            delete_named::<Secret>(client, cluster, &names::pooler_auth_secret(&cluster.name))
+                .await?;
             delete_named::<k8s_openapi::api::networking::v1::NetworkPolicy>(client, cluster, &name)
                 .await?;
             delete_named::<Deployment>(client, cluster, &name).await?;
@@ -171,27 +219,7 @@ pub async fn apply_pooler(
         }
         return Ok(());
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
-    let superuser = secrets
-        .get(&cluster.superuser_secret)
-        .await
-        .map_err(|source| Error::Get {
-            kind: "Secret",
-            namespace: cluster.namespace.clone(),
-            name: cluster.superuser_secret.clone(),
-            source,
-        })?;
-    let password =
-        ordinal_crds::secret_text(&superuser, names::SECRET_PASSWORD_KEY).ok_or_else(|| {
-            Error::MissingSecretKeys {
-                namespace: cluster.namespace.clone(),
-                name: cluster.name.clone(),
-                field: "superuserSecret",
-                secret: cluster.superuser_secret.clone(),
-                store: "pooler",
-                keys: names::SECRET_PASSWORD_KEY.to_owned(),
-            }
-        })?;
+    let password = ensure_pooler_auth(client, cluster).await?;
     apply(
         client,
         &build::pooler::build_pooler_config_map(cluster, pooler),

@@ -1158,7 +1158,7 @@ async fn without_tls_no_certificate_is_read() {
 }
 
 #[tokio::test]
-async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset() {
+async fn a_pooler_is_applied_with_its_lookup_roles_password_and_removed_when_unset() {
     let mut pgc = cluster().primary("db-0", true).build();
     pgc.spec.pooler = Some(serde_json::from_value(json!({"instances": 1})).expect("pooler"));
     let pods = healthy_pods();
@@ -1170,30 +1170,43 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
     script.extend(kids);
     script.push(sts);
     script.extend([
-        Exchange::get(format!("{NS}/secrets/db-superuser")).answer(
-            200,
-            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-superuser", "namespace": "ns"},
-                   "data": {"password": "c2VjcmV0"}}),
-        ),
+        // The lookup role's Secret, made on first use.
+        Exchange::get(format!("{NS}/secrets/db-pooler-auth")).not_found(),
+        Exchange::post(format!("{NS}/secrets")).check(|body| {
+            assert_eq!(body["metadata"]["name"], "db-pooler-auth");
+            assert_eq!(body["type"], "kubernetes.io/basic-auth");
+            assert_eq!(body["immutable"], true);
+            assert_eq!(body["metadata"]["ownerReferences"][0]["name"], "db");
+            // "ordinal_pooler", base64.
+            assert_eq!(body["data"]["username"], "b3JkaW5hbF9wb29sZXI=");
+        }),
         Exchange::apply(format!("{NS}/configmaps/db-pooler"), OPERATOR).check(|body| {
             let ini = body["data"]["pgbouncer.ini"].as_str().unwrap_or_default();
             assert!(ini.contains("host=db-rw.ns.svc"), "{ini}");
+            assert!(ini.contains("auth_user = ordinal_pooler"), "{ini}");
+            assert!(ini.contains("auth_dbname = postgres"), "{ini}");
         }),
         Exchange::apply(format!("{NS}/secrets/db-pooler"), OPERATOR).check(|body| {
-            // "postgres" "secret", base64.
-            assert_eq!(body["data"]["userlist.txt"], "InBvc3RncmVzIiAic2VjcmV0Igo=");
+            let userlist = body["data"]["userlist.txt"].as_str().unwrap_or_default();
+            // `"ordinal_pooler" "`, base64: the lookup role, not postgres.
+            assert!(
+                userlist.starts_with("Im9yZGluYWxfcG9vbGVyIiAi"),
+                "{userlist}"
+            );
         }),
         Exchange::apply(format!("{NS}/services/db-pooler"), OPERATOR),
-        Exchange::apply("/apis/apps/v1/namespaces/ns/deployments/db-pooler", OPERATOR).check(
-            |body| {
-                assert_eq!(body["spec"]["replicas"], 1);
-                assert!(
-                    body["spec"]["template"]["metadata"]["labels"]
-                        .get("ordinal.dev/cluster")
-                        .is_none()
-                );
-            },
-        ),
+        Exchange::apply(
+            "/apis/apps/v1/namespaces/ns/deployments/db-pooler",
+            OPERATOR,
+        )
+        .check(|body| {
+            assert_eq!(body["spec"]["replicas"], 1);
+            assert!(
+                body["spec"]["template"]["metadata"]["labels"]
+                    .get("ordinal.dev/cluster")
+                    .is_none()
+            );
+        }),
         Exchange::apply(
             "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db-pooler",
             OPERATOR,
@@ -1226,6 +1239,7 @@ async fn a_pooler_is_applied_with_the_superusers_password_and_removed_when_unset
         format!("{NS}/services/db-pooler"),
         format!("{NS}/configmaps/db-pooler"),
         format!("{NS}/secrets/db-pooler"),
+        format!("{NS}/secrets/db-pooler-auth"),
         "/apis/networking.k8s.io/v1/namespaces/ns/networkpolicies/db-pooler".to_owned(),
         "/apis/apps/v1/namespaces/ns/deployments/db-pooler".to_owned(),
     ] {

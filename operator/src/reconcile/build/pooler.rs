@@ -89,10 +89,13 @@ pub fn pgbouncer_ini(cluster: &ValidCluster, pooler: &PoolerSpec) -> String {
          ; Prepared statements work in transaction mode (PgBouncer >= 1.21).\n\
          max_prepared_statements = 200\n\
          ; Any role logs in with its own password: PgBouncer looks it up as\n\
-         ; the superuser (auth_query), whose password is in the userlist.\n\
+         ; {lookup_user}, whose password alone is in the userlist and who may\n\
+         ; only call {lookup}() (SECURITY DEFINER, in database postgres).\n\
          auth_type = scram-sha-256\n\
          auth_file = {auth}/{userlist}\n\
-         auth_user = {superuser}\n\
+         auth_user = {lookup_user}\n\
+         auth_query = SELECT usename, passwd FROM {lookup}($1)\n\
+         auth_dbname = postgres\n\
          admin_users = {superuser}\n\
          stats_users = {superuser}\n\
          ; A failover: retry the new primary at once, hold clients meanwhile.\n\
@@ -117,6 +120,8 @@ pub fn pgbouncer_ini(cluster: &ValidCluster, pooler: &PoolerSpec) -> String {
         auth = paths::POOLER_AUTH_DIR,
         userlist = names::POOLER_USERLIST,
         superuser = names::SUPERUSER_NAME,
+        lookup_user = names::POOLER_AUTH_USER,
+        lookup = names::POOLER_LOOKUP,
     );
     if tls {
         let clients = if cluster.spec.tls.require_for_clients {
@@ -159,12 +164,13 @@ pub fn build_pooler_config_map(cluster: &ValidCluster, pooler: &PoolerSpec) -> C
     }
 }
 
-/// The userlist: the superuser's password, for `auth_user`.
-pub fn build_pooler_secret(cluster: &ValidCluster, superuser_password: &str) -> Secret {
+/// The userlist: the password of [`names::POOLER_AUTH_USER`], PgBouncer's
+/// `auth_user`. Never the superuser's.
+pub fn build_pooler_secret(cluster: &ValidCluster, auth_password: &str) -> Secret {
     let userlist = format!(
         "{} {}\n",
-        userlist_quote(names::SUPERUSER_NAME),
-        userlist_quote(superuser_password)
+        userlist_quote(names::POOLER_AUTH_USER),
+        userlist_quote(auth_password)
     );
     Secret {
         metadata: pooler_meta(cluster),
@@ -174,6 +180,20 @@ pub fn build_pooler_secret(cluster: &ValidCluster, superuser_password: &str) -> 
             ByteString(userlist.into_bytes()),
         )])),
         ..Secret::default()
+    }
+}
+
+/// The generated credentials of [`names::POOLER_AUTH_USER`]: owned by the
+/// cluster (the failover loop sets the role's password from it, so a new
+/// one is as good), and immutable.
+pub fn build_pooler_auth_secret(cluster: &ValidCluster, password: &str) -> Secret {
+    let name = names::pooler_auth_secret(&cluster.name);
+    Secret {
+        metadata: ObjectMeta {
+            labels: Some(pooler_labels(&cluster.name)),
+            ..child_meta(cluster, name)
+        },
+        ..super::build_generated_secret(cluster, "", names::POOLER_AUTH_USER, password)
     }
 }
 

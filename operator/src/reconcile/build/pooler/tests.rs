@@ -58,7 +58,8 @@ fn the_userlist_quotes_the_password() {
     let userlist = &secret.data.expect("data")["userlist.txt"].0;
     assert_eq!(
         String::from_utf8_lossy(userlist),
-        "\"postgres\" \"p\"\"w\"\n"
+        "\"ordinal_pooler\" \"p\"\"w\"\n",
+        "the lookup role's password, never the superuser's"
     );
     assert_eq!(secret.metadata.name.as_deref(), Some("db-pooler"));
 }
