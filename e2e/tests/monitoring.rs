@@ -91,7 +91,7 @@ fn the_prometheus_rule_holds_the_same_groups_and_every_alert_is_documented() {
         .iter()
         .filter_map(|r| r["alert"].as_str())
         .collect();
-    assert_eq!(alerts.len(), 14);
+    assert_eq!(alerts.len(), 15);
     for alert in alerts {
         let rule = plain["groups"][0]["rules"]
             .as_array()

@@ -42,6 +42,7 @@ pub const DOCUMENTED: &[(&str, &str)] = &[
     ("ordinal_wal_archive_lag_seconds", "gauge"),
     ("ordinal_wal_archive_failures_total", "counter"),
     ("ordinal_instance_unschedulable", "gauge"),
+    ("ordinal_tls_certificate_expiry_timestamp_seconds", "gauge"),
 ];
 
 /// Metrics fed by the controller and the failover loops.
@@ -75,6 +76,7 @@ pub struct Metrics {
     /// The archiver's failed_count last seen, per (namespace, cluster).
     archive_failed_seen: Arc<Mutex<HashMap<(String, String), i64>>>,
     pub unschedulable: IntGaugeVec,
+    pub certificate_expiry: IntGaugeVec,
     /// The pods with an unschedulable series, per (namespace, cluster).
     unschedulable_seen: Arc<Mutex<PodsByCluster>>,
     /// The pods with series, per (namespace, cluster).
@@ -235,6 +237,11 @@ impl Metrics {
                 INSTANCE,
             )?,
             unschedulable_seen: Arc::default(),
+            certificate_expiry: gauge(
+                "ordinal_tls_certificate_expiry_timestamp_seconds",
+                "When the servers' certificate expires (unix seconds); absent while TLS is off",
+                CLUSTER,
+            )?,
             pods: Arc::default(),
             registry,
         };
@@ -247,6 +254,7 @@ impl Metrics {
     fn collectors(&self) -> Vec<Box<dyn Collector>> {
         vec![
             Box::new(self.reconcile_duration.clone()),
+            Box::new(self.certificate_expiry.clone()),
             Box::new(self.reconcile_errors.clone()),
             Box::new(self.probe_duration.clone()),
             Box::new(self.instance_up.clone()),
@@ -431,6 +439,7 @@ impl Metrics {
             seen.remove(&(namespace.to_owned(), cluster.to_owned()));
         }
         self.observe_unschedulable(namespace, cluster, &[]);
+        self.observe_certificate(namespace, cluster, None);
         for phase in PHASES {
             let _ = self
                 .failover_phase_seconds
@@ -440,6 +449,18 @@ impl Metrics {
             let _ = self
                 .reconcile_errors
                 .remove_label_values(&[namespace, cluster, reason]);
+        }
+    }
+
+    /// When the servers' certificate expires (unix seconds); None removes
+    /// the series (TLS off).
+    pub fn observe_certificate(&self, namespace: &str, cluster: &str, not_after: Option<i64>) {
+        let labels = [namespace, cluster];
+        match not_after {
+            Some(at) => self.certificate_expiry.with_label_values(&labels).set(at),
+            None => {
+                let _ = self.certificate_expiry.remove_label_values(&labels);
+            }
         }
     }
 

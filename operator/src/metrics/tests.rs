@@ -68,7 +68,28 @@ fn fed() -> Metrics {
     m.record_verification("ns", "db", 1_796_000_000.0, true, Some(3.25));
     m.observe_archiver("ns", "db", Some(&archiver(3, 12.0)));
     m.observe_unschedulable("ns", "db", &["db-1".to_owned()]);
+    m.observe_certificate("ns", "db", Some(1_807_776_000));
     m
+}
+
+#[test]
+fn the_certificate_expiry_is_a_series_while_tls_is_on() {
+    let m = Metrics::new().expect("metrics");
+    m.observe_certificate("ns", "db", Some(1_807_776_000));
+    assert!(m.render().contains(
+        "ordinal_tls_certificate_expiry_timestamp_seconds{cluster=\"db\",namespace=\"ns\"} 1807776000"
+    ));
+    m.observe_certificate("ns", "db", None);
+    assert!(
+        !m.render()
+            .contains("ordinal_tls_certificate_expiry_timestamp_seconds{")
+    );
+    m.observe_certificate("ns", "db", Some(1));
+    m.forget_cluster("ns", "db");
+    assert!(
+        !m.render()
+            .contains("ordinal_tls_certificate_expiry_timestamp_seconds{")
+    );
 }
 
 fn archiver(failed: i64, lag_seconds: f64) -> crate::failover::pg::Archiver {

@@ -424,6 +424,7 @@ pub async fn ensure_tls(
         return Ok(Certificates {
             changes: Vec::new(),
             version: found.resource_version(),
+            not_after: certificate_expiry(&found),
         });
     }
 
@@ -478,15 +479,28 @@ pub async fn ensure_tls(
     let present = get(server_name.clone()).await?;
     let wanted = build::tls::server_names(cluster);
     let mut version = present.as_ref().and_then(ResourceExt::resource_version);
+    let mut not_after = present.as_ref().and_then(certificate_expiry);
     if let Some(why) = build::tls::renewal(present.as_ref(), &ca.cert_pem, &wanted, now) {
         let cert = build::tls::issue_server(&ca, &wanted, now)
             .map_err(|e| tls_failed(&server_name, e.to_string()))?;
-        version = apply(client, &build::tls::server_secret(cluster, &cert))
-            .await?
-            .resource_version();
+        let secret = build::tls::server_secret(cluster, &cert);
+        not_after = certificate_expiry(&secret);
+        version = apply(client, &secret).await?.resource_version();
         changes.push(TlsChange::Issued(why));
     }
-    Ok(Certificates { changes, version })
+    Ok(Certificates {
+        changes,
+        version,
+        not_after,
+    })
+}
+
+/// When the certificate in a `kubernetes.io/tls` Secret expires.
+fn certificate_expiry(secret: &Secret) -> Option<i64> {
+    let pem = secret.data.as_ref()?.get(names::TLS_CERT_KEY)?;
+    build::tls::cert_info(&pem.0)
+        .ok()
+        .map(|info| info.not_after)
 }
 
 /// What [`ensure_tls`] did, and the version of the servers' Secret now.
@@ -496,6 +510,8 @@ pub struct Certificates {
     /// The servers' Secret's resourceVersion: it changes with the
     /// certificate (None while TLS is off).
     pub version: Option<String>,
+    /// When the servers' certificate expires (unix seconds).
+    pub not_after: Option<i64>,
 }
 
 /// Has the kubelet rewrite each pod's mounted ConfigMap and Secrets now,

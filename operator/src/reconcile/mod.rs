@@ -144,6 +144,8 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
                     ctx.publish(&pgc, EventType::Normal, reason, "Certificates", note)
                         .await;
                 }
+                ctx.metrics
+                    .observe_certificate(&namespace, &name, certificates.not_after);
                 certificates.version
             }
             Err(error @ (Error::MissingSecret { .. } | Error::Tls { .. })) => {
