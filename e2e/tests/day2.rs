@@ -948,26 +948,22 @@ async fn replication_tls(
         .await
         .map_err(|e| format!("{replica} does not stream from {primary}: {e}"))?
         .get(0);
-    let conninfo: String = h
-        .try_sql(cluster, replica)
+    Ok((ssl, show(h, cluster, replica, "primary_conninfo").await?))
+}
+
+/// `SHOW setting` on `pod`.
+async fn show(h: &Harness, cluster: &str, pod: &str, setting: &str) -> Result<String, String> {
+    h.try_sql(cluster, pod)
         .await?
-        .query_one("SHOW primary_conninfo", &[])
+        .query_one(&format!("SHOW {setting}"), &[])
         .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    Ok((ssl, conninfo))
+        .map(|row| row.get(0))
+        .map_err(|e| format!("{pod}: SHOW {setting}: {e}"))
 }
 
 /// `SHOW ssl` on `pod`.
 async fn serves_tls(h: &Harness, cluster: &str, pod: &str) -> Result<bool, String> {
-    let ssl: String = h
-        .try_sql(cluster, pod)
-        .await?
-        .query_one("SHOW ssl", &[])
-        .await
-        .map_err(|e| e.to_string())?
-        .get(0);
-    Ok(ssl == "on")
+    Ok(show(h, cluster, pod, "ssl").await? == "on")
 }
 
 /// TLS turned on, then off, for a cluster that runs, under write load.
