@@ -156,6 +156,7 @@ fn the_dashboard_has_the_panels_people_look_for() {
         "Last base backup age",
         "WAL archive lag",
         "WAL archive failures",
+        "Certificate expires in",
     ] {
         assert!(titles.iter().any(|t| t == wanted), "no panel {wanted:?}");
     }
@@ -291,6 +292,7 @@ async fn a_real_prometheus_answers_every_dashboard_query() {
     // failover loop do, so that their panels' queries are checked.
     metrics.record_backup("local", "db", 1_796_000_000.0, 12.5);
     metrics.record_verification("local", "db", 1_796_000_000.0, true, Some(3.2));
+    metrics.observe_certificate("local", "db", Some(1_807_776_000));
     metrics.observe_archiver(
         "local",
         "db",

@@ -145,14 +145,24 @@ pub fn pg_hba_conf(cluster: &ValidCluster) -> String {
 /// changes), so a change of theirs must not restart every pod.
 /// `max_slot_wal_keep_size` follows `storage.size`, which grows on a
 /// running cluster.
-/// The TLS settings change on a reload too (see
-/// [`crate::reconcile::tls_phase`]): TLS is turned on for running servers.
-const RELOADED_PARAMETERS: &[&str] = &[
-    "max_slot_wal_keep_size",
-    "ssl",
-    "ssl_cert_file",
-    "ssl_key_file",
-];
+const RELOADED_PARAMETERS: &[&str] = &["max_slot_wal_keep_size"];
+
+/// The hash the pod template carries: [`config_hash`] of the
+/// configuration with the TLS settings the pods' mount implies (on while
+/// they mount the certificate), not the ones of the current step — `ssl`
+/// goes on and off by a reload (see [`crate::reconcile::tls_phase`]), so
+/// the steps after the mount restart nothing. A cluster whose pods mount
+/// the certificate hashes as it did before TLS had steps: an operator
+/// upgrade restarts no pod.
+pub fn template_hash(cluster: &ValidCluster) -> String {
+    let mut mounted = cluster.clone();
+    mounted.tls.phase = if cluster.tls.phase.mounted() {
+        ordinal_crds::TlsPhase::Required
+    } else {
+        ordinal_crds::TlsPhase::Off
+    };
+    config_hash(&postgresql_conf(&mounted))
+}
 
 pub fn config_hash(postgresql_conf: &str) -> String {
     let hashed: Vec<&str> = postgresql_conf
@@ -356,12 +366,20 @@ mod tests {
             Some("verify-full")
         );
 
-        // No step restarts a pod: the configuration's hash stays.
-        let hashes: Vec<String> = [Off, Mounting, Offered, Required]
+        // Only the mount restarts the pods: the template's hash is the
+        // same at every step after it.
+        let hashes: Vec<String> = [Mounting, Offered, Required]
             .into_iter()
-            .map(|phase| config_hash(&postgresql_conf(&at(phase))))
+            .map(|phase| template_hash(&at(phase)))
             .collect();
         assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+        assert_ne!(template_hash(&at(Off)), hashes[0]);
+        // The hash a cluster made with TLS has carried since TLS existed
+        // (the whole configuration, ssl on): an upgrade restarts nothing.
+        assert_eq!(
+            hashes[0],
+            config_hash(&postgresql_conf(&valid(cluster().build())))
+        );
     }
 
     #[test]

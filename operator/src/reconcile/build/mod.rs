@@ -13,7 +13,9 @@ mod service;
 mod statefulset;
 pub mod tls;
 
-pub use config_map::{build_config_map, config_hash, mounted_digest, postgresql_conf};
+pub use config_map::{
+    build_config_map, config_hash, mounted_digest, postgresql_conf, template_hash,
+};
 pub use job::{build_backup_job, build_verify_job};
 pub use pdb::build_pdb;
 pub use rbac::{build_role, build_role_binding, build_service_account};

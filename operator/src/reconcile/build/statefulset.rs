@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use ordinal_crds::{names, names::paths};
 
-use super::{child_meta, config_hash, labels, postgresql_conf, selector_labels};
+use super::{child_meta, labels, selector_labels};
 use crate::reconcile::validate::ValidCluster;
 
 /// The uid and gid of the postgres user in the official postgres images.
@@ -118,7 +118,7 @@ fn volume_claim_template(cluster: &ValidCluster) -> PersistentVolumeClaim {
 pub const LIVENESS_PERIOD_SECONDS: i32 = 2;
 
 fn pod_template(cluster: &ValidCluster, config: &BuildConfig) -> PodTemplateSpec {
-    let conf_hash = config_hash(&postgresql_conf(cluster));
+    let conf_hash = super::template_hash(cluster);
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(&cluster.name)),
