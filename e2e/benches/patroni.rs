@@ -244,13 +244,18 @@ async fn whole(h: &Harness, d: &Deployed) -> Result<String, String> {
     Ok(primary)
 }
 
-async fn wait_whole(h: &Harness, d: &Deployed) -> String {
+/// Until every member is back (the leader streams to both standbys); Err
+/// after [`HEAL_WITHIN`], saying what is missing.
+async fn wait_whole(h: &Harness, d: &Deployed) -> Result<String, String> {
     let started = Instant::now();
     loop {
         match whole(h, d).await {
-            Ok(primary) => return primary,
+            Ok(primary) => return Ok(primary),
             Err(why) if started.elapsed() > HEAL_WITHIN => {
-                panic!("{:?} is not whole after {HEAL_WITHIN:?}: {why}", d.system)
+                return Err(format!(
+                    "{:?} is not whole after {HEAL_WITHIN:?}: {why}",
+                    d.system
+                ));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
@@ -298,8 +303,10 @@ async fn last_failover(h: &Harness, d: &Deployed) -> Option<(String, String)> {
     Some((record.time.0.to_string(), line))
 }
 
-async fn run_once(h: &Harness, d: &Deployed, case: Loss, cap: Duration) -> Run {
-    let primary = wait_whole(h, d).await;
+/// One loss of the primary and what came of it; Err when the system did
+/// not heal afterwards (the run is not counted: its rows cannot be checked).
+async fn run_once(h: &Harness, d: &Deployed, case: Loss, cap: Duration) -> Result<Run, String> {
+    let primary = wait_whole(h, d).await?;
     let before = last_failover(h, d).await.map(|(time, _)| time);
     let sampler = Sampler::start_on(h, &d.members, &d.password, true).await;
     // A fresh connection for every write, as a client pool that reconnects
@@ -319,7 +326,11 @@ async fn run_once(h: &Harness, d: &Deployed, case: Loss, cap: Duration) -> Run {
     if case == Loss::Hang {
         let _ = h.signal_postgres(&primary, Signal::SIGCONT).await;
     }
-    wait_whole(h, d).await;
+    if let Err(why) = wait_whole(h, d).await {
+        writer.stop().await;
+        sampler.stop().await;
+        return Err(why);
+    }
     writer.wait_more_acks(h, 10).await;
     let acks = writer.stop().await;
     let outage = outage_since(&acks.at, t0)
@@ -331,12 +342,12 @@ async fn run_once(h: &Harness, d: &Deployed, case: Loss, cap: Duration) -> Run {
         .await
         .filter(|(time, _)| Some(time) != before.as_ref())
         .map(|(_, line)| line);
-    Run {
+    Ok(Run {
         outage,
         lost: missing.len(),
         split: report.split.len(),
         phases,
-    }
+    })
 }
 
 struct Summary {
@@ -413,13 +424,33 @@ async fn main() {
         .collect();
 
     let mut results: BTreeMap<(String, Loss, System), Vec<Run>> = BTreeMap::new();
+    // Runs after which the system did not heal: not counted, and the
+    // system is deployed again (a peer that stays broken would otherwise
+    // end the whole benchmark).
+    let mut unhealed: BTreeMap<(String, Loss, System), usize> = BTreeMap::new();
     for &mode in &modes {
         for &system in &systems {
-            let h = Harness::new(&format!("bench-{system:?}-{mode:?}").to_lowercase()).await;
-            let d = deploy(&h, system, mode).await;
+            let name = format!("bench-{system:?}-{mode:?}").to_lowercase();
+            let mut h = Harness::new(&name).await;
+            let mut d = deploy(&h, system, mode).await;
             for &case in &cases {
                 for run in 1..=runs {
-                    let r = run_once(&h, &d, case, cap).await;
+                    let r = match run_once(&h, &d, case, cap).await {
+                        Ok(r) => r,
+                        Err(why) => {
+                            println!(
+                                "ordinal-bench: {system:?} {mode:?} {case:?} run {run}: not counted, {why}; deployed again"
+                            );
+                            *unhealed
+                                .entry((format!("{mode:?}").to_lowercase(), case, system))
+                                .or_default() += 1;
+                            drop(d);
+                            drop(h);
+                            h = Harness::new(&name).await;
+                            d = deploy(&h, system, mode).await;
+                            continue;
+                        }
+                    };
                     println!(
                         "ordinal-bench: {system:?} {mode:?} {case:?} run {run}: outage {}, {} acknowledged rows lost, {} moments with two writable",
                         seconds(r.outage, cap),
@@ -448,23 +479,28 @@ async fn main() {
         for &case in &cases {
             let get = |s: System| results.get(&(mode.clone(), case, s)).map(|r| summarize(r));
             let (o, p) = (get(System::Ordinal), get(System::Patroni));
-            let cell = |s: &Option<Summary>| match s {
-                Some(s) => format!(
-                    "{} / {}{}",
-                    seconds(s.p50, cap),
-                    seconds(s.max, cap),
-                    if s.none > 0 {
-                        format!(
-                            " ({} of {} none within {} s)",
-                            s.none,
-                            s.runs,
-                            cap.as_secs()
-                        )
-                    } else {
-                        String::new()
-                    }
-                ),
-                None => "—".to_owned(),
+            let cell = |s: &Option<Summary>, system: System| {
+                let broken = unhealed
+                    .get(&(mode.clone(), case, system))
+                    .map_or(String::new(), |n| format!(" ({n} did not heal)"));
+                match s {
+                    Some(s) => format!(
+                        "{} / {}{}{broken}",
+                        seconds(s.p50, cap),
+                        seconds(s.max, cap),
+                        if s.none > 0 {
+                            format!(
+                                " ({} of {} none within {} s)",
+                                s.none,
+                                s.runs,
+                                cap.as_secs()
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    None => format!("—{broken}"),
+                }
             };
             let ratio = match (&o, &p) {
                 (Some(o), Some(p)) => match (o.p50, p.p50) {
@@ -480,8 +516,8 @@ async fn main() {
             println!(
                 "| {mode} | {} | {} | {} | {ratio} | {} / {} | {} / {} |",
                 label(case),
-                cell(&o),
-                cell(&p),
+                cell(&o, System::Ordinal),
+                cell(&p, System::Patroni),
                 count(&o, |s| s.lost),
                 count(&p, |s| s.lost),
                 count(&o, |s| s.split),
