@@ -966,6 +966,18 @@ async fn serves_tls(h: &Harness, cluster: &str, pod: &str) -> Result<bool, Strin
     Ok(show(h, cluster, pod, "ssl").await? == "on")
 }
 
+/// The primary of the 2-instance cluster `cluster` (through its -rw
+/// Service), and the other instance.
+async fn late_roles(h: &Harness, cluster: &str) -> (String, &'static str) {
+    let (primary, _) = h.sql_rw(cluster).await;
+    let replica = if primary == "late-0" {
+        "late-1"
+    } else {
+        "late-0"
+    };
+    (primary, replica)
+}
+
 /// TLS turned on, then off, for a cluster that runs, under write load.
 /// On: one rolling update mounts the certificate (Mounting), a reload
 /// makes every server offer TLS (Offered), then replication requires it
@@ -994,12 +1006,7 @@ async fn tls_is_turned_on_and_off_for_a_running_cluster() {
     let mounting = phases.wait(&h, "Mounting", on).await;
     let offered = phases.wait(&h, "Offered", on).await;
     let at_offered = pod_identities(&h, cluster).await;
-    let (primary, _) = h.sql_rw(cluster).await;
-    let replica = if primary == "late-0" {
-        "late-1"
-    } else {
-        "late-0"
-    };
+    let (primary, replica) = late_roles(&h, cluster).await;
     h.wait_streaming_replica(cluster, &primary, replica).await;
     let watch = StreamWatch::start(&h, cluster, replica).await;
     let required = phases.wait(&h, "Required", on).await;
@@ -1064,12 +1071,7 @@ async fn tls_is_turned_on_and_off_for_a_running_cluster() {
     let outage = watch.stop().await;
     let conninfo = h
         .wait_until("the standby follows without verifying", async || {
-            let (primary, _) = h.sql_rw(cluster).await;
-            let replica = if primary == "late-0" {
-                "late-1"
-            } else {
-                "late-0"
-            };
+            let (primary, replica) = late_roles(&h, cluster).await;
             let (_, conninfo) = replication_tls(&h, cluster, &primary, replica).await?;
             if conninfo.contains("verify-full") {
                 Err(conninfo)
@@ -1094,12 +1096,7 @@ async fn tls_is_turned_on_and_off_for_a_running_cluster() {
     })
     .await;
     h.wait_ready(cluster, 2).await;
-    let (primary, _) = h.sql_rw(cluster).await;
-    let replica = if primary == "late-0" {
-        "late-1"
-    } else {
-        "late-0"
-    };
+    let (primary, replica) = late_roles(&h, cluster).await;
     h.wait_streaming_replica(cluster, &primary, replica).await;
     for pod in [primary.as_str(), replica] {
         assert_eq!(serves_tls(&h, cluster, pod).await, Ok(false), "{pod}");
