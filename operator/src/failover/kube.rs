@@ -234,9 +234,8 @@ impl KubeSeam {
         *self.written.lock().unwrap_or_else(PoisonError::into_inner) = Some((epoch, target));
     }
 
-    /// Reads the passwords from the cluster's Secrets.
-    async fn read_credentials(&self) -> Result<Credentials, SeamError> {
-        let pgc = self.cluster_for_look().await?;
+    /// Reads the passwords from the Secrets of `pgc`.
+    async fn read_credentials(&self, pgc: &PostgresCluster) -> Result<Credentials, SeamError> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let read = |secret: Secret, key: &str| ordinal_crds::secret_text(&secret, key);
         let superuser = api
@@ -253,57 +252,7 @@ impl KubeSeam {
                 format!("the {what} Secret has no password"),
             )
         };
-        // The Secret the pods mount, and whether TLS is required yet. A
-        // cluster with no TLS phase recorded (the reconciler has not
-        // looked since an upgrade) may run with or without TLS: its
-        // sessions use TLS when offered, and a Secret not made yet is
-        // no error.
-        let (secret, required, optional) = match pgc.tls_status() {
-            Some(tls) => (
-                tls.secret.clone().filter(|_| tls.phase.mounted()),
-                tls.phase.required(),
-                false,
-            ),
-            None => (pgc.server_tls_secret_name(), false, true),
-        };
-        let tls = match secret {
-            Some(name) => {
-                let secret = match api.get_opt(&name).await {
-                    Ok(Some(secret)) => Some(secret),
-                    Ok(None) if optional => None,
-                    Ok(None) => {
-                        return Err(
-                            self.failed("read the TLS Secret", format!("Secret {name} not found"))
-                        );
-                    }
-                    Err(e) => return Err(self.failed("read the TLS Secret", e)),
-                };
-                match secret {
-                    Some(secret) => {
-                        let ca = secret
-                            .data
-                            .as_ref()
-                            .and_then(|d| d.get(names::TLS_CA_KEY))
-                            .ok_or_else(|| {
-                                self.failed(
-                                    "read credentials",
-                                    format!("the TLS Secret {name} has no {}", names::TLS_CA_KEY),
-                                )
-                            })?;
-                        Some(ClientTls {
-                            connect: ordinal_crds::pgtls::connector(
-                                &ca.0,
-                                ordinal_crds::pgtls::Verify::Ca,
-                            )
-                            .map_err(|e| self.failed("read the TLS Secret's CA", e))?,
-                            required,
-                        })
-                    }
-                    None => None,
-                }
-            }
-            None => None,
-        };
+        let tls = self.read_client_tls(&api, pgc).await?;
         // The pooler's lookup role: its Secret is made by the reconciler
         // with the pooler, so it may not exist yet.
         let pooler_password = match &pgc.spec.pooler {
@@ -325,6 +274,50 @@ impl KubeSeam {
             replication_password: read(replication, names::SECRET_PASSWORD_KEY)
                 .ok_or_else(|| missing("replication"))?,
         })
+    }
+
+    /// How the loop's sessions use TLS: the CA of the Secret the pods
+    /// mount, and whether TLS is required yet. A cluster with no TLS phase
+    /// recorded (the reconciler has not looked since an upgrade) may run
+    /// with or without TLS: its sessions use TLS when offered, and a Secret
+    /// not made yet is no error.
+    async fn read_client_tls(
+        &self,
+        api: &Api<Secret>,
+        pgc: &PostgresCluster,
+    ) -> Result<Option<ClientTls>, SeamError> {
+        let (secret, required, optional) = match pgc.tls_status() {
+            Some(tls) => (
+                tls.secret.clone().filter(|_| tls.phase.mounted()),
+                tls.phase.required(),
+                false,
+            ),
+            None => (pgc.server_tls_secret_name(), false, true),
+        };
+        let Some(name) = secret else {
+            return Ok(None);
+        };
+        let secret = match api.get_opt(&name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) if optional => return Ok(None),
+            Ok(None) => {
+                return Err(self.failed("read the TLS Secret", format!("Secret {name} not found")));
+            }
+            Err(e) => return Err(self.failed("read the TLS Secret", e)),
+        };
+        let ca = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(names::TLS_CA_KEY))
+            .ok_or_else(|| {
+                self.failed(
+                    "read credentials",
+                    format!("the TLS Secret {name} has no {}", names::TLS_CA_KEY),
+                )
+            })?;
+        let connect = ordinal_crds::pgtls::connector(&ca.0, ordinal_crds::pgtls::Verify::Ca)
+            .map_err(|e| self.failed("read the TLS Secret's CA", e))?;
+        Ok(Some(ClientTls { connect, required }))
     }
 
     async fn cluster_object(&self) -> Result<PostgresCluster, SeamError> {
@@ -855,7 +848,8 @@ impl Seam for KubeSeam {
     }
 
     async fn credentials(&self) -> Result<Credentials, SeamError> {
-        let tls = self.cluster_for_look().await?.tls_status().cloned();
+        let pgc = self.cluster_for_look().await?;
+        let tls = pgc.tls_status().cloned();
         if let Some((credentials, at, read_for)) = self
             .credentials
             .lock()
@@ -866,7 +860,7 @@ impl Seam for KubeSeam {
         {
             return Ok(credentials);
         }
-        let credentials = self.read_credentials().await?;
+        let credentials = self.read_credentials(&pgc).await?;
         *self
             .credentials
             .lock()

@@ -20,16 +20,28 @@ use crate::reconcile::build::{self, build_generated_secret, generate_password};
 use crate::reconcile::status::{PRIMARY_MANAGER, STATUS_MANAGER};
 use crate::reconcile::validate::ValidCluster;
 
-/// Server-side applies `obj` (named and namespaced) under the field manager.
-pub async fn apply<K>(client: &Client, obj: &K) -> Result<K, Error>
-where
+/// A namespaced Kubernetes object of a typed kind, as the reconciler reads,
+/// applies and deletes them.
+pub trait Namespaced:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + k8s_openapi::Resource
+    + DeserializeOwned
+    + Clone
+    + Debug
+{
+}
+
+impl<K> Namespaced for K where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + k8s_openapi::Resource
-        + Serialize
         + DeserializeOwned
         + Clone
-        + Debug,
+        + Debug
 {
+}
+
+/// Server-side applies `obj` (named and namespaced) under the field manager.
+pub async fn apply<K: Namespaced + Serialize>(client: &Client, obj: &K) -> Result<K, Error> {
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), &namespace);
@@ -89,18 +101,8 @@ pub async fn ensure_secrets(client: &Client, cluster: &ValidCluster) -> Result<(
         }
         let password = generate_password(&mut rand::rng());
         let obj = build_generated_secret(cluster, secret, username, &password);
-        match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => tracing::info!(secret = %secret, "generated credentials"),
-            // Created by a concurrent reconcile: keep theirs.
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(source) => {
-                return Err(Error::Create {
-                    kind: "Secret",
-                    namespace: cluster.namespace.clone(),
-                    name: secret.clone(),
-                    source,
-                });
-            }
+        if create_secret(&api, cluster, &obj).await? {
+            tracing::info!(secret = %secret, "generated credentials");
         }
     }
     if let Some(archive) = build::backup::archive(cluster) {
@@ -144,10 +146,6 @@ async fn apply_network_policy(
     Ok(())
 }
 
-/// The pooler of `spec.pooler`: its ConfigMap, Secret (the superuser's
-/// password, read from the cluster's Secret), Service and Deployment. When
-/// `spec.pooler` is unset, a pooler left from before is deleted (one read
-/// when there is none).
 /// The password of PgBouncer's `auth_user`, from its generated Secret
 /// (made on first use; the failover loop gives the role this password).
 async fn ensure_pooler_auth(client: &Client, cluster: &ValidCluster) -> Result<String, Error> {
@@ -169,31 +167,46 @@ async fn ensure_pooler_auth(client: &Client, cluster: &ValidCluster) -> Result<S
     if let Some(password) = read(get().await?) {
         return Ok(password);
     }
-    let password = build::generate_password(&mut rand::rng());
+    let password = generate_password(&mut rand::rng());
     let secret = build::pooler::build_pooler_auth_secret(cluster, &password);
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(password),
-        // Made by a concurrent reconcile (or one without the key, which
-        // is said): use theirs.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            read(get().await?).ok_or_else(|| Error::MissingSecretKeys {
-                namespace: cluster.namespace.clone(),
-                name: cluster.name.clone(),
-                field: "pooler",
-                secret: name.clone(),
-                store: "pooler",
-                keys: names::SECRET_PASSWORD_KEY.to_owned(),
-            })
-        }
+    if create_secret(&api, cluster, &secret).await? {
+        return Ok(password);
+    }
+    // Made by a concurrent reconcile (or one without the key, which is
+    // said): use theirs.
+    read(get().await?).ok_or_else(|| Error::MissingSecretKeys {
+        namespace: cluster.namespace.clone(),
+        name: cluster.name.clone(),
+        field: "pooler",
+        secret: name.clone(),
+        store: "pooler",
+        keys: names::SECRET_PASSWORD_KEY.to_owned(),
+    })
+}
+
+/// Creates `secret`, made by the operator once and never overwritten:
+/// false when it exists already (a concurrent reconcile made it), whose
+/// Secret is kept.
+async fn create_secret(
+    api: &Api<Secret>,
+    cluster: &ValidCluster,
+    secret: &Secret,
+) -> Result<bool, Error> {
+    match api.create(&PostParams::default(), secret).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
         Err(source) => Err(Error::Create {
             kind: "Secret",
             namespace: cluster.namespace.clone(),
-            name: name.clone(),
+            name: secret.name_any(),
             source,
         }),
     }
 }
-
+/// The pooler of `spec.pooler`: its ConfigMap, Secret (the lookup role's
+/// password, see [`ensure_pooler_auth`]), Service and Deployment. When
+/// `spec.pooler` is unset, a pooler left from before is deleted (one read
+/// when there is none).
 pub async fn apply_pooler(
     client: &Client,
     cluster: &ValidCluster,
@@ -249,18 +262,11 @@ pub async fn apply_pooler(
 /// Whether `name` of kind `K` exists (None: it does not) and is the
 /// cluster's own (the cluster is its controller): one of the user's may
 /// share the name, and is never deleted.
-async fn owned<K>(
+async fn owned<K: Namespaced>(
     client: &Client,
     cluster: &ValidCluster,
     name: &str,
-) -> Result<Option<bool>, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + k8s_openapi::Resource
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
+) -> Result<Option<bool>, Error> {
     let api: Api<K> = Api::namespaced(client.clone(), &cluster.namespace);
     let found = api
         .get_metadata_opt(name)
@@ -282,14 +288,11 @@ where
 
 /// Deletes `name` of kind `K` in the cluster's namespace (the cluster's
 /// own, as [`owned`] said); gone already is fine.
-async fn delete_named<K>(client: &Client, cluster: &ValidCluster, name: &str) -> Result<(), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + k8s_openapi::Resource
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
+async fn delete_named<K: Namespaced>(
+    client: &Client,
+    cluster: &ValidCluster,
+    name: &str,
+) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(client.clone(), &cluster.namespace);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
@@ -450,28 +453,16 @@ pub async fn ensure_tls(
         None => {
             let ca = build::tls::issue_ca(&cluster.namespace, &cluster.name, now)
                 .map_err(|e| tls_failed(&ca_name, e.to_string()))?;
-            match api
-                .create(&PostParams::default(), &build::tls::ca_secret(cluster, &ca))
-                .await
-            {
-                Ok(_) => {
-                    changes.push(TlsChange::CaCreated);
-                    ca
-                }
+            if create_secret(&api, cluster, &build::tls::ca_secret(cluster, &ca)).await? {
+                changes.push(TlsChange::CaCreated);
+                ca
+            } else {
                 // Made by a concurrent reconcile: use theirs.
-                Err(kube::Error::Api(e)) if e.code == 409 => get(ca_name.clone())
+                get(ca_name.clone())
                     .await?
                     .as_ref()
                     .and_then(build::tls::ca_of)
-                    .ok_or_else(|| tls_failed(&ca_name, "it changed while read".to_owned()))?,
-                Err(source) => {
-                    return Err(Error::Create {
-                        kind: "Secret",
-                        namespace: cluster.namespace.clone(),
-                        name: ca_name,
-                        source,
-                    });
-                }
+                    .ok_or_else(|| tls_failed(&ca_name, "it changed while read".to_owned()))?
             }
         }
     };

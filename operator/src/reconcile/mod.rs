@@ -163,7 +163,7 @@ pub async fn reconcile(pgc: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<A
         };
 
     let tls_settled = tls_phase::settled(pgc.server_tls_secret_name());
-    cluster.tls = advance_tls(&ctx, &mut pgc, &pods).await?;
+    cluster.tls = advance_tls(&ctx, &mut pgc, &pods, &views).await?;
 
     // A major-version change cannot be rolled out: postgres would refuse
     // the data directory and every pod would crash-loop.
@@ -253,14 +253,16 @@ async fn advance_tls(
     ctx: &Context,
     pgc: &mut Arc<PostgresCluster>,
     pods: &[Pod],
+    views: &[PodView],
 ) -> Result<ordinal_crds::TlsStatus, Error> {
     let wanted = pgc.server_tls_secret_name();
     let pods: Vec<tls_phase::PodTls> = pods
         .iter()
-        .map(|pod| tls_phase::PodTls {
-            name: pod.name_any(),
+        .zip(views)
+        .map(|(pod, view)| tls_phase::PodTls {
+            name: view.name.clone(),
             mounts: build::mounted_tls_secret(pod),
-            ready: PodView::from_pod(pod).ready,
+            ready: view.ready,
         })
         .collect();
     let instances = pgc
