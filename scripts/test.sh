@@ -32,8 +32,15 @@ step() { printf '==> [%4ss] %s\n' "$((SECONDS - started))" "$*"; }
 # deletes the imported images (there is no registry to pull them back
 # from) and every pod fails to start. Say so at once rather than later.
 free_gb=$(df -Pk "$REPO" | awk 'NR == 2 { print int($4 / 1048576) }')
+step "${free_gb} GB free on $(df -P "$REPO" | awk 'NR == 2 { print $6 }')"
 if [ "${free_gb:-0}" -lt 20 ]; then
   echo "warning: only ${free_gb} GB free on $(df -P "$REPO" | awk 'NR == 2 { print $6 }'); the build and the cluster need about 20 (cargo clean frees target/)" >&2
+fi
+
+# A clean checkout builds once: cargo's incremental state would only take
+# disk (several GB across the test binaries) that nothing reads again.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=0
 fi
 
 filter=()

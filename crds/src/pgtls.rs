@@ -1,15 +1,14 @@
 //! TLS for Ordinal's own PostgreSQL connections (tokio-postgres over
-//! rustls), trusting only the cluster's CA: `ordinal-init` verifies the
-//! primary as libpq's `sslmode=verify-full` does, the operator — which
-//! dials pods by the address the API server gives — as `verify-ca` does.
+//! rustls), trusting only the cluster's CA and checking the name, as
+//! libpq's `sslmode=verify-full` does: `ordinal-init` dials its primary by
+//! name; the operator dials a pod's address and verifies the pod's name
+//! under the headless Service (libpq's `host` with `hostaddr`).
 
 use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 pub use tokio_postgres_rustls::MakeRustlsConnect;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,91 +21,30 @@ pub enum TlsError {
     Setup(#[from] rustls::Error),
 }
 
-/// What is checked of the server's certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verify {
-    /// Signed by the CA, and for the name dialled (`verify-full`).
-    Full,
-    /// Signed by the CA, whatever address was dialled (`verify-ca`).
-    Ca,
+/// A tokio-postgres connector that trusts the CA certificates in `ca_pem`.
+pub fn connector(ca_pem: &[u8]) -> Result<MakeRustlsConnect, TlsError> {
+    Ok(MakeRustlsConnect::new(client_config(ca_pem)?))
 }
 
-/// A tokio-postgres connector that trusts the CA certificates in `ca_pem`.
-pub fn connector(ca_pem: &[u8], verify: Verify) -> Result<MakeRustlsConnect, TlsError> {
+/// The rustls client configuration of [`connector`]: the CA certificates
+/// in `ca_pem` as the only roots, and WebPKI's checks (chain, validity,
+/// the name dialled).
+pub fn client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = RootCertStore::empty();
-    let mut found = false;
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|e| TlsError::Certificate(e.to_string()))?;
         roots
             .add(cert)
             .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        found = true;
     }
-    if !found {
+    if roots.is_empty() {
         return Err(TlsError::NoCertificate);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match verify {
-        Verify::Full => webpki,
-        Verify::Ca => Arc::new(AnyName(webpki)),
-    };
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
-}
-
-/// WebPKI's verification, except that the certificate need not name the
-/// address dialled.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]
@@ -116,7 +54,7 @@ mod tests {
     #[test]
     fn a_file_without_a_certificate_is_refused() {
         assert!(matches!(
-            connector(b"not a certificate", Verify::Full),
+            connector(b"not a certificate"),
             Err(TlsError::NoCertificate)
         ));
     }

@@ -277,11 +277,13 @@ impl Seam for LocalSeam {
                         pod.port
                     },
                     hostaddr: None,
+                    tls_name: None,
                 }),
                 stable: Endpoint {
                     host: "127.0.0.1".to_owned(),
                     port: pod.port,
                     hostaddr: None,
+                    tls_name: None,
                 },
                 instance: Some(pod.name.clone()),
             })

@@ -776,9 +776,7 @@ async fn tls_is_verified_and_renewed_without_a_restart() {
         })
         .await;
     eprintln!("without TLS: {refused}");
-    let connector =
-        ordinal_crds::pgtls::connector(ca.cert_pem.as_bytes(), ordinal_crds::pgtls::Verify::Full)
-            .expect("connector");
+    let connector = ordinal_crds::pgtls::connector(ca.cert_pem.as_bytes()).expect("connector");
     let password = h.superuser_password(cluster).await.expect("password");
     let rw_name = format!("sec-rw.{ns}.svc");
     let client = ordinal_e2e::cluster::connect_pod_with(
@@ -1211,9 +1209,7 @@ async fn the_pooler_rides_through_a_switchover() {
         .await
         .expect("CA secret");
     let ca = tls::ca_of(&ca_secret).expect("CA");
-    let connector =
-        ordinal_crds::pgtls::connector(ca.cert_pem.as_bytes(), ordinal_crds::pgtls::Verify::Full)
-            .expect("connector");
+    let connector = ordinal_crds::pgtls::connector(ca.cert_pem.as_bytes()).expect("connector");
     let pooler_name = format!("pool-pooler.{ns}.svc");
     let session = h
         .wait_until("a TLS session through the pooler", async || {

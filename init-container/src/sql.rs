@@ -55,10 +55,7 @@ async fn connect(config: Config, target: String, ca: Option<&Path>) -> Result<Co
         Some(ca) => {
             let tls = std::fs::read(ca)
                 .map_err(|e| e.to_string())
-                .and_then(|pem| {
-                    ordinal_crds::pgtls::connector(&pem, ordinal_crds::pgtls::Verify::Full)
-                        .map_err(|e| e.to_string())
-                })
+                .and_then(|pem| ordinal_crds::pgtls::connector(&pem).map_err(|e| e.to_string()))
                 .map_err(|reason| SqlError::Tls {
                     target: target.clone(),
                     ca: ca.to_owned(),

@@ -315,7 +315,7 @@ impl KubeSeam {
                     format!("the TLS Secret {name} has no {}", names::TLS_CA_KEY),
                 )
             })?;
-        let connect = ordinal_crds::pgtls::connector(&ca.0, ordinal_crds::pgtls::Verify::Ca)
+        let connect = ordinal_crds::pgtls::connector(&ca.0)
             .map_err(|e| self.failed("read the TLS Secret's CA", e))?;
         Ok(Some(ClientTls { connect, required }))
     }
@@ -827,11 +827,13 @@ impl Seam for KubeSeam {
                             host: ip,
                             port: names::POSTGRES_PORT as u16,
                             hostaddr: None,
+                            tls_name: Some(names::pod_dns(&name, &service, &self.namespace)),
                         }),
                     stable: Endpoint {
                         host: names::pod_dns(&name, &service, &self.namespace),
                         port: names::POSTGRES_PORT as u16,
                         hostaddr: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                        tls_name: None,
                     },
                     instance: pod.uid(),
                     name,

@@ -4,6 +4,7 @@
 //! slows the loop down.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
@@ -226,8 +227,12 @@ async fn bounded<T>(
 
 fn config(endpoint: &Endpoint, password: &str) -> Config {
     let mut config = Config::new();
+    match (&endpoint.tls_name, endpoint.host.parse::<IpAddr>()) {
+        // Dial the address, verify the name: libpq's host and hostaddr.
+        (Some(name), Ok(addr)) => config.host(name).hostaddr(addr),
+        _ => config.host(&endpoint.host),
+    };
     config
-        .host(&endpoint.host)
         .port(endpoint.port)
         .user(names::SUPERUSER_NAME)
         .password(password)
@@ -335,7 +340,7 @@ async fn connect_classified(
             config.ssl_mode(ssl_mode(tls));
             let tls = MakeTlsConnect::<tokio::net::TcpStream>::make_tls_connect(
                 &mut tls.connect.clone(),
-                &endpoint.host,
+                endpoint.server_name(),
             )
             .map_err(|e| ProbeError::new(ProbeFailure::Error, format!("{target}: TLS: {e}")))?;
             tokio::time::timeout(STARTUP_TIMEOUT, async {
@@ -1200,6 +1205,7 @@ mod tests {
             host: "db-1.db-headless.ns.svc".to_owned(),
             port: 5432,
             hostaddr: addr.map(str::to_owned),
+            tls_name: None,
         };
         let standby = |conninfo: &str| InstanceProbe {
             in_recovery: true,
@@ -1218,6 +1224,7 @@ mod tests {
             host: "db-2.db-headless.ns.svc".to_owned(),
             port: 5432,
             hostaddr: None,
+            tls_name: None,
         }));
     }
 
@@ -1360,6 +1367,7 @@ mod tests {
             host: "db-1.db-headless.ns.svc".to_owned(),
             port: 5432,
             hostaddr: Some("198.18.0.7".to_owned()),
+            tls_name: None,
         };
         assert_eq!(
             primary_conninfo(&endpoint, "db-2", &creds),

@@ -18,12 +18,21 @@ pub struct Endpoint {
     /// The address `host` stands for, when known: connected to without a
     /// name lookup (see `ordinal_crds::conninfo::server`).
     pub hostaddr: Option<String>,
+    /// The name TLS verifies when `host` is an address (a pod's IP): the
+    /// pod's name under the headless Service, which the server's
+    /// certificate holds (libpq's `verify-full` with `hostaddr`).
+    pub tls_name: Option<String>,
 }
 
 impl Endpoint {
     /// `host:port`.
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// The name the server's certificate must hold.
+    pub fn server_name(&self) -> &str {
+        self.tls_name.as_deref().unwrap_or(&self.host)
     }
 }
 
@@ -163,7 +172,7 @@ pub struct Credentials {
     pub replication_user: String,
     pub replication_password: String,
     /// While the pods mount a certificate: the operator's connections
-    /// trust the cluster's CA (`verify-ca`: it dials pods by address).
+    /// trust the cluster's CA and verify the pod's name (`verify-full`).
     pub tls: Option<ClientTls>,
     /// With a pooler: the password of its lookup role, which the loop
     /// sets up on the primary.

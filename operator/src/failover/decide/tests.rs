@@ -17,11 +17,13 @@ fn member(name: &str, state: PodState) -> Member {
             host: "127.0.0.1".to_owned(),
             port: 5432,
             hostaddr: None,
+            tls_name: None,
         }),
         stable: Endpoint {
             host: format!("{name}.db-headless"),
             port: 5432,
             hostaddr: None,
+            tls_name: None,
         },
         instance: Some(format!("uid-{name}")),
     }

@@ -70,6 +70,64 @@ fn a_certificate_of_another_ca_does_not_verify() {
     assert!(verify(&other_ca, &server, "db-rw", NOW).is_err());
 }
 
+/// A TLS handshake in memory: the client configuration Ordinal's own
+/// sessions use (`pgtls::client_config`, trusting `ca`) dialling `name`,
+/// against a server presenting `server`.
+fn handshake(ca: &Ca, server: &ServerCert, name: &str) -> Result<(), rustls::Error> {
+    let client = ordinal_crds::pgtls::client_config(ca.cert_pem.as_bytes()).expect("client");
+    let mut client = rustls::ClientConnection::new(
+        Arc::new(client),
+        ServerName::try_from(name.to_owned()).expect("name"),
+    )?;
+    let chain = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain PEM");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes())
+        .expect("key PEM");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    let mut server = rustls::ServerConnection::new(Arc::new(config))?;
+    let mut wire = Vec::new();
+    while client.is_handshaking() || server.is_handshaking() {
+        wire.clear();
+        client.write_tls(&mut wire).expect("client writes");
+        server.read_tls(&mut wire.as_slice()).expect("server reads");
+        server.process_new_packets()?;
+        wire.clear();
+        server.write_tls(&mut wire).expect("server writes");
+        client.read_tls(&mut wire.as_slice()).expect("client reads");
+        client.process_new_packets()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn ordinal_sessions_verify_the_pod_name_not_the_address() {
+    let cluster = valid(cluster().build());
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("seconds");
+    let ca = issue_ca(&cluster.namespace, &cluster.name, now).expect("CA");
+    let server = issue_server(&ca, &server_names(&cluster), now).expect("server certificate");
+    // The name the failover loop sends while dialling the pod's address.
+    handshake(&ca, &server, "db-0.db-headless.ns.svc").expect("the pod's name verifies");
+    // The address itself is no name of the certificate: a session that
+    // sent it would fail, which is why the loop sends the name.
+    assert!(handshake(&ca, &server, "198.18.0.7").is_err());
+    // Another cluster's pods, and a certificate of another CA, fail.
+    assert!(handshake(&ca, &server, "db-0.other-headless.ns.svc").is_err());
+    let other = issue_ca(&cluster.namespace, &cluster.name, now).expect("CA");
+    assert!(handshake(&other, &server, "db-0.db-headless.ns.svc").is_err());
+}
+
 #[test]
 fn a_fresh_certificate_is_kept_until_thirty_days_before_it_expires() {
     let cluster = valid(cluster().build());
