@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use ordinal_crds::{FailoverRecord, InstanceStatus, ReplicationMode, SynchronousSet};
 use ordinal_operator::failover::machine::Intent;
 use ordinal_operator::failover::seam::{
-    Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PodState, Record, Report,
-    Seam, SeamError, Settings,
+    Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PodState, PoolerRole,
+    Record, Report, Seam, SeamError, Settings,
 };
 use tokio::sync::Notify;
 
@@ -313,7 +313,7 @@ impl Seam for LocalSeam {
             replication_user: "streaming_replica".to_owned(),
             replication_password: REPLICATION_PASSWORD.to_owned(),
             tls: None,
-            pooler_password: None,
+            pooler: PoolerRole::Absent,
         })
     }
 

@@ -1323,7 +1323,18 @@ async fn the_pooler_rides_through_a_switchover() {
         "acknowledged through the pooler, then lost: {lost:?}"
     );
 
-    // Unset: the pooler goes.
+    // Unset: the pooler goes, and so do its lookup role and function.
+    let lookup_role = "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'ordinal_pooler') \
+                       + (SELECT count(*) FROM pg_proc WHERE proname = 'pooler_lookup')";
+    let before: i64 = client
+        .query_one(lookup_role, &[])
+        .await
+        .expect("the pooler's role")
+        .get(0);
+    assert_eq!(
+        before, 2,
+        "the pooler's role and function are on the primary"
+    );
     spec.pooler = None;
     h.apply(cluster, &spec).await;
     h.wait_until("the pooler's objects are deleted", async || {
@@ -1337,6 +1348,19 @@ async fn the_pooler_rides_through_a_switchover() {
             Err(format!("deployment {deployment}, service {service}"))
         } else {
             Ok(())
+        }
+    })
+    .await;
+    h.wait_until("the pooler's lookup role is dropped", async || {
+        let left: i64 = client
+            .query_one(lookup_role, &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} of the role and its function left"))
         }
     })
     .await;

@@ -16,7 +16,8 @@ use super::decide::{self, Probes};
 use super::machine::{self, Action, Intent, Memory, View};
 use super::pg;
 use super::seam::{
-    Credentials, FenceRequest, FenceState, Member, Observation, Report, Seam, SeamError,
+    Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PoolerRole, Report, Seam,
+    SeamError,
 };
 use super::{FailoverError, Step, Tick};
 use crate::metrics::Metrics;
@@ -82,9 +83,9 @@ pub struct FailoverLoop<S> {
     sessions: pg::Sessions,
     /// The epoch whose promotion target was readied in advance.
     readied: Option<i64>,
-    /// The primary instance (pod UID) and password the pooler's lookup
-    /// role was last set up for.
-    pooler_role: Option<(String, String)>,
+    /// The primary instance (pod UID) the pooler's lookup role was last
+    /// set up on (with its password) or dropped from (None).
+    pooler_role: Option<(String, Option<String>)>,
 }
 
 /// How long after detaching its standbys a lost primary is not probed.
@@ -108,6 +109,56 @@ impl<S: Seam> FailoverLoop<S> {
             sessions: pg::Sessions::default(),
             readied: None,
             pooler_role: None,
+        }
+    }
+
+    /// The pooler's lookup role on the primary, once per primary instance
+    /// and wanted state: set up (again after a failure) while there is a
+    /// pooler; dropped once there is none, tried once (a role a user gave
+    /// objects of their own stays, with a warning).
+    async fn keep_pooler_role(
+        &mut self,
+        obs: &Observation,
+        primary: &str,
+        at: &Endpoint,
+        credentials: &Credentials,
+    ) {
+        let password = match &credentials.pooler {
+            PoolerRole::Pending => return,
+            PoolerRole::Absent => None,
+            PoolerRole::Password(password) => Some(password.clone()),
+        };
+        let instance = member(obs, primary)
+            .ok()
+            .and_then(|m| m.instance.clone())
+            .unwrap_or_default();
+        let done = (instance, password);
+        if self.pooler_role.as_ref() == Some(&done) {
+            return;
+        }
+        let (namespace, cluster) = (&obs.namespace, &obs.cluster);
+        match &done.1 {
+            Some(password) => match pg::ensure_pooler_role(at, credentials, password).await {
+                Ok(()) => {
+                    tracing::info!(%namespace, %cluster, primary, "the pooler's lookup role is set up");
+                    self.pooler_role = Some(done);
+                }
+                Err(error) => {
+                    tracing::warn!(%namespace, %cluster, %error, "setting up the pooler's lookup role failed")
+                }
+            },
+            None => {
+                match pg::drop_pooler_role(at, credentials).await {
+                    Ok(true) => {
+                        tracing::info!(%namespace, %cluster, primary, "the pooler is gone: its lookup role is dropped")
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%namespace, %cluster, %error, "dropping the removed pooler's lookup role failed")
+                    }
+                }
+                self.pooler_role = Some(done);
+            }
         }
     }
 
@@ -736,25 +787,7 @@ impl<S: Seam> FailoverLoop<S> {
                 tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "primary housekeeping failed")
             }
         }
-        // The pooler's lookup role, once per primary instance and password.
-        if let Some(password) = &credentials.pooler_password {
-            let instance = member(obs, primary)
-                .ok()
-                .and_then(|m| m.instance.clone())
-                .unwrap_or_default();
-            let done = (instance, password.clone());
-            if self.pooler_role.as_ref() != Some(&done) {
-                match pg::ensure_pooler_role(&at, credentials, password).await {
-                    Ok(()) => {
-                        tracing::info!(namespace = %obs.namespace, cluster = %obs.cluster, primary, "the pooler's lookup role is set up");
-                        self.pooler_role = Some(done);
-                    }
-                    Err(error) => {
-                        tracing::warn!(namespace = %obs.namespace, cluster = %obs.cluster, %error, "setting up the pooler's lookup role failed")
-                    }
-                }
-            }
-        }
+        self.keep_pooler_role(obs, primary, &at, credentials).await;
         if !quorum {
             return Ok(None);
         }

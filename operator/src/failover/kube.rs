@@ -21,7 +21,7 @@ use super::machine::Intent;
 use super::pg;
 use super::seam::{
     ClientTls, Credentials, Endpoint, FenceRequest, FenceState, Member, Observation, PodState,
-    Record, Report, Seam, SeamError, Settings,
+    PoolerRole, Record, Report, Seam, SeamError, Settings,
 };
 use crate::reconcile::status::{PRIMARY_MANAGER, PrimaryStatus, primary_patch};
 
@@ -97,12 +97,18 @@ pub struct KubeSeam {
 }
 
 /// How long the credentials read from the Secrets are used before they
-/// are read again (at once after a probe is refused for them, or when the
-/// TLS phase they were read for has moved on).
+/// are read again (at once after a probe is refused for them, when the
+/// TLS phase they were read for has moved on, when a pooler was added or
+/// removed, and while a new pooler's Secret is awaited).
 const CREDENTIALS_FOR: Duration = Duration::from_secs(30);
 
-/// Credentials, when they were read, and the TLS phase they follow.
-type CachedCredentials = (Credentials, Instant, Option<ordinal_crds::TlsStatus>);
+/// Credentials, when they were read, and what of the cluster they follow:
+/// its TLS phase and whether it has a pooler.
+type CachedCredentials = (
+    Credentials,
+    Instant,
+    (Option<ordinal_crds::TlsStatus>, bool),
+);
 
 /// See [`KubeSeam::watch_for_stop`].
 type Stops = Arc<Mutex<HashMap<String, StopWatch>>>;
@@ -255,17 +261,18 @@ impl KubeSeam {
         let tls = self.read_client_tls(&api, pgc).await?;
         // The pooler's lookup role: its Secret is made by the reconciler
         // with the pooler, so it may not exist yet.
-        let pooler_password = match &pgc.spec.pooler {
+        let pooler = match &pgc.spec.pooler {
             Some(_) => api
                 .get_opt(&names::pooler_auth_secret(&self.cluster))
                 .await
                 .map_err(|e| self.failed("read the pooler's Secret", e))?
-                .and_then(|s| read(s, names::SECRET_PASSWORD_KEY)),
-            None => None,
+                .and_then(|s| read(s, names::SECRET_PASSWORD_KEY))
+                .map_or(PoolerRole::Pending, PoolerRole::Password),
+            None => PoolerRole::Absent,
         };
         Ok(Credentials {
             tls,
-            pooler_password,
+            pooler,
             superuser_password: read(superuser, names::SECRET_PASSWORD_KEY)
                 .ok_or_else(|| missing("superuser"))?,
             replication_user: read(replication.clone(), names::SECRET_USERNAME_KEY)
@@ -851,14 +858,15 @@ impl Seam for KubeSeam {
 
     async fn credentials(&self) -> Result<Credentials, SeamError> {
         let pgc = self.cluster_for_look().await?;
-        let tls = pgc.tls_status().cloned();
+        let follows = (pgc.tls_status().cloned(), pgc.spec.pooler.is_some());
         if let Some((credentials, at, read_for)) = self
             .credentials
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             && at.elapsed() < CREDENTIALS_FOR
-            && read_for == tls
+            && read_for == follows
+            && credentials.pooler != PoolerRole::Pending
         {
             return Ok(credentials);
         }
@@ -867,7 +875,7 @@ impl Seam for KubeSeam {
             .credentials
             .lock()
             .unwrap_or_else(PoisonError::into_inner) =
-            Some((credentials.clone(), Instant::now(), tls));
+            Some((credentials.clone(), Instant::now(), follows));
         Ok(credentials)
     }
 

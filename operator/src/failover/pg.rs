@@ -906,6 +906,41 @@ pub async fn ensure_pooler_role(
     .await
 }
 
+/// Drops what [`pooler_role_sql`] made but the schema (which may hold a
+/// user's objects): the lookup function, the role's privileges, the role.
+pub fn drop_pooler_role_sql() -> String {
+    let user = names::POOLER_AUTH_USER;
+    let lookup = names::POOLER_LOOKUP;
+    format!("DROP FUNCTION IF EXISTS {lookup}(text); DROP OWNED BY {user}; DROP ROLE {user};")
+}
+
+/// Drops the lookup role of a pooler that was removed, when the primary at
+/// `primary_at` has it: whether it had.
+pub async fn drop_pooler_role(
+    primary_at: &Endpoint,
+    credentials: &Credentials,
+) -> Result<bool, PgError> {
+    bounded(primary_at, Duration::from_secs(15), async {
+        let client = connect(primary_at, credentials).await?;
+        let exists = client
+            .query_opt(
+                "SELECT FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&names::POOLER_AUTH_USER],
+            )
+            .await
+            .map_err(query_err(primary_at, "look up the pooler's lookup role"))?
+            .is_some();
+        if exists {
+            client
+                .batch_execute(&drop_pooler_role_sql())
+                .await
+                .map_err(query_err(primary_at, "drop the pooler's lookup role"))?;
+        }
+        Ok(exists)
+    })
+    .await
+}
+
 /// Cuts a standby off from its primary: an empty primary_conninfo, and a
 /// reload, so that its WAL receiver stops and its position stops moving.
 /// It follows a primary again when re-pointed.
@@ -1174,6 +1209,7 @@ pub async fn ensure_slots(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failover::seam::PoolerRole;
 
     #[test]
     fn shutting_down_is_told_from_the_other_refusals() {
@@ -1355,13 +1391,22 @@ mod tests {
     }
 
     #[test]
+    fn the_removed_pooler_s_role_goes_with_its_function_and_privileges() {
+        assert_eq!(
+            drop_pooler_role_sql(),
+            "DROP FUNCTION IF EXISTS ordinal.pooler_lookup(text); \
+             DROP OWNED BY ordinal_pooler; DROP ROLE ordinal_pooler;"
+        );
+    }
+
+    #[test]
     fn conninfo_quotes_values() {
         let creds = Credentials {
             superuser_password: "x".to_owned(),
             replication_user: "streaming_replica".to_owned(),
             replication_password: "p'w".to_owned(),
             tls: None,
-            pooler_password: None,
+            pooler: PoolerRole::Absent,
         };
         let endpoint = Endpoint {
             host: "db-1.db-headless.ns.svc".to_owned(),

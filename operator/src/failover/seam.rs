@@ -174,9 +174,19 @@ pub struct Credentials {
     /// While the pods mount a certificate: the operator's connections
     /// trust the cluster's CA and verify the pod's name (`verify-full`).
     pub tls: Option<ClientTls>,
-    /// With a pooler: the password of its lookup role, which the loop
-    /// sets up on the primary.
-    pub pooler_password: Option<String>,
+    /// The pooler's lookup role, which the loop keeps on the primary.
+    pub pooler: PoolerRole,
+}
+
+/// The pooler's lookup role, as the cluster wants it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PoolerRole {
+    /// No pooler: a role left from one is dropped.
+    Absent,
+    /// A pooler whose password Secret the reconciler has not made yet.
+    Pending,
+    /// A pooler: the role logs in with this password.
+    Password(String),
 }
 
 /// How the loop's sessions use TLS.
