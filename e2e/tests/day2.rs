@@ -1120,6 +1120,130 @@ async fn tls_is_turned_on_and_off_for_a_running_cluster() {
     h.assert_acked_rows_present(cluster, &acks.ids).await;
 }
 
+/// The Secret each pod of `cluster` mounts as its certificate.
+async fn mounted_secrets(h: &Harness, cluster: &str) -> Result<BTreeMap<String, String>, String> {
+    Ok(h.cluster_pods(cluster)
+        .await?
+        .iter()
+        .map(|p| {
+            let mounted = ordinal_operator::reconcile::build::mounted_tls_secret(p);
+            (p.name_any(), mounted.unwrap_or_default())
+        })
+        .collect())
+}
+
+/// `tls.serverSecret` of a running cluster changed to a certificate from
+/// another CA (a move to cert-manager), under write load. A standby
+/// mounting the new CA cannot verify a primary still serving the old
+/// certificate, so replication stops verifying (Offered) while one rolling
+/// update mounts the new Secret, then requires TLS again (Required); the
+/// failover loop, which trusts both CAs meanwhile, switches over to a
+/// rolled pod. Both servers then serve the new certificate, the standby
+/// verifies its primary with the new CA, and no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_certificate_from_another_ca_replaces_the_old_without_an_outage() {
+    let h = Harness::new("a_server_certificate_from_another_ca_replaces_the_old_without_an_outage")
+        .await;
+    let cluster = "swap";
+    let mut spec = h.spec(2);
+    h.apply(cluster, &spec).await;
+    h.wait_ready(cluster, 2).await;
+    h.wait_until("TLS required", async || {
+        match tls_phase(&h, cluster).await? {
+            phase if phase == "Required" => Ok(()),
+            phase => Err(phase),
+        }
+    })
+    .await;
+
+    // The user's Secret: a certificate for the cluster's names from a CA
+    // of their own.
+    let pgc = h.cluster(cluster).await;
+    let valid = ordinal_operator::reconcile::validate::validate(&pgc)
+        .expect("object")
+        .expect("spec");
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let their_ca = tls::issue_ca(&h.namespace, "theirs", now).expect("CA");
+    let theirs = tls::issue_server(&their_ca, &tls::server_names(&valid), now).expect("cert");
+    let mut secret = tls::server_secret(&valid, &theirs);
+    secret.metadata.name = Some("swap-theirs".to_owned());
+    secret.metadata.owner_references = None;
+    secret.metadata.labels = None;
+    h.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the user's Secret");
+    let their_serial = normal_serial(
+        &tls::cert_info(theirs.cert_pem.as_bytes())
+            .expect("certificate")
+            .serial,
+    );
+
+    let phases = PhaseWatch::start(&h, cluster);
+    let writer = Writer::start(&h, cluster).await;
+    writer.wait_more_acks(&h, 20).await;
+    let change = Instant::now();
+    spec.tls.server_secret = Some("swap-theirs".to_owned());
+    h.apply(cluster, &spec).await;
+    let offered = phases.wait(&h, "Offered", change).await;
+    let required = phases.wait(&h, "Required", change).await;
+    let mounts = mounted_secrets(&h, cluster).await.expect("pods");
+    assert!(
+        mounts.values().all(|m| m == "swap-theirs"),
+        "Required before every pod mounts the new Secret: {mounts:?}"
+    );
+    h.wait_ready(cluster, 2).await;
+    let (primary, _) = h.sql_rw(cluster).await;
+    let replica = if primary == "swap-0" {
+        "swap-1"
+    } else {
+        "swap-0"
+    };
+    h.wait_until(
+        &format!("{replica} streams over TLS, verifying {primary} with the new CA"),
+        async || {
+            let (ssl, conninfo) = replication_tls(&h, cluster, &primary, replica).await?;
+            let verifies = conninfo.contains("sslmode=verify-full")
+                && conninfo.contains("sslrootcert='/etc/ordinal/tls/ca.crt'");
+            if ssl && verifies {
+                Ok(())
+            } else {
+                Err(format!("ssl {ssl}, verify-full {verifies}"))
+            }
+        },
+    )
+    .await;
+    let verified = change.elapsed().as_secs_f64();
+    let ns = h.namespace.clone();
+    let primary_dns = format!("{primary}.swap-headless.{ns}.svc");
+    let replica_dns = format!("{replica}.swap-headless.{ns}.svc");
+    assert_eq!(
+        served_serial(&h, replica, &primary_dns).await,
+        Ok(their_serial.clone()),
+        "{primary} serves the user's certificate, verified with their CA"
+    );
+    assert_eq!(
+        served_serial(&h, &primary, &replica_dns).await,
+        Ok(their_serial),
+        "{replica} serves the user's certificate"
+    );
+    writer.wait_more_acks(&h, 20).await;
+    let acks = writer.stop().await;
+    h.assert_acked_rows_present(cluster, &acks.ids).await;
+    let steps = phases.since(change);
+    eprintln!(
+        "tls.serverSecret from another CA: {steps:?}; Offered {offered:.1}s, Required \
+         {required:.1}s, {replica} verifies {primary} (verify-full) at {verified:.1}s; {} writes \
+         acknowledged, none lost",
+        acks.ids.len()
+    );
+    assert_eq!(
+        steps.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["Offered", "Required"],
+        "replication stops verifying while the pods change CA, then verifies again"
+    );
+}
+
 /// Asks for a switchover to `to` and waits until it is the primary.
 async fn switch_over(h: &Harness, cluster: &str, to: &str) {
     h.clusters()

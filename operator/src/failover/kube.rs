@@ -283,11 +283,13 @@ impl KubeSeam {
         })
     }
 
-    /// How the loop's sessions use TLS: the CA of the Secret the pods
-    /// mount, and whether TLS is required yet. A cluster with no TLS phase
-    /// recorded (the reconciler has not looked since an upgrade) may run
-    /// with or without TLS: its sessions use TLS when offered, and a Secret
-    /// not made yet is no error.
+    /// How the loop's sessions use TLS: the CAs of the Secret the pods
+    /// mount and of any other Secret a pod still mounts (while
+    /// `tls.serverSecret` changes, pods serve either certificate), and
+    /// whether TLS is required yet. A cluster with no TLS phase recorded
+    /// (the reconciler has not looked since an upgrade) may run with or
+    /// without TLS: its sessions use TLS when offered, and a Secret not
+    /// made yet is no error.
     async fn read_client_tls(
         &self,
         api: &Api<Secret>,
@@ -312,7 +314,7 @@ impl KubeSeam {
             }
             Err(e) => return Err(self.failed("read the TLS Secret", e)),
         };
-        let ca = secret
+        let mut bundle = secret
             .data
             .as_ref()
             .and_then(|d| d.get(names::TLS_CA_KEY))
@@ -321,8 +323,30 @@ impl KubeSeam {
                     "read credentials",
                     format!("the TLS Secret {name} has no {}", names::TLS_CA_KEY),
                 )
-            })?;
-        let connect = ordinal_crds::pgtls::connector(&ca.0)
+            })?
+            .0
+            .clone();
+        let mut others: Vec<String> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| self.is_ours(p))
+            .filter_map(|p| crate::reconcile::build::mounted_tls_secret(p))
+            .filter(|mounted| *mounted != name)
+            .collect();
+        others.sort();
+        others.dedup();
+        for other in others {
+            // Best effort: a Secret already deleted is served by no pod
+            // that will be asked again.
+            if let Ok(Some(found)) = api.get_opt(&other).await
+                && let Some(ca) = found.data.as_ref().and_then(|d| d.get(names::TLS_CA_KEY))
+            {
+                bundle.push(b'\n');
+                bundle.extend_from_slice(&ca.0);
+            }
+        }
+        let connect = ordinal_crds::pgtls::connector(&bundle)
             .map_err(|e| self.failed("read the TLS Secret's CA", e))?;
         Ok(Some(ClientTls { connect, required }))
     }

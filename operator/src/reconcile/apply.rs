@@ -343,6 +343,33 @@ impl TlsChange {
     }
 }
 
+/// Whether Secret `new`'s `ca.crt` holds every CA certificate of Secret
+/// `old`'s, in `namespace`: then a pod mounting `new` verifies a server
+/// still serving `old`'s certificate. A Secret gone or without `ca.crt`
+/// keeps nothing.
+pub async fn ca_kept(
+    client: &Client,
+    namespace: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut cas = Vec::new();
+    for name in [old, new] {
+        let found = api.get_opt(name).await.map_err(|source| Error::Get {
+            kind: "Secret",
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        })?;
+        cas.push(found.and_then(|s| s.data?.remove(names::TLS_CA_KEY)));
+    }
+    Ok(match (&cas[0], &cas[1]) {
+        (Some(old), Some(new)) => build::tls::holds_every_ca(&old.0, &new.0),
+        _ => false,
+    })
+}
+
 /// The certificates of `cluster`. With `tls.serverSecret` the user's Secret
 /// must exist with its three keys; otherwise the cluster's CA is made once
 /// (or a CA the user put in `<name>-ca` is used) and the server

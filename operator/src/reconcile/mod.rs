@@ -271,7 +271,31 @@ async fn advance_tls(
         .map(|s| s.instances.as_slice())
         .unwrap_or_default();
     let recorded = pgc.tls_status().cloned();
-    let next = tls_phase::next(recorded.as_ref(), wanted.as_deref(), &pods, instances);
+    // tls.serverSecret changed on a cluster that requires TLS: is the new
+    // Secret's CA the old one's?
+    let ca_kept = match (&recorded, &wanted) {
+        (Some(recorded), Some(wanted))
+            if recorded.phase == ordinal_crds::TlsPhase::Required
+                && recorded.secret.as_ref().is_some_and(|s| s != wanted) =>
+        {
+            let old = recorded.secret.as_deref().unwrap_or_default();
+            apply::ca_kept(
+                &ctx.client,
+                &pgc.namespace().unwrap_or_default(),
+                old,
+                wanted,
+            )
+            .await?
+        }
+        _ => true,
+    };
+    let next = tls_phase::next(
+        recorded.as_ref(),
+        wanted.as_deref(),
+        &pods,
+        instances,
+        ca_kept,
+    );
     if recorded.as_ref() != Some(&next) {
         *pgc = Arc::new(
             apply::apply_status(

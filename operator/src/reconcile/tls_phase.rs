@@ -48,12 +48,15 @@ pub struct PodTls {
 /// The TLS status to record. `recorded`: status.tls (None before the
 /// first look, e.g. a cluster an older operator made). `wanted`: the
 /// Secret spec.tls names (None: TLS off). `instances`: what the failover
-/// loop last reported of each instance.
+/// loop last reported of each instance. `ca_kept`, when `wanted` is not
+/// the recorded Secret: the wanted Secret's `ca.crt` holds every CA of the
+/// recorded one's, so a pod mounting it verifies a server still on the old.
 pub fn next(
     recorded: Option<&TlsStatus>,
     wanted: Option<&str>,
     pods: &[PodTls],
     instances: &[InstanceStatus],
+    ca_kept: bool,
 ) -> TlsStatus {
     let status = |phase, secret: Option<&str>| TlsStatus {
         phase,
@@ -90,11 +93,16 @@ pub fn next(
             status(TlsPhase::Required, Some(wanted))
         }
         (Some(wanted), TlsPhase::Off) => status(TlsPhase::Mounting, Some(wanted)),
-        // Another Secret (tls.serverSecret changed): a running cluster
-        // keeps requiring TLS while a rolling update mounts the new one;
-        // a cluster on its way there mounts it first.
+        // Another Secret (tls.serverSecret changed). Signed by a CA the new
+        // Secret's ca.crt still holds: a running cluster keeps requiring
+        // TLS while a rolling update mounts it. By another CA: a standby
+        // mounting the new CA could not verify a primary still serving the
+        // old certificate, nor the reverse, so replication stops verifying
+        // (Offered) until every pod mounts the new Secret. A cluster on its
+        // way to TLS mounts the new Secret first.
         (Some(wanted), phase) if secret != Some(wanted) => match phase {
-            TlsPhase::Required => status(TlsPhase::Required, Some(wanted)),
+            TlsPhase::Required if ca_kept => status(TlsPhase::Required, Some(wanted)),
+            TlsPhase::Required => status(TlsPhase::Offered, Some(wanted)),
             _ => status(TlsPhase::Mounting, Some(wanted)),
         },
         (Some(wanted), TlsPhase::Mounting) if all_mount(wanted) => {
@@ -175,31 +183,37 @@ mod tests {
 
     #[test]
     fn a_new_cluster_starts_where_the_spec_asks() {
-        assert_eq!(next(None, S, &[], &[]), at(TlsPhase::Required));
-        assert_eq!(next(None, None, &[], &[]), TlsStatus::default());
+        assert_eq!(next(None, S, &[], &[], true), at(TlsPhase::Required));
+        assert_eq!(next(None, None, &[], &[], true), TlsStatus::default());
     }
 
     #[test]
     fn a_cluster_made_without_tls_mounts_the_certificate_first() {
         let pods = [pod("db-0", None, true), pod("db-1", None, true)];
-        assert_eq!(next(None, S, &pods, &[]), at(TlsPhase::Mounting));
+        assert_eq!(next(None, S, &pods, &[], true), at(TlsPhase::Mounting));
         let off = TlsStatus::default();
-        assert_eq!(next(Some(&off), S, &pods, &[]), at(TlsPhase::Mounting));
+        assert_eq!(
+            next(Some(&off), S, &pods, &[], true),
+            at(TlsPhase::Mounting)
+        );
     }
 
     #[test]
     fn a_cluster_an_older_operator_made_with_tls_is_required_at_once() {
         let pods = [pod("db-0", S, true), pod("db-1", S, false)];
-        assert_eq!(next(None, S, &pods, &[]), at(TlsPhase::Required));
+        assert_eq!(next(None, S, &pods, &[], true), at(TlsPhase::Required));
     }
 
     #[test]
     fn tls_is_offered_only_once_every_pod_mounts_the_certificate() {
         let mounting = at(TlsPhase::Mounting);
         let half = [pod("db-0", None, true), pod("db-1", S, true)];
-        assert_eq!(next(Some(&mounting), S, &half, &[]), mounting);
+        assert_eq!(next(Some(&mounting), S, &half, &[], true), mounting);
         let all = [pod("db-0", S, false), pod("db-1", S, true)];
-        assert_eq!(next(Some(&mounting), S, &all, &[]), at(TlsPhase::Offered));
+        assert_eq!(
+            next(Some(&mounting), S, &all, &[], true),
+            at(TlsPhase::Offered)
+        );
     }
 
     #[test]
@@ -214,10 +228,10 @@ mod tests {
             instance("db-0", true, None),
             instance("db-1", false, Some("prefer")),
         ];
-        assert_eq!(next(Some(&offered), S, &pods, &reloading), offered);
+        assert_eq!(next(Some(&offered), S, &pods, &reloading, true), offered);
         // Not reported at all yet: waited for too.
         assert_eq!(
-            next(Some(&offered), S, &pods, &reloading[..1]),
+            next(Some(&offered), S, &pods, &reloading[..1], true),
             offered,
             "an instance the failover loop has not reported is waited for"
         );
@@ -226,7 +240,7 @@ mod tests {
             instance("db-1", true, Some("prefer")),
         ];
         assert_eq!(
-            next(Some(&offered), S, &pods, &reloaded),
+            next(Some(&offered), S, &pods, &reloaded, true),
             at(TlsPhase::Required),
             "db-2 is not ready: it starts with ssl on"
         );
@@ -240,10 +254,10 @@ mod tests {
             instance("db-1", true, Some("verify-full")),
         ];
         let required = at(TlsPhase::Required);
-        let offered = next(Some(&required), None, &pods, &verifying);
+        let offered = next(Some(&required), None, &pods, &verifying, true);
         assert_eq!(offered, at(TlsPhase::Offered));
         assert_eq!(
-            next(Some(&offered), None, &pods, &verifying),
+            next(Some(&offered), None, &pods, &verifying, true),
             offered,
             "db-1 still verifies its primary: ssl stays on"
         );
@@ -252,16 +266,16 @@ mod tests {
             instance("db-1", true, Some("prefer")),
         ];
         assert_eq!(
-            next(Some(&offered), None, &pods, &repointed),
+            next(Some(&offered), None, &pods, &repointed, true),
             TlsStatus::default()
         );
         // A pod gone is not waited for.
         assert_eq!(
-            next(Some(&offered), None, &pods[..1], &verifying),
+            next(Some(&offered), None, &pods[..1], &verifying, true),
             TlsStatus::default()
         );
         assert_eq!(
-            next(Some(&at(TlsPhase::Mounting)), None, &pods, &verifying),
+            next(Some(&at(TlsPhase::Mounting)), None, &pods, &verifying, true),
             TlsStatus::default(),
             "never offered: nothing to walk back"
         );
@@ -271,20 +285,41 @@ mod tests {
     fn another_secret_is_mounted_without_dropping_tls() {
         let other = Some("cert-manager-tls");
         let pods = [pod("db-0", S, true)];
-        let required = next(Some(&at(TlsPhase::Required)), other, &pods, &[]);
+        let required = next(Some(&at(TlsPhase::Required)), other, &pods, &[], true);
         assert_eq!(required.phase, TlsPhase::Required);
         assert_eq!(required.secret.as_deref(), other);
-        let mounting = next(Some(&at(TlsPhase::Offered)), other, &pods, &[]);
+        let mounting = next(Some(&at(TlsPhase::Offered)), other, &pods, &[], true);
         assert_eq!(mounting.phase, TlsPhase::Mounting);
         assert_eq!(mounting.secret.as_deref(), other);
+    }
+
+    #[test]
+    fn a_secret_of_another_ca_is_mounted_while_replication_does_not_verify() {
+        let other = Some("cert-manager-tls");
+        let old = [pod("db-0", S, true), pod("db-1", S, true)];
+        let offered = next(Some(&at(TlsPhase::Required)), other, &old, &[], false);
+        assert_eq!(offered.phase, TlsPhase::Offered);
+        assert_eq!(offered.secret.as_deref(), other);
+        // Every instance offers TLS, but db-1 still mounts the old Secret.
+        let serving = [
+            instance("db-0", true, None),
+            instance("db-1", true, Some("prefer")),
+        ];
+        let half = [pod("db-0", other, true), pod("db-1", S, true)];
+        assert_eq!(next(Some(&offered), other, &half, &serving, false), offered);
+        // Every pod mounts the new one: replication verifies again.
+        let all = [pod("db-0", other, true), pod("db-1", other, true)];
+        let required = next(Some(&offered), other, &all, &serving, false);
+        assert_eq!(required.phase, TlsPhase::Required);
+        assert_eq!(required.secret.as_deref(), other);
     }
 
     #[test]
     fn settled_states_stay() {
         let pods = [pod("db-0", S, true)];
         let required = at(TlsPhase::Required);
-        assert_eq!(next(Some(&required), S, &pods, &[]), required);
+        assert_eq!(next(Some(&required), S, &pods, &[], true), required);
         let off = TlsStatus::default();
-        assert_eq!(next(Some(&off), None, &pods, &[]), off);
+        assert_eq!(next(Some(&off), None, &pods, &[], true), off);
     }
 }

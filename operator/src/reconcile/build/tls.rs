@@ -114,6 +114,20 @@ pub fn server_names(cluster: &ValidCluster) -> Vec<String> {
     out
 }
 
+/// Whether the PEM bundle `new` holds every certificate of the PEM bundle
+/// `old` (and `old` holds one).
+pub fn holds_every_ca(old: &[u8], new: &[u8]) -> bool {
+    let certificates = |pem: &[u8]| -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(pem)
+            .filter_map(Result::ok)
+            .filter(|p| p.label == "CERTIFICATE")
+            .map(|p| p.contents)
+            .collect()
+    };
+    let (old, new) = (certificates(old), certificates(new));
+    !old.is_empty() && old.iter().all(|c| new.contains(c))
+}
+
 /// The names the cluster's own connections verify, which a user's
 /// certificate must hold: every pod under the headless Service (the
 /// replicas, pg_basebackup), and `-rw` (the pooler) when there is one.

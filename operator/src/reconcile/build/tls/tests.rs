@@ -129,6 +129,19 @@ fn ordinal_sessions_verify_the_pod_name_not_the_address() {
 }
 
 #[test]
+fn a_ca_bundle_that_still_holds_the_old_ca_keeps_it() {
+    let cluster = valid(cluster().build());
+    let (old, _) = issued(&cluster);
+    let (new, _) = issued(&cluster);
+    let (old_pem, new_pem) = (old.cert_pem.as_bytes(), new.cert_pem.as_bytes());
+    assert!(holds_every_ca(old_pem, old_pem));
+    assert!(!holds_every_ca(old_pem, new_pem));
+    let bundle = format!("{}{}", new.cert_pem, old.cert_pem);
+    assert!(holds_every_ca(old_pem, bundle.as_bytes()));
+    assert!(!holds_every_ca(b"", bundle.as_bytes()));
+}
+
+#[test]
 fn a_fresh_certificate_is_kept_until_thirty_days_before_it_expires() {
     let cluster = valid(cluster().build());
     let (ca, server) = issued(&cluster);
