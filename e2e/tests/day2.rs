@@ -526,6 +526,15 @@ fn normal_serial(serial: &str) -> String {
         .to_owned()
 }
 
+/// The serial of a certificate as issued, as [`served_serial`] gives it.
+fn serial_of(cert: &tls::ServerCert) -> String {
+    normal_serial(
+        &tls::cert_info(cert.cert_pem.as_bytes())
+            .expect("certificate")
+            .serial,
+    )
+}
+
 /// The servers' certificate in the cluster's Secret: its serial and when
 /// it expires.
 async fn secret_certificate(h: &Harness, cluster: &str) -> Result<(String, i64), String> {
@@ -699,11 +708,7 @@ async fn tls_is_verified_and_renewed_without_a_restart() {
         .await
         .expect("expiring certificate");
     // Its serial as issued: a reconcile may renew it before it is read back.
-    let expiring_serial = normal_serial(
-        &tls::cert_info(old.cert_pem.as_bytes())
-            .expect("certificate")
-            .serial,
-    );
+    let expiring_serial = serial_of(&old);
     // The operator looks at the certificate at every reconcile (at least
     // every 5 minutes); an annotation asks for one now.
     h.clusters()
@@ -1173,11 +1178,7 @@ async fn a_server_certificate_from_another_ca_replaces_the_old_without_an_outage
         .create(&PostParams::default(), &secret)
         .await
         .expect("the user's Secret");
-    let their_serial = normal_serial(
-        &tls::cert_info(theirs.cert_pem.as_bytes())
-            .expect("certificate")
-            .serial,
-    );
+    let their_serial = serial_of(&theirs);
 
     let phases = PhaseWatch::start(&h, cluster);
     let writer = Writer::start(&h, cluster).await;
