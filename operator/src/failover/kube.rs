@@ -340,10 +340,10 @@ impl KubeSeam {
             // Best effort: a Secret already deleted is served by no pod
             // that will be asked again.
             if let Ok(Some(found)) = api.get_opt(&other).await
-                && let Some(ca) = found.data.as_ref().and_then(|d| d.get(names::TLS_CA_KEY))
+                && let Some(ca) = ordinal_crds::secret_text(&found, names::TLS_CA_KEY)
             {
                 bundle.push(b'\n');
-                bundle.extend_from_slice(&ca.0);
+                bundle.extend_from_slice(ca.as_bytes());
             }
         }
         let connect = ordinal_crds::pgtls::connector(&bundle)

@@ -362,10 +362,10 @@ pub async fn ca_kept(
             name: name.to_owned(),
             source,
         })?;
-        cas.push(found.and_then(|s| s.data?.remove(names::TLS_CA_KEY)));
+        cas.push(found.and_then(|s| ordinal_crds::secret_text(&s, names::TLS_CA_KEY)));
     }
     Ok(match (&cas[0], &cas[1]) {
-        (Some(old), Some(new)) => build::tls::holds_every_ca(&old.0, &new.0),
+        (Some(old), Some(new)) => build::tls::holds_every_ca(old.as_bytes(), new.as_bytes()),
         _ => false,
     })
 }

@@ -274,11 +274,13 @@ async fn advance_tls(
     // tls.serverSecret changed on a cluster that requires TLS: is the new
     // Secret's CA the old one's?
     let ca_kept = match (&recorded, &wanted) {
-        (Some(recorded), Some(wanted))
-            if recorded.phase == ordinal_crds::TlsPhase::Required
-                && recorded.secret.as_ref().is_some_and(|s| s != wanted) =>
-        {
-            let old = recorded.secret.as_deref().unwrap_or_default();
+        (
+            Some(ordinal_crds::TlsStatus {
+                phase: ordinal_crds::TlsPhase::Required,
+                secret: Some(old),
+            }),
+            Some(wanted),
+        ) if old != wanted => {
             apply::ca_kept(
                 &ctx.client,
                 &pgc.namespace().unwrap_or_default(),

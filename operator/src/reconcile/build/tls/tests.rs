@@ -139,6 +139,12 @@ fn a_ca_bundle_that_still_holds_the_old_ca_keeps_it() {
     let bundle = format!("{}{}", new.cert_pem, old.cert_pem);
     assert!(holds_every_ca(old_pem, bundle.as_bytes()));
     assert!(!holds_every_ca(b"", bundle.as_bytes()));
+    // As `secret_text` reads them: without the last newline.
+    assert!(holds_every_ca(
+        old.cert_pem.trim_end().as_bytes(),
+        bundle.trim_end().as_bytes()
+    ));
+    assert!(ordinal_crds::pgtls::client_config(bundle.trim_end().as_bytes()).is_ok());
 }
 
 #[test]
