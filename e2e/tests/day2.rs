@@ -1218,16 +1218,23 @@ async fn a_server_certificate_from_another_ca_replaces_the_old_without_an_outage
     let ns = h.namespace.clone();
     let primary_dns = format!("{primary}.swap-headless.{ns}.svc");
     let replica_dns = format!("{replica}.swap-headless.{ns}.svc");
-    assert_eq!(
-        served_serial(&h, replica, &primary_dns).await,
-        Ok(their_serial.clone()),
-        "{primary} serves the user's certificate, verified with their CA"
-    );
-    assert_eq!(
-        served_serial(&h, &primary, &replica_dns).await,
-        Ok(their_serial),
-        "{replica} serves the user's certificate"
-    );
+    // Asked by name from the other pod: a pod just replaced may still
+    // resolve to its old address for a few seconds (DNS caching), and
+    // openssl then waits on a connection that never opens.
+    for (from, host) in [(replica, &primary_dns), (primary.as_str(), &replica_dns)] {
+        h.wait_until(
+            &format!("{host} serves the user's certificate, verified with their CA"),
+            async || {
+                let serial = served_serial(&h, from, host).await?;
+                if serial == their_serial {
+                    Ok(())
+                } else {
+                    Err(format!("{host} serves {serial}, not {their_serial}"))
+                }
+            },
+        )
+        .await;
+    }
     writer.wait_more_acks(&h, 20).await;
     let acks = writer.stop().await;
     h.assert_acked_rows_present(cluster, &acks.ids).await;
